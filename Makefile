@@ -1,0 +1,48 @@
+# cpx: `make demo` and `make test` work on a fresh machine (they run `make setup` first).
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMPS := $(VENV)/.cpx
+RUST_SRC := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml $(wildcard Cargo.lock) pyproject.toml
+# A local directory of wheels (for example a CPU-only torch) that pip may prefer.
+WHEELHOUSE ?=
+PIP_FIND := $(if $(WHEELHOUSE),--find-links $(WHEELHOUSE),)
+DEMO_RUN := runs/demo
+
+.PHONY: setup demo test test-rust test-python bench lint clean
+
+setup: $(STAMPS)/ext
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMPS)/deps: requirements.lock | $(PY)
+	$(PY) -m pip install -q $(PIP_FIND) -r requirements.lock
+	mkdir -p $(STAMPS) && touch $@
+
+# The extension, built in release mode; the package itself is installed editable.
+$(STAMPS)/ext: $(STAMPS)/deps $(RUST_SRC)
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/maturin develop --release -q
+	touch $@
+
+demo: setup
+	$(VENV)/bin/cpx compile specs/demo.yaml --out $(DEMO_RUN)
+	$(VENV)/bin/cpx execute $(DEMO_RUN)
+	@echo "report: $(DEMO_RUN)/report/report.md (and report.html)"
+
+test: setup test-rust test-python
+
+test-rust:
+	cargo test -p cpx-core --quiet
+
+test-python: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	@for b in benches/*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf $(VENV) target runs

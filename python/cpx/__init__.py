@@ -1,0 +1,23 @@
+"""cpx: declarative, cached, resumable LLM fine-tuning experiments with honest statistics.
+
+`import cpx` stays light: no torch, polars or altair is imported here.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("cpx")
+except _metadata.PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+
+def open(run_dir):  # noqa: A001 - mirrors the documented `cpx.open(run_dir)`
+    """Open a run folder's results as polars LazyFrames (see `cpx.results`)."""
+    from cpx.results import open_results
+
+    return open_results(run_dir)
+
+
+__all__ = ["__version__", "open"]

@@ -1,0 +1,3 @@
+from cpx.cli import main
+
+raise SystemExit(main())

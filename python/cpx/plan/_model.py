@@ -1,0 +1,106 @@
+"""Plan and Stage: the in-memory form of plan.json (docs/plan-format.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PLAN_FORMAT = 1
+STAGE_KINDS = ("generate", "dataset", "train", "sample", "represent", "scan", "analyze", "report")
+
+
+class PlanError(Exception):
+    """A plan.json that cannot be read or is inconsistent."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    id: str
+    kind: str
+    hash: str
+    deps: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["deps"] = list(self.deps)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Stage:
+        return cls(
+            id=d["id"],
+            kind=d["kind"],
+            hash=d["hash"],
+            deps=tuple(d.get("deps", ())),
+            params=d.get("params", {}),
+            labels=d.get("labels", {}),
+        )
+
+
+@dataclass
+class Plan:
+    name: str
+    spec: dict[str, Any]
+    spec_hash: str
+    stages: list[Stage]
+
+    def by_id(self) -> dict[str, Stage]:
+        return {s.id: s for s in self.stages}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": PLAN_FORMAT,
+            "name": self.name,
+            "spec": self.spec,
+            "spec_hash": self.spec_hash,
+            "stages": [s.to_json() for s in self.stages],
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write plan.json atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "plan.json"
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise PlanError(f"{path}: no plan here; run `cpx compile SPEC` first") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PlanError(f"{path}: not a valid plan.json ({e})") from None
+        if d.get("format") != PLAN_FORMAT:
+            raise PlanError(f"{path}: plan format {d.get('format')!r}, this cpx reads {PLAN_FORMAT}")
+        plan = cls(
+            name=d["name"],
+            spec=d["spec"],
+            spec_hash=d["spec_hash"],
+            stages=[Stage.from_json(s) for s in d["stages"]],
+        )
+        plan.check()
+        return plan
+
+    def check(self) -> None:
+        """Ids unique, kinds known, deps defined and listed before their users."""
+        seen: set[str] = set()
+        for s in self.stages:
+            if s.id in seen:
+                raise PlanError(f"stage id {s.id!r} appears twice")
+            if s.kind not in STAGE_KINDS:
+                raise PlanError(f"stage {s.id!r}: unknown kind {s.kind!r}")
+            for d in s.deps:
+                if d not in seen:
+                    raise PlanError(f"stage {s.id!r}: dependency {d!r} is not defined before it")
+            seen.add(s.id)

@@ -1,0 +1,35 @@
+"""What a stage runner receives (docs/plan-format.md, "Runner interface")."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpx.plan import Stage
+
+
+def _no_progress(done: int, total: int, **info: Any) -> None:
+    return None
+
+
+@dataclass
+class StageContext:
+    stage: Stage
+    out_dir: Path
+    inputs: dict[str, Path]
+    run_dir: Path
+    device: str = "cpu"
+    models: Any = None  # cpx.models.ModelPool, created lazily by the worker
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("cpx.stage"))
+    progress: Callable[..., None] = _no_progress
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.stage.params
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        return self.stage.labels
