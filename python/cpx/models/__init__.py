@@ -1,0 +1,20 @@
+"""Models: loading (hub id, local path, built-in tiny) and model chains (base + adapters).
+
+Heavy libraries (torch, transformers, peft) are imported inside the functions that need them.
+"""
+
+from cpx.models._load import ModelLoadError, load_model, load_tokenizer, model_dir, render_prompt
+from cpx.models._tiny import CHAT_TEMPLATE, TINY_DEFAULTS, build_tiny, tiny_hash, tiny_params
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "TINY_DEFAULTS",
+    "ModelLoadError",
+    "build_tiny",
+    "load_model",
+    "load_tokenizer",
+    "model_dir",
+    "render_prompt",
+    "tiny_hash",
+    "tiny_params",
+]
