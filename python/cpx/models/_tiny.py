@@ -115,10 +115,9 @@ def build_tiny(tiny: dict[str, Any] | None, dest: str | os.PathLike[str]) -> Pat
         eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
         pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
     )
-    gen = torch.Generator().manual_seed(int(p["seed"]))
-    fork_devices: list[int] = []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(int(gen.initial_seed()))
+    # fork_rng keeps the caller's global RNG untouched by the build.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(p["seed"]))
         model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
