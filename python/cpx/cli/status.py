@@ -1,0 +1,43 @@
+"""`cpx status [RUN_DIR]`: every stage as done, running, failed or pending, with its timing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("status", help="show which stages of a run are done, running, failed or pending",
+                       description="List every stage of RUN_DIR/plan.json with its state and timing.")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=".", help="run folder (default: .)")
+    p.add_argument("--json", action="store_true", help="one JSON object: stages and counts")
+    p.add_argument("--verify", action="store_true",
+                   help="also compare every output's sha256 with its manifest (slower)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cpx.cli import CLIError
+    from cpx.execute import run_status
+    from cpx.execute._status import STATES
+    from cpx.plan import PlanError
+
+    try:
+        rows = run_status(args.run_dir, verify=args.verify)
+    except PlanError as e:
+        raise CLIError(str(e), 2) from None
+    counts = {s: sum(1 for r in rows if r.state == s) for s in STATES}
+    if args.json:
+        json.dump({"run_dir": args.run_dir, "counts": counts, "stages": [r.to_json() for r in rows]},
+                  sys.stdout, indent=1)
+        print()
+        return 0
+    width = max((len(r.id) for r in rows), default=5)
+    for r in rows:
+        secs = f"{r.seconds:9.2f} s" if r.seconds is not None else " " * 11
+        extra = r.note or (r.device or "")
+        print(f"{r.state:<8} {r.id:<{width}} {secs}  {extra}".rstrip())
+    print(", ".join(f"{counts[s]} {s}" for s in STATES))
+    return 0

@@ -1,0 +1,97 @@
+"""Collection: the stages' tables concatenated into `<run>/results/`, the report copied to `<run>/report/`.
+
+Every file is written beside its final name and renamed into place, so a reader sees the old
+table or the new one, never half of one. `results/manifest.json` says which stages (ids and
+hashes) each table came from, its row count and its sha256.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cpx.execute._store import MANIFEST, Store, now_iso, sha256_file, write_json_atomic
+from cpx.plan import Plan
+
+# Where each results table comes from: (stage kind, file in the stage's folder).
+RESULT_SOURCES: dict[str, tuple[str, str]] = {
+    "completions": ("sample", "completions.parquet"),
+    "marker_hits": ("scan", "marker_hits.parquet"),
+    "leakage": ("scan", "leakage.parquet"),
+    "cosines": ("represent", "cosines.parquet"),
+    "metrics": ("analyze", "metrics.parquet"),
+    "stats": ("analyze", "stats.parquet"),
+}
+# The tables `<run>/results/<name>.parquet` that `cpx.open(run_dir)` offers.
+RESULT_TABLES: tuple[str, ...] = tuple(RESULT_SOURCES)
+
+
+def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
+    """Write every results table the plan's done stages can fill, and copy the report."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    results_dir = store.run_dir / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(store.run_dir)
+    record: dict[str, Any] = {"collected": now_iso(), "plan": {"name": plan.name, "spec_hash": plan.spec_hash},
+                              "tables": {}}
+    for table, (kind, filename) in RESULT_SOURCES.items():
+        stages = [s for s in plan.stages if s.kind == kind]
+        target = results_dir / f"{table}.parquet"
+        if not stages:
+            target.unlink(missing_ok=True)  # a table of an older plan would mislead
+            continue
+        parts, used, missing = [], [], []
+        for s in stages:
+            path = store.stage_dir(s) / filename
+            if store.verify(s, checksums=False).done and path.is_file():
+                parts.append(pq.read_table(path))
+                used.append({"id": s.id, "hash": s.hash})
+            else:
+                missing.append(s.id)
+        if not parts:
+            target.unlink(missing_ok=True)
+            record["tables"][table] = {"rows": 0, "stages": [], "missing": missing}
+            continue
+        combined = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        pq.write_table(combined, tmp)
+        os.replace(tmp, target)
+        record["tables"][table] = {"rows": combined.num_rows, "sha256": sha256_file(target),
+                                   "stages": used, "missing": missing}
+    record["report"] = _copy_report(plan, store)
+    write_json_atomic(results_dir / MANIFEST, record)
+    return record
+
+
+def _copy_report(plan: Plan, store: Store) -> dict[str, Any] | None:
+    reports = [s for s in plan.stages if s.kind == "report"]
+    if not reports:
+        return None
+    stage = reports[-1]
+    if not store.verify(stage, checksums=False).done:
+        return {"id": stage.id, "hash": stage.hash, "copied": False}
+    src = store.stage_dir(stage)
+    dest = store.run_dir / "report"
+    tmp = store.run_dir / f".report-{uuid.uuid4().hex[:8]}.tmp"
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(MANIFEST))
+    old = None
+    if dest.exists():
+        old = store.run_dir / f".report-old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return {"id": stage.id, "hash": stage.hash, "copied": True}
+
+
+def _clean_leftovers(run_dir: Path) -> None:
+    """Remove collection leftovers of a run killed mid-copy."""
+    for p in run_dir.glob(".report-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in (run_dir / "results").glob(".*.tmp"):
+        p.unlink(missing_ok=True)

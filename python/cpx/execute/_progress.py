@@ -1,0 +1,128 @@
+"""What `cpx execute` shows while it runs: rich bars on a terminal, one line a stage elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from cpx.plan import Plan, Stage
+
+
+class Display:
+    """The quiet display (`--quiet`): shows nothing; the base of the others."""
+
+    def run_started(self, plan: Plan, todo: int, cached: int, rerun: dict[str, str]) -> None: ...
+    def workers(self, labels: list[str]) -> None: ...
+    def stage_started(self, slot: int, stage: Stage) -> None: ...
+    def stage_progress(self, slot: int, stage_id: str, done: int, total: int, info: dict[str, Any]) -> None: ...
+    def stage_finished(self, slot: int, stage: Stage, ok: bool, seconds: float, *,
+                       error: str = "", log: str = "") -> None: ...
+    def note(self, message: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class LineDisplay(Display):
+    """One line per event, for logs and pipes."""
+
+    def __init__(self, stream: Any = None):
+        self.stream = stream or sys.stderr
+        self.labels: list[str] = []
+        self.n_done = 0
+        self.todo = 0
+
+    def _print(self, msg: str) -> None:
+        print(msg, file=self.stream, flush=True)
+
+    def run_started(self, plan: Plan, todo: int, cached: int, rerun: dict[str, str]) -> None:
+        self.todo = todo
+        self._print(f"cpx: {plan.name}: {len(plan.stages)} stages, {cached} done, {todo} to run")
+        for sid, why in rerun.items():
+            self._print(f"  re-running {sid}: {why}")
+
+    def workers(self, labels: list[str]) -> None:
+        self.labels = labels
+        self._print(f"  workers: {', '.join(labels)}")
+
+    def stage_finished(self, slot: int, stage: Stage, ok: bool, seconds: float, *,
+                       error: str = "", log: str = "") -> None:
+        self.n_done += 1
+        where = self.labels[slot] if slot < len(self.labels) else str(slot)
+        if ok:
+            self._print(f"  [{self.n_done}/{self.todo}] {stage.id} done in {seconds:.2f} s on {where}")
+        else:
+            self._print(f"  [{self.n_done}/{self.todo}] {stage.id} FAILED: {error} (log: {log})")
+
+    def note(self, message: str) -> None:
+        self._print(f"  {message}")
+
+
+class RichDisplay(Display):
+    """A bar for the run and one per worker for the stage in flight (items, tokens/s, ETA)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}", markup=False),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.run_task: Any = None
+        self.slot_tasks: dict[int, Any] = {}
+        self.slot_start: dict[int, float] = {}
+        self.labels: list[str] = []
+
+    def run_started(self, plan: Plan, todo: int, cached: int, rerun: dict[str, str]) -> None:
+        self.progress.start()
+        for sid, why in rerun.items():
+            self.progress.console.print(f"re-running {sid}: {why}", markup=False)
+        self.run_task = self.progress.add_task(f"{plan.name} ({cached} cached)", total=todo, rate="")
+
+    def workers(self, labels: list[str]) -> None:
+        self.labels = labels
+        for i, label in enumerate(labels):
+            self.slot_tasks[i] = self.progress.add_task(f"  {label}: idle", total=None, rate="")
+
+    def stage_started(self, slot: int, stage: Stage) -> None:
+        self.slot_start[slot] = time.monotonic()
+        self.progress.reset(self.slot_tasks[slot], total=None, completed=0,
+                            description=f"  {self.labels[slot]}: {stage.id}", rate="")
+
+    def stage_progress(self, slot: int, stage_id: str, done: int, total: int, info: dict[str, Any]) -> None:
+        rate = ""
+        tokens = info.get("tokens")
+        if isinstance(tokens, (int, float)):
+            elapsed = max(1e-9, time.monotonic() - self.slot_start.get(slot, time.monotonic()))
+            rate = f"{tokens / elapsed:,.0f} tok/s"
+        self.progress.update(self.slot_tasks[slot], completed=done, total=total or None, rate=rate)
+
+    def stage_finished(self, slot: int, stage: Stage, ok: bool, seconds: float, *,
+                       error: str = "", log: str = "") -> None:
+        self.progress.advance(self.run_task)
+        label = self.labels[slot] if slot < len(self.labels) else str(slot)
+        if not ok:
+            self.progress.console.print(f"FAILED {stage.id}: {error} (log: {log})", markup=False)
+        self.progress.update(self.slot_tasks[slot], description=f"  {label}: idle", rate="")
+
+    def note(self, message: str) -> None:
+        self.progress.console.print(message, markup=False)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def make_display(*, quiet: bool = False) -> Display:
+    if quiet:
+        return Display()
+    if sys.stderr.isatty():
+        return RichDisplay()
+    return LineDisplay()

@@ -1,0 +1,351 @@
+"""The scheduler: decides what runs where, commits finished stages, and ends with a summary.
+
+It is the only process that writes into the store's final folders and manifests, and it does
+so only while holding the run's lock; workers write into temporary folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cpx.execute import _env
+from cpx.execute._lock import RunLock
+from cpx.execute._progress import Display, make_display
+from cpx.execute._store import MANIFEST_FORMAT, Store, now_iso
+from cpx.plan import Plan, Stage
+
+# Out-of-memory retries of a batching stage, each with half the batch: not counted in --retry.
+OOM_RETRIES = 4
+OOM_KINDS = frozenset({"sample", "generate"})
+DEFAULT_FIRST_BATCH_LIMIT = 256
+
+
+class Backend(Protocol):
+    name: str
+    slots: list[Any]
+
+    def start(self) -> None: ...
+    def submit(self, slot: int, task: dict[str, Any]) -> None: ...
+    def poll(self, timeout: float) -> list[tuple[Any, ...]]: ...
+    def close(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+@dataclass
+class StageFailure:
+    id: str
+    error: str
+    log: str
+    attempts: int
+
+
+@dataclass
+class RunSummary:
+    """What one `cpx execute` did. `exit_code` is 0 only if every stage of the plan is done."""
+
+    run_dir: str
+    total: int
+    cached: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+    failed: list[StageFailure] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+    rerun_reasons: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.blocked or self.not_started)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_dir": self.run_dir, "total": self.total, "ok": self.ok,
+            "cached": self.cached, "ran": self.ran,
+            "failed": [f.__dict__ for f in self.failed],
+            "blocked": self.blocked, "not_started": self.not_started,
+            "rerun_reasons": self.rerun_reasons, "seconds": self.seconds,
+        }
+
+
+def model_key(stage: Stage) -> str | None:
+    """The base model a stage loads (what a worker keeps warm), or None for stages without one."""
+    model = stage.params.get("model")
+    if not isinstance(model, dict):
+        return None
+    base = model.get("base", model)
+    return hashlib.sha256(json.dumps(base, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _first_batch_limit(params: dict[str, Any]) -> int:
+    for d in (params, params.get("sampler") or {}):
+        b = d.get("batch_size") if isinstance(d, dict) else None
+        if isinstance(b, int) and b > 1:
+            return b // 2
+    return DEFAULT_FIRST_BATCH_LIMIT
+
+
+class Scheduler:
+    def __init__(
+        self,
+        plan: Plan,
+        store: Store,
+        backend: Backend,
+        *,
+        keep_going: bool = False,
+        retry: int = 0,
+        display: Display,
+        tracking: dict[str, Any] | None = None,
+    ):
+        self.plan, self.store, self.backend = plan, store, backend
+        self.keep_going, self.retry, self.display = keep_going, retry, display
+        self.tracking = tracking
+        self.by_id = plan.by_id()
+        self.users: dict[str, list[str]] = {s.id: [] for s in plan.stages}
+        for s in plan.stages:
+            for d in s.deps:
+                self.users[d].append(s.id)
+
+    def run(self, summary: RunSummary, todo: list[Stage]) -> None:
+        done = {s.id for s in self.plan.stages} - {s.id for s in todo}
+        waiting = [s.id for s in todo]  # plan order is a topological order
+        order = {s.id: i for i, s in enumerate(self.plan.stages)}
+        attempts: dict[str, int] = {}
+        oom_limits: dict[str, int] = {}
+        oom_tries: dict[str, int] = {}
+        running: dict[int, tuple[str, Any]] = {}  # slot -> (stage id, tmp dir)
+        started_at: dict[str, float] = {}
+        slot_model: dict[int, str | None] = {i: None for i in range(len(self.backend.slots))}
+        dead: set[str] = set()  # failed or blocked
+        stop = False
+
+        def ready() -> list[str]:
+            return [i for i in waiting if all(d in done for d in self.by_id[i].deps)]
+
+        def pick(slot: int, candidates: list[str]) -> str:
+            """Prefer the model this worker has loaded; then one no other worker has loaded."""
+            mine = slot_model[slot]
+            if mine is not None:
+                for c in candidates:
+                    if model_key(self.by_id[c]) == mine:
+                        return c
+            others = {k for j, k in slot_model.items() if j != slot and k is not None}
+            for c in candidates:
+                k = model_key(self.by_id[c])
+                if k is None or k not in others:
+                    return c
+            return candidates[0]
+
+        def block_users(stage_id: str) -> None:
+            stack = list(self.users[stage_id])
+            while stack:
+                u = stack.pop()
+                if u in dead:
+                    continue
+                dead.add(u)
+                if u in waiting:
+                    waiting.remove(u)
+                summary.blocked.append(u)
+                self.store.event("blocked", self.by_id[u], by=stage_id)
+                stack.extend(self.users[u])
+
+        while True:
+            if not stop:
+                free = [i for i in range(len(self.backend.slots)) if i not in running]
+                cands = ready()
+                for slot in free:
+                    if not cands:
+                        break
+                    sid = pick(slot, cands)
+                    cands.remove(sid)
+                    waiting.remove(sid)
+                    stage = self.by_id[sid]
+                    attempts[sid] = attempts.get(sid, 0) + 1
+                    tmp = self.store.new_tmp_dir(stage)
+                    task = {
+                        "stage": stage.to_json(),
+                        "run_dir": str(self.store.run_dir),
+                        "out_dir": str(tmp),
+                        "inputs": {d: str(self.store.stage_dir(self.by_id[d])) for d in stage.deps},
+                        "log_path": str(self.store.log_path(stage)),
+                        "attempt": attempts[sid],
+                        "batch_limit": oom_limits.get(sid),
+                        "tracking": self.tracking,
+                    }
+                    running[slot] = (sid, tmp)
+                    started_at[sid] = time.perf_counter()
+                    k = model_key(stage)
+                    if k is not None:
+                        slot_model[slot] = k
+                    self.store.event("started", stage, attempt=attempts[sid], worker=slot,
+                                     device=self.backend.slots[slot].label)
+                    self.display.stage_started(slot, stage)
+                    self.backend.submit(slot, task)
+            if not running:
+                break
+            for ev in self.backend.poll(0.25):
+                if ev[0] == "progress":
+                    _, slot, sid, n, total, info = ev
+                    self.display.stage_progress(slot, sid, n, total, info)
+                    continue
+                if ev[0] != "result":
+                    continue
+                _, slot, sid, res = ev
+                if running.get(slot, (None,))[0] != sid:
+                    continue  # a late message from a replaced worker
+                _, tmp = running.pop(slot)
+                stage = self.by_id[sid]
+                if res["ok"]:
+                    self._commit(stage, tmp, res, attempts[sid], slot, started_at[sid])
+                    done.add(sid)
+                    summary.ran.append(sid)
+                    self.store.event("done", stage, seconds=res["timings"]["seconds"])
+                    self.display.stage_finished(slot, stage, True, res["timings"]["seconds"])
+                    continue
+                _remove(tmp)
+                log = str(self.store.log_path(stage))
+                self.store.event("failed", stage, attempt=attempts[sid], error=res["error"], oom=res.get("oom"))
+                if (res.get("oom") and stage.kind in OOM_KINDS and oom_limits.get(sid, 2) > 1
+                        and oom_tries.get(sid, 0) < OOM_RETRIES):
+                    limit = oom_limits[sid] // 2 if sid in oom_limits else _first_batch_limit(stage.params)
+                    oom_limits[sid] = max(1, limit)
+                    oom_tries[sid] = oom_tries.get(sid, 0) + 1
+                    attempts[sid] -= 1
+                    self.store.event("oom_retry", stage, batch_limit=oom_limits[sid])
+                    self.display.note(f"{sid}: out of memory; retrying with batch size at most {oom_limits[sid]}")
+                    waiting.insert(0, sid)
+                    continue
+                if attempts[sid] <= self.retry:
+                    self.display.note(f"{sid} failed ({res['error']}); retry {attempts[sid]} of {self.retry}")
+                    waiting.insert(0, sid)
+                    waiting.sort(key=order.__getitem__)
+                    continue
+                dead.add(sid)
+                summary.failed.append(StageFailure(sid, res["error"], log, attempts[sid]))
+                self.display.stage_finished(slot, stage, False, res.get("seconds", 0.0), error=res["error"], log=log)
+                block_users(sid)
+                if not self.keep_going:
+                    stop = True
+        summary.not_started.extend(i for i in waiting if i not in dead)
+
+    def _commit(self, stage: Stage, tmp: Path, res: dict[str, Any], attempt: int, slot: int, t_submit: float) -> None:
+        timings = dict(res["timings"])
+        timings["overhead_seconds"] = max(0.0, time.perf_counter() - t_submit - timings["seconds"])
+        timings["committed"] = now_iso()
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "id": stage.id,
+            "kind": stage.kind,
+            "hash": stage.hash,
+            "labels": stage.labels,
+            "params": stage.params,
+            "inputs": {d: self.by_id[d].hash for d in stage.deps},
+            "outputs": res["outputs"],
+            "info": res.get("info", {}),
+            "seeds": res.get("seeds", {}),
+            "timings": timings,
+            "attempt": attempt,
+            "host": res.get("host", {}),
+            "device": res.get("device", {}),
+            "executor": {"kind": self.backend.name, "worker": slot, **res.get("worker", {})},
+            "packages": res.get("packages", {}),
+            "git": _env.git_state(),
+            "tracking": res.get("tracking", {}),
+            "plan": {"name": self.plan.name, "spec_hash": self.plan.spec_hash},
+            "log": os.path.relpath(self.store.log_path(stage), self.store.run_dir),
+        }
+        self.store.commit(stage, tmp, manifest)
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def execute(
+    run_dir: str | os.PathLike[str],
+    *,
+    devices: str = "auto",
+    executor: str = "local",
+    address: str | None = None,
+    keep_going: bool = False,
+    retry: int = 0,
+    quiet: bool = False,
+    resolver: Callable[[str], Any] | str | None = None,
+    display: Display | None = None,
+    collect: bool = True,
+) -> RunSummary:
+    """Run every stage of `<run_dir>/plan.json` that is not done, then collect the results.
+
+    `resolver(kind)` returns a stage kind's runner (default `cpx.stages.get_runner`); it must
+    be importable by the workers (a module-level function, or `"module:function"`).
+    Raises `cpx.execute.RunLocked` if another process is executing the run.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    plan = Plan.load(run_dir)
+    store = Store(run_dir)
+    if retry < 0:
+        raise ValueError(f"retry must be >= 0, got {retry}")
+    with RunLock(run_dir):
+        store.prepare()
+        store.clean_tmp()
+        summary = RunSummary(run_dir=str(store.run_dir), total=len(plan.stages))
+        todo = []
+        for s in plan.stages:
+            v = store.verify(s)
+            if v.done:
+                summary.cached.append(s.id)
+            else:
+                todo.append(s)
+                if v.reason != "not run":
+                    summary.rerun_reasons[s.id] = v.reason
+        display = display or make_display(quiet=quiet)
+        backend: Backend
+        if executor == "local":
+            from cpx.execute._local import LocalBackend, parse_devices
+
+            backend = LocalBackend(parse_devices(devices), str(store.run_dir), resolver)
+        elif executor == "ray":
+            from cpx.execute._ray import RayBackend
+
+            backend = RayBackend(str(store.run_dir), resolver, address=address, devices=devices)
+        else:
+            raise ValueError(f"unknown executor {executor!r}; choose local or ray")
+        store.event("run_started", executor=executor, devices=[s.label for s in getattr(backend, "slots", [])] or devices,
+                    todo=len(todo), cached=len(summary.cached))
+        tracking = (plan.spec or {}).get("tracking") if isinstance(plan.spec, dict) else None
+        sched = Scheduler(plan, store, backend, keep_going=keep_going, retry=retry, display=display,
+                          tracking=tracking)
+        display.run_started(plan, len(todo), len(summary.cached), summary.rerun_reasons)
+        try:
+            if todo:
+                backend.start()
+                display.workers([s.label for s in backend.slots])
+                try:
+                    sched.run(summary, todo)
+                except BaseException:
+                    backend.kill()
+                    raise
+                backend.close()
+            if collect:
+                from cpx.execute._collect import collect_results
+
+                summary.results = collect_results(plan, store)
+        finally:
+            summary.seconds = time.perf_counter() - t0
+            display.close()
+        store.event("run_finished", ok=summary.ok, ran=len(summary.ran), failed=len(summary.failed),
+                    blocked=len(summary.blocked), seconds=summary.seconds)
+    return summary

@@ -1,0 +1,172 @@
+"""Running one stage inside a worker (a local worker process or a Ray actor).
+
+The worker calls the stage's runner with a `StageContext` whose `out_dir` is a fresh temporary
+folder, writes everything the runner logs (and prints) to the stage's log file, seeds the
+RNGs first, and checksums the outputs afterwards. It never touches the stage's final folder:
+only the scheduler, which holds the run's lock, renames a finished folder into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cpx.execute import _env
+from cpx.execute._store import checksum_tree, now_iso
+from cpx.plan import Stage
+
+Resolver = Callable[[str], Callable[..., Any]]
+ProgressSink = Callable[[str, int, int, dict[str, Any]], None]
+
+
+class LazyModelPool:
+    """`ctx.models`: the worker's `cpx.models.ModelPool`, created on first use and then kept.
+
+    A stage that never touches `ctx.models` (dataset, scan, analyze, report) costs nothing, and
+    a worker that runs many stages on one base model loads it once.
+    """
+
+    def __init__(self, device: str, run_dir: str):
+        self._device = device
+        self._run_dir = run_dir
+        self._pool: Any = None
+
+    @property
+    def created(self) -> bool:
+        return self._pool is not None
+
+    def get(self) -> Any:
+        if self._pool is None:
+            from cpx.models import ModelPool
+
+            self._pool = ModelPool(device=self._device, run_dir=self._run_dir)
+        return self._pool
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.get(), name)
+
+
+def is_oom(exc: BaseException) -> bool:
+    """A CUDA (or other accelerator) out-of-memory error, recognised without importing torch."""
+    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+
+
+def free_accelerator_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _Throttle:
+    """Forward at most a few progress updates a second (and always the last one)."""
+
+    def __init__(self, sink: ProgressSink | None, stage_id: str, interval: float = 0.2):
+        self.sink, self.stage_id, self.interval, self.last = sink, stage_id, interval, 0.0
+
+    def __call__(self, done: int, total: int, **info: Any) -> None:
+        if self.sink is None:
+            return
+        t = time.monotonic()
+        if t - self.last >= self.interval or done >= total:
+            self.last = t
+            self.sink(self.stage_id, int(done), int(total), info)
+
+
+def run_task(
+    task: dict[str, Any],
+    *,
+    resolver: Resolver,
+    models: LazyModelPool,
+    device: str,
+    progress: ProgressSink | None = None,
+) -> dict[str, Any]:
+    """Run one stage; return a JSON-able result (`ok` true or false), never raise for a stage error."""
+    from cpx.stages import StageContext
+
+    stage = Stage.from_json(task["stage"])
+    out_dir = Path(task["out_dir"])
+    log_path = Path(task["log_path"])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    seed, seed_source = _env.stage_seed(stage.params, stage.hash)
+    started_wall, t0 = time.time(), time.perf_counter()
+
+    logger = logging.getLogger(f"cpx.stage.{os.getpid()}")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    with open(log_path, "a", buffering=1) as log_file:
+        handler = logging.StreamHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        log_file.write(
+            f"=== {stage.id} ({stage.kind} {stage.hash[:12]}) attempt {task.get('attempt', 1)} "
+            f"on {device} pid {os.getpid()} at {now_iso(started_wall)}\n"
+        )
+        if task.get("batch_limit"):
+            logger.info("batch size limited to %d after an out-of-memory error", task["batch_limit"])
+        try:
+            with contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+                seeds = _env.seed_everything(seed, stage.kind)
+                ctx = StageContext(
+                    stage=stage,
+                    out_dir=out_dir,
+                    inputs={k: Path(v) for k, v in task["inputs"].items()},
+                    run_dir=Path(task["run_dir"]),
+                    device=device,
+                    models=models,
+                    log=logger,
+                    progress=_Throttle(progress, stage.id),
+                )
+                # Read by runners that batch (sampling): the largest batch still allowed after
+                # an out-of-memory error, or None for no limit.
+                ctx.batch_limit = task.get("batch_limit")  # type: ignore[attr-defined]
+                runner = resolver(stage.kind)
+                info = runner(ctx)
+                if info is not None and not isinstance(info, dict):
+                    raise TypeError(f"the {stage.kind} runner returned {type(info).__name__}, not a dict or None")
+                info = json.loads(json.dumps(info, default=str)) if info else {}
+            outputs = checksum_tree(out_dir)
+        except BaseException as e:  # noqa: BLE001 - every stage error is reported, not raised
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            tb = traceback.format_exc()
+            log_file.write(tb)
+            oom = is_oom(e)
+            if oom:
+                free_accelerator_memory()
+            return {
+                "ok": False,
+                "error": f"{type(e).__name__}: {e}",
+                "traceback": tb,
+                "oom": oom,
+                "seconds": time.perf_counter() - t0,
+            }
+        finally:
+            logger.removeHandler(handler)
+        seconds = time.perf_counter() - t0
+        logger_line = f"finished in {seconds:.3f} s, {len(outputs)} output files\n"
+        log_file.write(logger_line)
+    return {
+        "ok": True,
+        "info": info,
+        "outputs": outputs,
+        "seeds": {"seed": seed, "source": seed_source, **seeds},
+        "timings": {"started": now_iso(started_wall), "finished": now_iso(), "seconds": seconds},
+        "device": {"id": device, "name": _env.device_name(device),
+                   "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+        "host": _env.host(),
+        "packages": _env.packages(),
+        "worker": {"pid": os.getpid()},
+    }

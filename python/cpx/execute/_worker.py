@@ -1,0 +1,82 @@
+"""The local executor's worker process: one per device, stages in, results out, models kept warm."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from cpx.execute._task import LazyModelPool, Resolver, run_task
+
+
+def resolve_resolver(ref: Any) -> Resolver:
+    """A resolver given as a callable, as `"module:function"`, or None for `cpx.stages.get_runner`."""
+    if ref is None:
+        from cpx.stages import get_runner
+
+        return get_runner
+    if isinstance(ref, str):
+        module, _, attr = ref.partition(":")
+        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    return ref  # type: ignore[no-any-return]
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Never outlive the scheduler: an orphaned worker must not keep writing into the run."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:  # for platforms without PR_SET_PDEATHSIG
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="cpx-parent-watch").start()
+
+
+def worker_main(
+    slot: int,
+    device: str,
+    visible: str | None,
+    run_dir: str,
+    resolver_ref: Any,
+    tasks: mp.Queue,  # type: ignore[type-arg]
+    events: mp.Queue,  # type: ignore[type-arg]
+    parent_pid: int,
+) -> None:
+    """Loop: take a task, run it, report the result; stop at None."""
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group; the scheduler decides what stops, not the worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if visible is not None:
+        # Before torch is imported: the worker sees only its own GPU, as cuda:0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    resolver = resolve_resolver(resolver_ref)
+    models = LazyModelPool(device, run_dir)
+
+    def progress(stage_id: str, done: int, total: int, info: dict[str, Any]) -> None:
+        events.put(("progress", slot, stage_id, done, total, info))
+
+    events.put(("ready", slot, os.getpid()))
+    while True:
+        task = tasks.get()
+        if task is None:
+            break
+        stage_id = task["stage"]["id"]
+        events.put(("started", slot, stage_id))
+        result = run_task(task, resolver=resolver, models=models, device=device, progress=progress)
+        result["model_pool"] = models.created
+        events.put(("result", slot, stage_id, result))
