@@ -3,18 +3,24 @@
 Heavy libraries (torch, transformers, peft) are imported inside the functions that need them.
 """
 
+from cpx.models._chain import ChainError, lora_scale, read_adapter
 from cpx.models._load import ModelLoadError, load_model, load_tokenizer, model_dir, render_prompt
+from cpx.models._pool import ModelPool
 from cpx.models._tiny import CHAT_TEMPLATE, TINY_DEFAULTS, build_tiny, tiny_hash, tiny_params
 
 __all__ = [
     "CHAT_TEMPLATE",
     "TINY_DEFAULTS",
-    "ModelLoadError",
     "build_tiny",
     "load_model",
     "load_tokenizer",
+    "lora_scale",
     "model_dir",
+    "read_adapter",
     "render_prompt",
     "tiny_hash",
     "tiny_params",
+    "ChainError",
+    "ModelLoadError",
+    "ModelPool",
 ]
