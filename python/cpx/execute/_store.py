@@ -198,8 +198,15 @@ class Store:
             rec["stage"] = stage.id
             rec["hash"] = stage.hash
         rec.update(fields)
-        with open(self.events_path, "a") as f:
-            f.write(json.dumps(rec, default=str) + "\n")
+        line = (json.dumps(rec, default=str) + "\n").encode()
+        fd = os.open(self.events_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a killed run left half a line: do not glue onto it
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
     def read_events(self) -> list[dict[str, Any]]:
         try:

@@ -15,8 +15,17 @@ from typing import Any
 from cpx.execute._task import LazyModelPool, Resolver, run_task
 
 
+# `module:function` of a resolver to use instead of `cpx.stages.get_runner` (tests, custom kinds).
+RESOLVER_ENV = "CPX_STAGE_RESOLVER"
+
+
 def resolve_resolver(ref: Any) -> Resolver:
-    """A resolver given as a callable, as `"module:function"`, or None for `cpx.stages.get_runner`."""
+    """A resolver given as a callable, as `"module:function"`, or None.
+
+    None means `$CPX_STAGE_RESOLVER` if set, else `cpx.stages.get_runner`.
+    """
+    if ref is None:
+        ref = os.environ.get(RESOLVER_ENV) or None
     if ref is None:
         from cpx.stages import get_runner
 
