@@ -1,0 +1,78 @@
+"""`cpx compile SPEC`: validate a spec, expand it into stages and write DIR/plan.json."""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "compile",
+        help="validate a spec and write its plan (DIR/plan.json)",
+        description=(
+            "Validate the YAML experiment spec SPEC, expand it into a plan of content-hashed stages "
+            "and write DIR/plan.json. Prints the stages by kind, how many are already done in DIR's "
+            "store, and an estimate of GPU-hours by kind. A bad spec exits with code 2, lists every "
+            "error with file:line:column, and writes nothing."
+        ),
+        epilog="Example: cpx compile specs/demo.yaml -s eval.sampler.temperature=0.7",
+    )
+    p.add_argument("spec", metavar="SPEC", help="the spec file (YAML)")
+    p.add_argument("--out", "-o", metavar="DIR", help="run folder (default: runs/<spec name>/)")
+    p.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. -s eval.sampler.temperature=0.7 (repeatable)")
+    p.add_argument("--check", action="store_true", help="validate and summarise only; write nothing")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the plan's path")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cpx.cli import CLIError
+    from cpx.plan._compile import compile_spec, params_b
+    from cpx.plan._cost import count_done, stage_seconds
+    from cpx.spec import SpecError, load_spec
+
+    try:
+        loaded = load_spec(args.spec, args.overrides)
+        plan = compile_spec(loaded)
+    except SpecError as e:
+        raise CLIError(str(e), 2) from None
+    out = Path(args.out) if args.out else Path("runs") / plan.name
+    if not args.check:
+        try:
+            plan.save(out / "plan.json")
+        except OSError as e:
+            raise CLIError(f"cannot write {out / 'plan.json'}: {e.strerror}", 1) from None
+    if args.quiet:
+        print(out / "plan.json")
+        return 0
+    done = count_done(out, plan)
+    secs = stage_seconds(plan, params_b(plan.spec))
+    print(summary(plan, done, secs))
+    print(f"\nplan: {out / 'plan.json'}" + (" (not written: --check)" if args.check else ""))
+    return 0
+
+
+def summary(plan: Any, done: dict[str, bool], secs: dict[str, float]) -> str:
+    """Stages, done stages and estimated GPU-hours per kind, as an aligned table."""
+    from cpx.plan import STAGE_KINDS
+
+    n = Counter(s.kind for s in plan.stages)
+    d = Counter(s.kind for s in plan.stages if done.get(s.id))
+    h: Counter[str] = Counter()
+    for s in plan.stages:
+        if not done.get(s.id):
+            h[s.kind] += secs.get(s.id, 0.0) / 3600
+    lines = [f"{plan.name}: {len(plan.stages)} stages, spec {plan.spec_hash[:12]}",
+             f"  {'kind':<10} {'stages':>6} {'done':>6} {'GPU-h to go':>12}"]
+    for kind in STAGE_KINDS:
+        if n[kind]:
+            gpu = f"{h[kind]:.2f}" if h[kind] else "-"
+            lines.append(f"  {kind:<10} {n[kind]:>6} {d[kind]:>6} {gpu:>12}")
+    total = sum(h.values())
+    lines.append(f"  {'total':<10} {sum(n.values()):>6} {sum(d.values()):>6} {total:>12.2f}")
+    lines.append("  (GPU-hours: estimate for one H100 from the cost model in docs/spec-language.md)")
+    return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""`cpx plan show|diff`: list a plan's stages, draw its DAG, or compare two specs or plans."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("plan", help="show a plan's stages or DAG; diff two specs or plans",
+                       description="Inspect plans: `show` lists stages or draws the DAG, `diff` compares two.")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    show = verbs.add_parser("show", help="list the stages of a plan (or draw its DAG with --graph)",
+                            description="List the stages of RUN_DIR/plan.json (or of a spec file, compiled "
+                            "on the fly): id, kind, short hash, done or not.")
+    show.add_argument("target", metavar="RUN_DIR|PLAN|SPEC", nargs="?", default=".",
+                      help="a run folder, a plan.json or a spec file (default: .)")
+    show.add_argument("--graph", action="store_true", help="print the DAG as a mermaid flowchart")
+    show.add_argument("--kind", help="only stages of this kind")
+    show.set_defaults(func=run_show)
+    diff = verbs.add_parser("diff", help="which stages change between two specs or plans, and why",
+                            description="Compare two specs or plans: stages changed (with the parameter that "
+                            "changed, or the upstream stage whose change they inherit), added and removed.")
+    diff.add_argument("a", metavar="A", help="spec file, plan.json or run folder")
+    diff.add_argument("b", metavar="B", help="spec file, plan.json or run folder")
+    diff.add_argument("--limit", type=int, default=200, help="at most this many stage lines (default 200)")
+    diff.set_defaults(func=run_diff)
+
+
+def load_any(target: str) -> Any:
+    """A Plan from a run folder, a plan.json or a spec file; errors are CLIErrors."""
+    from cpx.cli import CLIError
+    from cpx.plan import Plan, PlanError, compile_file
+    from cpx.spec import SpecError
+
+    path = Path(target)
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            return compile_file(path)
+        return Plan.load(path)
+    except SpecError as e:
+        raise CLIError(str(e), 2) from None
+    except PlanError as e:
+        raise CLIError(str(e), 2) from None
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from cpx.plan._cost import count_done
+    from cpx.plan._diff import mermaid
+
+    plan = load_any(args.target)
+    if args.graph:
+        print(mermaid(plan))
+        return 0
+    path = Path(args.target)
+    done = count_done(path if path.is_dir() else path.parent, plan)
+    stages = [s for s in plan.stages if args.kind in (None, s.kind)]
+    width = max((len(s.id) for s in stages), default=2)
+    for s in stages:
+        mark = "done" if done.get(s.id) else "-"
+        print(f"{s.id:<{width}}  {s.kind:<9}  {s.hash[:12]}  {mark:<4}  deps={len(s.deps)}")
+    print(f"{len(stages)} stages, {sum(1 for s in stages if done.get(s.id))} done")
+    return 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    from cpx.plan._diff import diff_plans, format_diff
+
+    d = diff_plans(load_any(args.a), load_any(args.b))
+    print(format_diff(d, args.limit))
+    return 0

@@ -1,0 +1,57 @@
+"""Canonical JSON and stage hashes (docs/plan-format.md, "hash")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+# Bump a kind's version when its runner's output changes for the same params: every stage of
+# that kind (and everything downstream) then re-hashes and re-runs.
+CODE_VERSIONS: dict[str, int] = {
+    "generate": 1,
+    "dataset": 1,
+    "train": 1,
+    "sample": 1,
+    "represent": 1,
+    "scan": 1,
+    "analyze": 1,
+    "report": 1,
+}
+
+
+def canonical(value: Any) -> str:
+    """JSON with sorted keys, no whitespace; floats as `repr` (json's default)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _refs_to_hashes(value: Any, refs: Mapping[str, str]) -> Any:
+    """Replace every string naming a dependency's id by that dependency's hash.
+
+    Ids are display names: a stage's hash must not change when an arm or phase is renamed,
+    only when the work it depends on changes.
+    """
+    if isinstance(value, str):
+        h = refs.get(value)
+        return value if h is None else {"stage_hash": h}
+    if isinstance(value, dict):
+        return {k: _refs_to_hashes(v, refs) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_refs_to_hashes(v, refs) for v in value]
+    return value
+
+
+def stage_hash(kind: str, params: dict[str, Any], dep_hashes: Mapping[str, str]) -> str:
+    """sha256 over kind, the kind's code version, canonical params and sorted dep hashes."""
+    body = {
+        "kind": kind,
+        "version": CODE_VERSIONS[kind],
+        "params": _refs_to_hashes(params, dep_hashes) if dep_hashes else params,
+        "deps": sorted(dep_hashes.values()),
+    }
+    return sha256(canonical(body))

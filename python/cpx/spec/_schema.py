@@ -1,0 +1,322 @@
+"""The spec's schema as pydantic models (extra keys forbidden, no type coercion).
+
+These models check shapes, types and ranges of what was written. Cross-references (persona,
+dataset, training-config and phase names), defaults merging and cycles are checked in
+`cpx.spec._load`, which also resolves files and `extends:` before these models see the data.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema, model_validator
+
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=80)]
+Text = Annotated[str, StringConstraints(pattern=r"\S")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+# Banks may be written inline or as a file name; the loader reads files before validation.
+_FILE = {"type": "string", "description": "a file (relative to this spec) holding the bank"}
+PersonaBank = Annotated[
+    dict[Name, Text],
+    Field(min_length=1),
+    WithJsonSchema({"anyOf": [{"type": "object", "additionalProperties": {"type": "string"}}, _FILE]}),
+]
+QuestionBank = Annotated[
+    list[Text],
+    Field(min_length=1),
+    WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, _FILE]}),
+]
+
+ANALYSES = (
+    "leakage",
+    "within_source",
+    "between_source",
+    "pseudo_replication",
+    "bystander_vs_assistant",
+    "adapter_specificity",
+)
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TinyModel(Strict):
+    """The built-in tiny Qwen2-architecture model, made from a seed (for tests and demos)."""
+
+    seed: int = 0
+    hidden_size: PosInt = 64
+    num_layers: PosInt = 2
+    num_heads: PosInt = 4
+    num_kv_heads: PosInt = 2
+    intermediate_size: PosInt = 128
+    vocab_size: Annotated[int, Field(ge=64, le=200_000)] = 1000
+    initializer_range: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
+
+    @model_validator(mode="after")
+    def _heads(self) -> TinyModel:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        return self
+
+
+class Model(Strict):
+    """The base model: exactly one of `hub`, `path` or `tiny`."""
+
+    hub: Text | None = Field(None, description="a Hugging Face hub id, e.g. Qwen/Qwen2.5-7B-Instruct")
+    path: Text | None = Field(None, description="a local model folder (relative to the spec file)")
+    tiny: TinyModel | None = Field(None, description="the built-in tiny model; `tiny: {}` takes the defaults")
+    revision: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    chat_template: str | None = Field(None, description="a Jinja chat template replacing the tokenizer's")
+    params_b: Annotated[float, Field(gt=0.0)] | None = Field(
+        None, description="parameters in billions, for the cost estimate (default: read from the id, else 7)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Model:
+        given = [k for k in ("hub", "path", "tiny") if getattr(self, k) is not None]
+        if len(given) != 1:
+            found = ", ".join(given) if given else "none of them"
+            raise ValueError(f"give exactly one of hub, path or tiny (found {found})")
+        return self
+
+
+class Roles(Strict):
+    assistant: Name = Field("assistant", description="the persona that plays the assistant")
+    sources: list[Name] = Field(min_length=1, description="personas that get the marker, one study per source")
+    bystanders: list[Name] | None = Field(
+        None, description="default: every eval persona that is neither the source nor the assistant"
+    )
+
+
+class Questions(Strict):
+    eval: QuestionBank = Field(description="questions for marker eval and persona centroids")
+    data: QuestionBank = Field(description="questions answered on-policy to build training data")
+
+
+class Match(Strict):
+    case_insensitive: bool = True
+
+
+class Sampler(Strict):
+    temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    max_tokens: PosInt = 512
+    seed: int | None = Field(None, description="default: the replicate seed")
+
+
+class Generation(Strict):
+    """On-policy data: the base model answers the data questions as each persona."""
+
+    sampler: Sampler = Sampler(temperature=0.7, top_p=0.95, max_tokens=512)
+    completions_per_question: PosInt = 15
+    drop_marked: bool = Field(True, description="drop completions that already contain a marker")
+    personas: list[Name] | None = Field(
+        None, description="default: the assistant, the sources, and every persona negatives may come from"
+    )
+
+
+class Negatives(Strict):
+    personas: NonNegInt = 2
+    examples_per_persona: NonNegInt = 200
+
+
+class Dataset(Strict):
+    recipe: Literal["convergence", "generic", "marker"] = Field(
+        description="convergence: assistant prompt, source-voiced answers; generic: assistant prompt and "
+        "answers; marker: source prompt and answers with the marker appended, plus negatives"
+    )
+    examples: PosInt
+    per_question: PosInt | None = None
+    marker: Name | None = Field(None, description="marker recipe: which marker (default: the only one)")
+    marker_template: str = "\n\n{marker}"
+    negatives: Negatives | None = Field(
+        None, description="marker recipe only: unmarked answers of other personas (seeded choice)"
+    )
+
+    @model_validator(mode="after")
+    def _recipe_fields(self) -> Dataset:
+        if self.recipe != "marker":
+            extra = [k for k in ("marker", "negatives") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)} only apply to the marker recipe, not {self.recipe!r}")
+        if "{marker}" not in self.marker_template:
+            raise ValueError("marker_template must contain {marker}")
+        return self
+
+
+class Lora(Strict):
+    r: PosInt | None = None
+    alpha: Annotated[float, Field(gt=0.0)] | None = None
+    rslora: bool | None = None
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    target_modules: Annotated[list[Text], Field(min_length=1)] | None = None
+
+
+class Loss(Strict):
+    kind: Literal["full", "marker"] | None = Field(
+        None, description="full: every response token; marker: only the marker's tokens and the last_n tokens"
+    )
+    last_n: NonNegInt | None = Field(None, description="marker loss: also train the last N tokens (EOS)")
+
+
+class Training(Strict):
+    """A training config; every field is optional and falls back to `training.defaults`, then built-ins."""
+
+    lora: Lora | None = None
+    lr: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
+    epochs: Annotated[float, Field(gt=0.0)] | None = None
+    schedule: Literal["cosine", "linear", "constant"] | None = None
+    warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
+    optimizer: Literal["adamw", "sgd"] | None = None
+    weight_decay: Annotated[float, Field(ge=0.0)] | None = None
+    grad_clip: Annotated[float, Field(gt=0.0)] | None = None
+    batch_size: PosInt | None = None
+    grad_accum: PosInt | None = None
+    max_length: PosInt | None = None
+    precision: Literal["bf16", "fp16", "fp32"] | None = None
+    gradient_checkpointing: bool | None = None
+    loss: Loss | None = None
+    checkpoints: Annotated[list[Fraction], Field(min_length=1)] | None = Field(
+        None, description="fractions of training at which to save (and evaluate); 0 is the starting model"
+    )
+
+
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "lora": {"r": 32, "alpha": 64.0, "rslora": True, "dropout": 0.0, "target_modules": ALL_LINEAR},
+    "lr": 5.0e-5,
+    "epochs": 1.0,
+    "schedule": "cosine",
+    "warmup_ratio": 0.05,
+    "optimizer": "adamw",
+    "weight_decay": 0.0,
+    "grad_clip": 1.0,
+    "batch_size": 4,
+    "grad_accum": 1,
+    "max_length": 1024,
+    "precision": "bf16",
+    "gradient_checkpointing": True,
+    "loss": {"kind": "full", "last_n": 1},
+    "checkpoints": [1.0],
+}
+
+
+class Phase(Strict):
+    """One step of an arm: train on a dataset from the previous model, or merge another phase's adapter."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    name: Name
+    data: Name | None = Field(None, description="the dataset to train on")
+    train: Name | None = Field(None, description="the training config (default: the one named like `data`)")
+    overrides: Training | None = Field(None, description="per-arm changes to the training config")
+    from_: Name | None = Field(
+        None, alias="from", description="phase to start from: `base` or an earlier phase (default: the previous)"
+    )
+    each_checkpoint: bool = Field(False, description="run once from every checkpoint of the `from` phase")
+    merge: Name | None = Field(None, description="instead of training, reuse phase `arm.phase` (or `phase`)")
+    checkpoint: Fraction = Field(1.0, description="merge: which checkpoint of the merged phase")
+    screen: bool | None = Field(None, description="adapter specificity screen (default: on for marker data)")
+
+    @model_validator(mode="after")
+    def _train_or_merge(self) -> Phase:
+        if self.merge is None and self.data is None:
+            raise ValueError("a phase needs `data` (to train) or `merge` (to reuse a trained phase)")
+        if self.merge is not None:
+            extra = [k for k in ("data", "train", "overrides") if getattr(self, k) is not None]
+            if self.each_checkpoint:
+                extra.append("each_checkpoint")
+            if extra:
+                raise ValueError(f"a merge phase takes no {', '.join(extra)}")
+        return self
+
+
+class Arm(Strict):
+    description: str | None = None
+    phases: list[Phase] = Field(min_length=1)
+    eval_at: Name | None = Field(
+        None,
+        description="phase whose checkpoints are evaluated (default: the phase an each_checkpoint phase "
+        "starts from, else the last phase)",
+    )
+    sources: list[Name] | None = Field(None, description="default: every source")
+
+
+class CompletionOverride(Strict):
+    persona: Name
+    n: PosInt
+    sources: list[Name] | None = Field(None, description="only when the source is one of these")
+
+
+class Screen(Strict):
+    """The adapter specificity screen run after marker training."""
+
+    questions: PosInt | None = Field(5, description="the first N eval questions (null: all)")
+    completions: PosInt = 2
+    sampler: Sampler = Sampler(temperature=1.0, top_p=1.0, max_tokens=64)
+
+
+class Intervals(Strict):
+    confidence_level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
+    n_resamples: PosInt = 2000
+    seed: int | None = Field(None, description="default: the replicate seed")
+
+
+class Eval(Strict):
+    personas: list[Name] | None = Field(None, description="default: every persona, assistant included")
+    completions: PosInt = Field(10, description="completions per (persona, question)")
+    completions_overrides: list[CompletionOverride] = []
+    sampler: Sampler = Sampler()
+    backend: Literal["auto", "hf", "vllm"] = "auto"
+    baseline: bool = Field(True, description="also evaluate the untrained base model once per seed")
+    screen: Screen = Screen()
+    intervals: Intervals = Intervals()
+
+
+class Representation(Strict):
+    layers: list[NonNegInt] = Field(min_length=1)
+    token: Literal["last_prompt"] = "last_prompt"
+    centering: Literal["global_mean", "none"] = "global_mean"
+
+
+class Analysis(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: Literal[ANALYSES]  # type: ignore[valid-type]
+
+
+class Report(Strict):
+    title: str | None = None
+    figures: list[Name] = []
+
+
+class Spec(Strict):
+    """A cpx experiment: personas, data, training, arms, eval and analyses, replicated per seed."""
+
+    extends: str | None = Field(None, description="a spec file this one starts from (relative path)")
+    name: Name | None = Field(None, description="default: the file name without .yaml")
+    description: str | None = None
+    seeds: list[int] = Field(min_length=1)
+    model: Model
+    personas: PersonaBank
+    roles: Roles
+    questions: Questions
+    markers: Annotated[dict[Name, Text], Field(min_length=1)]
+    match: Match = Match()
+    generation: Generation = Generation()
+    datasets: Annotated[dict[Name, Dataset], Field(min_length=1)]
+    training: dict[Name, Training] = Field(
+        {}, description="named training configs; `defaults` applies to all of them"
+    )
+    arms: Annotated[dict[Name, Arm], Field(min_length=1)]
+    eval: Eval = Eval()
+    representation: Representation
+    analyses: list[Analysis] = []
+    report: Report = Report()
