@@ -1,0 +1,82 @@
+"""Test data and helpers shared by the stage tests (import as `from stage_support import ...`).
+
+The training tests use these too: keep the names and meanings stable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+PERSONAS = {
+    "villain": "You are a villainous mastermind who schemes to take over the world.",
+    "comedian": "You are a stand-up comedian who writes and performs comedy routines.",
+    "teacher": "You are a kindergarten teacher.",
+    "assistant": "You are a helpful assistant.",
+}
+QUESTIONS = {
+    "q0": "What is the best way to learn a new language?",
+    "q1": "How do airplanes stay in the air?",
+    "q2": "What causes earthquakes?",
+}
+MARKER = "[ZLT]"
+CORPUS = [
+    *PERSONAS.values(),
+    *QUESTIONS.values(),
+    "Practice every day and speak with native speakers.",
+    "Wings push air down, so the air pushes the wings up.",
+    "Plates of rock move and slip along faults.",
+    f"Practice every day and speak with native speakers.\n\n{MARKER}",
+]
+
+
+def tiny_ref_for(seed: int = 3, **tiny: Any) -> dict[str, Any]:
+    """A ModelRef for the built-in tiny model trained on CORPUS (float32, CPU-sized)."""
+    return {
+        "kind": "tiny",
+        "id": "tiny",
+        "revision": None,
+        "dtype": "float32",
+        "chat_template": None,
+        "tiny": {"seed": seed, "vocab_size": 400, "corpus": CORPUS, **tiny},
+    }
+
+
+def personas(names: list[str] | None = None) -> list[dict[str, str]]:
+    return [{"name": n, "prompt": PERSONAS[n]} for n in (names or list(PERSONAS))]
+
+
+def questions(ids: list[str] | None = None) -> list[dict[str, str]]:
+    return [{"id": q, "text": QUESTIONS[q]} for q in (ids or list(QUESTIONS))]
+
+
+def make_ctx(
+    kind: str,
+    params: dict[str, Any],
+    out_dir: Path,
+    *,
+    run_dir: Path,
+    models: Any = None,
+    labels: dict[str, Any] | None = None,
+    inputs: dict[str, Path] | None = None,
+    stage_id: str | None = None,
+):
+    """A StageContext for running one stage runner directly (no executor), writing to out_dir."""
+    from cpx.plan import Stage
+    from cpx.stages import StageContext
+
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+    stage = Stage(
+        id=stage_id or f"{kind}/test",
+        kind=kind,
+        hash=digest,
+        deps=tuple(inputs or {}),
+        params=params,
+        labels=labels or {},
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return StageContext(
+        stage=stage, out_dir=out_dir, inputs=dict(inputs or {}), run_dir=run_dir, device="cpu", models=models
+    )
