@@ -23,9 +23,10 @@ def cpx_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def cpx_popen(*args: str, **extra: str) -> subprocess.Popen[str]:
+def cpx_popen(*args: str, **extra: str) -> subprocess.Popen[bytes]:
+    """Start `cpx` in the background (its output discarded: it is about to be killed)."""
     return subprocess.Popen([sys.executable, "-m", "cpx", *args], env=cpx_env(**extra),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def cpx_run(*args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:

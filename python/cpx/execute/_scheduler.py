@@ -298,6 +298,12 @@ def execute(
     store = Store(run_dir)
     if retry < 0:
         raise ValueError(f"retry must be >= 0, got {retry}")
+    if executor == "local":
+        from cpx.execute._local import parse_devices
+
+        slots = parse_devices(devices)  # bad --devices fails before anything is written
+    elif executor != "ray":
+        raise ValueError(f"unknown executor {executor!r}; choose local or ray")
     with RunLock(run_dir):
         store.prepare()
         store.clean_tmp()
@@ -314,15 +320,13 @@ def execute(
         display = display or make_display(quiet=quiet)
         backend: Backend
         if executor == "local":
-            from cpx.execute._local import LocalBackend, parse_devices
+            from cpx.execute._local import LocalBackend
 
-            backend = LocalBackend(parse_devices(devices), str(store.run_dir), resolver)
-        elif executor == "ray":
+            backend = LocalBackend(slots, str(store.run_dir), resolver)
+        else:
             from cpx.execute._ray import RayBackend
 
             backend = RayBackend(str(store.run_dir), resolver, address=address, devices=devices)
-        else:
-            raise ValueError(f"unknown executor {executor!r}; choose local or ray")
         store.event("run_started", executor=executor, devices=[s.label for s in getattr(backend, "slots", [])] or devices,
                     todo=len(todo), cached=len(summary.cached))
         tracking = (plan.spec or {}).get("tracking") if isinstance(plan.spec, dict) else None
