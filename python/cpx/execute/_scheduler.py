@@ -166,9 +166,11 @@ class Scheduler:
                 free = [i for i in range(len(self.backend.slots)) if i not in running]
                 cands = ready()
                 for slot in free:
-                    if not cands:
-                        break
-                    sid = pick(slot, cands)
+                    kinds = getattr(self.backend.slots[slot], "kinds", None)
+                    mine = [c for c in cands if kinds is None or self.by_id[c].kind in kinds]
+                    if not mine:
+                        continue
+                    sid = pick(slot, mine)
                     cands.remove(sid)
                     waiting.remove(sid)
                     stage = self.by_id[sid]
