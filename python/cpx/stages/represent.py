@@ -1,0 +1,83 @@
+"""The `represent` stage: persona centroids of last-prompt-token hidden states and their cosines.
+
+For every persona x question, the prompt is rendered with the chat template and the
+generation prompt (`cpx.models.render_prompt`, exactly as sampling sees it) and its hidden
+state at the last token is read at each of the spec's layers, in one batched, left-padded
+pass with forward hooks (`_hidden`). A persona's centroid is the mean over the questions;
+`centering: global_mean` subtracts the mean of the stage's personas' centroids (per layer)
+before the cosines, `none` does not.
+
+Outputs (docs/plan-format.md): `centroids.parquet` — labels + `persona, layer, vector`
+(the uncentred centroid, list<float32>); `cosines.parquet` — labels + `layer, persona_a,
+persona_b, cosine` for every ordered pair of personas (the full matrix, diagonal included).
+
+A separate stage from `sample` on purpose: a change of the eval sampler re-runs sampling only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cpx.stages._context import StageContext
+
+CENTERINGS = ("global_mean", "none")
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import numpy as np
+    import pyarrow as pa
+
+    from cpx.models import render_prompt
+    from cpx.stages._hidden import centroid_cosines, last_prompt_hidden_states
+    from cpx.stages._rows import StageParamError, check_personas, check_questions, labelled_table, write_parquet
+
+    p, sid = ctx.params, ctx.stage.id
+    personas = check_personas(sid, p.get("personas"), eval_roles=False)
+    questions = check_questions(sid, p.get("questions"))
+    layers = p.get("layers")
+    if not isinstance(layers, list) or not layers or len(set(map(str, layers))) != len(layers):
+        raise StageParamError(f"stage {sid}: params.layers must be a non-empty list of distinct integers, got {layers!r}")
+    if p.get("token", "last_prompt") != "last_prompt":
+        raise StageParamError(f"stage {sid}: params.token must be 'last_prompt', got {p.get('token')!r}")
+    centering = p.get("centering", "global_mean")
+    if centering not in CENTERINGS:
+        raise StageParamError(f"stage {sid}: params.centering must be one of {', '.join(CENTERINGS)}, got {centering!r}")
+
+    model, tok = ctx.models.get(p["model"], ctx.inputs)
+    prompts = [render_prompt(tok, per.get("prompt"), q["text"]) for per in personas for q in questions]
+    t0 = time.perf_counter()
+    try:
+        hidden = last_prompt_hidden_states(model, tok, prompts, layers, device=ctx.device)
+    except ValueError as e:
+        raise StageParamError(f"stage {sid}: {e}") from None
+    seconds = time.perf_counter() - t0
+    n_p, n_q, n_l = len(personas), len(questions), len(layers)
+    centroids = hidden.reshape(n_p, n_q, n_l, -1).astype(np.float64).mean(axis=1)
+    cos = centroid_cosines(centroids, centering)
+
+    names = [per["name"] for per in personas]
+    dim = centroids.shape[-1]
+    vectors = pa.FixedSizeListArray.from_arrays(
+        pa.array(centroids.astype(np.float32).reshape(-1)), dim
+    ).cast(pa.list_(pa.float32()))
+    cent_cols = {
+        "persona": [n for n in names for _ in layers],
+        "layer": [int(layer) for _ in names for layer in layers],
+        "vector": vectors,
+    }
+    cent_schema = {"persona": pa.string(), "layer": pa.int64(), "vector": pa.list_(pa.float32())}
+    write_parquet(labelled_table(ctx.labels, cent_cols, cent_schema), ctx.out_dir / "centroids.parquet")
+
+    cos_cols: dict[str, list[Any]] = {"layer": [], "persona_a": [], "persona_b": [], "cosine": []}
+    for li, layer in enumerate(layers):
+        for a, na in enumerate(names):
+            for b, nb in enumerate(names):
+                cos_cols["layer"].append(int(layer))
+                cos_cols["persona_a"].append(na)
+                cos_cols["persona_b"].append(nb)
+                cos_cols["cosine"].append(float(cos[li, a, b]))
+    cos_schema = {"layer": pa.int64(), "persona_a": pa.string(), "persona_b": pa.string(), "cosine": pa.float64()}
+    write_parquet(labelled_table(ctx.labels, cos_cols, cos_schema), ctx.out_dir / "cosines.parquet")
+    return {"prompts": len(prompts), "layers": [int(x) for x in layers], "hidden_size": int(dim),
+            "centering": centering, "seconds": round(seconds, 3)}

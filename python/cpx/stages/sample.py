@@ -1,0 +1,80 @@
+"""The `sample` stage: eval completions of a model chain for every persona and question.
+
+Per-persona completion counts (`n`), and temperature, top_p, max_tokens and seed from the spec.
+Backends: `hf` (the batched engine in `_sampling`, CPU and GPU), `vllm` (optional, thin), and
+`auto` (vllm when it is importable and the device is a GPU, else hf).
+
+Output `completions.parquet`: labels + `persona, role, question_id, sample_index, text,
+n_tokens, finish_reason` (docs/plan-format.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from cpx.stages._context import StageContext
+
+BACKENDS = ("auto", "hf", "vllm")
+
+
+def resolve_backend(name: str, device: str, stage_id: str = "?") -> str:
+    from cpx.stages._rows import StageParamError
+
+    if name not in BACKENDS:
+        raise StageParamError(f"stage {stage_id}: params.backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "auto":
+        from cpx.stages._vllm import vllm_available
+
+        return "vllm" if str(device).startswith("cuda") and vllm_available() else "hf"
+    return name
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import pyarrow as pa
+
+    from cpx.stages._rows import check_personas, check_questions, labelled_table, sampler_of, write_parquet
+    from cpx.stages._sampling import Request, sample_completions
+
+    p, sid = ctx.params, ctx.stage.id
+    personas = check_personas(sid, p.get("personas"), eval_roles=True)
+    questions = check_questions(sid, p.get("questions"))
+    sampler = sampler_of(sid, p.get("sampler"))
+    backend = resolve_backend(p.get("backend", "hf"), ctx.device, sid)
+    requests = [Request(per.get("prompt"), q["text"], per["n"]) for per in personas for q in questions]
+
+    t0 = time.perf_counter()
+    if backend == "vllm":
+        from cpx.stages._vllm import sample_vllm
+
+        comps = sample_vllm(ctx, requests, sampler)
+    else:
+        model, tok = ctx.models.get(p["model"], ctx.inputs)
+        comps = sample_completions(
+            model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress
+        )
+    seconds = time.perf_counter() - t0
+
+    nq = len(questions)
+    cols: dict[str, list[Any]] = {k: [] for k in (
+        "persona", "role", "question_id", "sample_index", "text", "n_tokens", "finish_reason")}
+    for c in comps:
+        per, q = personas[c.request_index // nq], questions[c.request_index % nq]
+        for k, v in (("persona", per["name"]), ("role", per["role"]), ("question_id", q["id"]),
+                     ("sample_index", c.sample_index), ("text", c.text), ("n_tokens", c.n_tokens),
+                     ("finish_reason", c.finish_reason)):
+            cols[k].append(v)
+    schema = {"persona": pa.string(), "role": pa.string(), "question_id": pa.string(),
+              "sample_index": pa.int64(), "text": pa.string(), "n_tokens": pa.int64(),
+              "finish_reason": pa.string()}
+    write_parquet(labelled_table(ctx.labels, cols, schema), ctx.out_dir / "completions.parquet")
+    n_tokens = sum(c.n_tokens for c in comps)
+    return {
+        "backend": backend,
+        "completions": len(comps),
+        "tokens": n_tokens,
+        "finish_reasons": dict(sorted(Counter(c.finish_reason for c in comps).items())),
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(n_tokens / seconds, 1) if seconds > 0 else None,
+    }
