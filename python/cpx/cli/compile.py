@@ -62,15 +62,15 @@ def summary(plan: Any, done: dict[str, bool], secs: dict[str, float]) -> str:
 
     n = Counter(s.kind for s in plan.stages)
     d = Counter(s.kind for s in plan.stages if done.get(s.id))
-    h: Counter[str] = Counter()
+    h: dict[str, float] = {}
     for s in plan.stages:
         if not done.get(s.id):
-            h[s.kind] += secs.get(s.id, 0.0) / 3600
+            h[s.kind] = h.get(s.kind, 0.0) + secs.get(s.id, 0.0) / 3600
     lines = [f"{plan.name}: {len(plan.stages)} stages, spec {plan.spec_hash[:12]}",
              f"  {'kind':<10} {'stages':>6} {'done':>6} {'GPU-h to go':>12}"]
     for kind in STAGE_KINDS:
         if n[kind]:
-            gpu = f"{h[kind]:.2f}" if h[kind] else "-"
+            gpu = f"{h[kind]:.2f}" if h.get(kind) else "-"
             lines.append(f"  {kind:<10} {n[kind]:>6} {d[kind]:>6} {gpu:>12}")
     total = sum(h.values())
     lines.append(f"  {'total':<10} {sum(n.values()):>6} {sum(d.values()):>6} {total:>12.2f}")

@@ -48,11 +48,13 @@ class _Compiler:
         self.issues: list[Issue] = []
         self.memo: dict[tuple[Any, ...], Any] = {}
         self.model = self._model_ref()
-        self.persona = {n: {"name": n, "prompt": p} for n, p in s.personas.items()}
+        # Mappings are unordered in the spec's meaning (key order changes no hash): personas and
+        # markers appear in params sorted by name.
+        self.persona = {n: {"name": n, "prompt": s.personas[n]} for n in sorted(s.personas)}
         self.assistant = s.roles.assistant
         self.eval_q = _questions("eval", s.questions.eval)
         self.data_q = _questions("data", s.questions.data)
-        self.markers = list(s.markers.values())
+        self.markers = [s.markers[k] for k in sorted(s.markers)]
         self.match = s.match.model_dump()
         self.points: list[dict[str, Any]] = []
         self.analysis_deps: list[str] = []
@@ -111,12 +113,12 @@ class _Compiler:
         if key not in self.memo:
             s, g = self.s, self.s.generation
             if g.personas is not None:
-                names = list(dict.fromkeys([self.assistant, *s.roles.sources, *g.personas]))
+                names = sorted({self.assistant, *s.roles.sources, *g.personas})
             else:
                 negatives = any(d.recipe == "marker" and (d.negatives is None or d.negatives.personas > 0)
                                 for d in s.datasets.values())
                 wanted = set(s.personas) if negatives else {self.assistant, *s.roles.sources}
-                names = [n for n in s.personas if n in wanted]
+                names = [n for n in self.persona if n in wanted]
             self.generated = names
             params = {
                 "model": self.chain([]),
@@ -157,7 +159,7 @@ class _Compiler:
 
     def eval_personas(self, source: str | None, n_default: int, overrides: bool = True) -> list[dict[str, Any]]:
         s = self.s
-        candidates = s.eval.personas or list(s.personas)
+        candidates = s.eval.personas or list(self.persona)
         bystanders = s.roles.bystanders
         out = []
         for p in candidates:
@@ -349,7 +351,8 @@ class _Compiler:
             raise SpecError(self.issues)
         analyze = self.add("analyze", "analyze", {
             "analyses": [a.model_dump() for a in s.analyses],
-            "points": self.points,
+            # Sorted, so that the order arms are written in changes no hash.
+            "points": sorted(self.points, key=lambda p: (p["seed"], p["arm"], p["source"] or "", p["checkpoint"])),
         }, self.analysis_deps, {})
         self.add("report", "report", {
             "title": s.report.title or self.L.name,

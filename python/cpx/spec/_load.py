@@ -6,6 +6,7 @@ line and column where the offending value (or key) was written.
 
 from __future__ import annotations
 
+import os
 import re
 import types
 import typing
@@ -18,7 +19,7 @@ import pydantic
 import yaml
 
 from cpx.spec._errors import Issue, Location, SpecError, did_you_mean, show
-from cpx.spec._schema import TRAINING_DEFAULTS, Arm, Phase, Spec
+from cpx.spec._schema import TRAINING_DEFAULTS, Arm, Dataset, Phase, Spec, Training
 from cpx.spec._yaml import Doc, KeyPath, _Loader, dotted, parse_yaml, read_text
 
 CLI = "<command line>"
@@ -81,7 +82,7 @@ def _load_file(path: Path, stack: list[Path], at: Location | None) -> tuple[Doc,
     where = doc.where(("extends",))
     if not isinstance(parent, str) or not parent.strip():
         raise SpecError([Issue(where, "extends", "bad extends", expected="a file name", found=show(parent))])
-    target = path.parent / parent
+    target = Path(os.path.normpath(path.parent / parent))
     if target.resolve() in stack:
         chain = " -> ".join(p.name for p in [*stack, target.resolve()])
         raise SpecError([Issue(where, "extends", f"circular extends: {chain}")])
@@ -97,8 +98,11 @@ def _load_file(path: Path, stack: list[Path], at: Location | None) -> tuple[Doc,
     return merged, base_files + files
 
 
-def _resolve_banks(doc: Doc, issues: list[Issue]) -> None:
-    """Replace bank file names (personas, questions.eval/data) by the file's contents."""
+def _resolve_banks(doc: Doc, issues: list[Issue]) -> list[KeyPath]:
+    """Replace bank file names (personas, questions.eval/data) by the file's contents.
+
+    Returns the paths of banks whose file could not be read (already reported)."""
+    failed: list[KeyPath] = []
     data = doc.data
     slots: list[tuple[KeyPath, str]] = [(("personas",), "personas")]
     if isinstance(data.get("questions"), dict):
@@ -114,17 +118,17 @@ def _resolve_banks(doc: Doc, issues: list[Issue]) -> None:
         base = Path.cwd() if where.file == CLI else Path(where.file).parent
         file = base / value
         try:
-            text = read_text(file, where, what=f"{what} bank")
+            text = read_text(file, where, what=f"{what} bank", shown=value)
         except SpecError as e:
             issues.extend(e.issues)
-            parent[path[-1]] = None
+            failed.append(path)
             continue
         if file.suffix in (".yaml", ".yml", ".json"):
             try:
                 sub = parse_yaml(text, str(file))
             except SpecError as e:
                 issues.extend(e.issues)
-                parent[path[-1]] = None
+                failed.append(path)
                 continue
             parent[path[-1]] = sub.data
             for p, loc in sub.marks.items():
@@ -135,15 +139,16 @@ def _resolve_banks(doc: Doc, issues: list[Issue]) -> None:
             if what == "personas":
                 issues.append(Issue(where, dotted(path), "a persona bank file must be YAML",
                                     expected="a .yaml file mapping names to prompts", found=repr(value)))
-                parent[path[-1]] = None
+                failed.append(path)
                 continue
-            lines = []
+            lines: list[str] = []
             for n, line in enumerate(text.splitlines(), start=1):
                 if line.strip() and not line.lstrip().startswith("#"):
                     doc.marks[path + (len(lines),)] = Location(str(file), n, 1)
                     lines.append(line.strip())
             doc.marks[path] = Location(str(file), 1, 1)
             parent[path[-1]] = lines
+    return failed
 
 
 def _apply_override(doc: Doc, item: str, issues: list[Issue]) -> None:
@@ -188,7 +193,7 @@ def _apply_override(doc: Doc, item: str, issues: list[Issue]) -> None:
 # ---------------------------------------------------------------- schema errors
 
 
-def _expected_for(err: dict[str, Any]) -> str | None:
+def _expected_for(err: Any) -> str | None:
     t, ctx = err["type"], err.get("ctx") or {}
     simple = {
         "int_type": "an integer", "float_type": "a number", "string_type": "a string",
@@ -306,7 +311,8 @@ def _schema_issues(exc: pydantic.ValidationError, doc: Doc) -> list[Issue]:
 
 class _Checker:
     def __init__(self, spec: Spec, doc: Doc):
-        self.spec, self.doc, self.issues = spec, doc, []
+        self.spec, self.doc = spec, doc
+        self.issues: list[Issue] = []
 
     def ref(self, path: KeyPath, value: Any, choices: Sequence[str], what: str) -> bool:
         if value in choices:
@@ -318,61 +324,87 @@ class _Checker:
 
     def run(self) -> list[Issue]:
         s = self.spec
+        # A section that failed schema validation is None here: checks needing it are skipped.
+        for check in (self._personas, self._datasets, self._layers):
+            self._guard(check)
+        for name in self.names("arms"):
+            if name in RESERVED_ARMS:
+                self.issues.append(Issue(self.doc.where(("arms", name), key=True),
+                                         f"arms.{name}", f"arm name {name!r} is reserved for the base-model eval"))
+        for arm_name, arm in (s.arms or {}).items():
+            self._guard(lambda: self._arm(arm_name, arm))
+        self._guard(self._cycles)
+        return self.issues
+
+    def _guard(self, check: Any) -> None:
+        try:
+            check()
+        except (AttributeError, TypeError, KeyError, ValueError, StopIteration):
+            pass
+
+    def names(self, section: str) -> list[str]:
+        """Names written under a top-level mapping, valid or not (for reference checks)."""
+        raw = self.doc.data.get(section) if isinstance(self.doc.data, dict) else None
+        return [k for k in raw if isinstance(k, str)] if isinstance(raw, dict) else []
+
+    def _personas(self) -> None:
+        s = self.spec
         personas = list(s.personas)
+        self._dupes(("seeds",), s.seeds or [], "seed")
         self.ref(("roles", "assistant"), s.roles.assistant, personas, "persona")
         for i, p in enumerate(s.roles.sources):
             if self.ref(("roles", "sources", i), p, personas, "persona") and p == s.roles.assistant:
                 self.issues.append(Issue(self.doc.where(("roles", "sources", i)), f"roles.sources[{i}]",
                                          "the assistant cannot also be a source"))
         self._dupes(("roles", "sources"), s.roles.sources, "source")
-        self._dupes(("seeds",), s.seeds, "seed")
         for i, p in enumerate(s.roles.bystanders or []):
             self.ref(("roles", "bystanders", i), p, personas, "persona")
+        for i, p in enumerate(s.generation.personas or []):
+            self.ref(("generation", "personas", i), p, personas, "persona")
         for i, p in enumerate(s.eval.personas or []):
             self.ref(("eval", "personas", i), p, personas, "persona")
         if s.eval.personas is not None:
-            for key, names in (("assistant", [s.roles.assistant]), ("sources", s.roles.sources)):
+            for key, names in (("assistant", [s.roles.assistant]), ("source", s.roles.sources)):
                 for n in names:
                     if n in personas and n not in s.eval.personas:
                         self.issues.append(Issue(self.doc.where(("eval", "personas")), "eval.personas",
-                                                 f"the {key[:-1] if key == 'sources' else key} persona {n!r} "
-                                                 "must be evaluated", expected=f"a list that includes {n!r}"))
-        for i, p in enumerate(s.generation.personas or []):
-            self.ref(("generation", "personas", i), p, personas, "persona")
+                                                 f"the {key} persona {n!r} must be evaluated",
+                                                 expected=f"a list that includes {n!r}"))
         for i, o in enumerate(s.eval.completions_overrides):
             self.ref(("eval", "completions_overrides", i, "persona"), o.persona, personas, "persona")
             for j, src in enumerate(o.sources or []):
                 self.ref(("eval", "completions_overrides", i, "sources", j), src, s.roles.sources, "source")
-        non_assistant = [p for p in personas if p != s.roles.assistant]
-        for name, d in s.datasets.items():
-            if d.recipe == "marker":
-                if d.marker is not None:
-                    self.ref(("datasets", name, "marker"), d.marker, list(s.markers), "marker")
-                elif len(s.markers) > 1:
-                    self.issues.append(Issue(self.doc.where(("datasets", name)), f"datasets.{name}",
-                                             "which marker? the spec defines several",
-                                             expected=f"marker: one of {', '.join(s.markers)}"))
-                neg = d.negatives.personas if d.negatives else 2
-                if neg > len(non_assistant) - 1:
-                    self.issues.append(Issue(self.doc.where(("datasets", name, "negatives", "personas")),
-                                             f"datasets.{name}.negatives.personas", "too many negative personas",
-                                             expected=f"at most {len(non_assistant) - 1} (non-assistant personas "
-                                             "other than the source)", found=str(neg)))
+
+    def _datasets(self) -> None:
+        s = self.spec
+        markers = self.names("markers")
+        for name, d in (s.datasets or {}).items():
+            if d.recipe != "marker":
+                continue
+            if d.marker is not None:
+                self.ref(("datasets", name, "marker"), d.marker, markers, "marker")
+            elif len(markers) > 1:
+                self.issues.append(Issue(self.doc.where(("datasets", name)), f"datasets.{name}",
+                                         "which marker? the spec defines several",
+                                         expected=f"marker: one of {', '.join(markers)}"))
+            others = len([p for p in s.personas if p != s.roles.assistant]) - 1
+            neg = d.negatives.personas if d.negatives else 2
+            if neg > others:
+                self.issues.append(Issue(self.doc.where(("datasets", name, "negatives", "personas")),
+                                         f"datasets.{name}.negatives.personas", "too many negative personas",
+                                         expected=f"at most {others} (non-assistant personas other than the "
+                                         "source)", found=str(neg)))
+
+    def _layers(self) -> None:
+        s = self.spec
         if s.model.tiny is not None:
             top = s.model.tiny.num_layers
             for i, layer in enumerate(s.representation.layers):
                 if layer > top:
                     self.issues.append(Issue(self.doc.where(("representation", "layers", i)),
                                              f"representation.layers[{i}]", "no such layer",
-                                             expected=f"0..{top} (the tiny model has {top} layers)", found=str(layer)))
-        for name in s.arms:
-            if name in RESERVED_ARMS:
-                self.issues.append(Issue(self.doc.where(("arms", name), key=True),
-                                         f"arms.{name}", f"arm name {name!r} is reserved for the base-model eval"))
-        for arm_name, arm in s.arms.items():
-            self._arm(arm_name, arm)
-        self._cycles()
-        return self.issues
+                                             expected=f"0..{top} (the tiny model has {top} layers)",
+                                             found=str(layer)))
 
     def _dupes(self, path: KeyPath, values: Sequence[Any], what: str) -> None:
         seen = set()
@@ -386,12 +418,12 @@ class _Checker:
         names = [p.name for p in arm.phases]
         self._dupes(base + ("phases",), names, "phase name")
         for i, src in enumerate(arm.sources or []):
-            self.ref(base + ("sources", i), src, s.roles.sources, "source")
-        training = [t for t in s.training if t != "defaults"]
+            self._guard(lambda i=i, src=src: self.ref(base + ("sources", i), src, s.roles.sources, "source"))
+        training = [t for t in self.names("training") if t != "defaults"]
         for i, ph in enumerate(arm.phases):
             pp = base + ("phases", i)
             if ph.data is not None:
-                self.ref(pp + ("data",), ph.data, list(s.datasets), "dataset")
+                self.ref(pp + ("data",), ph.data, self.names("datasets"), "dataset")
             if ph.train is not None:
                 self.ref(pp + ("train",), ph.train, training, "training config")
             if ph.from_ is not None and ph.from_ != "base":
@@ -405,7 +437,10 @@ class _Checker:
                                          "each_checkpoint needs a phase to start from, not the base model"))
             if ph.merge is not None:
                 target = self._merge_target(arm_name, ph.merge)
-                if target is None:
+                target_arm = ph.merge.rpartition(".")[0] or arm_name
+                if target is None and target_arm in self.names("arms") and target_arm not in s.arms:
+                    pass  # that arm has schema errors of its own
+                elif target is None:
                     choices = [f"{a}.{p.name}" for a, x in s.arms.items() for p in x.phases] + names
                     self.ref(pp + ("merge",), ph.merge, choices, "phase")
                 else:
@@ -414,6 +449,8 @@ class _Checker:
                         self.issues.append(Issue(self.doc.where(pp + ("merge",)), dotted(pp + ("merge",)),
                                                  f"phase {ph.merge!r} is trained once per checkpoint of another "
                                                  "phase, so it has no single adapter to merge"))
+        if len(set(names)) != len(names) or any(self._parent(arm, i) == -1 for i in range(len(names))):
+            return  # the eval axis cannot be worked out until names and `from` are right
         # The eval axis: which phase's checkpoints are evaluated.
         each = [i for i, p in enumerate(arm.phases) if p.each_checkpoint]
         if len(each) > 1:
@@ -444,13 +481,14 @@ class _Checker:
                                      "from its final model", hint="set each_checkpoint: true on the phase after it"))
 
     def _parent(self, arm: Arm, i: int) -> int | None:
+        """Index of the phase that phase i starts from; None for the base model, -1 if undefined."""
         ph = arm.phases[i]
         if ph.from_ is None:
             return i - 1 if i > 0 else None
         if ph.from_ == "base":
             return None
         names = [p.name for p in arm.phases]
-        return names.index(ph.from_) if ph.from_ in names else None
+        return names.index(ph.from_) if ph.from_ in names else -1
 
     def _merge_target(self, arm_name: str, ref: str) -> tuple[str, int] | None:
         arm, _, phase = ref.rpartition(".")
@@ -471,7 +509,7 @@ class _Checker:
         if ph.merge is not None:
             return False
         parent = self._parent(arm, i)
-        return parent is not None and self._needs_axis(arm_name, parent, seen | {(arm_name, i)})
+        return parent is not None and parent >= 0 and self._needs_axis(arm_name, parent, seen | {(arm_name, i)})
 
     def _cycles(self) -> None:
         edges: dict[tuple[str, int], list[tuple[str, int]]] = {}
@@ -484,7 +522,7 @@ class _Checker:
                         out.append(t)
                 else:
                     p = self._parent(arm, i)
-                    if p is not None and p != i:
+                    if p is not None and p not in (i, -1):
                         out.append((an, p))
                 edges[(an, i)] = out
         state: dict[tuple[str, int], int] = {}
@@ -511,6 +549,34 @@ class _Checker:
                 visit(node, [node])
 
 
+def _partial(data: dict[str, Any]) -> Spec:
+    """A Spec holding only the parts that validate (None elsewhere), so that cross-reference
+    checks can still run and every error is reported at once."""
+    values: dict[str, Any] = {}
+    for name, f in Spec.model_fields.items():
+        key = f.alias or name
+        if key not in data:
+            values[name] = None if f.is_required() else f.get_default(call_default_factory=True)
+            continue
+        tp: Any = typing.Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        try:
+            values[name] = pydantic.TypeAdapter(tp).validate_python(data[key], strict=True)
+            continue
+        except (pydantic.ValidationError, pydantic.PydanticSchemaGenerationError, TypeError):
+            values[name] = None
+        entries: dict[str, type[pydantic.BaseModel]] = {"arms": Arm, "datasets": Dataset, "training": Training}
+        entry = entries.get(name)
+        if entry is not None and isinstance(data[key], dict):
+            ok = {}
+            for k, v in data[key].items():
+                try:
+                    ok[k] = entry.model_validate(v)
+                except pydantic.ValidationError:
+                    pass
+            values[name] = ok
+    return Spec.model_construct(**values)
+
+
 def axis_phase(arm: Arm) -> str | None:
     """The phase whose checkpoints an arm is evaluated at."""
     if arm.eval_at is not None:
@@ -534,18 +600,19 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Loaded:
     issues: list[Issue] = []
     for item in overrides:
         _apply_override(doc, item, issues)
-    if issues:
-        raise SpecError(issues)
     for key in [k for k in doc.data if isinstance(k, str) and k.startswith("x-")]:
         del doc.data[key]  # x-* keys hold YAML anchors for reuse; they are not part of the spec
-    _resolve_banks(doc, issues)
+    failed = _resolve_banks(doc, issues)
     try:
         spec = Spec.model_validate(doc.data)
     except pydantic.ValidationError as e:
-        raise SpecError(issues + _schema_issues(e, doc)) from None
-    if issues:
-        raise SpecError(issues)
-    issues = _Checker(spec, doc).run()
+        # A bank whose file could not be read was reported already; its value is still a name.
+        issues += [i for i in _schema_issues(e, doc)
+                   if not any(i.path == dotted(f) or i.path.startswith(dotted(f) + ".") for f in failed)]
+        spec = _partial(doc.data)
+    checker = _Checker(spec, doc)
+    if not failed:
+        issues += checker.run()
     if issues:
         raise SpecError(issues)
     name = spec.name or re.sub(r"[^A-Za-z0-9_.\-]", "_", path.stem)

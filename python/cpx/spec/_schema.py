@@ -69,14 +69,13 @@ class TinyModel(Strict):
 class Model(Strict):
     """The base model: exactly one of `hub`, `path` or `tiny`."""
 
-    hub: Text | None = Field(None, description="a Hugging Face hub id, e.g. Qwen/Qwen2.5-7B-Instruct")
-    path: Text | None = Field(None, description="a local model folder (relative to the spec file)")
-    tiny: TinyModel | None = Field(None, description="the built-in tiny model; `tiny: {}` takes the defaults")
+    hub: Text | None = Field(default=None, description="a Hugging Face hub id, e.g. Qwen/Qwen2.5-7B-Instruct")
+    path: Text | None = Field(default=None, description="a local model folder (relative to the spec file)")
+    tiny: TinyModel | None = Field(default=None, description="the built-in tiny model; `tiny: {}` takes the defaults")
     revision: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    chat_template: str | None = Field(None, description="a Jinja chat template replacing the tokenizer's")
-    params_b: Annotated[float, Field(gt=0.0)] | None = Field(
-        None, description="parameters in billions, for the cost estimate (default: read from the id, else 7)"
+    chat_template: str | None = Field(default=None, description="a Jinja chat template replacing the tokenizer's")
+    params_b: Annotated[float, Field(gt=0.0)] | None = Field(default=None, description="parameters in billions, for the cost estimate (default: read from the id, else 7)"
     )
 
     @model_validator(mode="after")
@@ -89,10 +88,9 @@ class Model(Strict):
 
 
 class Roles(Strict):
-    assistant: Name = Field("assistant", description="the persona that plays the assistant")
+    assistant: Name = Field(default="assistant", description="the persona that plays the assistant")
     sources: list[Name] = Field(min_length=1, description="personas that get the marker, one study per source")
-    bystanders: list[Name] | None = Field(
-        None, description="default: every eval persona that is neither the source nor the assistant"
+    bystanders: list[Name] | None = Field(default=None, description="default: every eval persona that is neither the source nor the assistant"
     )
 
 
@@ -109,7 +107,7 @@ class Sampler(Strict):
     temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     max_tokens: PosInt = 512
-    seed: int | None = Field(None, description="default: the replicate seed")
+    seed: int | None = Field(default=None, description="default: the replicate seed")
 
 
 class Generation(Strict):
@@ -117,9 +115,8 @@ class Generation(Strict):
 
     sampler: Sampler = Sampler(temperature=0.7, top_p=0.95, max_tokens=512)
     completions_per_question: PosInt = 15
-    drop_marked: bool = Field(True, description="drop completions that already contain a marker")
-    personas: list[Name] | None = Field(
-        None, description="default: the assistant, the sources, and every persona negatives may come from"
+    drop_marked: bool = Field(default=True, description="drop completions that already contain a marker")
+    personas: list[Name] | None = Field(default=None, description="default: the assistant, the sources, and every persona negatives may come from"
     )
 
 
@@ -135,10 +132,9 @@ class Dataset(Strict):
     )
     examples: PosInt
     per_question: PosInt | None = None
-    marker: Name | None = Field(None, description="marker recipe: which marker (default: the only one)")
+    marker: Name | None = Field(default=None, description="marker recipe: which marker (default: the only one)")
     marker_template: str = "\n\n{marker}"
-    negatives: Negatives | None = Field(
-        None, description="marker recipe only: unmarked answers of other personas (seeded choice)"
+    negatives: Negatives | None = Field(default=None, description="marker recipe only: unmarked answers of other personas (seeded choice)"
     )
 
     @model_validator(mode="after")
@@ -161,10 +157,9 @@ class Lora(Strict):
 
 
 class Loss(Strict):
-    kind: Literal["full", "marker"] | None = Field(
-        None, description="full: every response token; marker: only the marker's tokens and the last_n tokens"
+    kind: Literal["full", "marker"] | None = Field(default=None, description="full: every response token; marker: only the marker's tokens and the last_n tokens"
     )
-    last_n: NonNegInt | None = Field(None, description="marker loss: also train the last N tokens (EOS)")
+    last_n: NonNegInt | None = Field(default=None, description="marker loss: also train the last N tokens (EOS)")
 
 
 class Training(Strict):
@@ -184,8 +179,7 @@ class Training(Strict):
     precision: Literal["bf16", "fp16", "fp32"] | None = None
     gradient_checkpointing: bool | None = None
     loss: Loss | None = None
-    checkpoints: Annotated[list[Fraction], Field(min_length=1)] | None = Field(
-        None, description="fractions of training at which to save (and evaluate); 0 is the starting model"
+    checkpoints: Annotated[list[Fraction], Field(min_length=1)] | None = Field(default=None, description="fractions of training at which to save (and evaluate); 0 is the starting model"
     )
 
 
@@ -214,16 +208,15 @@ class Phase(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
     name: Name
-    data: Name | None = Field(None, description="the dataset to train on")
-    train: Name | None = Field(None, description="the training config (default: the one named like `data`)")
-    overrides: Training | None = Field(None, description="per-arm changes to the training config")
-    from_: Name | None = Field(
-        None, alias="from", description="phase to start from: `base` or an earlier phase (default: the previous)"
+    data: Name | None = Field(default=None, description="the dataset to train on")
+    train: Name | None = Field(default=None, description="the training config (default: the one named like `data`)")
+    overrides: Training | None = Field(default=None, description="per-arm changes to the training config")
+    from_: Name | None = Field(default=None, alias="from", description="phase to start from: `base` or an earlier phase (default: the previous)"
     )
-    each_checkpoint: bool = Field(False, description="run once from every checkpoint of the `from` phase")
-    merge: Name | None = Field(None, description="instead of training, reuse phase `arm.phase` (or `phase`)")
-    checkpoint: Fraction = Field(1.0, description="merge: which checkpoint of the merged phase")
-    screen: bool | None = Field(None, description="adapter specificity screen (default: on for marker data)")
+    each_checkpoint: bool = Field(default=False, description="run once from every checkpoint of the `from` phase")
+    merge: Name | None = Field(default=None, description="instead of training, reuse phase `arm.phase` (or `phase`)")
+    checkpoint: Fraction = Field(default=1.0, description="merge: which checkpoint of the merged phase")
+    screen: bool | None = Field(default=None, description="adapter specificity screen (default: on for marker data)")
 
     @model_validator(mode="after")
     def _train_or_merge(self) -> Phase:
@@ -241,24 +234,23 @@ class Phase(Strict):
 class Arm(Strict):
     description: str | None = None
     phases: list[Phase] = Field(min_length=1)
-    eval_at: Name | None = Field(
-        None,
+    eval_at: Name | None = Field(default=None,
         description="phase whose checkpoints are evaluated (default: the phase an each_checkpoint phase "
         "starts from, else the last phase)",
     )
-    sources: list[Name] | None = Field(None, description="default: every source")
+    sources: list[Name] | None = Field(default=None, description="default: every source")
 
 
 class CompletionOverride(Strict):
     persona: Name
     n: PosInt
-    sources: list[Name] | None = Field(None, description="only when the source is one of these")
+    sources: list[Name] | None = Field(default=None, description="only when the source is one of these")
 
 
 class Screen(Strict):
     """The adapter specificity screen run after marker training."""
 
-    questions: PosInt | None = Field(5, description="the first N eval questions (null: all)")
+    questions: PosInt | None = Field(default=5, description="the first N eval questions (null: all)")
     completions: PosInt = 2
     sampler: Sampler = Sampler(temperature=1.0, top_p=1.0, max_tokens=64)
 
@@ -266,16 +258,16 @@ class Screen(Strict):
 class Intervals(Strict):
     confidence_level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     n_resamples: PosInt = 2000
-    seed: int | None = Field(None, description="default: the replicate seed")
+    seed: int | None = Field(default=None, description="default: the replicate seed")
 
 
 class Eval(Strict):
-    personas: list[Name] | None = Field(None, description="default: every persona, assistant included")
-    completions: PosInt = Field(10, description="completions per (persona, question)")
+    personas: list[Name] | None = Field(default=None, description="default: every persona, assistant included")
+    completions: PosInt = Field(default=10, description="completions per (persona, question)")
     completions_overrides: list[CompletionOverride] = []
     sampler: Sampler = Sampler()
     backend: Literal["auto", "hf", "vllm"] = "auto"
-    baseline: bool = Field(True, description="also evaluate the untrained base model once per seed")
+    baseline: bool = Field(default=True, description="also evaluate the untrained base model once per seed")
     screen: Screen = Screen()
     intervals: Intervals = Intervals()
 
@@ -300,8 +292,8 @@ class Report(Strict):
 class Spec(Strict):
     """A cpx experiment: personas, data, training, arms, eval and analyses, replicated per seed."""
 
-    extends: str | None = Field(None, description="a spec file this one starts from (relative path)")
-    name: Name | None = Field(None, description="default: the file name without .yaml")
+    extends: str | None = Field(default=None, description="a spec file this one starts from (relative path)")
+    name: Name | None = Field(default=None, description="default: the file name without .yaml")
     description: str | None = None
     seeds: list[int] = Field(min_length=1)
     model: Model
@@ -312,8 +304,7 @@ class Spec(Strict):
     match: Match = Match()
     generation: Generation = Generation()
     datasets: Annotated[dict[Name, Dataset], Field(min_length=1)]
-    training: dict[Name, Training] = Field(
-        {}, description="named training configs; `defaults` applies to all of them"
+    training: dict[Name, Training] = Field(default={}, description="named training configs; `defaults` applies to all of them"
     )
     arms: Annotated[dict[Name, Arm], Field(min_length=1)]
     eval: Eval = Eval()

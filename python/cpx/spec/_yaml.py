@@ -60,24 +60,28 @@ def _loc(file: str, mark: Any) -> Location:
     return Location(file, mark.line + 1, mark.column + 1)
 
 
-def read_text(path: Path, where: Location | None = None, what: str = "spec") -> str:
-    """A file's text; a missing, unreadable, binary or non-UTF-8 file is a SpecError."""
+def read_text(path: Path, where: Location | None = None, what: str = "spec", shown: str | None = None) -> str:
+    """A file's text; a missing, unreadable, binary or non-UTF-8 file is a SpecError.
+
+    `shown` is the name to print (as the user wrote it), default the path.
+    """
     at = where or Location(str(path))
+    name = shown if shown is not None else str(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise SpecError([Issue(at, "", f"{what} file {str(path)!r} does not exist")]) from None
+        raise SpecError([Issue(at, "", f"{what} file {name!r} does not exist")]) from None
     except IsADirectoryError:
-        raise SpecError([Issue(at, "", f"{what} file {str(path)!r} is a directory")]) from None
+        raise SpecError([Issue(at, "", f"{what} file {name!r} is a directory")]) from None
     except OSError as e:
-        raise SpecError([Issue(at, "", f"cannot read {what} file {str(path)!r}: {e.strerror}")]) from None
+        raise SpecError([Issue(at, "", f"cannot read {what} file {name!r}: {e.strerror}")]) from None
     if b"\0" in raw[:8192]:
-        raise SpecError([Issue(at, "", f"{what} file {str(path)!r} is not a text file (it contains NUL bytes)")])
+        raise SpecError([Issue(at, "", f"{what} file {name!r} is not a text file (it contains NUL bytes)")])
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise SpecError(
-            [Issue(at, "", f"{what} file {str(path)!r} is not UTF-8 text (bad byte at offset {e.start})")]
+            [Issue(at, "", f"{what} file {name!r} is not UTF-8 text (bad byte at offset {e.start})")]
         ) from None
 
 
