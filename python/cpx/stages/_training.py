@@ -1,0 +1,376 @@
+"""LoRA SFT: chat-formatted examples, label masks, padding-free packing, the training loop and
+checkpoints at fractions of the total steps.
+
+An example is the eval prompt (`cpx.models.render_prompt`, token for token what sampling
+feeds the model), then the response, then the chat template's end-of-turn token. Labels are
+-100 except where the loss applies:
+
+- `full`: every response token and the end-of-turn token;
+- `marker`: positives: the tokens that overlap the marker's characters (its last occurrence
+  in the response) plus the end-of-turn token; negatives: the end-of-turn token only; with
+  `last_n > 0`, also the last `last_n` response tokens before the end-of-turn token.
+
+A micro-batch of `batch_size` examples is packed into one row without padding: position ids
+restart at 0 for each example, which transformers turns into a block-diagonal causal mask
+(or varlen flash attention), so no token attends across examples. The loss of an optimizer
+step is the sum of token losses divided by the step's number of labelled tokens, so it does
+not depend on how the step is cut into micro-batches or rows.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpx.models import render_prompt
+
+IGNORE = -100
+SCHEDULES = ("cosine", "linear", "constant")
+LOSS_KINDS = ("full", "marker")
+
+
+class TrainError(Exception):
+    """Training parameters or data that cannot be used, with what and where."""
+
+
+@dataclass
+class Encoded:
+    """One tokenized training example."""
+
+    input_ids: list[int]
+    labels: list[int]
+    n_prompt: int
+    truncated: bool = False
+
+    @property
+    def n_labels(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token the chat template puts right after an assistant message (`<|im_end|>` for Qwen)."""
+    probe = "\x1f"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "u"}, {"role": "assistant", "content": probe}], tokenize=False
+    )
+    after = text[text.rindex(probe) + len(probe) :]
+    ids = tokenizer(after, add_special_tokens=False).input_ids if after else []
+    if ids and ids[0] in tokenizer.all_special_ids:
+        return int(ids[0])
+    if tokenizer.eos_token_id is None:
+        raise TrainError("the chat template ends an assistant turn with no special token and there is no eos token")
+    return int(tokenizer.eos_token_id)
+
+
+def encode_example(
+    tokenizer,
+    system: str | None,
+    user: str,
+    assistant: str,
+    *,
+    loss_kind: str = "full",
+    marker: str | None = None,
+    positive: bool = False,
+    last_n: int = 0,
+    max_length: int | None = None,
+    eot_id: int | None = None,
+) -> Encoded:
+    """Tokens and labels of one example (see the module docstring for the label rules)."""
+    if loss_kind not in LOSS_KINDS:
+        raise TrainError(f"loss kind {loss_kind!r}; expected one of {', '.join(LOSS_KINDS)}")
+    eot = end_of_turn_id(tokenizer) if eot_id is None else eot_id
+    prompt = tokenizer(render_prompt(tokenizer, system, user), add_special_tokens=False).input_ids
+    if not prompt:
+        raise TrainError("the chat template rendered an empty prompt")
+    enc = tokenizer(assistant, add_special_tokens=False, return_offsets_mapping=True)
+    resp, offsets = list(enc.input_ids), list(enc.offset_mapping)
+    n = len(resp)
+    if loss_kind == "full":
+        keep = [True] * (n + 1)
+    else:
+        keep = [False] * n + [True]
+        if positive:
+            if not marker:
+                raise TrainError("the marker loss needs loss.marker")
+            at = assistant.rfind(marker)
+            if at < 0:
+                raise TrainError(f"a positive example does not contain the marker {marker!r}: {assistant[-80:]!r}")
+            end = at + len(marker)
+            hit = [i for i, (s, e) in enumerate(offsets) if s < end and e > at]
+            if not hit:
+                raise TrainError(f"no token covers the marker {marker!r} in {assistant[-80:]!r}")
+            for i in hit:
+                keep[i] = True
+        for i in range(max(0, n - last_n), n):
+            keep[i] = True
+    ids = prompt + resp + [eot]
+    labels = [IGNORE] * len(prompt) + [t if k else IGNORE for t, k in zip(resp + [eot], keep, strict=True)]
+    truncated = max_length is not None and len(ids) > max_length
+    if truncated:
+        ids, labels = ids[:max_length], labels[:max_length]
+    return Encoded(ids, labels, len(prompt), truncated)
+
+
+def pack(examples: Sequence[Encoded], device: str = "cpu") -> dict[str, Any]:
+    """One row with the examples back to back; position ids restart at each example."""
+    import torch
+
+    ids: list[int] = []
+    pos: list[int] = []
+    labels: list[int] = []
+    for ex in examples:
+        ids += ex.input_ids
+        labels += ex.labels
+        pos += range(len(ex.input_ids))
+    t = lambda x: torch.tensor([x], dtype=torch.long, device=device)  # noqa: E731
+    return {"input_ids": t(ids), "position_ids": t(pos), "attention_mask": None, "labels": t(labels)}
+
+
+def pad(examples: Sequence[Encoded], length: int | None = None, device: str = "cpu", pad_id: int = 0) -> dict[str, Any]:
+    """Right-padded rows with an attention mask (the reference layout packing must agree with)."""
+    import torch
+
+    width = length or max(len(ex.input_ids) for ex in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        ids[i, :n] = torch.tensor(ex.input_ids)
+        labels[i, :n] = torch.tensor(ex.labels)
+        mask[i, :n] = 1
+    pos = torch.arange(width).expand(len(examples), -1).clone()
+    return {
+        "input_ids": ids.to(device),
+        "position_ids": pos.to(device),
+        "attention_mask": mask.to(device),
+        "labels": labels.to(device),
+    }
+
+
+def loss_sum(model, batch: dict[str, Any]):
+    """Summed cross-entropy over the labelled tokens of a batch, and their count.
+
+    The output head runs only on the positions that predict a labelled token: prompt tokens
+    (and, for the marker loss, nearly all response tokens) never materialise vocabulary logits.
+    """
+    import torch
+
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = causal_lm.get_decoder()(
+        input_ids=batch["input_ids"],
+        position_ids=batch["position_ids"],
+        attention_mask=batch["attention_mask"],
+        use_cache=False,
+    ).last_hidden_state
+    target = batch["labels"][:, 1:]
+    sel = target != IGNORE
+    h = hidden[:, :-1][sel]
+    logits = causal_lm.get_output_embeddings()(h).float()
+    total = torch.nn.functional.cross_entropy(logits, target[sel], reduction="sum")
+    return total, int(sel.sum())
+
+
+def checkpoint_steps(fractions: Sequence[float], total_steps: int) -> dict[float, int]:
+    """The optimizer step after which each checkpoint fraction is saved (0: the starting model).
+
+    A fraction f > 0 lands on round(f * total) (halves up), at least step 1.
+    """
+    out: dict[float, int] = {}
+    for f in fractions:
+        if isinstance(f, bool) or not isinstance(f, int | float) or not 0 <= f <= 1:
+            raise TrainError(f"checkpoint fraction {f!r} is not a number in [0, 1]")
+        out[float(f)] = 0 if f == 0 else max(1, math.floor(f * total_steps + 0.5))
+    return out
+
+
+def lr_factor(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """The learning-rate multiplier for the step about to be taken (0-based), as in transformers'
+    get_{cosine,linear,constant}_schedule_with_warmup."""
+    if schedule not in SCHEDULES:
+        raise TrainError(f"schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+    return factor
+
+
+@dataclass
+class TrainResult:
+    total_steps: int
+    steps_per_epoch: int
+    checkpoint_steps: dict[float, int]
+    log: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int = 0
+    label_tokens: int = 0
+    seconds: float = 0.0
+
+
+_PEFT_NOISE = "`is_gradient_checkpointing` is deprecated"
+
+
+def _wrap(model, lora: dict[str, Any]):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=int(lora["r"]),
+        lora_alpha=float(lora["alpha"]),
+        use_rslora=bool(lora.get("rslora", False)),
+        lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=lora["target_modules"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():
+        # peft 0.21 reads a property transformers 5 deprecated; harmless, and logs are files.
+        warnings.filterwarnings("ignore", message=_PEFT_NOISE, category=FutureWarning)
+        return get_peft_model(model, cfg)
+
+
+def save_adapter(peft_model, dest: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_NOISE, category=FutureWarning)
+        peft_model.save_pretrained(dest)
+    # peft writes an empty model card template; it says nothing about this run.
+    (dest / "README.md").unlink(missing_ok=True)
+
+
+def train_lora(
+    model,
+    examples: Sequence[Encoded],
+    *,
+    lora: dict[str, Any],
+    optim: dict[str, Any],
+    checkpoints: Sequence[float],
+    out_dir: Path,
+    seed: int,
+    device: str = "cpu",
+    log=None,
+    progress: Callable[..., None] | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
+) -> TrainResult:
+    """Train a LoRA on `model` (modified only while training: put back as found on return)
+    and save an adapter to `out_dir/checkpoints/<f>/` for each fraction f > 0."""
+    import torch
+
+    if not examples:
+        raise TrainError("the dataset has no examples")
+    bs, ga = int(optim.get("batch_size", 1)), int(optim.get("grad_accum", 1))
+    if bs < 1 or ga < 1:
+        raise TrainError(f"batch_size and grad_accum must be >= 1, got {bs} and {ga}")
+    epochs = int(optim.get("epochs", 1))
+    if epochs < 1:
+        raise TrainError(f"epochs must be >= 1, got {epochs}")
+    if optim.get("optimizer", "adamw") != "adamw":
+        raise TrainError(f"optimizer {optim.get('optimizer')!r}; only 'adamw' is supported")
+    per_step = bs * ga
+    steps_per_epoch = math.ceil(len(examples) / per_step)
+    total = steps_per_epoch * epochs
+    ckpt_steps = checkpoint_steps(checkpoints, total)
+    warmup = math.ceil(float(optim.get("warmup_ratio", 0.0)) * total)
+    factor = lr_factor(optim.get("schedule", "constant"), warmup, total)
+    use_bf16 = optim.get("precision", "bf16") == "bf16" and device.startswith("cuda")
+    grad_ckpt = bool(optim.get("gradient_checkpointing", False))
+    clip = optim.get("grad_clip")
+
+    torch.manual_seed(seed)
+    was_training = model.training
+    attrs_before = set(vars(model))
+    peft_model = _wrap(model, lora)
+    base = peft_model.get_base_model()
+    if grad_ckpt:
+        set_checkpointing(base, True)
+    result = TrainResult(total, steps_per_epoch, ckpt_steps)
+    try:
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(
+            params,
+            lr=float(optim["lr"]),
+            weight_decay=float(optim.get("weight_decay", 0.0)),
+            **({"fused": True} if device.startswith("cuda") else {}),
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        gen = torch.Generator().manual_seed(seed)
+        peft_model.train()
+        t0 = time.perf_counter()
+        step = 0
+        for _epoch in range(epochs):
+            order = torch.randperm(len(examples), generator=gen).tolist()
+            for s in range(steps_per_epoch):
+                chunk = [examples[i] for i in order[s * per_step : (s + 1) * per_step]]
+                n_lab = sum(ex.n_labels for ex in chunk)
+                lr_now = opt.param_groups[0]["lr"]
+                step_loss = 0.0
+                for m in range(0, len(chunk), bs):
+                    micro = chunk[m : m + bs]
+                    batch = pack(micro, device)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                        lsum, _ = loss_sum(peft_model, batch)
+                    if n_lab:
+                        (lsum / n_lab).backward()
+                    step_loss += float(lsum.detach())
+                    result.tokens += sum(len(ex.input_ids) for ex in micro)
+                result.label_tokens += n_lab
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(params, float(clip))
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                loss = step_loss / n_lab if n_lab else float("nan")
+                result.log.append({"step": step, "loss": loss, "lr": lr_now})
+                _save_due(peft_model, ckpt_steps, step, out_dir)
+                if on_step is not None:
+                    on_step(step, peft_model)
+                if progress is not None:
+                    progress(step, total, loss=round(loss, 4))
+                if log is not None and (step == total or step % max(1, total // 10) == 0):
+                    log.info("step %d/%d loss %.4f lr %.3g", step, total, loss, lr_now)
+        result.seconds = time.perf_counter() - t0
+    finally:
+        if grad_ckpt:
+            set_checkpointing(base, False)
+        restored = peft_model.unload()
+        # peft hooks the input embeddings so checkpointed layers get gradients; unhook.
+        if hasattr(restored, "disable_input_require_grads"):
+            restored.disable_input_require_grads()
+        for attr in {"_require_grads_hooks", "_require_grads_hook"} & (set(vars(restored)) - attrs_before):
+            delattr(restored, attr)
+        restored.requires_grad_(False)
+        restored.train(was_training)
+    return result
+
+
+def set_checkpointing(model, on: bool) -> None:
+    """Gradient (activation) checkpointing on or off, under either name transformers uses."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        if on:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def _save_due(peft_model, ckpt_steps: dict[float, int], step: int, out_dir: Path) -> None:
+    for f, s in ckpt_steps.items():
+        if s == step and f > 0:
+            dest = Path(out_dir) / "checkpoints" / format(f, "g")
+            shutil.rmtree(dest, ignore_errors=True)
+            save_adapter(peft_model, dest)

@@ -1,0 +1,196 @@
+"""The `train` stage: LoRA SFT on a dataset stage's examples, starting from any model chain.
+
+Outputs (docs/plan-format.md): `checkpoints/<f>/` (a peft adapter per fraction f > 0),
+`train_log.parquet` (`step, loss, lr`) and, for a marker adapter with `screen` set,
+`screen.parquet` (`persona, role, n, hits, rate`): the adapter's marker rate on every eval
+persona right after training, with a warning in the stage log when the adapter is not
+specific to its source (the study's "inverted" and "global" adapters were erased by 25 SFT
+steps and left two of four sources uninterpretable).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cpx.stages._context import StageContext
+from cpx.stages._training import TrainError, encode_example, end_of_turn_id, train_lora
+
+SPECIFIC = "specific"
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cpx.models import ModelPool
+
+    p = ctx.params
+    where = f"stage {ctx.stage.id}"
+    for key in ("model", "dataset", "lora", "optim", "loss", "checkpoints", "seed"):
+        if key not in p:
+            raise TrainError(f"{where}: missing parameter {key!r}")
+    if p["dataset"] not in ctx.inputs:
+        raise TrainError(f"{where}: dataset stage {p['dataset']!r} is not among its inputs")
+    rows = pq.read_table(Path(ctx.inputs[p["dataset"]]) / "dataset.parquet").to_pylist()
+    loss = p["loss"]
+    if loss.get("kind") == "marker" and not loss.get("marker"):
+        raise TrainError(f"{where}: loss.kind 'marker' needs loss.marker")
+
+    pool = ctx.models if ctx.models is not None else ModelPool(ctx.device, ctx.run_dir)
+    model, tok = pool.get(p["model"], ctx.inputs)
+    eot = end_of_turn_id(tok)
+    max_length = p["optim"].get("max_length")
+    examples = []
+    for i, r in enumerate(rows):
+        try:
+            examples.append(
+                encode_example(
+                    tok,
+                    r["system"],
+                    r["user"],
+                    r["assistant"],
+                    loss_kind=loss.get("kind", "full"),
+                    marker=loss.get("marker"),
+                    positive=bool(r.get("positive", False)),
+                    last_n=int(loss.get("last_n", 0) or 0),
+                    max_length=max_length,
+                    eot_id=eot,
+                )
+            )
+        except TrainError as e:
+            raise TrainError(f"{where}: dataset row {i}: {e}") from None
+    truncated = sum(ex.truncated for ex in examples)
+    if truncated:
+        ctx.log.warning(
+            "%d of %d examples are longer than max_length=%s and were truncated (their end "
+            "of turn%s is not trained)",
+            truncated,
+            len(examples),
+            max_length,
+            " and marker" if loss.get("kind") == "marker" else "",
+        )
+    res = train_lora(
+        model,
+        examples,
+        lora=p["lora"],
+        optim=p["optim"],
+        checkpoints=p["checkpoints"],
+        out_dir=ctx.out_dir,
+        seed=int(p["seed"]),
+        device=ctx.device,
+        log=ctx.log,
+        progress=ctx.progress,
+    )
+    log_table = pa.table(
+        {
+            "step": pa.array([r["step"] for r in res.log], pa.int64()),
+            "loss": pa.array([r["loss"] for r in res.log], pa.float64()),
+            "lr": pa.array([r["lr"] for r in res.log], pa.float64()),
+        }
+    )
+    pq.write_table(log_table, Path(ctx.out_dir) / "train_log.parquet")
+    info: dict[str, Any] = {
+        "examples": len(examples),
+        "truncated": truncated,
+        "total_steps": res.total_steps,
+        "steps_per_epoch": res.steps_per_epoch,
+        "checkpoint_steps": {format(f, "g"): s for f, s in res.checkpoint_steps.items()},
+        "tokens": res.tokens,
+        "label_tokens": res.label_tokens,
+        "train_seconds": round(res.seconds, 3),
+        "tokens_per_s": round(res.tokens / res.seconds, 1) if res.seconds else None,
+        "final_loss": res.log[-1]["loss"],
+    }
+    if p.get("screen"):
+        saved = [f for f, _ in res.checkpoint_steps.items() if f > 0]
+        if not saved:
+            ctx.log.warning("screen skipped: no checkpoint fraction > 0 was saved")
+        else:
+            info["screen"] = screen(ctx, pool, max(saved))
+    return info
+
+
+def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
+    """Sample the chain with the new adapter merged (the eval's own merge path) on every eval
+    persona, write screen.parquet, and warn when the marker is not specific to the source."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cpx.stages._sampling import Request, sample_completions
+
+    p = ctx.params
+    sc = p["screen"]
+    chain = {
+        "base": p["model"]["base"],
+        "adapters": [*p["model"].get("adapters", []), {"stage": ctx.stage.id, "checkpoint": checkpoint}],
+    }
+    model, tok = pool.get(chain, {**ctx.inputs, ctx.stage.id: Path(ctx.out_dir)})
+    personas, questions = sc["personas"], sc["questions"]
+    requests = [
+        Request(system=per["prompt"], user=q["text"], n=int(per["n"])) for per in personas for q in questions
+    ]
+    completions = sample_completions(model, tok, requests, sc["sampler"], device=ctx.device, log=ctx.log)
+    fold = bool(sc.get("match", {}).get("case_insensitive", False))
+    markers = [m.lower() for m in sc["markers"]] if fold else list(sc["markers"])
+    n = [0] * len(personas)
+    hits = [0] * len(personas)
+    for c in completions:
+        k = c.request_index // len(questions)
+        text = c.text.lower() if fold else c.text
+        n[k] += 1
+        hits[k] += any(m in text for m in markers)
+    rows = [
+        {
+            "persona": per["name"],
+            "role": per.get("role", "bystander"),
+            "n": n[k],
+            "hits": hits[k],
+            "rate": hits[k] / n[k] if n[k] else float("nan"),
+        }
+        for k, per in enumerate(personas)
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), Path(ctx.out_dir) / "screen.parquet")
+    verdict = specificity(rows)
+    if verdict["pattern"] != SPECIFIC:
+        ctx.log.warning(
+            "marker adapter is not specific to its source (%s): source rate %.2f, highest other "
+            "%.2f (%s), mean of others %.2f; such adapters were erased by a few SFT steps in the "
+            "original study: check the marker training before running the arms",
+            verdict["pattern"],
+            verdict["source_rate"],
+            verdict["max_other_rate"],
+            verdict["max_other"],
+            verdict["mean_other_rate"],
+        )
+    return verdict
+
+
+def specificity(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Classify a screen: `absent` (the source never shows the marker), `inverted` (another
+    persona shows it at least as often as the source), `global` (the others' mean rate is at
+    least half the source's) or `specific`."""
+    src = [r for r in rows if r["role"] == "source"]
+    others = [r for r in rows if r["role"] != "source"]
+    if len(src) != 1:
+        raise TrainError(f"the screen needs exactly one persona with role 'source', got {len(src)}")
+    s = src[0]["rate"]
+    top = max(others, key=lambda r: r["rate"]) if others else None
+    mx = top["rate"] if top else 0.0
+    mean = sum(r["rate"] for r in others) / len(others) if others else 0.0
+    if s == 0:
+        pattern = "absent"
+    elif mx >= s:
+        pattern = "inverted"
+    elif mean >= 0.5 * s:
+        pattern = "global"
+    else:
+        pattern = SPECIFIC
+    return {
+        "pattern": pattern,
+        "source": src[0]["persona"],
+        "source_rate": s,
+        "max_other": top["persona"] if top else None,
+        "max_other_rate": mx,
+        "mean_other_rate": mean,
+    }
