@@ -1,0 +1,126 @@
+"""Column names and dtypes of the tables the analyses read and write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+LABELS = ("arm", "source", "seed", "checkpoint")
+
+METRIC_COLUMNS: dict[str, Any] = {
+    "arm": pl.String,
+    "source": pl.String,
+    "seed": pl.Int64,
+    "checkpoint": pl.Float64,
+    "layer": pl.Int64,
+    "cosine": pl.Float64,
+    "source_rate": pl.Float64,
+    "assistant_rate": pl.Float64,
+    "bystander_rate": pl.Float64,
+}
+
+STATS_COLUMNS: dict[str, Any] = {
+    "analysis": pl.String,
+    "family": pl.String,
+    "arm": pl.String,
+    "source": pl.String,
+    "seed": pl.Int64,
+    "layer": pl.Int64,
+    "checkpoint": pl.Float64,
+    "x": pl.String,
+    "y": pl.String,
+    "statistic": pl.String,
+    "estimate": pl.Float64,
+    "ci_low": pl.Float64,
+    "ci_high": pl.Float64,
+    "p_value": pl.Float64,
+    "p_method": pl.String,
+    "n_permutations": pl.Int64,
+    "n": pl.Int64,
+    "n_clusters": pl.Int64,
+    "icc": pl.Float64,
+    "icc_x": pl.Float64,
+    "design_effect": pl.Float64,
+    "n_eff": pl.Float64,
+    "p_adjusted": pl.Float64,
+    "p_adjusted_bh": pl.Float64,
+    "note": pl.String,
+}
+
+
+class MetricsError(ValueError):
+    """A metrics table that cannot be analysed; the message says where and what."""
+
+
+def stats_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """Rows (dicts with any subset of STATS_COLUMNS) as a stats table with the full schema."""
+    for r in rows:
+        unknown = set(r) - set(STATS_COLUMNS)
+        if unknown:
+            raise KeyError(f"unknown stats columns {sorted(unknown)}")
+    return pl.DataFrame(
+        [{c: r.get(c) for c in STATS_COLUMNS} for r in rows], schema=STATS_COLUMNS, orient="row"
+    )
+
+
+def normalize_metrics(df: pl.DataFrame, *, where: str = "metrics table") -> pl.DataFrame:
+    """Cast a metrics table to METRIC_COLUMNS' dtypes; keep any extra columns.
+
+    Missing required columns and values that cannot be cast are errors naming the column
+    (and the first offending value); missing values (null, empty, NaN) are allowed.
+    """
+    missing = [c for c in METRIC_COLUMNS if c not in df.columns]
+    if missing:
+        raise MetricsError(
+            f"{where}: missing column(s) {', '.join(missing)}; "
+            f"a metrics table needs {', '.join(METRIC_COLUMNS)} (found: {', '.join(df.columns)})"
+        )
+    out = []
+    for c, dtype in METRIC_COLUMNS.items():
+        s = df[c]
+        if s.dtype == pl.String and dtype != pl.String:
+            s = s.str.strip_chars().replace("", None)
+        bad = s.cast(dtype, strict=False).is_null() & s.is_not_null()
+        if bad.any():
+            i = int(bad.arg_max() or 0)
+            raise MetricsError(
+                f"{where}: column {c!r} must hold {dtype} values, but row {i + 1} "
+                f"(not counting the header) has {s[i]!r}"
+            )
+        cast = s.cast(dtype)
+        if dtype == pl.Float64:
+            cast = cast.fill_nan(None)
+        out.append(cast.alias(c))
+    extra = [df[c] for c in df.columns if c not in METRIC_COLUMNS]
+    res = pl.DataFrame(out + extra)
+    for c in ("source_rate", "assistant_rate", "bystander_rate"):
+        bad = res.filter((pl.col(c) < 0) | (pl.col(c) > 1))
+        if bad.height:
+            raise MetricsError(
+                f"{where}: column {c!r} holds rates in [0, 1], but has {bad[c][0]!r}; "
+                "write percentages as fractions (20.2% -> 0.202)"
+            )
+    return res
+
+
+def read_metrics(path: str | Path) -> pl.DataFrame:
+    """Read a metrics table from CSV or Parquet and normalise it."""
+    path = Path(path)
+    if not path.exists():
+        raise MetricsError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            df = pl.read_parquet(path)
+        elif suffix in (".csv", ".tsv", ".txt"):
+            df = pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",",
+                             infer_schema=False, comment_prefix="#")
+        else:
+            raise MetricsError(f"{path}: expected a .csv, .tsv or .parquet file")
+    except MetricsError:
+        raise
+    except Exception as e:  # polars' own errors say what, we add where
+        raise MetricsError(f"{path}: cannot read ({e})") from None
+    return normalize_metrics(df, where=str(path))

@@ -1,0 +1,198 @@
+"""Leakage by role (analysis 1), the metrics table, and the cross-arm table (analysis 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from cpx.analysis import _stats
+from cpx.analysis._columns import LABELS, METRIC_COLUMNS
+
+ROLES = ("source", "assistant", "bystander")
+
+
+def with_labels(df: pl.DataFrame) -> pl.DataFrame:
+    """`df` with every label column present and typed (absent labels become null)."""
+    exprs = []
+    for c in LABELS:
+        dtype = METRIC_COLUMNS[c]
+        exprs.append((pl.col(c) if c in df.columns else pl.lit(None)).cast(dtype).alias(c))
+    return df.with_columns(exprs)
+
+
+def _join_keys(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
+    # A label that one side never sets (say, a represent stage without a seed) cannot be
+    # matched on; joining on the labels both sides carry keeps those rows together.
+    return [c for c in LABELS if a[c].null_count() < a.height and b[c].null_count() < b.height] or [
+        c for c in LABELS
+    ]
+
+
+def leakage_by_role(marker_hits: pl.DataFrame, *, confidence_level: float = 0.95,
+                    n_resamples: int = 2000, seed: int = 0) -> pl.DataFrame:
+    """Source, assistant and bystander marker rates per (arm, source, seed, checkpoint).
+
+    Each rate is the fraction of completions with a hit (bystanders pooled: with equal
+    completions per persona this is the mean of the bystander personas' rates), with a
+    percentile bootstrap interval that resamples whole questions (cluster = question_id),
+    since completions of one question are not independent.
+    Returns one row per label group and role: labels, role, personas, n, n_questions, hits,
+    rate, ci_low, ci_high.
+    """
+    need = {"role", "question_id", "hit", "persona"}
+    missing = need - set(marker_hits.columns)
+    if missing:
+        raise ValueError(f"marker_hits: missing column(s) {sorted(missing)}")
+    df = with_labels(marker_hits).filter(pl.col("role").is_in(ROLES))
+    rows: list[dict[str, Any]] = []
+    keys = [*LABELS, "role"]
+    for i, (key, g) in enumerate(df.sort(keys, nulls_last=True).group_by(keys, maintain_order=True)):
+        hits = g["hit"].cast(pl.Float64)
+        low, high = _stats.cluster_bootstrap_mean(
+            hits.to_numpy(), g["question_id"].cast(pl.String).to_list(),
+            confidence_level=confidence_level, n_resamples=n_resamples, seed=seed + i,
+        )
+        rows.append({
+            **dict(zip(keys, key)),
+            "personas": g["persona"].n_unique(),
+            "n": g.height,
+            "n_questions": g["question_id"].n_unique(),
+            "hits": int(hits.sum()),
+            "rate": float(hits.mean()),  # type: ignore[arg-type]
+            "ci_low": low,
+            "ci_high": high,
+        })
+    schema = {**{c: METRIC_COLUMNS[c] for c in LABELS}, "role": pl.String, "personas": pl.Int64,
+              "n": pl.Int64, "n_questions": pl.Int64, "hits": pl.Int64, "rate": pl.Float64,
+              "ci_low": pl.Float64, "ci_high": pl.Float64}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def leakage_by_role_from_leakage(leakage: pl.DataFrame) -> pl.DataFrame:
+    """The same table from per-persona `leakage` rows when no completion-level hits exist.
+
+    Source and assistant keep the scan stage's intervals; the bystander rate is the mean of
+    the bystander personas' rates, without an interval.
+    """
+    df = with_labels(leakage).filter(pl.col("role").is_in(ROLES))
+    single = df.filter(pl.col("role") != "bystander").group_by([*LABELS, "role"]).agg(
+        pl.col("persona").n_unique().alias("personas"), pl.col("n").sum(), pl.col("hits").sum(),
+        pl.col("rate").mean(), pl.col("ci_low").mean(), pl.col("ci_high").mean(),
+    )
+    by = df.filter(pl.col("role") == "bystander").group_by([*LABELS, "role"]).agg(
+        pl.col("persona").n_unique().alias("personas"), pl.col("n").sum(), pl.col("hits").sum(),
+        pl.col("rate").mean(), pl.lit(None, pl.Float64).alias("ci_low"),
+        pl.lit(None, pl.Float64).alias("ci_high"),
+    )
+    out = pl.concat([single, by], how="vertical_relaxed").with_columns(
+        pl.lit(None, pl.Int64).alias("n_questions")
+    )
+    return out.select(*LABELS, "role", "personas", pl.col("n").cast(pl.Int64), "n_questions",
+                      pl.col("hits").cast(pl.Int64), "rate", "ci_low", "ci_high")
+
+
+def roles_wide(roles: pl.DataFrame) -> pl.DataFrame:
+    """One row per label group with `<role>_rate`, `<role>_ci_low`, `<role>_ci_high`, `<role>_n`."""
+    base = roles.select(LABELS).unique(maintain_order=True)
+    for role in ROLES:
+        part = roles.filter(pl.col("role") == role).select(
+            *LABELS,
+            pl.col("rate").alias(f"{role}_rate"),
+            pl.col("ci_low").alias(f"{role}_ci_low"),
+            pl.col("ci_high").alias(f"{role}_ci_high"),
+            pl.col("n").alias(f"{role}_n"),
+        )
+        base = base.join(part, on=list(LABELS), how="left", nulls_equal=True)
+    return base
+
+
+def source_personas(table: pl.DataFrame) -> pl.DataFrame:
+    """(labels, source_persona): the persona that plays the source role in each group."""
+    return (with_labels(table).filter(pl.col("role") == "source")
+            .group_by(LABELS).agg(pl.col("persona").first().alias("source_persona")))
+
+
+def build_metrics(roles: pl.DataFrame, cosines: pl.DataFrame | None, *,
+                  assistant: str = "assistant",
+                  source_persona: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The metrics table: one row per (arm, source, seed, checkpoint, layer).
+
+    `roles` is `leakage_by_role`'s output; `cosines` the represent stages' rows (labels,
+    layer, persona_a, persona_b, cosine). The cosine is the one between the source persona
+    (from `source_persona`, else the `source` label) and the `assistant` persona.
+    Groups without cosines keep one row with a null layer; `specificity` is
+    source_rate - bystander_rate.
+    """
+    wide = roles_wide(roles)
+    if cosines is not None and cosines.height:
+        cos = with_labels(cosines)
+        if source_persona is not None and source_persona.height:
+            cos = cos.join(source_persona, on=list(LABELS), how="left", nulls_equal=True)
+            cos = cos.with_columns(pl.coalesce("source_persona", "source").alias("source_persona"))
+        else:
+            cos = cos.with_columns(pl.col("source").alias("source_persona"))
+        a, b, s = pl.col("persona_a"), pl.col("persona_b"), pl.col("source_persona")
+        pair = cos.filter(((a == s) & (b == assistant)) | ((b == s) & (a == assistant)))
+        pair = pair.group_by([*LABELS, "layer"]).agg(pl.col("cosine").mean()).select(
+            *LABELS, pl.col("layer").cast(pl.Int64), pl.col("cosine").cast(pl.Float64))
+        keys = _join_keys(wide, pair)
+        drop = [c for c in LABELS if c not in keys]
+        out = wide.join(pair.drop(drop), on=keys, how="full", coalesce=True, nulls_equal=True)
+    else:
+        out = wide.with_columns(pl.lit(None, pl.Int64).alias("layer"),
+                                pl.lit(None, pl.Float64).alias("cosine"))
+    for c in ("source_rate", "assistant_rate", "bystander_rate"):
+        if c not in out.columns:
+            out = out.with_columns(pl.lit(None, pl.Float64).alias(c))
+    out = out.with_columns(
+        (pl.col("source_rate") - pl.col("bystander_rate")).alias("specificity"))
+    first = list(METRIC_COLUMNS)
+    return out.select(first + [c for c in out.columns if c not in first]).sort(
+        ["arm", "source", "seed", "checkpoint", "layer"], nulls_last=True)
+
+
+def layer_free(metrics: pl.DataFrame) -> pl.DataFrame:
+    """The metrics table with one row per (arm, source, seed, checkpoint): rates only."""
+    rate_cols = [c for c in metrics.columns
+                 if c not in (*LABELS, "layer", "cosine") and metrics[c].dtype.is_numeric()]
+    return metrics.group_by(list(LABELS)).agg(
+        [pl.col(c).drop_nulls().first().alias(c) for c in rate_cols]
+    ).sort(list(LABELS), nulls_last=True)
+
+
+def mean_over_seeds(df: pl.DataFrame, keys: list[str], values: list[str]) -> pl.DataFrame:
+    """Mean of `values` per `keys` over seeds (nulls ignored), with `n_seeds`."""
+    return df.group_by(keys).agg(
+        [pl.col(v).mean().alias(v) for v in values] + [pl.col("seed").n_unique().alias("n_seeds")]
+    ).sort(keys, nulls_last=True)
+
+
+def final_checkpoint(metrics: pl.DataFrame) -> float | None:
+    ck = metrics["checkpoint"].drop_nulls()
+    return None if ck.is_empty() else float(ck.max())  # type: ignore[arg-type]
+
+
+def cross_arm_table(metrics: pl.DataFrame, *, checkpoint: float | None = None) -> pl.DataFrame:
+    """The headline table at `checkpoint` (default: the last one): per source, the baseline
+    leak (assistant rate at checkpoint 0, arms averaged), then each arm's source and
+    assistant rates (seeds averaged). Columns: source, baseline, `<arm> source`, `<arm> assistant`.
+    """
+    lf = layer_free(metrics)
+    if checkpoint is None:
+        checkpoint = final_checkpoint(lf)
+    sources = sorted(lf["source"].drop_nulls().unique().to_list())
+    out = pl.DataFrame({"source": sources}, schema={"source": pl.String})
+    base = lf.filter(pl.col("checkpoint") == 0.0).group_by("source").agg(
+        pl.col("assistant_rate").mean().alias("baseline"))
+    out = out.join(base, on="source", how="left")
+    if checkpoint is None:
+        return out
+    at = lf.filter((pl.col("checkpoint") - checkpoint).abs() < 1e-9)
+    for arm in sorted(at["arm"].drop_nulls().unique().to_list()):
+        part = at.filter(pl.col("arm") == arm).group_by("source").agg(
+            pl.col("source_rate").mean().alias(f"{arm} source"),
+            pl.col("assistant_rate").mean().alias(f"{arm} assistant"),
+        )
+        out = out.join(part, on="source", how="left")
+    return out

@@ -1,0 +1,254 @@
+"""The report's figures, made with altair and rendered offline with vl-convert.
+
+Each figure is a function from tables to an altair chart, kept to a few layers so the whole
+report renders in seconds. Colours: the Okabe-Ito palette for categories and viridis for
+the heatmap, both readable with the common colour-vision deficiencies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from cpx.analysis._metrics import layer_free
+
+# Okabe & Ito (2008), without black, in the order that separates neighbours best.
+OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442",
+             "#000000"]
+FONT = 12
+PANEL_W, PANEL_H = 190, 130
+
+
+def _alt() -> Any:
+    try:
+        import altair as alt
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise ImportError("the report needs altair and vl-convert-python: "
+                          "pip install 'cpx[report]'") from e
+    return alt
+
+
+def _scale(domain: list[str]) -> Any:
+    alt = _alt()
+    return alt.Scale(domain=domain, range=OKABE_ITO[: max(1, len(domain))])
+
+
+def _config(chart: Any) -> Any:
+    return (chart.configure_axis(labelFontSize=FONT - 1, titleFontSize=FONT)
+            .configure_header(labelFontSize=FONT, titleFontSize=FONT)
+            .configure_legend(labelFontSize=FONT - 1, titleFontSize=FONT, orient="right")
+            .configure_title(fontSize=FONT + 2, anchor="start")
+            .configure_view(stroke="#ccc"))
+
+
+def _pct_axis(field: str, title: str) -> Any:
+    alt = _alt()
+    return alt.Y(f"{field}:Q", title=title, axis=alt.Axis(format="%", tickCount=5),
+                 scale=alt.Scale(domain=[0, 1]))
+
+
+def _ckpt_x() -> Any:
+    alt = _alt()
+    return alt.X("checkpoint:Q", title="checkpoint (share of SFT)",
+                 axis=alt.Axis(format="%", values=[0, 0.25, 0.5, 0.75, 1], labelOverlap=True),
+                 scale=alt.Scale(domain=[0, 1]))
+
+
+def _sorted(values: pl.Series) -> list[str]:
+    return sorted(str(v) for v in values.drop_nulls().unique().to_list())
+
+
+def hero(metrics: pl.DataFrame) -> Any | None:
+    """Source marker % (top) and assistant % (bottom) across checkpoints, one column per
+    source, one line per arm."""
+    alt = _alt()
+    lf = layer_free(metrics).group_by(["arm", "source", "checkpoint"]).agg(
+        pl.col("source_rate").mean(), pl.col("assistant_rate").mean())
+    long = lf.unpivot(index=["arm", "source", "checkpoint"],
+                      on=["source_rate", "assistant_rate"], variable_name="measure",
+                      value_name="rate").drop_nulls("rate")
+    if long.is_empty():
+        return None
+    long = long.with_columns(pl.col("measure").replace(
+        {"source_rate": "source marker", "assistant_rate": "assistant leakage"}))
+    arms = _sorted(long["arm"])
+    chart = alt.Chart(long).mark_line(point=True).encode(
+        x=_ckpt_x(), y=_pct_axis("rate", "marker rate"),
+        color=alt.Color("arm:N", scale=_scale(arms), title="arm"),
+        tooltip=["arm", "source", "checkpoint", alt.Tooltip("rate:Q", format=".1%")],
+    ).properties(width=PANEL_W, height=PANEL_H).facet(
+        row=alt.Row("measure:N", title=None, sort=["source marker", "assistant leakage"]),
+        column=alt.Column("source:N", title=None),
+    ).properties(title="Source marker and assistant leakage across checkpoints, by arm")
+    return chart
+
+
+def trajectories(metrics: pl.DataFrame, arm: str) -> Any | None:
+    """One arm's source, assistant and bystander rates over checkpoints, one line per source."""
+    alt = _alt()
+    lf = layer_free(metrics).filter(pl.col("arm") == arm).group_by(["source", "checkpoint"]).agg(
+        pl.col("source_rate").mean(), pl.col("assistant_rate").mean(),
+        pl.col("bystander_rate").mean())
+    long = lf.unpivot(index=["source", "checkpoint"],
+                      on=["source_rate", "assistant_rate", "bystander_rate"],
+                      variable_name="role", value_name="rate").drop_nulls("rate")
+    if long.is_empty():
+        return None
+    long = long.with_columns(pl.col("role").str.replace("_rate", ""))
+    return alt.Chart(long).mark_line(point=True).encode(
+        x=_ckpt_x(), y=_pct_axis("rate", "marker rate"),
+        color=alt.Color("source:N", scale=_scale(_sorted(long["source"])), title="source"),
+        tooltip=["source", "role", "checkpoint", alt.Tooltip("rate:Q", format=".1%")],
+    ).properties(width=PANEL_W + 30, height=PANEL_H + 20).facet(
+        column=alt.Column("role:N", title=None, sort=["source", "assistant", "bystander"]),
+    ).properties(title=f"Arm {arm}: marker rate by role across checkpoints")
+
+
+def heatmap(leakage: pl.DataFrame, arm: str, checkpoint: float) -> Any | None:
+    """Marker rate of every persona (rows) for each source's adapter (columns) in one arm
+    at one checkpoint."""
+    alt = _alt()
+    df = leakage.filter((pl.col("arm") == arm) &
+                        ((pl.col("checkpoint") - checkpoint).abs() < 1e-9))
+    df = df.group_by(["source", "persona", "role"]).agg(pl.col("rate").mean())
+    if df.is_empty():
+        return None
+    order = df.group_by("persona").agg(pl.col("rate").mean()).sort("rate", descending=True)
+    base = alt.Chart(df).encode(
+        x=alt.X("source:N", title="source persona (adapter)", axis=alt.Axis(labelAngle=-30)),
+        y=alt.Y("persona:N", title="evaluated persona", sort=order["persona"].to_list()),
+    )
+    rect = base.mark_rect().encode(
+        color=alt.Color("rate:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]),
+                        title="marker rate", legend=alt.Legend(format="%")),
+        tooltip=["source", "persona", "role", alt.Tooltip("rate:Q", format=".1%")],
+    )
+    text = base.mark_text(fontSize=FONT - 1).encode(
+        text=alt.Text("rate:Q", format=".0%"),
+        color=alt.condition("datum.rate > 0.55", alt.value("black"), alt.value("white")),
+    )
+    n_src = df["source"].n_unique()
+    return (rect + text).properties(
+        width=max(160, 70 * n_src), height=22 * df["persona"].n_unique(),
+        title=f"Arm {arm} at checkpoint {100 * checkpoint:g}%: marker rate per persona")
+
+
+def cosine_evolution(metrics: pl.DataFrame) -> Any | None:
+    """cos(source, assistant) across checkpoints: one row of panels per arm, one column per
+    layer, one line per source."""
+    alt = _alt()
+    df = metrics.filter(pl.col("cosine").is_not_null() & pl.col("layer").is_not_null()).group_by(
+        ["arm", "source", "checkpoint", "layer"]).agg(pl.col("cosine").mean())
+    if df.is_empty():
+        return None
+    df = df.with_columns(("L" + pl.col("layer").cast(pl.String)).alias("layer_name"),
+                         ("arm " + pl.col("arm").cast(pl.String)).alias("arm_name"))
+    layers = [f"L{v}" for v in sorted(df["layer"].unique().to_list())]
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=_ckpt_x(), y=alt.Y("cosine:Q", title="cos(source, assistant)"),
+        color=alt.Color("source:N", scale=_scale(_sorted(df["source"])), title="source"),
+        tooltip=["arm", "source", "checkpoint", "layer", alt.Tooltip("cosine:Q", format=".3f")],
+    ).properties(width=PANEL_W, height=PANEL_H - 20).facet(
+        row=alt.Row("arm_name:N", title=None),
+        column=alt.Column("layer_name:N", title=None, sort=layers),
+    ).properties(title="Cosine similarity of source and assistant across checkpoints")
+
+
+def cosine_vs_leakage(metrics: pl.DataFrame) -> Any | None:
+    """Assistant leakage against cos(source, assistant), every (arm, source, checkpoint),
+    one panel per layer."""
+    alt = _alt()
+    df = metrics.filter(pl.col("cosine").is_not_null() & pl.col("assistant_rate").is_not_null()
+                        & pl.col("layer").is_not_null()).group_by(
+        ["arm", "source", "checkpoint", "layer"]).agg(pl.col("cosine").mean(),
+                                                      pl.col("assistant_rate").mean())
+    if df.is_empty():
+        return None
+    df = df.with_columns(("L" + pl.col("layer").cast(pl.String)).alias("layer_name"))
+    layers = [f"L{v}" for v in sorted(df["layer"].unique().to_list())]
+    return alt.Chart(df).mark_point(filled=True, size=60, opacity=0.85).encode(
+        x=alt.X("cosine:Q", title="cos(source, assistant)", scale=alt.Scale(zero=False)),
+        y=_pct_axis("assistant_rate", "assistant leakage"),
+        color=alt.Color("source:N", scale=_scale(_sorted(df["source"])), title="source"),
+        shape=alt.Shape("arm:N", title="arm"),
+        tooltip=["arm", "source", "checkpoint", alt.Tooltip("cosine:Q", format=".3f"),
+                 alt.Tooltip("assistant_rate:Q", format=".1%")],
+    ).properties(width=PANEL_W, height=PANEL_H).facet(
+        column=alt.Column("layer_name:N", title=None, sort=layers),
+    ).properties(title="Assistant leakage against cosine similarity, by layer")
+
+
+def adapter_quality(screen: pl.DataFrame) -> Any | None:
+    """Each marker adapter's screen before merge, one row per adapter: the source rate, the
+    assistant rate and the bystanders' mean (with their range as a grey bar)."""
+    alt = _alt()
+    if screen.is_empty():
+        return None
+    keys = ["arm", "source", "checkpoint"]
+    df = screen.with_columns(pl.col("checkpoint").fill_null(0.0))
+    by = df.filter(pl.col("role") == "bystander").group_by(keys).agg(
+        pl.col("rate").min().alias("low"), pl.col("rate").max().alias("high"))
+    pts = df.group_by([*keys, "role"]).agg(pl.col("rate").mean())
+    label = pl.concat_str([pl.lit("arm "), pl.col("arm").cast(pl.String).fill_null("-"),
+                           pl.lit(" · "), pl.col("source").cast(pl.String).fill_null("-"),
+                           pl.when(pl.col("checkpoint") > 0).then(
+                               pl.lit(" @") + (pl.col("checkpoint") * 100).round(0)
+                               .cast(pl.Int64).cast(pl.String) + pl.lit("%"))
+                           .otherwise(pl.lit(""))]).alias("adapter")
+    pts, by = pts.with_columns(label), by.with_columns(label)
+    order = pts.sort(keys, nulls_last=True)["adapter"].unique(maintain_order=True).to_list()
+    roles = ["source", "assistant", "bystander"]
+    y = alt.Y("adapter:N", title=None, sort=order, axis=alt.Axis(labelLimit=320))
+    x_scale = alt.Scale(domain=[0, 1])
+    bars = alt.Chart(by).mark_rule(color="#bbbbbb", strokeWidth=5).encode(
+        y=y, x=alt.X("low:Q", scale=x_scale), x2="high:Q")
+    dots = alt.Chart(pts).mark_point(filled=True, size=70, opacity=0.95).encode(
+        y=y, x=alt.X("rate:Q", title="marker rate (grey bar: range over bystanders)",
+                     axis=alt.Axis(format="%", tickCount=5), scale=x_scale),
+        color=alt.Color("role:N", title="role", scale=alt.Scale(
+            domain=roles, range=[OKABE_ITO[4], OKABE_ITO[3], "#777777"])),
+        shape=alt.Shape("role:N", scale=alt.Scale(domain=roles,
+                                                  range=["circle", "square", "triangle"])),
+        tooltip=["adapter", "role", alt.Tooltip("rate:Q", format=".1%")],
+    )
+    return (bars + dots).properties(
+        width=420, height=16 * len(order),
+        title="Marker adapters before merge: where does the marker fire?")
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A rendered figure: its name, title, caption and file paths (png, svg, html)."""
+
+    name: str
+    title: str
+    caption: str
+    files: dict[str, Path]
+    svg: str
+
+
+def render(chart: Any, out_dir: Path, name: str) -> dict[str, Path]:
+    """Write `name`.png (2x), .svg and a self-contained interactive .html, atomically."""
+    import vl_convert as vlc
+
+    chart = _config(chart)
+    spec = chart.to_json()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for ext, data in (("png", vlc.vegalite_to_png(spec, scale=2)),
+                      ("svg", vlc.vegalite_to_svg(spec).encode()),
+                      ("html", vlc.vegalite_to_html(spec, bundle=True).encode())):
+        path = out_dir / f"{name}.{ext}"
+        tmp = out_dir / f".{name}.{ext}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        files[ext] = path
+    return files
+
+
+FigureMaker = Callable[[], Any]

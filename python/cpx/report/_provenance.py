@@ -1,0 +1,69 @@
+"""What the report says about where its numbers came from: the spec and the stage manifests."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+
+def _short(v: Any, limit: int = 110) -> str:
+    if isinstance(v, dict):
+        if "name" in v:
+            return str(v["name"])
+        inner = ", ".join(f"{k}: {_short(x, 40)}" for k, x in v.items()
+                          if not isinstance(x, (dict, list)))
+        nested = [k for k, x in v.items() if isinstance(x, (dict, list))]
+        s = inner + (("; " if inner else "") + "+ " + ", ".join(nested) if nested else "")
+    elif isinstance(v, list):
+        names = [_short(x, 30) for x in v[:8]]
+        s = f"{len(v)}: " + ", ".join(names) + (", ..." if len(v) > 8 else "")
+    else:
+        s = str(v)
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def spec_summary(spec: dict[str, Any], stages: list[Any] | None = None) -> list[tuple[str, str]]:
+    """(key, summary) pairs: the resolved spec's top-level keys, one line each, and the
+    number of stages of each kind."""
+    rows = [(str(k), _short(v)) for k, v in spec.items()]
+    if stages:
+        kinds = Counter(s.kind for s in stages)
+        rows.append(("stages", ", ".join(f"{n} {k}" for k, n in kinds.items())))
+    return rows
+
+
+def provenance(manifests: list[dict[str, Any]], n_stages: int | None = None) -> list[tuple[str, str]]:
+    """(item, value) pairs from the stage manifests: commits, package versions, devices,
+    GPU-hours and stage-hours."""
+    if not manifests:
+        return [("stages", "no stage manifests found")]
+    commits = Counter()
+    for m in manifests:
+        g = m.get("git") or {}
+        if g.get("commit"):
+            commits[g["commit"][:12] + (" (dirty)" if g.get("dirty") else "")] += 1
+    pkgs: dict[str, set[str]] = {}
+    for m in manifests:
+        for k, v in (m.get("packages") or {}).items():
+            pkgs.setdefault(k, set()).add(str(v))
+    devices = Counter()
+    gpu_s = total_s = 0.0
+    for m in manifests:
+        d = m.get("device") or {}
+        dev_id = str(d.get("id") or "?")
+        devices[f"{d.get('name') or dev_id} ({dev_id.split(':')[0]})"] += 1
+        secs = float((m.get("timings") or {}).get("seconds") or 0.0)
+        total_s += secs
+        if dev_id.startswith("cuda"):
+            gpu_s += secs
+    hosts = sorted({(m.get("host") or {}).get("name", "?") for m in manifests})
+    rows = [
+        ("commit", ", ".join(f"{c} ({n} stages)" for c, n in commits.most_common()) or "not recorded"),
+        ("packages", ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in sorted(pkgs.items())) or "not recorded"),
+        ("devices", ", ".join(f"{d}: {n} stages" for d, n in devices.most_common())),
+        ("hosts", ", ".join(hosts)),
+        ("GPU-hours", f"{gpu_s / 3600:.3f}"),
+        ("stage-hours (all devices)", f"{total_s / 3600:.3f}"),
+        ("stages done", f"{len(manifests)}" + (f" of {n_stages}" if n_stages else "")),
+    ]
+    return rows

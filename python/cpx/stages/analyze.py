@@ -1,0 +1,24 @@
+"""The `analyze` stage: metrics.parquet, stats.parquet and stats.md from the scan,
+represent and marker-train stages it depends on (docs/plan-format.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cpx.stages._context import StageContext
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from cpx.analysis import Options, analyze_tables, write_outputs
+    from cpx.report._inputs import read_folders
+
+    opts = Options.from_params(ctx.params)
+    tables = read_folders(((p, None) for p in ctx.inputs.values()),
+                          names=("marker_hits", "leakage", "cosines", "screen"))
+    ctx.log.info("analyze: %s", ", ".join(f"{k} {v.height} rows" for k, v in tables.items()))
+    analysis = analyze_tables(tables, opts)
+    write_outputs(analysis, ctx.out_dir)
+    tested = analysis.stats.filter(analysis.stats["p_value"].is_not_null())
+    return {"metrics_rows": analysis.metrics.height, "tests": tested.height,
+            "skipped": int(analysis.stats["note"].str.starts_with("skipped").sum()),
+            "checkpoint": analysis.checkpoint}

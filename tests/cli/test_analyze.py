@@ -1,0 +1,46 @@
+"""`cpx analyze --metrics FILE --out DIR` on the table typed in from the seed report."""
+
+from pathlib import Path
+
+import polars as pl
+
+from cpx.cli import main
+
+CSV = Path(__file__).resolve().parents[1] / "data" / "seed_report_metrics.csv"
+
+
+def test_analyze_seed_report_metrics(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["analyze", "--metrics", str(CSV), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["stats.md", "stats.parquet"]
+    st = pl.read_parquet(out / "stats.parquet")
+    for c in ("analysis", "arm", "source", "layer", "statistic", "estimate", "p_value",
+              "p_method", "n", "n_eff", "icc", "p_adjusted"):
+        assert c in st.columns
+    b = st.filter((pl.col("analysis") == "between_source") & (pl.col("p_method") == "exact"))
+    assert round(b["p_value"][0], 3) == 0.083
+    md = (out / "stats.md").read_text()
+    assert "skipped: within_source (arm B, source villain, layer 15)" in md
+    assert "p-values" in capsys.readouterr().out
+
+
+def test_analyze_parquet_input_and_checkpoint(tmp_path):
+    pq = tmp_path / "m.parquet"
+    pl.read_csv(CSV, comment_prefix="#").write_parquet(pq)
+    assert main(["analyze", "--metrics", str(pq), "--out", str(tmp_path / "o"),
+                 "--checkpoint", "0.2"]) == 0
+    st = pl.read_parquet(tmp_path / "o" / "stats.parquet")
+    b = st.filter(pl.col("analysis") == "between_source")
+    assert b["checkpoint"].unique().to_list() == [0.2]
+
+
+def test_analyze_bad_input(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arm,source\nB,villain\n")
+    assert main(["analyze", "--metrics", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv" in err and "missing column" in err
+    assert not (tmp_path / "o").exists()
+    assert main(["analyze", "--metrics", str(CSV)]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main(["analyze"]) == 2

@@ -1,0 +1,101 @@
+"""The analyze and report stages on a synthetic run folder, and `cpx report RUN_DIR`."""
+
+import re
+import shutil
+
+import polars as pl
+import pytest
+
+from cpx.cli import main
+from cpx.report import FIGURES
+from cpx.stages import get_runner
+from cpx.stages._context import StageContext
+from synth_results import make_tables, write_run
+
+
+def _ctx(plan, stage, run, out):
+    by = plan.by_id()
+    inputs = {d: run / "stages" / by[d].kind / by[d].hash for d in stage.deps}
+    return StageContext(stage=stage, out_dir=out, inputs=inputs, run_dir=run)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run after execution: stage folders, the analyze and report stages' outputs, and
+    results/ as the executor's collection leaves it."""
+    run = tmp_path_factory.mktemp("run")
+    tables = make_tables(seed=2)
+    plan, analyze, report = write_run(run, tables)
+    a_out = run / "stages" / "analyze" / analyze.hash
+    info = get_runner("analyze")(_ctx(plan, analyze, run, a_out))
+    assert info["tests"] > 0
+    r_out = run / "stages" / "report" / report.hash
+    rinfo = get_runner("report")(_ctx(plan, report, run, r_out))
+    results = run / "results"
+    results.mkdir()
+    for name in ("marker_hits", "leakage", "cosines"):
+        tables[name].write_parquet(results / f"{name}.parquet")
+    for name in ("metrics", "stats"):
+        shutil.copy(a_out / f"{name}.parquet", results / f"{name}.parquet")
+    return run, a_out, r_out, rinfo
+
+
+def test_analyze_stage_outputs(run):
+    _, a_out, _, _ = run
+    assert {p.name for p in a_out.iterdir()} >= {"metrics.parquet", "stats.parquet", "stats.md"}
+    m = pl.read_parquet(a_out / "metrics.parquet")
+    assert m["arm"].n_unique() == 3 and m["layer"].drop_nulls().n_unique() == 2
+
+
+def test_report_stage_has_every_table_figure_and_caveat(run):
+    _, _, r_out, info = run
+    assert info["figures"] == list(FIGURES)
+    md = (r_out / "report.md").read_text()
+    for title in ("Spec", "Provenance", "Caveats", "Leakage by role", "Cross-arm comparison",
+                  "Within-source trajectories", "Between sources at one checkpoint",
+                  "Pooled over checkpoints", "Bystander versus assistant",
+                  "Marker adapters before merge", "specificity", "Multiple comparisons"):
+        assert title in md, title
+    assert "Single seed (42)" in md and "Pseudo-replication" in md
+    assert "Test GPU (cuda)" in md and "0123456789ab" in md
+    # GPU-hours: represent and train stages ran on cuda:0 for 90 s each
+    n_gpu = len(list((r_out.parent.parent / "represent").iterdir())) + len(
+        list((r_out.parent.parent / "train").iterdir()))
+    assert f"| GPU-hours | {n_gpu * 90 / 3600:.3f} |" in md
+    for name in FIGURES:
+        for ext in ("png", "svg", "html"):
+            f = r_out / "figures" / f"{name}.{ext}"
+            assert f.is_file() and f.stat().st_size > 1000, f
+        assert (r_out / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"figures/{name}.png" in md
+
+
+def test_report_html_is_self_contained(run):
+    _, _, r_out, _ = run
+    page = (r_out / "report.html").read_text()
+    assert page.count("<svg") >= len(FIGURES)
+    assert not re.search(r"""(src|href)=["']?(https?:|//|figures/[^"']*\.(png|js|css))""", page)
+    assert "<table>" in page and "Caveats" in page
+    interactive = (r_out / "figures" / "hero.html").read_text()
+    assert "vega" in interactive and not re.search(r"<script[^>]+src=", interactive)
+
+
+def test_cpx_report_regenerates_from_results(run, capsys):
+    rundir, _, _, _ = run
+    assert main(["report", str(rundir)]) == 0
+    out = rundir / "report"
+    md = (out / "report.md").read_text()
+    assert "Cross-arm comparison" in md and "Adapter quality" in md
+    assert len(list((out / "figures").glob("*.png"))) == len(FIGURES)
+    assert "wrote" in capsys.readouterr().out
+    # a second run replaces the folder and leaves no temporary folders behind
+    assert main(["report", str(rundir), "--figures", "hero"]) == 0
+    assert [p.name for p in (out / "figures").glob("*.png")] == ["hero.png"]
+    assert not list(rundir.glob(".report-*"))
+
+
+def test_cpx_report_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 1
+    assert "metrics.parquet" in capsys.readouterr().err
