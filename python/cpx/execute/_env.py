@@ -83,8 +83,9 @@ def device_name(device: str) -> str:
 def stage_seed(params: dict[str, Any], stage_hash: str) -> tuple[int, str]:
     """The seed a stage runs with, and where it came from.
 
-    `params.seed`, else `params.sampler.seed`, else the first 8 bytes of the stage hash
+    `params.seed`, else `params.sampler.seed`, else the first 32 bits of the stage hash
     (so a stage with no seed of its own is still reproducible, and differs from its siblings).
+    The seed is below 2**32, which every RNG accepts.
     """
     seed = params.get("seed")
     if isinstance(seed, int) and not isinstance(seed, bool):
@@ -94,15 +95,12 @@ def stage_seed(params: dict[str, Any], stage_hash: str) -> tuple[int, str]:
         seed = sampler.get("seed")
         if isinstance(seed, int) and not isinstance(seed, bool):
             return seed, "params.sampler.seed"
-    return int(hashlib.sha256(bytes.fromhex(stage_hash) if _is_hex(stage_hash) else stage_hash.encode()).hexdigest()[:8], 16), "stage hash"
+    digest = stage_hash if _is_hex(stage_hash) else hashlib.sha256(stage_hash.encode()).hexdigest()
+    return int(digest[:8], 16), "stage hash"
 
 
 def _is_hex(s: str) -> bool:
-    try:
-        bytes.fromhex(s)
-    except ValueError:
-        return False
-    return True
+    return len(s) >= 8 and all(c in "0123456789abcdefABCDEF" for c in s)
 
 
 def seed_everything(seed: int, kind: str) -> dict[str, Any]:

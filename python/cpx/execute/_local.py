@@ -69,6 +69,15 @@ def parse_devices(spec: str) -> list[Slot]:
         raise DeviceError(f"--devices {spec!r}: expected auto, cpu, cpu:N or GPU indices like 0,1")
     if len(set(parts)) != len(parts):
         raise DeviceError(f"--devices {spec!r}: a GPU is listed twice")
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        # Indices count within the GPUs this process may see, as CUDA numbers them.
+        visible = [v.strip() for v in env.split(",") if v.strip()]
+        bad = [p for p in parts if int(p) >= len(visible)]
+        if bad:
+            raise DeviceError(f"--devices {spec!r}: CUDA_VISIBLE_DEVICES={env!r} shows "
+                              f"{len(visible)} GPU(s), so there is no GPU {bad[0]}")
+        return [Slot("cuda:0", visible[int(p)]) for p in parts]
     return [Slot("cuda:0", p) for p in parts]
 
 
