@@ -131,8 +131,7 @@ class LocalBackend:
         for ev in out:
             if ev[0] == "result":
                 self._inflight.pop(ev[1], None)
-        if not out:
-            out.extend(self._reap())
+        out.extend(self._reap())  # after draining: a result already sent is never lost
         return out
 
     def _reap(self) -> list[tuple[Any, ...]]:

@@ -156,8 +156,7 @@ def run_task(
         finally:
             logger.removeHandler(handler)
         seconds = time.perf_counter() - t0
-        logger_line = f"finished in {seconds:.3f} s, {len(outputs)} output files\n"
-        log_file.write(logger_line)
+        log_file.write(f"finished in {seconds:.3f} s, {len(outputs)} output files\n")
     return {
         "ok": True,
         "info": info,
