@@ -218,7 +218,7 @@ class _PreallocatedKV:
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Scaled dot-product attention with a boolean mask; single-token queries use packed GQA.
+    """Scaled dot-product attention with a boolean mask or an additive bias; one-token queries use packed GQA.
 
     For one query token, the query heads that share a key/value head become that head's query
     axis, so the cache is read once per key/value head instead of being repeated for each
@@ -497,8 +497,12 @@ def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos
     cache.expand = None
     cache.length = P
 
-    valid = torch.zeros((B, P + T), dtype=torch.bool, device=dev)
-    valid[:, :P] = pmask.index_select(0, expand)
+    # Additive attention bias over the cache positions, 0 where a row may attend. Its row
+    # stride is a multiple of 16 so the slices handed to attention stay aligned for the fused
+    # kernels; a float bias is used as is, where a boolean mask is converted at every layer.
+    width = -(-(P + T) // 16) * 16
+    bias = torch.full((B, 1, 1, width), torch.finfo(cache_dtype(model)).min, dtype=cache_dtype(model), device=dev)
+    bias[:, 0, 0, :P].masked_fill_(pmask.index_select(0, expand), 0.0)
     next_pos = pmask.long().sum(-1).index_select(0, expand)
     key_t = torch.tensor(keys, dtype=torch.long, device=dev)
     out_tokens = torch.full((B, T), pad, dtype=torch.long, device=dev)
@@ -520,11 +524,11 @@ def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos
                 if n_done >= _COMPACT_FRACTION * finished.shape[0]:
                     keep = (~finished).nonzero().squeeze(-1)
                     cache.keep(keep)
-                    valid, next_pos, key_t = valid[keep], next_pos[keep], key_t[keep]
+                    bias, next_pos, key_t = bias[keep], next_pos[keep], key_t[keep]
                     live, nxt, finished = live[keep], nxt[keep], finished[keep]
-        valid[:, P + t] = True
+        bias[:, 0, 0, P + t] = 0.0
         out = model(
-            input_ids=nxt[:, None], attention_mask=_mask_map(valid[:, None, None, : P + t + 1]),
+            input_ids=nxt[:, None], attention_mask=_mask_map(bias[..., : P + t + 1]),
             position_ids=next_pos[:, None], use_cache=True, logits_to_keep=1, **{kw: cache},
         )
         logits = out.logits[:, -1]
@@ -537,6 +541,11 @@ def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos
 def _mask_map(mask) -> dict[str, Any]:
     """A prepared mask per attention type: transformers uses it as is instead of building one."""
     return {"full_attention": mask, "sliding_attention": mask}
+
+
+def cache_dtype(model):
+    """The dtype activations (and so keys and values) have: the embedding weight's."""
+    return _decoder(model).get_input_embeddings().weight.dtype
 
 
 def _n_layers(model) -> int:
