@@ -254,3 +254,16 @@ def test_events_survive_a_cut_line(tmp_path):
     store.event("run_started")
     assert [e["event"] for e in store.read_events()] == ["run_started"]
     assert os.path.getsize(store.events_path) > 0
+
+
+def test_rich_display_shows_run_and_worker_bars(tmp_path, ledger, capsys):
+    from cpx.execute._progress import RichDisplay
+
+    make_plan(tmp_path, [{"id": "slow", "kind": "dataset", "params": {"chunks": 3, "sleep": 0.3}},
+                         {"id": "boom", "kind": "dataset", "params": {"fail": True}}])
+    summary = execute(tmp_path, devices="cpu", resolver=resolve, display=RichDisplay(), keep_going=True)
+    assert [f.id for f in summary.failed] == ["boom"]
+    err = capsys.readouterr().err
+    assert "t (0 cached)" in err and " 2/2 " in err
+    assert "FAILED boom: RuntimeError: stage boom was told to fail" in err
+    assert "cpu: idle" in err

@@ -94,8 +94,9 @@ class RichDisplay(Display):
 
     def stage_started(self, slot: int, stage: Stage) -> None:
         self.slot_start[slot] = time.monotonic()
-        self.progress.reset(self.slot_tasks[slot], total=None, completed=0,
-                            description=f"  {self.labels[slot]}: {stage.id}", rate="")
+        # A fresh bar: rich cannot set a bar back to "no total yet".
+        self.progress.remove_task(self.slot_tasks[slot])
+        self.slot_tasks[slot] = self.progress.add_task(f"  {self.labels[slot]}: {stage.id}", total=None, rate="")
 
     def stage_progress(self, slot: int, stage_id: str, done: int, total: int, info: dict[str, Any]) -> None:
         rate = ""
