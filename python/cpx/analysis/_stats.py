@@ -6,6 +6,7 @@ analyses themselves read as statistics, not as argument plumbing.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-# Above this many points an exact enumeration of all n! orderings is too slow; a seeded
-# Monte Carlo permutation test is used instead and labelled as such.
-EXACT_MAX_N = 9
+# Up to this many points the p-value enumerates all n! orderings (10! = 3.6 million, well
+# under a second in the Rust core); above it, a seeded Monte Carlo permutation test.
+EXACT_MAX_N = 10
 
 
 def _stats() -> Any:
@@ -60,8 +61,8 @@ def _f(v: Any) -> float | None:
 
 def spearman(x: Sequence[float], y: Sequence[float], *, method: str, n_resamples: int = 9999,
              seed: int = 0) -> Test:
-    """Spearman's rho with the p-value from `method` ("exact" falls back to a seeded
-    permutation test above `EXACT_MAX_N` points)."""
+    """Spearman's rho with an "asymptotic" p-value, or an "exact" one (all n! orderings; a
+    seeded Monte Carlo permutation p-value above `EXACT_MAX_N` points)."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     st = _stats()
@@ -70,32 +71,64 @@ def spearman(x: Sequence[float], y: Sequence[float], *, method: str, n_resamples
         return Test(float(r.statistic), _f(r.pvalue), "asymptotic")
     if len(x) <= EXACT_MAX_N:
         r = st.spearman(x, y, method="exact", alternative="two-sided")
-        exact = _exact_flag(r, True)
-        n_perm = _n_perm(r) or (math.factorial(len(x)) if exact else None)
-        return Test(float(r.statistic), _f(r.pvalue), "exact" if exact else "permutation", n_perm)
-    r = st.permutation_test(x, y, statistic="spearman", scheme="pairings",
-                            n_resamples=n_resamples, alternative="two-sided", seed=seed)
-    exact = _exact_flag(r, False)
-    return Test(float(r.statistic), _f(r.pvalue), "exact" if exact else "permutation", _n_perm(r))
+    else:
+        r = st.spearman(x, y, method="permutation", alternative="two-sided",
+                        n_resamples=n_resamples, seed=seed)
+    exact = _exact_flag(r, len(x) <= EXACT_MAX_N)
+    n_perm = _n_perm(r) or (math.factorial(len(x)) if exact else None)
+    return Test(float(r.statistic), _f(r.pvalue), "exact" if exact else "permutation", n_perm)
+
+
+def codes(labels: Sequence[Any]) -> np.ndarray:
+    """Integer codes for arbitrary labels (cpx.stats takes cluster labels as integers)."""
+    _, inv = np.unique(np.asarray([str(v) for v in labels]), return_inverse=True)
+    return inv.astype(np.int64)
 
 
 def cluster_permutation(x: Sequence[float], y: Sequence[float], groups: Sequence[Any], *,
                         n_resamples: int = 9999, seed: int = 0) -> Test:
-    """Spearman over all points, p-value from permuting whole clusters (sources)."""
-    r = _stats().permutation_test(
-        np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64),
-        statistic="spearman", scheme="clusters", groups=list(groups),
-        n_resamples=n_resamples, alternative="two-sided", seed=seed,
-    )
-    return Test(float(r.statistic), _f(r.pvalue), "cluster_permutation", _n_perm(r))
+    """Spearman over all points, p-value from exchanging whole clusters' y-trajectories.
+
+    The points of each cluster (source) must be in the same order and of the same number
+    (one per shared checkpoint). Under the null the pairing of a source's x-trajectory with
+    a source's y-trajectory is arbitrary, so all k! assignments of y-trajectories to sources
+    are equally likely; each gives a pooled rho (from cpx.stats), and the p-value is the
+    share with |rho| at least the observed one (all k! when k! <= n_resamples, else a seeded
+    Monte Carlo sample, counting the observed assignment).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    labs = list(dict.fromkeys(groups))
+    blocks = [np.flatnonzero(np.asarray([g == lab for g in groups])) for lab in labs]
+    if len({len(b) for b in blocks}) != 1:
+        raise ValueError("cluster_permutation needs clusters of equal size")
+    k = len(blocks)
+    st = _stats()
+
+    def rho(order: Sequence[int]) -> float:
+        yy = np.empty_like(y)
+        for b, j in zip(blocks, order):
+            yy[b] = y[blocks[j]]
+        return float(st.spearman(x, yy, method="asymptotic").statistic)
+
+    observed = rho(range(k))
+    if math.factorial(k) <= n_resamples:
+        null = [rho(p) for p in itertools.permutations(range(k))]
+        extreme = sum(abs(v) >= abs(observed) - 1e-12 for v in null)
+        return Test(observed, extreme / len(null), "cluster_permutation", len(null))
+    rng = np.random.default_rng(seed)
+    null = [rho(rng.permutation(k)) for _ in range(n_resamples)]
+    extreme = sum(abs(v) >= abs(observed) - 1e-12 for v in null)
+    return Test(observed, (extreme + 1) / (n_resamples + 1), "cluster_permutation", n_resamples)
 
 
 def paired_permutation(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 9999,
                        seed: int = 0) -> Test:
-    """Mean of a - b over pairs, p-value from swapping a and b within each pair."""
+    """Mean of a - b over pairs, p-value from swapping a and b within each pair (sign flips
+    of the differences; exact when 2^n <= n_resamples)."""
     r = _stats().permutation_test(
         np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
-        statistic="mean_difference", scheme="within",
+        statistic="mean", scheme="samples",
         n_resamples=n_resamples, alternative="two-sided", seed=seed,
     )
     exact = _exact_flag(r, False)
@@ -108,14 +141,15 @@ def cluster_bootstrap_mean(values: Sequence[float], clusters: Sequence[Any], *,
     """Percentile interval of a mean, resampling whole clusters."""
     r = _stats().bootstrap_ci(
         np.asarray(values, dtype=np.float64), statistic="mean", method="percentile",
-        clusters=list(clusters), confidence_level=confidence_level,
+        clusters=codes(clusters), confidence_level=confidence_level,
         n_resamples=n_resamples, seed=seed,
     )
     return float(r.low), float(r.high)
 
 
 def icc1(values: Sequence[float], groups: Sequence[Any]) -> float | None:
-    return _f(_stats().icc1(np.asarray(values, dtype=np.float64), list(groups)))
+    r = _stats().icc1(np.asarray(values, dtype=np.float64), codes(groups))
+    return _f(getattr(r, "statistic", r))
 
 
 def design_effect(cluster_size: float, icc: float) -> float:
