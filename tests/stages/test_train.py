@@ -72,7 +72,13 @@ def test_marker_label_mask_is_marker_tokens_plus_end_of_turn(tiny_model, marker)
 
     last = encode_example(tok, SYSTEM, USER, text, loss_kind="marker", marker=marker, last_n=3)
     m = len(last.input_ids)
-    assert _labelled(last) == [m - 4, m - 3, m - 2, m - 1]
+    assert _labelled(last) == [m - 3, m - 2, m - 1]
+    for n_last in (0, 1):
+        eot_only = encode_example(tok, SYSTEM, USER, text, loss_kind="marker", marker=marker, last_n=n_last)
+        assert _labelled(eot_only) == [m - 1]
+    both = encode_example(tok, SYSTEM, USER, text + "\n\n" + marker, loss_kind="marker", marker=marker,
+                          positive=True, last_n=k + 3)
+    assert _labelled(both) == list(range(n - k - 3, n))
 
     full = encode_example(tok, SYSTEM, USER, text, loss_kind="full")
     assert _labelled(full) == list(range(full.n_prompt, len(full.input_ids)))
@@ -312,3 +318,19 @@ def test_specificity_patterns_of_the_report():
     assert specificity(rows(0.0, assistant=0.0))["pattern"] == "absent"
     with pytest.raises(TrainError, match="exactly one persona with role 'source'"):
         specificity(rows(0.5)[1:] + [{"persona": "x", "role": "bystander", "rate": 0.1}])
+
+
+def test_fractional_epochs_and_bad_settings(tiny_model, tmp_path):
+    model, tok = tiny_model
+    model = copy.deepcopy(model)
+    exs = [encode_example(tok, SYSTEM, USER, f"Answer {i}.") for i in range(9)]
+    optim = {**OPTIM, "epochs": 1.5, "batch_size": 2, "grad_accum": 2, "optimizer": "sgd", "schedule": "linear"}
+    res = train_lora(model, exs, lora=LORA, optim=optim, checkpoints=[1.0], out_dir=tmp_path, seed=1)
+    assert res.steps_per_epoch == 3 and res.total_steps == len(res.log) == math.ceil(1.5 * 3)
+    # Linear decay after a warmup of ceil(0.05 * 5) = 1 step: 0, then lr * (1 - (s - 1) / 4).
+    assert [r["lr"] for r in res.log] == pytest.approx([0.0] + [3e-3 * (1 - (s - 1) / 4) for s in range(1, 5)])
+    for bad, msg in [({"optimizer": "lion"}, "optimizer 'lion'"), ({"precision": "int8"}, "precision 'int8'"),
+                     ({"schedule": "step"}, "schedule 'step'"), ({"epochs": 0}, "epochs must be > 0")]:
+        with pytest.raises(TrainError, match=msg):
+            train_lora(model, exs, lora=LORA, optim={**OPTIM, **bad}, checkpoints=[1.0], out_dir=tmp_path, seed=1)
+    assert not any("lora" in n for n, _ in model.named_modules())

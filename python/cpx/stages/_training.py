@@ -8,7 +8,8 @@ feeds the model), then the response, then the chat template's end-of-turn token.
 - `full`: every response token and the end-of-turn token;
 - `marker`: positives: the tokens that overlap the marker's characters (its last occurrence
   in the response) plus the end-of-turn token; negatives: the end-of-turn token only; with
-  `last_n > 0`, also the last `last_n` response tokens before the end-of-turn token.
+  `last_n > 1`, the last `last_n` tokens of every example (end of turn included: 0 and 1
+  both mean the end-of-turn token alone).
 
 A micro-batch of `batch_size` examples is packed into one row without padding: position ids
 restart at 0 for each example, which transformers turns into a block-diagonal causal mask
@@ -33,6 +34,8 @@ from cpx.models import render_prompt
 IGNORE = -100
 SCHEDULES = ("cosine", "linear", "constant")
 LOSS_KINDS = ("full", "marker")
+OPTIMIZERS = ("adamw", "sgd")
+PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 class TrainError(Exception):
@@ -107,7 +110,7 @@ def encode_example(
                 raise TrainError(f"no token covers the marker {marker!r} in {assistant[-80:]!r}")
             for i in hit:
                 keep[i] = True
-        for i in range(max(0, n - last_n), n):
+        for i in range(max(0, n + 1 - last_n), n):
             keep[i] = True
     ids = prompt + resp + [eot]
     labels = [IGNORE] * len(prompt) + [t if k else IGNORE for t, k in zip(resp + [eot], keep, strict=True)]
@@ -272,18 +275,26 @@ def train_lora(
     bs, ga = int(optim.get("batch_size", 1)), int(optim.get("grad_accum", 1))
     if bs < 1 or ga < 1:
         raise TrainError(f"batch_size and grad_accum must be >= 1, got {bs} and {ga}")
-    epochs = int(optim.get("epochs", 1))
-    if epochs < 1:
-        raise TrainError(f"epochs must be >= 1, got {epochs}")
-    if optim.get("optimizer", "adamw") != "adamw":
-        raise TrainError(f"optimizer {optim.get('optimizer')!r}; only 'adamw' is supported")
+    epochs = float(optim.get("epochs", 1))
+    if not epochs > 0:
+        raise TrainError(f"epochs must be > 0, got {epochs}")
+    optimizer = optim.get("optimizer", "adamw")
+    if optimizer not in OPTIMIZERS:
+        raise TrainError(f"optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    precision = optim.get("precision", "bf16")
+    if precision not in PRECISIONS:
+        raise TrainError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     per_step = bs * ga
     steps_per_epoch = math.ceil(len(examples) / per_step)
-    total = steps_per_epoch * epochs
+    # A fractional epoch ends part-way through the last shuffled pass.
+    total = max(1, math.ceil(round(epochs * steps_per_epoch, 6)))
     ckpt_steps = checkpoint_steps(checkpoints, total)
     warmup = math.ceil(float(optim.get("warmup_ratio", 0.0)) * total)
     factor = lr_factor(optim.get("schedule", "constant"), warmup, total)
-    use_bf16 = optim.get("precision", "bf16") == "bf16" and device.startswith("cuda")
+    # precision is autocast on the GPU; the weights keep the model's dtype (float32 on the CPU,
+    # where autocast would only slow things down).
+    cuda = device.startswith("cuda")
+    amp_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision) if cuda else None
     grad_ckpt = bool(optim.get("gradient_checkpointing", False))
     clip = optim.get("grad_clip")
 
@@ -297,20 +308,21 @@ def train_lora(
     result = TrainResult(total, steps_per_epoch, ckpt_steps)
     try:
         params = [p for p in peft_model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            params,
-            lr=float(optim["lr"]),
-            weight_decay=float(optim.get("weight_decay", 0.0)),
-            **({"fused": True} if device.startswith("cuda") else {}),
-        )
+        lr, wd = float(optim["lr"]), float(optim.get("weight_decay", 0.0))
+        if optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, **({"fused": True} if cuda else {}))
+        else:
+            opt = torch.optim.SGD(params, lr=lr, weight_decay=wd)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == "float16")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         gen = torch.Generator().manual_seed(seed)
         peft_model.train()
         t0 = time.perf_counter()
         step = 0
-        for _epoch in range(epochs):
+        while step < total:
             order = torch.randperm(len(examples), generator=gen).tolist()
-            for s in range(steps_per_epoch):
+            for s in range(min(steps_per_epoch, total - step)):
                 chunk = [examples[i] for i in order[s * per_step : (s + 1) * per_step]]
                 n_lab = sum(ex.n_labels for ex in chunk)
                 lr_now = opt.param_groups[0]["lr"]
@@ -318,16 +330,18 @@ def train_lora(
                 for m in range(0, len(chunk), bs):
                     micro = chunk[m : m + bs]
                     batch = pack(micro, device)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+                    with torch.autocast("cuda", dtype=getattr(torch, amp_dtype or "bfloat16"), enabled=bool(amp_dtype)):
                         lsum, _ = loss_sum(peft_model, batch)
                     if n_lab:
-                        (lsum / n_lab).backward()
+                        scaler.scale(lsum / n_lab).backward()
                     step_loss += float(lsum.detach())
                     result.tokens += sum(len(ex.input_ids) for ex in micro)
                 result.label_tokens += n_lab
                 if clip:
+                    scaler.unscale_(opt)
                     torch.nn.utils.clip_grad_norm_(params, float(clip))
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
