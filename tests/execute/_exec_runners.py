@@ -152,3 +152,18 @@ def make_plan(run_dir: str | Path, stages: list[dict[str, Any]], name: str = "t"
     plan.check()
     plan.save(Path(run_dir) / "plan.json")
     return plan
+
+
+def resolve_real(kind: str) -> Any:
+    """cpx's own stage runners, with a ledger line before and after each (for the demo tests)."""
+    from cpx.stages import get_runner
+
+    inner = get_runner(kind)
+
+    def run_real(ctx: Any) -> Any:
+        _ledger({}, f"start {ctx.stage.id} {time.time():.6f} {os.getpid()}")
+        out = inner(ctx)
+        _ledger({}, f"end {ctx.stage.id} {time.time():.6f} {os.getpid()}")
+        return out
+
+    return run_real

@@ -107,11 +107,9 @@ class Scheduler:
         keep_going: bool = False,
         retry: int = 0,
         display: Display,
-        tracking: dict[str, Any] | None = None,
     ):
         self.plan, self.store, self.backend = plan, store, backend
         self.keep_going, self.retry, self.display = keep_going, retry, display
-        self.tracking = tracking
         self.by_id = plan.by_id()
         self.users: dict[str, list[str]] = {s.id: [] for s in plan.stages}
         for s in plan.stages:
@@ -184,7 +182,6 @@ class Scheduler:
                         "log_path": str(self.store.log_path(stage)),
                         "attempt": attempts[sid],
                         "batch_limit": oom_limits.get(sid),
-                        "tracking": self.tracking,
                     }
                     running[slot] = (sid, tmp)
                     started_at[sid] = time.perf_counter()
@@ -331,9 +328,7 @@ def execute(
             backend = RayBackend(str(store.run_dir), resolver, address=address, devices=devices)
         store.event("run_started", executor=executor, devices=[s.label for s in getattr(backend, "slots", [])] or devices,
                     todo=len(todo), cached=len(summary.cached))
-        tracking = (plan.spec or {}).get("tracking") if isinstance(plan.spec, dict) else None
-        sched = Scheduler(plan, store, backend, keep_going=keep_going, retry=retry, display=display,
-                          tracking=tracking)
+        sched = Scheduler(plan, store, backend, keep_going=keep_going, retry=retry, display=display)
         display.run_started(plan, len(todo), len(summary.cached), summary.rerun_reasons)
         try:
             if todo:
