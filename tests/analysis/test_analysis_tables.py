@@ -131,10 +131,45 @@ def test_metrics_file_errors_say_where_and_what(tmp_path):
 
 
 def test_options_from_params():
-    o = Options.from_params({"analyses": [{"name": "within_source"},
-                                          {"name": "between_source", "checkpoint": 0.6}]})
-    assert o.analyses == ("within_source", "between_source") and o.checkpoint == 0.6
+    """The spec language's names (docs: specs/*.yaml `analyses:`) and per-analysis options."""
+    o = Options.from_params({"analyses": [{"name": "leakage"},
+                                          {"name": "within_source", "layers": [1, 2]},
+                                          {"name": "between_source", "checkpoint": 0.6},
+                                          {"name": "adapter_specificity"}],
+                             "points": [{"arm": "B"}], "n_resamples": 99})
+    assert o.analyses == ("leakage_by_role", "cross_arm", "within_source", "between_source",
+                          "marker_specificity")
+    assert o.get("between_source", "checkpoint") == 0.6 and o.get("cross_arm", "checkpoint") is None
+    assert o.get("within_source", "layers") == (1, 2) and o.n_resamples == 99
+    assert Options.from_params({"analyses": []}).analyses == Options().analyses
     with pytest.raises(ValueError, match="unknown analysis 'within'"):
         Options.from_params({"analyses": [{"name": "within"}]})
     with pytest.raises(ValueError, match="unknown option 'chekpoint'"):
         Options.from_params({"analyses": [{"name": "cross_arm", "chekpoint": 1.0}]})
+    with pytest.raises(ValueError, match="unknown option 'alpha'"):
+        Options.from_params({"alpha": 0.05})
+
+
+def test_per_analysis_checkpoint_and_layers(tables):
+    o = Options.from_params({"analyses": [
+        {"name": "within_source", "layers": [2]}, {"name": "pseudo_replication"},
+        {"name": "bystander_vs_assistant", "checkpoint": 1.0},
+        {"name": "between_source", "checkpoint": 0.5}], "n_resamples": 99,
+        "bootstrap_resamples": 50})
+    st = analyze_tables(tables, o).stats
+    assert st.filter(pl.col("analysis") == "within_source")["layer"].unique().to_list() == [2]
+    assert st.filter(pl.col("analysis") == "bystander_vs_assistant")["checkpoint"].unique().to_list() == [1.0]
+    assert st.filter(pl.col("analysis") == "between_source")["checkpoint"].unique().to_list() == [0.5]
+    assert st.filter(pl.col("analysis") == "between_source_pooled")["layer"].n_unique() == 2
+    assert st.filter(pl.col("analysis").str.starts_with("specificity")).is_empty()
+
+
+def test_baseline_without_a_source_is_kept_out_of_source_analyses():
+    t = make_tables(seed=4, arms=("B",), sources=("villain", "comedian", "librarian"),
+                    baseline=True)
+    a = analyze_tables(t, Options(n_resamples=99, bootstrap_resamples=50))
+    base = a.metrics.filter(pl.col("arm") == "base")
+    assert base.height == 1 and base["source"][0] is None and base["source_rate"][0] is None
+    tested = a.stats.filter(pl.col("p_value").is_not_null() & (pl.col("arm") == "base"))
+    assert set(tested["analysis"]) <= {"bystander_vs_assistant"}
+    assert a.stats.filter(pl.col("analysis") == "within_source")["arm"].unique().to_list() == ["B"]

@@ -25,8 +25,10 @@ def _role(persona: str, source: str) -> str:
 
 def make_tables(*, seed: int = 0, arms=("A", "B", "C"), sources=SOURCES, n_questions: int = 6,
                 n_samples: int = 5, checkpoints=CHECKPOINTS, layers=LAYERS,
-                seeds=(42,)) -> dict[str, pl.DataFrame]:
-    """marker_hits, leakage, cosines and screen tables with labels on every row."""
+                seeds=(42,), baseline: bool = False) -> dict[str, pl.DataFrame]:
+    """marker_hits, leakage, cosines and screen tables with labels on every row. With
+    `baseline`, an arm "base" without a source (the untrained model, as the compiler's
+    baseline evaluation) is added at checkpoint 0."""
     rng = np.random.default_rng(seed)
     hits, leak, cos, screen = [], [], [], []
     # Persona centroids per (arm, source, checkpoint): the assistant drifts toward the
@@ -68,6 +70,12 @@ def make_tables(*, seed: int = 0, arms=("A", "B", "C"), sources=SOURCES, n_quest
                 n = 20
                 k = int(rng.binomial(n, min(p, 1.0)))
                 screen.append((arm, src, s, ck if arm == "B" else 0.0, persona, role, n, k, k / n))
+    if baseline:
+        for s, persona, qi, si in itertools.product(seeds, PERSONAS, range(n_questions),
+                                                    range(n_samples)):
+            role = "assistant" if persona == ASSISTANT else "bystander"
+            hits.append(("base", None, s, 0.0, persona, role, f"q{qi:02d}", si,
+                         bool(rng.random() < 0.02)))
     labels = {"arm": pl.String, "source": pl.String, "seed": pl.Int64, "checkpoint": pl.Float64}
     return {
         "marker_hits": pl.DataFrame(hits, orient="row", schema={

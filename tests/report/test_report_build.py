@@ -99,3 +99,14 @@ def test_cpx_report_errors(tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 1
     assert "metrics.parquet" in capsys.readouterr().err
+
+
+def test_figure_names_and_aliases():
+    from cpx.report import figure_names
+
+    assert figure_names(None) == FIGURES
+    assert figure_names(["hero_cross_arm", "cosine_evolution"]) == ("hero", "cosine_evolution")
+    assert figure_names(["arm_b_trajectory"], rest=True)[:2] == ("trajectories", "hero")
+    assert len(figure_names(["arm_b_trajectory"], rest=True)) == len(FIGURES)
+    with pytest.raises(ValueError, match="unknown figure 'hero2'.*known: hero"):
+        figure_names(["hero2"])

@@ -31,6 +31,7 @@ def tables(analysis: Analysis) -> list[T.Table]:
         out.append(T.within_table(s))
     if "between_source" in opts.analyses:
         out.append(T.between_table(s))
+    if "pseudo_replication" in opts.analyses:
         out.append(T.pooled_table(s))
     if "bystander_vs_assistant" in opts.analyses:
         out.append(T.bystander_table(s))

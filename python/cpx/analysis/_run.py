@@ -3,7 +3,7 @@ results (the `analyze` stage)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -22,51 +22,69 @@ from cpx.analysis._metrics import (
 from cpx.analysis._specificity import adapter_quality, adapter_rows, specificity_vs_cosine
 
 ANALYSES = ("leakage_by_role", "cross_arm", "within_source", "between_source",
-            "bystander_vs_assistant", "marker_specificity")
+            "pseudo_replication", "bystander_vs_assistant", "marker_specificity")
+# Names the spec language uses for groups of the analyses above.
+ALIASES = {"leakage": ("leakage_by_role", "cross_arm"),
+           "adapter_specificity": ("marker_specificity",)}
+# Options an entry of `analyses` may set for itself alone.
+PER_ANALYSIS = ("checkpoint", "layers")
+# Params the compiler adds that the analyses do not need (the rows carry their labels).
+IGNORED_PARAMS = ("points",)
 
 
 @dataclass(frozen=True)
 class Options:
-    """What the analyses compute. `checkpoint` is the one the cross-arm table and the
-    between-source test use (default: the last checkpoint in the data)."""
+    """What the analyses compute. `checkpoint` is the one the cross-arm table, the
+    between-source test and the bystander test use (default: the last checkpoint in the
+    data; the bystander test then runs at every checkpoint); `layers` restricts the cosine
+    analyses (default: all). `per` holds per-analysis overrides of those two."""
 
     analyses: tuple[str, ...] = ANALYSES
     checkpoint: float | None = None
+    layers: tuple[int, ...] | None = None
     confidence_level: float = 0.95
     n_resamples: int = 9999
     bootstrap_resamples: int = 2000
     seed: int = 0
-    assistant: str = "assistant"
+    per: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def get(self, analysis: str, key: str) -> Any:
+        """An option for one analysis: its own setting, else the global one."""
+        return self.per.get(analysis, {}).get(key, getattr(self, key))
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Options:
-        """From an analyze stage's params: `{"analyses": [{"name": ..., <option>: ...}]}`;
-        options may also sit at the top level. An unknown name or option is an error."""
+        """From an analyze stage's params: `{"analyses": [{"name": ..., <option>: ...}], ...}`.
+        An empty list means every analysis. An unknown name or option is an error."""
+        known = [f for f in cls.__dataclass_fields__ if f not in ("analyses", "per")]
         opts: dict[str, Any] = {}
-        names: list[str] = []
-        known = {f for f in cls.__dataclass_fields__ if f != "analyses"}
         for k, v in params.items():
-            if k == "analyses":
+            if k in ("analyses", *IGNORED_PARAMS):
                 continue
             if k not in known:
-                raise ValueError(f"analyze params: unknown option {k!r}; known: {', '.join(sorted(known))}")
-            opts[k] = v
+                raise ValueError(f"analyze params: unknown option {k!r}; known: {', '.join(known)}")
+            opts[k] = tuple(v) if k == "layers" and v is not None else v
+        names: list[str] = []
+        per: dict[str, dict[str, Any]] = {}
         for i, a in enumerate(params.get("analyses") or []):
-            name = a.get("name") if isinstance(a, dict) else a
-            if name not in ANALYSES:
-                raise ValueError(f"analyze params: analyses[{i}]: unknown analysis {name!r}; "
-                                 f"known: {', '.join(ANALYSES)}")
-            names.append(name)
-            for k, v in (a.items() if isinstance(a, dict) else ()):
-                if k == "name":
-                    continue
-                if k not in known:
+            a = a if isinstance(a, dict) else {"name": a}
+            name = a.get("name")
+            targets = ALIASES.get(name, (name,))
+            if any(t not in ANALYSES for t in targets):
+                raise ValueError(f"analyze params: analyses[{i}]: unknown analysis {name!r}; known: "
+                                 f"{', '.join([*ANALYSES, *ALIASES])}")
+            for k in a:
+                if k != "name" and k not in PER_ANALYSIS:
                     raise ValueError(f"analyze params: analyses[{i}] ({name}): unknown option "
-                                     f"{k!r}; known: {', '.join(sorted(known))}")
-                opts[k] = v
+                                     f"{k!r}; an analysis may set {', '.join(PER_ANALYSIS)}")
+            for t in targets:
+                if t not in names:
+                    names.append(t)
+                own = {k: (tuple(v) if k == "layers" else v) for k, v in a.items() if k != "name"}
+                per.setdefault(t, {}).update(own)
         if names:
-            opts["analyses"] = tuple(names)
-        return cls(**opts)
+            opts["analyses"] = tuple(n for n in ANALYSES if n in names)
+        return cls(per=per, **opts)
 
 
 @dataclass
@@ -82,8 +100,8 @@ class Analysis:
 
     @property
     def checkpoint(self) -> float | None:
-        return self.options.checkpoint if self.options.checkpoint is not None else \
-            final_checkpoint(self.metrics)
+        ck = self.options.get("cross_arm", "checkpoint")
+        return float(ck) if ck is not None else final_checkpoint(self.metrics)
 
 
 def _ensure_specificity(metrics: pl.DataFrame) -> pl.DataFrame:
@@ -95,44 +113,70 @@ def _ensure_specificity(metrics: pl.DataFrame) -> pl.DataFrame:
 
 def split_predictors(metrics: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
     """The metrics of arms that have cosines, of arms that have specificity values, and
-    notes naming the arms left out (one note per arm instead of a skipped row per test)."""
+    notes naming the arms left out (one note per arm instead of a skipped row per test).
+    Rows without a source (a baseline evaluation of the untrained model) are left out of both."""
     notes: list[str] = []
     kept: dict[str, pl.DataFrame] = {}
+    sourced = metrics.filter(pl.col("source").is_not_null())
     for col in ("cosine", "specificity"):
-        empty = sorted(str(a) for (a,), g in metrics.group_by("arm")
+        empty = sorted(str(a) for (a,), g in sourced.group_by("arm")
                        if g[col].null_count() == g.height
                        or g["assistant_rate"].null_count() == g.height)
         notes += [f"arm {arm}: no {col} values with assistant leakage, so no {col}-leakage "
                   "tests for this arm" for arm in empty]
-        kept[col] = metrics.filter(~pl.col("arm").cast(pl.String).is_in(empty))
+        kept[col] = sourced.filter(~pl.col("arm").cast(pl.String).is_in(empty))
     seeds = metrics["seed"].drop_nulls().n_unique()
     if seeds > 1:
         notes.append(f"{seeds} seeds: the correlation tests use the mean over seeds per point")
     return kept["cosine"], kept["specificity"], notes
 
 
+def _layers(df: pl.DataFrame, layers: tuple[int, ...] | None) -> pl.DataFrame:
+    return df if layers is None else df.filter(pl.col("layer").is_in(list(layers)))
+
+
+def _at(df: pl.DataFrame, checkpoint: float | None) -> pl.DataFrame:
+    return df if checkpoint is None else df.filter((pl.col("checkpoint") - checkpoint).abs() < 1e-9)
+
+
 def _tests(metrics: pl.DataFrame, marker_hits: pl.DataFrame | None,
            adapters: pl.DataFrame | None, opts: Options) -> tuple[list[dict[str, Any]], list[str]]:
     rows: list[dict[str, Any]] = []
-    ck = opts.checkpoint if opts.checkpoint is not None else final_checkpoint(metrics)
+    last = final_checkpoint(metrics)
     with_cos, with_spec, notes = split_predictors(metrics)
     if "within_source" in opts.analyses:
-        rows += within_source(with_cos)
+        rows += within_source(_layers(with_cos, opts.get("within_source", "layers")))
     if "between_source" in opts.analyses:
+        ck = opts.get("between_source", "checkpoint")
+        ck = last if ck is None else float(ck)
         if ck is None:
             notes.append("between-source test skipped: no checkpoint values in the data")
         else:
-            rows += between_source(with_cos, checkpoint=ck)
-        rows += pooled(with_cos, n_resamples=opts.n_resamples, seed=opts.seed)
+            rows += between_source(_layers(with_cos, opts.get("between_source", "layers")),
+                                   checkpoint=ck)
+    if "pseudo_replication" in opts.analyses:
+        rows += pooled(_layers(with_cos, opts.get("pseudo_replication", "layers")),
+                       n_resamples=opts.n_resamples, seed=opts.seed)
     if "bystander_vs_assistant" in opts.analyses:
-        rows += bystander_vs_assistant(marker_hits, metrics, n_resamples=opts.n_resamples,
+        ck = opts.get("bystander_vs_assistant", "checkpoint")
+        hits = None if marker_hits is None else _at(marker_hits, ck)
+        rows += bystander_vs_assistant(hits, _at(metrics, ck), n_resamples=opts.n_resamples,
                                        seed=opts.seed)
     if "marker_specificity" in opts.analyses:
         if adapters is not None:
             rows += adapter_rows(adapters)
-        rows += specificity_vs_cosine(with_spec, checkpoint=ck, n_resamples=opts.n_resamples,
-                                      seed=opts.seed)
+        ck = opts.get("marker_specificity", "checkpoint")
+        rows += specificity_vs_cosine(
+            _layers(with_spec, opts.get("marker_specificity", "layers")),
+            checkpoint=last if ck is None else float(ck), n_resamples=opts.n_resamples,
+            seed=opts.seed)
     return rows, notes
+
+
+def assistant_persona(table: pl.DataFrame) -> str:
+    """The persona that plays the assistant role (the most frequent one, should several)."""
+    a = table.filter(pl.col("role") == "assistant")["persona"]
+    return "assistant" if a.is_empty() else str(a.mode().sort()[0])
 
 
 def analyze_metrics(metrics: pl.DataFrame, options: Options | None = None) -> Analysis:
@@ -160,17 +204,14 @@ def analyze_tables(tables: dict[str, pl.DataFrame], options: Options | None = No
         who = source_personas(leakage)
     else:
         raise ValueError("analyze: no marker_hits or leakage rows to analyse")
-    metrics = build_metrics(roles, tables.get("cosines"), assistant=opts.assistant,
+    metrics = build_metrics(roles, tables.get("cosines"),
+                            assistant=assistant_persona(hits if hits is not None else leakage),
                             source_persona=who)
     screen = tables.get("screen")
     adapters = adapter_quality(screen) if screen is not None and screen.height else None
     rows, notes = _tests(metrics, hits, adapters, opts)
     return Analysis(metrics=metrics, stats=adjust(stats_frame(rows)), adapters=adapters,
                     notes=notes, options=opts)
-
-
-def with_checkpoint(analysis: Analysis, checkpoint: float | None) -> Analysis:
-    return replace(analysis, options=replace(analysis.options, checkpoint=checkpoint))
 
 
 __all__ = ["ANALYSES", "LABELS", "Analysis", "Options", "analyze_metrics", "analyze_tables"]

@@ -31,16 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     from cpx.plan import PlanError
-    from cpx.report import FIGURES, ReportError, build_report, from_run
+    from cpx.report import ReportError, build_report, figure_names, from_run
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise CLIError(f"{run_dir}: no such folder", EXIT_USAGE)
-    figures = tuple(args.figures or FIGURES)
-    bad = [f for f in figures if f not in FIGURES]
-    if bad:
-        raise CLIError(f"unknown figure(s) {', '.join(bad)}; known: {', '.join(FIGURES)}",
-                       EXIT_USAGE)
+    planned = _report_params(run_dir)
+    try:
+        # --figures: only those; else the plan's figures first, then the others
+        figures = (figure_names(args.figures) if args.figures
+                   else figure_names(planned.get("figures"), rest=True))
+    except ValueError as e:
+        raise CLIError(str(e), EXIT_USAGE) from None
     try:
         data = from_run(run_dir)
     except (ReportError, PlanError) as e:
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     # Build beside the destination and swap it in, so a failed build leaves the old report.
     tmp = dest.with_name(f".{dest.name}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        info = build_report(data, tmp, title=args.title, figures=figures)
+        info = build_report(data, tmp, title=args.title or planned.get("title"), figures=figures)
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}-old-{uuid.uuid4().hex[:8]}")
@@ -62,3 +64,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {dest / 'report.md'}, {dest / 'report.html'} and "
           f"{len(info['figures'])} figures in {info['seconds']['total']:.1f} s")
     return 0
+
+
+
+def _report_params(run_dir: Path) -> dict:  # type: ignore[type-arg]
+    """The params (title, figures) of the plan's report stage; empty without one."""
+    import json
+
+    try:
+        stages = json.loads((run_dir / "plan.json").read_text())["stages"]
+        return dict([s for s in stages if s.get("kind") == "report"][-1].get("params") or {})
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return {}

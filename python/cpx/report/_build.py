@@ -22,6 +22,27 @@ from cpx.report._provenance import provenance, spec_summary
 
 FIGURES = ("hero", "trajectories", "heatmap", "cosine_evolution", "cosine_vs_leakage",
            "adapter_quality")
+# The seed report's figure file names, which specs use.
+FIGURE_ALIASES = {"hero_cross_arm": "hero", "arm_b_trajectory": "trajectories",
+                  "arm_b_heatmap_100pct": "heatmap", "arm_b_cosine_vs_leakage": "cosine_vs_leakage"}
+
+
+def figure_names(names: list[str] | tuple[str, ...] | None, *,
+                 rest: bool = False) -> tuple[str, ...]:
+    """Figure names resolved (aliases to names, duplicates dropped, order kept); none
+    given means all; with `rest`, the figures not named follow the named ones. An unknown
+    name is a ValueError listing the known ones."""
+    if not names:
+        return FIGURES
+    out: list[str] = []
+    for n in names:
+        name = FIGURE_ALIASES.get(n, n)
+        if name not in FIGURES:
+            raise ValueError(f"unknown figure {n!r}; known: "
+                             f"{', '.join([*FIGURES, *FIGURE_ALIASES])}")
+        if name not in out:
+            out.append(name)
+    return tuple(out + [f for f in FIGURES if f not in out]) if rest else tuple(out)
 
 
 @dataclass
@@ -69,7 +90,8 @@ FIGURE_TEXT = {
 
 
 def _make(name: str, data: ReportData) -> Any | None:
-    m = data.analysis.metrics
+    # A baseline evaluation of the untrained model has no source: it has no panel to go in.
+    m = data.analysis.metrics.filter(pl.col("source").is_not_null())
     arm = trajectory_arm(m)
     if name == "hero":
         return F.hero(m)
@@ -79,7 +101,7 @@ def _make(name: str, data: ReportData) -> Any | None:
         ck = data.analysis.checkpoint
         if data.leakage is None or arm is None or ck is None:
             return None
-        return F.heatmap(data.leakage, arm, ck)
+        return F.heatmap(data.leakage.filter(pl.col("source").is_not_null()), arm, ck)
     if name == "cosine_evolution":
         return F.cosine_evolution(m)
     if name == "cosine_vs_leakage":
