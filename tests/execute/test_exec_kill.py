@@ -16,9 +16,9 @@ from conftest import cpx_popen, cpx_run, manifests
 
 
 def slow_plan() -> list[dict]:
-    """27 stages; each writes its text output in pieces with pauses, so kills land mid-write."""
-    slow = {"chunks": 4, "sleep": 0.1}
-    n = 12
+    """35 stages; each writes its text output in pieces with pauses, so kills land mid-write."""
+    slow = {"chunks": 4, "sleep": 0.06}
+    n = 16
     stages = [{"id": f"data/{i}", "kind": "dataset", "params": {"rows": 3 + i, **slow}} for i in range(n)]
     stages += [{"id": f"scan/{i}", "kind": "scan", "deps": [f"data/{i}", f"data/{(i + 1) % n}"],
                 "params": dict(slow), "labels": {"arm": f"arm{i}"}} for i in range(n)]
@@ -53,8 +53,15 @@ def test_ten_sigkills_then_resume_equal_an_uninterrupted_run(tmp_path):
 
     kills, snapshots, worker_pids = 0, [], set()
     while kills < 10:
+        seen = len(ledger_lines(ledger))
         p = cpx_popen("execute", str(run), "--devices", "cpu:2", "--quiet", CPX_TEST_LEDGER=str(ledger))
-        time.sleep(rng.uniform(0.2, 1.2))
+        if rng.random() < 0.2:  # somewhere in start-up (plan load, verification, worker spawn)
+            time.sleep(rng.uniform(0.0, 1.0))
+        else:  # somewhere in the stages: mid-write, between stages, mid-commit
+            deadline = time.monotonic() + 60
+            while len(ledger_lines(ledger)) == seen and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.5))
         if p.poll() is not None:
             break
         os.kill(p.pid, signal.SIGKILL)
@@ -63,6 +70,8 @@ def test_ten_sigkills_then_resume_equal_an_uninterrupted_run(tmp_path):
         worker_pids |= {int(ln[3]) for ln in ledger_lines(ledger) if ln[0] == "start"}
         snapshots.append({k: json.dumps(v, sort_keys=True) for k, v in manifests(run).items()})
     assert kills == 10, "the plan finished before ten kills; make it slower"
+    # The killed runs made progress, and left work for the last one.
+    assert 0 < len(snapshots[-1]) < len(slow_plan()), len(snapshots[-1])
     final = cpx_run("execute", str(run), "--devices", "cpu:2", "--quiet", CPX_TEST_LEDGER=str(ledger))
     assert final.returncode == 0, final.stdout + final.stderr
 
