@@ -350,7 +350,7 @@ class _Compiler:
         if self.issues:
             raise SpecError(self.issues)
         analyze = self.add("analyze", "analyze", {
-            "analyses": [a.model_dump() for a in s.analyses],
+            "analyses": [a.model_dump(exclude_none=True) for a in s.analyses],
             # Sorted, so that the order arms are written in changes no hash.
             "points": sorted(self.points, key=lambda p: (p["seed"], p["arm"], p["source"] or "", p["checkpoint"])),
         }, self.analysis_deps, {})

@@ -30,12 +30,17 @@ QuestionBank = Annotated[
     WithJsonSchema({"anyOf": [{"type": "array", "items": {"type": "string"}, "minItems": 1}, _FILE]}),
 ]
 
+# The analyses the analyze stage implements (cpx.analysis), and the group names `leakage`
+# (leakage_by_role + cross_arm) and `adapter_specificity` (marker_specificity).
 ANALYSES = (
     "leakage",
+    "leakage_by_role",
+    "cross_arm",
     "within_source",
     "between_source",
     "pseudo_replication",
     "bystander_vs_assistant",
+    "marker_specificity",
     "adapter_specificity",
 )
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -278,10 +283,13 @@ class Representation(Strict):
     centering: Literal["global_mean", "none"] = "global_mean"
 
 
-class Analysis(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+class Analysis(Strict):
+    """One analysis to run, with its own checkpoint and layers (default: all of them)."""
 
     name: Literal[ANALYSES]  # type: ignore[valid-type]
+    checkpoint: Fraction | None = Field(default=None, description="the checkpoint cross-source tests use "
+                                        "(default: the last)")
+    layers: Annotated[list[NonNegInt], Field(min_length=1)] | None = None
 
 
 class Report(Strict):
