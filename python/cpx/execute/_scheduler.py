@@ -23,8 +23,9 @@ from cpx.execute._store import MANIFEST_FORMAT, Store, now_iso
 from cpx.plan import Plan, Stage
 
 # Out-of-memory retries of a batching stage, each with half the batch: not counted in --retry.
+# The runners of these kinds read `ctx.batch_limit` (sampling batch, training micro-batch).
 OOM_RETRIES = 4
-OOM_KINDS = frozenset({"sample", "generate"})
+OOM_KINDS = frozenset({"sample", "generate", "train"})
 DEFAULT_FIRST_BATCH_LIMIT = 256
 
 
@@ -90,7 +91,7 @@ def model_key(stage: Stage) -> str | None:
 
 
 def _first_batch_limit(params: dict[str, Any]) -> int:
-    for d in (params, params.get("sampler") or {}):
+    for d in (params, params.get("sampler") or {}, params.get("optim") or {}):
         b = d.get("batch_size") if isinstance(d, dict) else None
         if isinstance(b, int) and b > 1:
             return b // 2
