@@ -334,3 +334,25 @@ def test_fractional_epochs_and_bad_settings(tiny_model, tmp_path):
         with pytest.raises(TrainError, match=msg):
             train_lora(model, exs, lora=LORA, optim={**OPTIM, **bad}, checkpoints=[1.0], out_dir=tmp_path, seed=1)
     assert not any("lora" in n for n, _ in model.named_modules())
+
+
+def test_smaller_micro_batches_after_oom_train_the_same(tiny_model, tmp_path):
+    model, tok = tiny_model
+    model = copy.deepcopy(model)
+    exs = [encode_example(tok, SYSTEM, USER, "Answer " * (i + 1)) for i in range(8)]
+    optim = {**OPTIM, "batch_size": 4, "epochs": 2}
+    runs = []
+    for micro in (None, 1):
+        states = {}
+
+        def on_step(step, peft_model, states=states):
+            states[step] = {k: v.detach().clone() for k, v in peft_model.named_parameters() if "lora_" in k}
+
+        res = train_lora(model, exs, lora=LORA, optim=optim, checkpoints=[1.0], out_dir=tmp_path / str(micro),
+                         seed=3, on_step=on_step, micro_batch=micro)
+        runs.append((res, states))
+    (a, sa), (b, sb) = runs
+    assert [r["loss"] for r in a.log] == pytest.approx([r["loss"] for r in b.log], rel=1e-5)
+    last = max(sa)
+    for k in sa[last]:
+        torch.testing.assert_close(sa[last][k], sb[last][k], atol=1e-5, rtol=1e-4)

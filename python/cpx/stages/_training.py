@@ -265,9 +265,14 @@ def train_lora(
     log=None,
     progress: Callable[..., None] | None = None,
     on_step: Callable[[int, Any], None] | None = None,
+    micro_batch: int | None = None,
 ) -> TrainResult:
     """Train a LoRA on `model` (modified only while training: put back as found on return)
-    and save an adapter to `out_dir/checkpoints/<f>/` for each fraction f > 0."""
+    and save an adapter to `out_dir/checkpoints/<f>/` for each fraction f > 0.
+
+    `micro_batch` (after an out-of-memory retry: the executor's `ctx.batch_limit`) packs fewer
+    than `batch_size` examples per forward pass; the step's loss and gradients stay the same.
+    """
     import torch
 
     if not examples:
@@ -285,6 +290,7 @@ def train_lora(
     if precision not in PRECISIONS:
         raise TrainError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     per_step = bs * ga
+    micro = max(1, min(bs, micro_batch or bs))
     steps_per_epoch = math.ceil(len(examples) / per_step)
     # A fractional epoch ends part-way through the last shuffled pass.
     total = max(1, math.ceil(round(epochs * steps_per_epoch, 6)))
@@ -327,15 +333,15 @@ def train_lora(
                 n_lab = sum(ex.n_labels for ex in chunk)
                 lr_now = opt.param_groups[0]["lr"]
                 step_loss = 0.0
-                for m in range(0, len(chunk), bs):
-                    micro = chunk[m : m + bs]
-                    batch = pack(micro, device)
+                for m in range(0, len(chunk), micro):
+                    part = chunk[m : m + micro]
+                    batch = pack(part, device)
                     with torch.autocast("cuda", dtype=getattr(torch, amp_dtype or "bfloat16"), enabled=bool(amp_dtype)):
                         lsum, _ = loss_sum(peft_model, batch)
                     if n_lab:
                         scaler.scale(lsum / n_lab).backward()
                     step_loss += float(lsum.detach())
-                    result.tokens += sum(len(ex.input_ids) for ex in micro)
+                    result.tokens += sum(len(ex.input_ids) for ex in part)
                 result.label_tokens += n_lab
                 if clip:
                     scaler.unscale_(opt)
@@ -351,7 +357,7 @@ def train_lora(
                 if on_step is not None:
                     on_step(step, peft_model)
                 if progress is not None:
-                    progress(step, total, loss=round(loss, 4))
+                    progress(step, total, loss=round(loss, 4), tokens=result.tokens)
                 if log is not None and (step == total or step % max(1, total // 10) == 0):
                     log.info("step %d/%d loss %.4f lr %.3g", step, total, loss, lr_now)
         result.seconds = time.perf_counter() - t0

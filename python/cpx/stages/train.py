@@ -81,6 +81,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         device=ctx.device,
         log=ctx.log,
         progress=ctx.progress,
+        micro_batch=getattr(ctx, "batch_limit", None),
     )
     log_table = pa.table(
         {
@@ -130,7 +131,10 @@ def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
     requests = [
         Request(system=per["prompt"], user=q["text"], n=int(per["n"])) for per in personas for q in questions
     ]
-    completions = sample_completions(model, tok, requests, sc["sampler"], device=ctx.device, log=ctx.log)
+    completions = sample_completions(
+        model, tok, requests, sc["sampler"], device=ctx.device, log=ctx.log,
+        batch_size=getattr(ctx, "batch_limit", None),
+    )
     fold = bool(sc.get("match", {}).get("case_insensitive", False))
     markers = [m.lower() for m in sc["markers"]] if fold else list(sc["markers"])
     n = [0] * len(personas)
