@@ -96,10 +96,10 @@ def normalize_metrics(df: pl.DataFrame, *, where: str = "metrics table") -> pl.D
     extra = [df[c] for c in df.columns if c not in METRIC_COLUMNS]
     res = pl.DataFrame(out + extra)
     for c in ("source_rate", "assistant_rate", "bystander_rate"):
-        bad = res.filter((pl.col(c) < 0) | (pl.col(c) > 1))
-        if bad.height:
+        outside = res.filter((pl.col(c) < 0) | (pl.col(c) > 1))
+        if outside.height:
             raise MetricsError(
-                f"{where}: column {c!r} holds rates in [0, 1], but has {bad[c][0]!r}; "
+                f"{where}: column {c!r} holds rates in [0, 1], but has {outside[c][0]!r}; "
                 "write percentages as fractions (20.2% -> 0.202)"
             )
     return res

@@ -33,8 +33,10 @@ def _degenerate(xs: np.ndarray, ys: np.ndarray) -> str | None:
 
 
 def _seed_note(df: pl.DataFrame) -> str | None:
-    n = df["n_seeds"].max() if "n_seeds" in df.columns and df.height else None
-    return f"mean over {n} seeds" if n and n > 1 else None  # type: ignore[operator]
+    if "n_seeds" not in df.columns or df.is_empty():
+        return None
+    n = int(df["n_seeds"].max())  # type: ignore[arg-type]
+    return f"mean over {n} seeds" if n > 1 else None
 
 
 def _averaged(metrics: pl.DataFrame, x: str, y: str, by_layer: bool) -> pl.DataFrame:

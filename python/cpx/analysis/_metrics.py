@@ -50,7 +50,7 @@ def leakage_by_role(marker_hits: pl.DataFrame, *, confidence_level: float = 0.95
     for i, (key, g) in enumerate(df.sort(keys, nulls_last=True).group_by(keys, maintain_order=True)):
         hits = g["hit"].cast(pl.Float64)
         low, high = _stats.cluster_bootstrap_mean(
-            hits.to_numpy(), g["question_id"].cast(pl.String).to_list(),
+            hits.to_numpy().astype("float64"), g["question_id"].cast(pl.String).to_list(),
             confidence_level=confidence_level, n_resamples=n_resamples, seed=seed + i,
         )
         rows.append({

@@ -68,7 +68,7 @@ class Options:
         per: dict[str, dict[str, Any]] = {}
         for i, a in enumerate(params.get("analyses") or []):
             a = a if isinstance(a, dict) else {"name": a}
-            name = a.get("name")
+            name = str(a.get("name"))
             targets = ALIASES.get(name, (name,))
             if any(t not in ANALYSES for t in targets):
                 raise ValueError(f"analyze params: analyses[{i}]: unknown analysis {name!r}; known: "
@@ -199,13 +199,15 @@ def analyze_tables(tables: dict[str, pl.DataFrame], options: Options | None = No
         roles = leakage_by_role(hits, confidence_level=opts.confidence_level,
                                 n_resamples=opts.bootstrap_resamples, seed=opts.seed)
         who = source_personas(hits)
+        roles_from = hits
     elif leakage is not None and leakage.height:
         roles = leakage_by_role_from_leakage(leakage)
         who = source_personas(leakage)
+        roles_from = leakage
     else:
         raise ValueError("analyze: no marker_hits or leakage rows to analyse")
     metrics = build_metrics(roles, tables.get("cosines"),
-                            assistant=assistant_persona(hits if hits is not None else leakage),
+                            assistant=assistant_persona(roles_from),
                             source_persona=who)
     screen = tables.get("screen")
     adapters = adapter_quality(screen) if screen is not None and screen.height else None

@@ -12,8 +12,9 @@ from cpx.analysis._metrics import layer_free, with_labels
 
 Row = dict[str, Any]
 
-# An adapter whose marker fires on another persona more than on its source is "inverted";
-# one whose other personas fire at half the source rate or more is "global"; else "narrow".
+# The classes the train stage's screen warns about (cpx.stages.train.specificity): "absent"
+# (the source never shows the marker), "inverted" (another persona shows it at least as
+# often), "global" (the others' mean is at least half the source rate), else "specific".
 GLOBAL_RATIO = 0.5
 
 
@@ -21,7 +22,7 @@ def adapter_quality(screen: pl.DataFrame) -> pl.DataFrame:
     """Per marker adapter (train stage labels): source rate, assistant rate, mean bystander
     rate, mean rate of all other personas, the highest other persona, the specificity index
     (source rate minus the mean of the other personas' rates, in [-1, 1]) and a class
-    (narrow / global / inverted)."""
+    (specific / global / inverted / absent)."""
     df = with_labels(screen)
     if "role" not in df.columns:
         raise ValueError("screen table: missing column 'role'")
@@ -37,12 +38,14 @@ def adapter_quality(screen: pl.DataFrame) -> pl.DataFrame:
         top = oth.sort("rate", descending=True).row(0, named=True)
         asst = g.filter(pl.col("role") == "assistant")["rate"]
         bys = g.filter(pl.col("role") == "bystander")["rate"]
-        if top["rate"] > s_rate:
+        if s_rate == 0:
+            cls = "absent"
+        elif top["rate"] >= s_rate:
             cls = "inverted"
         elif o_mean >= GLOBAL_RATIO * s_rate:
             cls = "global"
         else:
-            cls = "narrow"
+            cls = "specific"
         rows.append({
             **dict(zip(LABELS, key)),
             "source_persona": src["persona"][0],

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
+
+Array = Sequence[float] | npt.NDArray[np.float64]
 
 # Up to this many points the p-value enumerates all n! orderings (10! = 3.6 million, well
 # under a second in the Rust core); above it, a seeded Monte Carlo permutation test.
@@ -59,23 +62,23 @@ def _f(v: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
-def spearman(x: Sequence[float], y: Sequence[float], *, method: str, n_resamples: int = 9999,
+def spearman(x: Array, y: Array, *, method: str, n_resamples: int = 9999,
              seed: int = 0) -> Test:
     """Spearman's rho with an "asymptotic" p-value, or an "exact" one (all n! orderings; a
     seeded Monte Carlo permutation p-value above `EXACT_MAX_N` points)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    xa = np.asarray(x, dtype=np.float64)
+    ya = np.asarray(y, dtype=np.float64)
     st = _stats()
     if method == "asymptotic":
-        r = st.spearman(x, y, method="asymptotic", alternative="two-sided")
+        r = st.spearman(xa, ya, method="asymptotic", alternative="two-sided")
         return Test(float(r.statistic), _f(r.pvalue), "asymptotic")
-    if len(x) <= EXACT_MAX_N:
-        r = st.spearman(x, y, method="exact", alternative="two-sided")
+    if len(xa) <= EXACT_MAX_N:
+        r = st.spearman(xa, ya, method="exact", alternative="two-sided")
     else:
-        r = st.spearman(x, y, method="permutation", alternative="two-sided",
+        r = st.spearman(xa, ya, method="permutation", alternative="two-sided",
                         n_resamples=n_resamples, seed=seed)
-    exact = _exact_flag(r, len(x) <= EXACT_MAX_N)
-    n_perm = _n_perm(r) or (math.factorial(len(x)) if exact else None)
+    exact = _exact_flag(r, len(xa) <= EXACT_MAX_N)
+    n_perm = _n_perm(r) or (math.factorial(len(xa)) if exact else None)
     return Test(float(r.statistic), _f(r.pvalue), "exact" if exact else "permutation", n_perm)
 
 
@@ -85,7 +88,7 @@ def codes(labels: Sequence[Any]) -> np.ndarray:
     return inv.astype(np.int64)
 
 
-def cluster_permutation(x: Sequence[float], y: Sequence[float], groups: Sequence[Any], *,
+def cluster_permutation(x: Array, y: Array, groups: Sequence[Any], *,
                         n_resamples: int = 9999, seed: int = 0) -> Test:
     """Spearman over all points, p-value from exchanging whole clusters' y-trajectories.
 
@@ -96,8 +99,8 @@ def cluster_permutation(x: Sequence[float], y: Sequence[float], groups: Sequence
     share with |rho| at least the observed one (all k! when k! <= n_resamples, else a seeded
     Monte Carlo sample, counting the observed assignment).
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    xa = np.asarray(x, dtype=np.float64)
+    ya = np.asarray(y, dtype=np.float64)
     labs = list(dict.fromkeys(groups))
     blocks = [np.flatnonzero(np.asarray([g == lab for g in groups])) for lab in labs]
     if len({len(b) for b in blocks}) != 1:
@@ -105,11 +108,11 @@ def cluster_permutation(x: Sequence[float], y: Sequence[float], groups: Sequence
     k = len(blocks)
     st = _stats()
 
-    def rho(order: Sequence[int]) -> float:
-        yy = np.empty_like(y)
+    def rho(order: Sequence[int] | npt.NDArray[np.int64]) -> float:
+        yy = np.empty_like(ya)
         for b, j in zip(blocks, order):
-            yy[b] = y[blocks[j]]
-        return float(st.spearman(x, yy, method="asymptotic").statistic)
+            yy[b] = ya[blocks[j]]
+        return float(st.spearman(xa, yy, method="asymptotic").statistic)
 
     observed = rho(range(k))
     if math.factorial(k) <= n_resamples:
@@ -122,7 +125,7 @@ def cluster_permutation(x: Sequence[float], y: Sequence[float], groups: Sequence
     return Test(observed, (extreme + 1) / (n_resamples + 1), "cluster_permutation", n_resamples)
 
 
-def paired_permutation(a: Sequence[float], b: Sequence[float], *, n_resamples: int = 9999,
+def paired_permutation(a: Array, b: Array, *, n_resamples: int = 9999,
                        seed: int = 0) -> Test:
     """Mean of a - b over pairs, p-value from swapping a and b within each pair (sign flips
     of the differences; exact when 2^n <= n_resamples)."""
@@ -135,7 +138,7 @@ def paired_permutation(a: Sequence[float], b: Sequence[float], *, n_resamples: i
     return Test(float(r.statistic), _f(r.pvalue), "exact" if exact else "permutation", _n_perm(r))
 
 
-def cluster_bootstrap_mean(values: Sequence[float], clusters: Sequence[Any], *,
+def cluster_bootstrap_mean(values: Array, clusters: Sequence[Any], *,
                            confidence_level: float, n_resamples: int, seed: int
                            ) -> tuple[float, float]:
     """Percentile interval of a mean, resampling whole clusters."""
@@ -147,7 +150,7 @@ def cluster_bootstrap_mean(values: Sequence[float], clusters: Sequence[Any], *,
     return float(r.low), float(r.high)
 
 
-def icc1(values: Sequence[float], groups: Sequence[Any]) -> float | None:
+def icc1(values: Array, groups: Sequence[Any]) -> float | None:
     r = _stats().icc1(np.asarray(values, dtype=np.float64), codes(groups))
     return _f(getattr(r, "statistic", r))
 
@@ -160,5 +163,5 @@ def effective_n(n: int, cluster_size: float, icc: float) -> float:
     return float(_stats().effective_n(n, cluster_size, icc))
 
 
-def p_adjust(pvalues: Sequence[float], method: str) -> list[float]:
+def p_adjust(pvalues: Array, method: str) -> list[float]:
     return [float(v) for v in _stats().p_adjust(np.asarray(pvalues, dtype=np.float64), method=method)]

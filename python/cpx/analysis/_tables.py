@@ -220,9 +220,10 @@ def adapters_table(adapters: pl.DataFrame) -> Table:
     return Table("adapter_quality", "Marker adapters before merge (screen)", _frame(
         rows, ["arm", "source", "seed", "checkpoint", "source %", "assistant %",
                "other personas %", "highest other", "specificity", "class"]),
-        "Specificity index: source rate minus the mean rate of all other personas. Inverted: "
-        "another persona fires more than the source; global: the others fire at half the source "
-        "rate or more; narrow: otherwise.")
+        "Specificity index: source rate minus the mean rate of all other personas. Absent: the "
+        "source never shows the marker; inverted: another persona shows it at least as often as "
+        "the source; global: the others' mean is at least half the source rate; specific: "
+        "otherwise.")
 
 
 def comparison_table(stats: pl.DataFrame) -> Table:

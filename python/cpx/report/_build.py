@@ -85,7 +85,7 @@ FIGURE_TEXT = {
     "cosine_vs_leakage": ("Cosine versus leakage", "Each point is one (arm, source, "
                           "checkpoint); one panel per layer."),
     "adapter_quality": ("Adapter quality", "Marker rate per persona for each marker adapter "
-                        "before merge (its screen). A narrow adapter fires on its source only."),
+                        "before merge (its screen). A specific adapter fires on its source only."),
 }
 
 

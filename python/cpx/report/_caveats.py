@@ -71,7 +71,7 @@ def caveats(metrics: pl.DataFrame, stats: pl.DataFrame, adapters: pl.DataFrame |
                    "tests with p < 0.05 are not significant after Holm's correction within "
                    "their family.")
     if adapters is not None and adapters.height:
-        bad = adapters.filter(pl.col("class") != "narrow")
+        bad = adapters.filter(pl.col("class") != "specific")
         if bad.height:
             items = [f"{r['source']} (arm {r['arm']}"
                      + (f" @{ckpt(r['checkpoint'])}" if r["checkpoint"] else "")

@@ -97,7 +97,7 @@ def from_stage(stage: Stage, inputs: dict[str, Path], run_dir: Path) -> ReportDa
     leakage and marker screens from the stages upstream of it (found through plan.json)."""
     plan = Plan.load(run_dir) if (Path(run_dir) / "plan.json").exists() else None
     upstream = _closure(plan, stage) if plan else []
-    folders = [(p, None) for p in inputs.values()]
+    folders: list[tuple[Path, dict[str, Any] | None]] = [(p, None) for p in inputs.values()]
     folders += [(_stage_dir(run_dir, s), s.labels) for s in upstream
                 if s.kind in ("scan", "train") and s.id not in inputs]
     tables = read_folders(folders, names=("metrics", "stats", "leakage", "screen"))

@@ -37,7 +37,7 @@ def provenance(manifests: list[dict[str, Any]], n_stages: int | None = None) -> 
     GPU-hours and stage-hours."""
     if not manifests:
         return [("stages", "no stage manifests found")]
-    commits = Counter()
+    commits: Counter[str] = Counter()
     for m in manifests:
         g = m.get("git") or {}
         if g.get("commit"):
@@ -46,7 +46,7 @@ def provenance(manifests: list[dict[str, Any]], n_stages: int | None = None) -> 
     for m in manifests:
         for k, v in (m.get("packages") or {}).items():
             pkgs.setdefault(k, set()).add(str(v))
-    devices = Counter()
+    devices: Counter[str] = Counter()
     gpu_s = total_s = 0.0
     for m in manifests:
         d = m.get("device") or {}
