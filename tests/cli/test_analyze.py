@@ -44,3 +44,24 @@ def test_analyze_bad_input(tmp_path, capsys):
     assert main(["analyze", "--metrics", str(CSV)]) == 2
     assert "--out" in capsys.readouterr().err
     assert main(["analyze"]) == 2
+
+
+def test_analyze_a_run_folder(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+    from synth_results import make_tables, write_run
+
+    tables = make_tables(seed=5, arms=("B",), checkpoints=(0.0, 0.5, 1.0))
+    write_run(tmp_path, tables)
+    (tmp_path / "results").mkdir()
+    for name in ("marker_hits", "cosines"):
+        tables[name].write_parquet(tmp_path / "results" / f"{name}.parquet")
+    assert main(["analyze", str(tmp_path), "--n-resamples", "99"]) == 0
+    out = tmp_path / "analysis"
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.parquet", "stats.md", "stats.parquet"]
+    st = pl.read_parquet(out / "stats.parquet")
+    # the marker screens come from the plan's train stages
+    assert st.filter(pl.col("analysis") == "marker_specificity").height == 4 * 3
+    assert main(["analyze", str(tmp_path / "nope")]) == 1
+    assert "no marker_hits" in capsys.readouterr().err
