@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import shutil
@@ -20,6 +21,7 @@ SPECS = Path(__file__).parents[2] / "specs"
 DEMO_TEXT = (SPECS / "demo.yaml").read_text()
 DEMO_DATA = yaml.safe_load(DEMO_TEXT)
 _TMP = Path(tempfile.mkdtemp(prefix="cpx-fuzz-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 # Relative bank files and extends resolve beside the spec: give the mutants a neighbour.
 shutil.copy(SPECS / "demo.yaml", _TMP / "demo.yaml")
 

@@ -100,3 +100,12 @@ def test_json_schema_accepts_the_specs_and_is_committed() -> None:
     errors = list(jsonschema.Draft202012Validator(schema).iter_errors(bad))
     assert any("evals" in e.message for e in errors)
     assert json.loads((SPECS / "spec.schema.json").read_text()) == schema, "regenerate: cpx schema -o specs/spec.schema.json"
+
+
+def test_analysis_and_figure_names_match_what_the_stages_implement() -> None:
+    from cpx.analysis._run import ALIASES, ANALYSES
+    from cpx.report._build import FIGURE_ALIASES, FIGURES
+    from cpx.spec import _schema
+
+    assert set(_schema.ANALYSES) == set(ANALYSES) | set(ALIASES)
+    assert set(_schema.FIGURES) == set(FIGURES) | set(FIGURE_ALIASES)

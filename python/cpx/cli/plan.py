@@ -54,7 +54,11 @@ def run_show(args: argparse.Namespace) -> int:
         print(mermaid(plan))
         return 0
     path = Path(args.target)
-    done = count_done(path if path.is_dir() else path.parent, plan)
+    if path.suffix in (".yaml", ".yml"):
+        run_dir = Path("runs") / plan.name  # where `cpx compile` would put it
+    else:
+        run_dir = path if path.is_dir() else path.parent
+    done = count_done(run_dir, plan)
     stages = [s for s in plan.stages if args.kind in (None, s.kind)]
     width = max((len(s.id) for s in stages), default=2)
     for s in stages:

@@ -43,6 +43,19 @@ ANALYSES = (
     "marker_specificity",
     "adapter_specificity",
 )
+# The report's figures (cpx.report) and the seed report's file names for them.
+FIGURES = (
+    "hero",
+    "trajectories",
+    "heatmap",
+    "cosine_evolution",
+    "cosine_vs_leakage",
+    "adapter_quality",
+    "hero_cross_arm",
+    "arm_b_trajectory",
+    "arm_b_heatmap_100pct",
+    "arm_b_cosine_vs_leakage",
+)
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -294,7 +307,7 @@ class Analysis(Strict):
 
 class Report(Strict):
     title: str | None = None
-    figures: list[Name] = []
+    figures: list[Literal[FIGURES]] = Field(default=[], description="default: every figure")  # type: ignore[valid-type]
 
 
 class Spec(Strict):
