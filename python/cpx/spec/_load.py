@@ -161,6 +161,9 @@ def _apply_override(doc: Doc, item: str, issues: list[Issue]) -> None:
         value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if key.strip() == "extends":
+        issues.append(Issue(where, "extends", "extends cannot be set with -s", hint="write it in the spec"))
+        return
     parts: list[Any] = key.strip().split(".")
     cur = doc.data
     path: list[Any] = []
@@ -417,6 +420,10 @@ class _Checker:
         s, base = self.spec, ("arms", arm_name)
         names = [p.name for p in arm.phases]
         self._dupes(base + ("phases",), names, "phase name")
+        for i, n in enumerate(names):
+            if n == "base":
+                self.issues.append(Issue(self.doc.where(base + ("phases", i, "name")), f"{dotted(base)}.phases[{i}].name",
+                                         "phase name 'base' is reserved (`from: base` means the base model)"))
         for i, src in enumerate(arm.sources or []):
             self._guard(lambda i=i, src=src: self.ref(base + ("sources", i), src, s.roles.sources, "source"))
         training = [t for t in self.names("training") if t != "defaults"]
