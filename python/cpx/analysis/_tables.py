@@ -110,7 +110,7 @@ def _two_sided_rows(stats: pl.DataFrame, analysis: str) -> list[dict[str, Any]]:
     s = stats.filter(pl.col("analysis") == analysis)
     asym = _p_of(s, "asymptotic")
     out = []
-    for r in s.filter(pl.col("p_method") != "asymptotic").iter_rows(named=True):
+    for r in s.filter(pl.col("p_method").ne_missing("asymptotic")).iter_rows(named=True):
         a = asym.get((r["arm"], r["source"], r["layer"], r["checkpoint"], r["x"]), {})
         out.append({**r, "p_asymptotic": a.get("p_value")})
     return out
@@ -166,7 +166,7 @@ def pooled_table(stats: pl.DataFrame, analysis: str = "between_source_pooled",
     naive = {(r["arm"], r["layer"]): r for r in
              s.filter(pl.col("p_method") == "asymptotic").iter_rows(named=True)}
     clus = {(r["arm"], r["layer"]): r for r in
-            s.filter(pl.col("p_method") != "asymptotic").iter_rows(named=True)}
+            s.filter(pl.col("p_method").ne_missing("asymptotic")).iter_rows(named=True)}
     rows = []
     for key in sorted(set(naive) | set(clus), key=lambda k: (str(k[0]), k[1] or -1)):
         n, c = naive.get(key, {}), clus.get(key, {})

@@ -3,9 +3,22 @@ represent and marker-train stages it depends on (docs/plan-format.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from cpx.stages._context import StageContext
+
+
+def _labels(ctx: StageContext) -> dict[str, dict[str, Any]]:
+    """Each input stage's labels from plan.json (empty when there is no plan: the input
+    folders' manifests say the same)."""
+    from cpx.plan import Plan, PlanError
+
+    try:
+        by_id = Plan.load(Path(ctx.run_dir)).by_id()
+    except (PlanError, OSError):
+        return {}
+    return {d: by_id[d].labels for d in ctx.inputs if d in by_id}
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -13,7 +26,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from cpx.report._inputs import read_folders
 
     opts = Options.from_params(ctx.params)
-    tables = read_folders(((p, None) for p in ctx.inputs.values()),
+    labels = _labels(ctx)
+    tables = read_folders(((p, labels.get(d)) for d, p in ctx.inputs.items()),
                           names=("marker_hits", "leakage", "cosines", "screen"))
     ctx.log.info("analyze: %s", ", ".join(f"{k} {v.height} rows" for k, v in tables.items()))
     analysis = analyze_tables(tables, opts)
