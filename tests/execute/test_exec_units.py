@@ -74,3 +74,17 @@ def test_checksum_tree_lists_nested_files(tmp_path):
         "a.txt": {"sha256": hashlib.sha256(b"hello").hexdigest(), "bytes": 5},
         "checkpoints/0.5/adapter.bin": {"sha256": hashlib.sha256(b"\x00" * 3000).hexdigest(), "bytes": 3000},
     }
+
+
+def test_lazy_model_pool_is_the_real_pool_once_touched(tmp_path):
+    from cpx.execute._task import LazyModelPool
+    from cpx.models import ModelPool
+
+    lazy = LazyModelPool("cpu", str(tmp_path))
+    assert not lazy._created()
+    # Every public name is the pool's: `get(chain, inputs)` is ModelPool.get, not the proxy's.
+    assert lazy.get.__func__ is ModelPool.get
+    assert lazy._created() and isinstance(lazy._instance(), ModelPool)
+    assert lazy.device == "cpu" and lazy._instance() is lazy._instance()
+    with pytest.raises(AttributeError):
+        lazy.no_such_attribute  # noqa: B018

@@ -40,11 +40,11 @@ class LazyModelPool:
         self._run_dir = run_dir
         self._pool: Any = None
 
-    @property
-    def created(self) -> bool:
+    # Only private names here: every public attribute is the pool's own (get, export, ...).
+    def _created(self) -> bool:
         return self._pool is not None
 
-    def get(self) -> Any:
+    def _instance(self) -> Any:
         if self._pool is None:
             from cpx.models import ModelPool
 
@@ -54,7 +54,7 @@ class LazyModelPool:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self.get(), name)
+        return getattr(self._instance(), name)
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -87,5 +87,4 @@ def worker_main(
         stage_id = task["stage"]["id"]
         events.put(("started", slot, stage_id))
         result = run_task(task, resolver=resolver, models=models, device=device, progress=progress)
-        result["model_pool"] = models.created
         events.put(("result", slot, stage_id, result))
