@@ -173,3 +173,17 @@ def test_baseline_without_a_source_is_kept_out_of_source_analyses():
     tested = a.stats.filter(pl.col("p_value").is_not_null() & (pl.col("arm") == "base"))
     assert set(tested["analysis"]) <= {"bystander_vs_assistant"}
     assert a.stats.filter(pl.col("analysis") == "within_source")["arm"].unique().to_list() == ["B"]
+
+
+def test_a_stage_shared_by_two_arms_counts_in_both(tables):
+    """The compiler runs a stage reached from two arms once (label `arms`)."""
+    hits = tables["marker_hits"].filter((pl.col("arm") != "C") | (pl.col("checkpoint") > 0))
+    hits = hits.with_columns(
+        pl.when((pl.col("arm") == "A") & (pl.col("checkpoint") == 0.0))
+        .then(pl.lit(["A", "C"])).otherwise(pl.concat_list("arm")).alias("arms"))
+    a = analyze_tables({"marker_hits": hits}, Options(n_resamples=99, bootstrap_resamples=50))
+    m = a.metrics.filter(pl.col("checkpoint") == 0.0)
+    assert sorted(m["arm"].unique().to_list()) == ["A", "B", "C"]
+    both = m.filter(pl.col("arm").is_in(["A", "C"])).sort("arm", "source")
+    assert both.filter(pl.col("arm") == "A")["source_rate"].to_list() == \
+        both.filter(pl.col("arm") == "C")["source_rate"].to_list()

@@ -21,6 +21,19 @@ def with_labels(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(exprs)
 
 
+def expand_arms(df: pl.DataFrame) -> pl.DataFrame:
+    """One copy of each row per arm it belongs to.
+
+    The compiler runs a stage reached from two arms once, labelled with the first arm and
+    listing all of them in `arms`; each of those arms has the row as one of its points.
+    """
+    if "arms" not in df.columns or df.schema["arms"] != pl.List(pl.String):
+        return df
+    arms = pl.when(pl.col("arms").list.len() > 0).then(pl.col("arms")).otherwise(
+        pl.concat_list(pl.col("arm").cast(pl.String)))
+    return df.with_columns(arms.alias("arm")).explode("arm").drop("arms")
+
+
 def _join_keys(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
     # A label that one side never sets (say, a represent stage without a seed) cannot be
     # matched on; joining on the labels both sides carry keeps those rows together.

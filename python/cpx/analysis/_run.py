@@ -14,6 +14,7 @@ from cpx.analysis._columns import LABELS, normalize_metrics, stats_frame
 from cpx.analysis._correlation import between_source, pooled, within_source
 from cpx.analysis._metrics import (
     build_metrics,
+    expand_arms,
     final_checkpoint,
     leakage_by_role,
     leakage_by_role_from_leakage,
@@ -193,6 +194,7 @@ def analyze_tables(tables: dict[str, pl.DataFrame], options: Options | None = No
     """All analyses on a run's tables: `marker_hits` (or `leakage`), `cosines` and, when
     marker adapters were screened, `screen`. Builds the metrics table first."""
     opts = options or Options()
+    tables = {k: (expand_arms(v) if k != "screen" else v) for k, v in tables.items()}
     hits = tables.get("marker_hits")
     leakage = tables.get("leakage")
     if hits is not None and hits.height:

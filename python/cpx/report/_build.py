@@ -16,6 +16,7 @@ import polars as pl
 
 from cpx.analysis import Analysis, md_table, tables
 from cpx.analysis import _tables as T
+from cpx.analysis._metrics import expand_arms
 from cpx.report import _figures as F
 from cpx.report._caveats import caveats
 from cpx.report._provenance import provenance, spec_summary
@@ -101,7 +102,8 @@ def _make(name: str, data: ReportData) -> Any | None:
         ck = data.analysis.checkpoint
         if data.leakage is None or arm is None or ck is None:
             return None
-        return F.heatmap(data.leakage.filter(pl.col("source").is_not_null()), arm, ck)
+        leakage = expand_arms(data.leakage).filter(pl.col("source").is_not_null())
+        return F.heatmap(leakage, arm, ck)
     if name == "cosine_evolution":
         return F.cosine_evolution(m)
     if name == "cosine_vs_leakage":
