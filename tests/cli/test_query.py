@@ -56,3 +56,14 @@ def test_query_errors_list_what_exists(run, capsys):
     assert "'rte'" in err and "leakage: arm, source, role, rate" in err
     assert main(["query", "select 1", str(run / "nope")]) == 2
     assert "no results folder" in capsys.readouterr().err
+
+
+def test_cli_modules_import_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, cpx.cli.analyze, cpx.cli.report, cpx.cli.query, cpx.results, "
+            "cpx.stages.analyze, cpx.stages.report; "
+            "print([m for m in ('polars', 'altair', 'vl_convert', 'torch') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
