@@ -243,7 +243,7 @@ class _Compiler:
         ph: Phase = s.arms[arm_name].phases[i]
         assert ph.data is not None
         d = s.datasets[ph.data]
-        cfg = self.L.train_config(arm_name, ph)
+        cfg = self.L.train_config(ph)
         data_id = self.dataset(ph.data, source, seed)
         loss = dict(cfg["loss"])
         if loss["kind"] == "marker":
@@ -292,7 +292,7 @@ class _Compiler:
         arm = self.s.arms[arm_name]
         axis = axis_phase(arm)
         ph = next(p for p in arm.phases if p.name == axis)
-        return sorted({float(c) for c in self.L.train_config(arm_name, ph)["checkpoints"]})
+        return sorted({float(c) for c in self.L.train_config(ph)["checkpoints"]})
 
     # ------------------------------------------------------------ eval points
 

@@ -39,7 +39,7 @@ class Loaded:
     def where(self, path: KeyPath) -> Location:
         return self.doc.where(path)
 
-    def train_config(self, arm: str, phase: Phase) -> dict[str, Any]:
+    def train_config(self, phase: Phase) -> dict[str, Any]:
         """Built-in defaults ← `training.defaults` ← the phase's config ← the phase's overrides."""
         cfg = _deep_merge({}, TRAINING_DEFAULTS)
         layers = [self.spec.training.get("defaults")]
@@ -49,9 +49,6 @@ class Loaded:
             if layer is not None:
                 cfg = _deep_merge(cfg, layer.model_dump(exclude_none=True))
         return cfg
-
-    def phase(self, arm: str, name: str) -> Phase:
-        return next(p for p in self.spec.arms[arm].phases if p.name == name)
 
 
 # ---------------------------------------------------------------- files and extends

@@ -141,11 +141,11 @@ class _Builder:
             try:
                 return self.constructor.construct_object(node)
             except yaml.YAMLError as e:
-                self.issues.append(Issue(_loc(self.file, node.start_mark), _dotted(path), f"bad scalar: {e}"))
+                self.issues.append(Issue(_loc(self.file, node.start_mark), dotted(path), f"bad scalar: {e}"))
                 return None
         if id(node) in self.stack:
             self.issues.append(
-                Issue(_loc(self.file, node.start_mark), _dotted(path), "recursive alias: a node contains itself")
+                Issue(_loc(self.file, node.start_mark), dotted(path), "recursive alias: a node contains itself")
             )
             return None
         self.stack.add(id(node))
@@ -165,7 +165,7 @@ class _Builder:
                 for src in sources:
                     if not isinstance(src, yaml.MappingNode):
                         self.issues.append(
-                            Issue(_loc(self.file, src.start_mark), _dotted(path), "`<<` merges mappings only",
+                            Issue(_loc(self.file, src.start_mark), dotted(path), "`<<` merges mappings only",
                                   expected="an alias of a mapping (<<: *name)", found="something else")
                         )
                         continue
@@ -173,7 +173,7 @@ class _Builder:
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 self.issues.append(
-                    Issue(_loc(self.file, key_node.start_mark), _dotted(path), "a key must be a plain name",
+                    Issue(_loc(self.file, key_node.start_mark), dotted(path), "a key must be a plain name",
                           found="a mapping or list used as a key")
                 )
                 continue
@@ -181,7 +181,7 @@ class _Builder:
             if key in out:
                 first = self.doc.key_marks[path + (key,)]
                 self.issues.append(
-                    Issue(_loc(self.file, key_node.start_mark), _dotted(path + (key,)), "duplicate key",
+                    Issue(_loc(self.file, key_node.start_mark), dotted(path + (key,)), "duplicate key",
                           hint=f"first written at line {first.line}")
                 )
                 continue
@@ -191,7 +191,7 @@ class _Builder:
         for src in merged:
             if id(src) in self.stack:
                 self.issues.append(
-                    Issue(_loc(self.file, src.start_mark), _dotted(path), "recursive alias: a node merges itself")
+                    Issue(_loc(self.file, src.start_mark), dotted(path), "recursive alias: a node merges itself")
                 )
                 continue
             self.stack.add(id(src))
@@ -213,7 +213,7 @@ def _copy_marks(doc: Doc, old: KeyPath, new: KeyPath) -> None:
             table.setdefault(new + p[n:], table[p])
 
 
-def _dotted(path: KeyPath) -> str:
+def dotted(path: KeyPath) -> str:
     """`arms.B.phases[1].data` for ('arms', 'B', 'phases', 1, 'data')."""
     out = ""
     for p in path:
@@ -224,4 +224,3 @@ def _dotted(path: KeyPath) -> str:
     return out
 
 
-dotted = _dotted
