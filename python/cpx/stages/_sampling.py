@@ -352,30 +352,31 @@ def sample_completions(
     log: logging.Logger | None = None,
     progress: Callable[..., None] | None = None,
     ignore_eos: bool = False,
+    max_batch_size: int | None = None,
 ) -> list[Completion]:
     """Sample `r.n` completions for each request; returned ordered by (request, sample).
 
     `sampler` = {"temperature", "top_p", "max_tokens", "seed"}. `batch_size` counts rows
-    (completions decoded together); by default it comes from free memory on CUDA. On CUDA
-    out-of-memory the batch is halved and retried (the results do not change). `ignore_eos`
-    decodes exactly max_tokens for every row (benchmarks).
+    (completions decoded together); by default it comes from free memory on CUDA, capped by
+    `max_batch_size`. On CUDA out-of-memory the batch is halved and retried (the results do
+    not change). `ignore_eos` decodes exactly max_tokens for every row (benchmarks).
+    `progress(done, total, tokens=...)` is called after each batch.
     """
     tokens = sample_token_ids(
         model, tokenizer, requests, sampler, device=device, batch_size=batch_size, log=log,
-        progress=progress, ignore_eos=ignore_eos,
+        progress=progress, ignore_eos=ignore_eos, max_batch_size=max_batch_size,
     )
     stop_set = set(stop_token_ids(model, tokenizer))
     result = []
     for i, r in enumerate(requests):
         for s in range(r.n):
             toks = tokens[(i, s)]
-            end = next((k for k, t in enumerate(toks) if t in stop_set), None) if not ignore_eos else None
-            if end is None:
-                body, n_tokens, reason = toks, len(toks), "length"
+            n = _n_generated(toks, stop_set, ignore_eos)
+            if not ignore_eos and toks[n - 1] in stop_set:
+                body, reason = toks[: n - 1], "stop"
             else:
-                body, n_tokens, reason = toks[:end], end + 1, "stop"
-            text = tokenizer.decode(body, skip_special_tokens=True)
-            result.append(Completion(i, s, text, n_tokens, reason))
+                body, reason = toks, "length"
+            result.append(Completion(i, s, tokenizer.decode(body, skip_special_tokens=True), n, reason))
     return result
 
 
@@ -390,6 +391,7 @@ def sample_token_ids(
     log: logging.Logger | None = None,
     progress: Callable[..., None] | None = None,
     ignore_eos: bool = False,
+    max_batch_size: int | None = None,
 ) -> dict[tuple[int, int], list[int]]:
     """The generated token ids of every (request, sample), max_tokens of them; what follows a
     row's first end-of-turn token is filler.
@@ -420,6 +422,8 @@ def sample_token_ids(
     _check_model(model, capacity)
     if batch_size is None:
         batch_size = auto_batch_size(model, device, capacity, len(rows))
+    if max_batch_size is not None:
+        batch_size = min(batch_size, max_batch_size)
     if batch_size < 1:
         raise SamplerError(f"batch_size must be >= 1, got {batch_size}")
     stops = stop_token_ids(model, tokenizer)
@@ -427,7 +431,8 @@ def sample_token_ids(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
 
     tokens: dict[tuple[int, int], list[int]] = {}
-    start, done, t0 = 0, 0, time.perf_counter()
+    stop_set = set(stops)
+    start, done, n_tok, t0 = 0, 0, 0, time.perf_counter()
     with torch.inference_mode(), kv_attention(model):
         while start < len(rows):
             chunk = rows[start : start + batch_size]
@@ -447,15 +452,24 @@ def sample_token_ids(
             tokens.update(zip(chunk, out, strict=True))
             start += len(chunk)
             done += len(chunk)
-            n_tok = sum(len(t) for t in out)
+            n_tok += sum(_n_generated(t, stop_set, ignore_eos) for t in out)
             log.info(
-                "sampled %d/%d completions (batch %d, %d tokens, %.1f s so far)",
+                "sampled %d/%d completions (batch %d, %d tokens so far, %.1f s)",
                 done, len(rows), len(chunk), n_tok, time.perf_counter() - t0,
             )
             if progress is not None:
-                progress(done, len(rows))
+                progress(done, len(rows), tokens=n_tok)
 
     return tokens
+
+
+def _n_generated(tokens: list[int], stops: set[int], ignore_eos: bool) -> int:
+    """Tokens a row really generated: up to and including its first end-of-turn token."""
+    if not ignore_eos:
+        for k, t in enumerate(tokens):
+            if t in stops:
+                return k + 1
+    return len(tokens)
 
 
 def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos) -> list[list[int]]:

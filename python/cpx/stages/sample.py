@@ -52,7 +52,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     else:
         model, tok = ctx.models.get(p["model"], ctx.inputs)
         comps = sample_completions(
-            model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress
+            model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
+            max_batch_size=getattr(ctx, "batch_limit", None),
         )
     seconds = time.perf_counter() - t0
 

@@ -1,0 +1,79 @@
+"""The `generate` stage: a model chain answers the data questions as each persona (on-policy
+training data). n completions per persona and question from the spec's sampler, batched by the
+hf engine; completions that already contain a marker are dropped and counted.
+
+Output `generations.parquet`: labels + `persona, question_id, question, sample_index, text,
+n_tokens, finish_reason` (docs/plan-format.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from cpx.stages._context import StageContext
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import pyarrow as pa
+
+    from cpx.stages._markers import contains_any
+    from cpx.stages._rows import (
+        StageParamError,
+        check_personas,
+        check_questions,
+        labelled_table,
+        sampler_of,
+        write_parquet,
+    )
+    from cpx.stages._sampling import Request, sample_completions
+
+    p, sid = ctx.params, ctx.stage.id
+    personas = check_personas(sid, p.get("personas"), eval_roles=False)
+    questions = check_questions(sid, p.get("questions"))
+    sampler = sampler_of(sid, p.get("sampler"))
+    n = p["sampler"].get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise StageParamError(f"stage {sid}: params.sampler.n must be an integer >= 1, got {n!r}")
+    markers = list(p.get("markers") or [])
+
+    model, tok = ctx.models.get(p["model"], ctx.inputs)
+    requests = [Request(per.get("prompt"), q["text"], n) for per in personas for q in questions]
+    t0 = time.perf_counter()
+    comps = sample_completions(
+        model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
+        max_batch_size=getattr(ctx, "batch_limit", None),
+    )
+    seconds = time.perf_counter() - t0
+    marked = contains_any([c.text for c in comps], markers, p.get("match") or {}) if markers else [False] * len(comps)
+
+    cols: dict[str, list[Any]] = {k: [] for k in (
+        "persona", "question_id", "question", "sample_index", "text", "n_tokens", "finish_reason")}
+    dropped: Counter[str] = Counter()
+    nq = len(questions)
+    for c, bad in zip(comps, marked, strict=True):
+        per, q = personas[c.request_index // nq], questions[c.request_index % nq]
+        if bad:
+            dropped[per["name"]] += 1
+            continue
+        for k, v in (("persona", per["name"]), ("question_id", q["id"]), ("question", q["text"]),
+                     ("sample_index", c.sample_index), ("text", c.text), ("n_tokens", c.n_tokens),
+                     ("finish_reason", c.finish_reason)):
+            cols[k].append(v)
+    schema = {"persona": pa.string(), "question_id": pa.string(), "question": pa.string(),
+              "sample_index": pa.int64(), "text": pa.string(), "n_tokens": pa.int64(),
+              "finish_reason": pa.string()}
+    write_parquet(labelled_table(ctx.labels, cols, schema), ctx.out_dir / "generations.parquet")
+    n_tokens = sum(c.n_tokens for c in comps)
+    if dropped:
+        ctx.log.info("dropped %d completions that contain a marker: %s", sum(dropped.values()), dict(dropped))
+    return {
+        "completions": len(comps),
+        "kept": len(comps) - sum(dropped.values()),
+        "dropped": sum(dropped.values()),
+        "dropped_by_persona": dict(sorted(dropped.items())),
+        "tokens": n_tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(n_tokens / seconds, 1) if seconds > 0 else None,
+    }
