@@ -41,7 +41,8 @@ def _seed_note(df: pl.DataFrame) -> str | None:
 
 def _averaged(metrics: pl.DataFrame, x: str, y: str, by_layer: bool) -> pl.DataFrame:
     keys = ["arm", "source", "checkpoint"] + (["layer"] if by_layer else [])
-    return mean_over_seeds(metrics, keys, [x, y])
+    # a point without a checkpoint has no place on a trajectory
+    return mean_over_seeds(metrics.filter(pl.col("checkpoint").is_not_null()), keys, [x, y])
 
 
 def within_source(metrics: pl.DataFrame, *, x: str = "cosine", y: str = "assistant_rate",
