@@ -136,7 +136,7 @@ def within_table(stats: pl.DataFrame, analysis: str = "within_source", x: str = 
                  "over checkpoints", _frame(rows, cols),
                  "Exact p: the share of all n! orderings of the checkpoints with |rho| at least "
                  "as large. Asymptotic p: the t approximation, shown for comparison only (it is "
-                 "badly calibrated at n = 5). Holm: adjusted over every source and layer of "
+                 "badly calibrated at a handful of points). Holm: adjusted over every source and layer of "
                  "the arm (exact p-values).")
 
 

@@ -22,7 +22,10 @@ def caveats(metrics: pl.DataFrame, stats: pl.DataFrame, adapters: pl.DataFrame |
         out.append(f"Single seed ({seeds[0] if seeds else 'none recorded'}): every number is a "
                    "point estimate with no between-seed variance.")
     sources = metrics["source"].drop_nulls().n_unique()
-    if sources and sources < 6:
+    if 0 < sources < 3:
+        out.append(f"Only {sources} source persona{'s' if sources > 1 else ''}: no "
+                   "between-source test is possible (3 sources at the least).")
+    elif 3 <= sources < 6:
         out.append(f"Only {sources} source personas: a between-source correlation rests on "
                    f"{sources} independent units (the smallest exact two-sided p-value over "
                    f"{sources} sources is {pval(2 / math.factorial(sources))}).")

@@ -84,7 +84,7 @@ def hero(metrics: pl.DataFrame) -> Any | None:
     ).properties(width=PANEL_W, height=PANEL_H).facet(
         row=alt.Row("measure:N", title=None, sort=["source marker", "assistant leakage"]),
         column=alt.Column("source:N", title=None),
-    ).properties(title="Source marker and assistant leakage across checkpoints, by arm")
+    ).properties(title="Source marker and assistant leakage, by arm")
     return chart
 
 
