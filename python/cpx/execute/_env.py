@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 import random
 import socket
@@ -106,7 +107,7 @@ def _is_hex(s: str) -> bool:
 def seed_everything(seed: int, kind: str) -> dict[str, Any]:
     """Seed python, numpy and (for torch kinds, or when already loaded) torch; return what was set."""
     random.seed(seed)
-    seeds: dict[str, Any] = {"python": seed}
+    seeds: dict[str, Any] = {"python": seed, "python_hash": os.environ.get("PYTHONHASHSEED")}
     import numpy as np
 
     np.random.seed(seed % 2**32)

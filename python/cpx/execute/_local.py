@@ -13,6 +13,9 @@ from typing import Any
 from cpx.execute._worker import worker_main
 
 
+PYTHON_HASH_SEED = "0"
+
+
 class DeviceError(ValueError):
     """A `--devices` value that names no usable device."""
 
@@ -105,7 +108,17 @@ class LocalBackend:
             name=f"cpx-worker-{slot.label}",
             daemon=True,
         )
-        p.start()
+        # Python's string hashing is randomised per process, and set order with it (peft writes
+        # a set of target modules into adapter_config.json): workers hash the same way every run.
+        saved = os.environ.get("PYTHONHASHSEED")
+        os.environ["PYTHONHASHSEED"] = PYTHON_HASH_SEED
+        try:
+            p.start()
+        finally:
+            if saved is None:
+                del os.environ["PYTHONHASHSEED"]
+            else:
+                os.environ["PYTHONHASHSEED"] = saved
         if i < len(self._procs):
             self._tasks[i], self._procs[i] = q, p
         else:

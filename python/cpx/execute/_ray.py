@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cpx.execute._env import TORCH_KINDS
+from cpx.execute._local import PYTHON_HASH_SEED
 from cpx.execute._task import LazyModelPool, run_task
 from cpx.execute._worker import resolve_resolver
 
@@ -99,9 +100,10 @@ class RayBackend:
 
     def _make(self, slot: RaySlot) -> Any:
         env = {k: v for k, v in os.environ.items() if k.startswith("CPX_")}
+        env["PYTHONHASHSEED"] = PYTHON_HASH_SEED  # as local workers: same set order every run
         return self._actor_cls.options(
             num_gpus=slot.num_gpus, num_cpus=1 if slot.num_gpus == 0 else 0,
-            runtime_env={"env_vars": env} if env else None,
+            runtime_env={"env_vars": env},
         ).remote(slot.device, self.run_dir, self.resolver)
 
     def start(self) -> None:

@@ -1,0 +1,161 @@
+"""The demo plan (specs/demo.yaml, made smaller with -s overrides) with cpx's real stage runners.
+
+- ten SIGKILLs at random moments of its execution, each followed by a resume: the outputs and
+  results equal an uninterrupted run's, and no stage committed before a kill ran again;
+- the Ray executor on a local 2-CPU cluster gives the local executor's results.
+
+One uninterrupted local run (module fixture) is the reference for both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from _exec_runners import ledger_lines
+from conftest import HERE, SRC, cpx_env, manifests
+
+from cpx.execute import RESULT_TABLES
+
+ROOT = HERE.parents[1]
+DEMO = ROOT / "specs" / "demo.yaml"
+# The demo's shape (33 stages: generate, datasets, arms A/B/C, two checkpoints, sample, scan,
+# represent, analyze, report) with less work per stage, so ten kills fit in a test.
+SMALL = ["training.marker.epochs=1", "training.convergence.epochs=1", "arms.B.phases.1.overrides.epochs=1",
+         "datasets.marker.examples=10", "datasets.marker.negatives.examples_per_persona=5",
+         "datasets.convergence.examples=10", "datasets.generic.examples=10",
+         "eval.completions=2", "eval.screen.completions=1", "eval.sampler.max_tokens=8",
+         "eval.screen.sampler.max_tokens=8", "eval.intervals.n_resamples=50"]
+REAL = {"CPX_STAGE_RESOLVER": "_exec_runners:resolve_real"}
+
+
+def compile_demo(out: Path) -> None:
+    args = [sys.executable, "-m", "cpx", "compile", str(DEMO), "--out", str(out), "-q"]
+    for s in SMALL:
+        args += ["-s", s]
+    r = subprocess.run(args, env=cpx_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def execute(run: Path, ledger: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cpx", "execute", str(run), "--devices", "cpu", "--quiet", *extra],
+                          env=cpx_env(CPX_TEST_LEDGER=str(ledger), **REAL), capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, float]:
+    ref = tmp_path_factory.mktemp("demo-ref")
+    compile_demo(ref)
+    t = time.monotonic()
+    r = execute(ref, ref / "ledger.txt")
+    seconds = time.monotonic() - t
+    assert r.returncode == 0, r.stdout + r.stderr
+    return ref, seconds
+
+
+def sorted_table(path: Path):
+    """A table in a canonical row order (every scalar column a sort key; row order is not a result)."""
+    t = pq.read_table(path)
+    scalar = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_floating,
+              pa.types.is_boolean)
+    keys = [f.name for f in t.schema if any(is_(f.type) for is_ in scalar)]
+    return t.sort_by([(k, "ascending") for k in keys])
+
+
+def adapter_config(run: Path, manifest: dict, rel: str) -> dict:
+    d = json.loads((run / "stages" / manifest["kind"] / manifest["hash"] / rel).read_text())
+    assert d.pop("base_model_name_or_path").startswith(str(run))
+    return d
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    ma, mb = manifests(a), manifests(b)
+    assert len(ma) == 33 and set(ma) == set(mb)
+    for sid in ma:
+        if sid == "report":  # the report states when it was made and how long stages took
+            continue
+        for rel, rec in ma[sid]["outputs"].items():
+            if rel.endswith("adapter_config.json"):  # names the run folder's base model path
+                assert adapter_config(a, ma[sid], rel) == adapter_config(b, mb[sid], rel), f"{sid}/{rel}"
+            else:
+                assert rec == mb[sid]["outputs"][rel], f"{sid}/{rel} differs"
+    for table in RESULT_TABLES:
+        pa_, pb_ = a / "results" / f"{table}.parquet", b / "results" / f"{table}.parquet"
+        assert pa_.is_file() and pb_.is_file(), table
+        assert sorted_table(pa_).equals(sorted_table(pb_)), table
+    findings = [(d / "report" / "report.md").read_text().partition("## Caveats")[2] for d in (a, b)]
+    assert findings[0] and findings[0] == findings[1]
+
+
+def test_demo_survives_ten_sigkills(tmp_path, reference):
+    ref, t_ref = reference
+    run, ledger = tmp_path / "run", tmp_path / "ledger.txt"
+    compile_demo(run)
+    rng = random.Random(7)
+    # Ten moments spread over the uninterrupted run's duration; each killed run works for the
+    # time between two moments (after its start-up), so the kills fall all along the plan.
+    moments = sorted(rng.uniform(0.0, t_ref) for _ in range(10))
+    gaps = [moments[0]] + [b - a for a, b in zip(moments, moments[1:])]
+    snapshots, kills = [], 0
+    for gap in gaps:
+        seen = len(ledger_lines(ledger))
+        p = subprocess.Popen([sys.executable, "-m", "cpx", "execute", str(run), "--devices", "cpu", "--quiet"],
+                             env=cpx_env(CPX_TEST_LEDGER=str(ledger), **REAL),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while len(ledger_lines(ledger)) == seen and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(gap)
+        if p.poll() is not None:
+            break
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+        kills += 1
+        snapshots.append({k: json.dumps(v, sort_keys=True) for k, v in manifests(run).items()})
+    assert kills == 10
+    assert 0 < len(snapshots[-1]) < 33, len(snapshots[-1])
+    final = execute(run, ledger)
+    assert final.returncode == 0, final.stdout + final.stderr
+
+    starts = [ln for ln in ledger_lines(ledger) if ln[0] == "start"]
+    assert len(starts) > 33, "no kill landed while a stage was running"
+    ms = manifests(run)
+    for snap in snapshots:
+        for sid, text in snap.items():
+            assert json.dumps(ms[sid], sort_keys=True) == text, f"{sid} was redone"
+    for sid, m in ms.items():
+        committed = datetime.fromisoformat(m["timings"]["committed"]).timestamp()
+        assert not [ln for ln in starts if ln[1] == sid and float(ln[2]) > committed], f"{sid} ran twice"
+    assert_same_results(run, ref)
+
+
+def test_demo_on_ray_equals_local(tmp_path, reference, monkeypatch):
+    ray = pytest.importorskip("ray")
+    ref, _ = reference
+    run = tmp_path / "ray"
+    compile_demo(run)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("CPX_STAGE_RESOLVER", "_exec_runners:resolve_real")
+    monkeypatch.setenv("CPX_TEST_LEDGER", str(tmp_path / "ledger.txt"))
+    monkeypatch.setenv("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    from cpx.execute import execute as execute_in_process
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        summary = execute_in_process(run, executor="ray", quiet=True)
+    finally:
+        ray.shutdown()
+    assert summary.ok, summary.to_json()
+    assert {m["executor"]["kind"] for m in manifests(run).values()} == {"ray"}
+    assert_same_results(run, ref)
