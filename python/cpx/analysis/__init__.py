@@ -1,6 +1,33 @@
 """Analyses: pure functions from results tables (polars DataFrames) to metrics and stats
 tables. Statistics come from `cpx.stats`; nothing here reads or writes files except
-`read_metrics` and `write_outputs`."""
+`read_metrics` and `write_outputs`.
+
+The analyses (names as in a spec's `analyses:` list; `leakage` = the first two,
+`adapter_specificity` = `marker_specificity`):
+
+1. `leakage_by_role`: source, assistant and mean bystander marker rate per (arm, source, seed,
+   checkpoint), each with a bootstrap interval that resamples whole questions.
+2. `cross_arm`: the headline table at one checkpoint (baseline, each arm's source and
+   assistant rate).
+3. `within_source`: Spearman(cosine, assistant rate) over checkpoints per (arm, source, layer);
+   exact p (all n! orderings) and asymptotic p as two rows.
+4. `between_source`: Spearman over sources at one checkpoint, exact permutation p;
+   `pseudo_replication`: all (source, checkpoint) points pooled, naive asymptotic p beside
+   ICC(1) by source, Kish's design effect and effective N, and a p-value from exchanging
+   whole sources' trajectories (`cluster_permutation`).
+5. `bystander_vs_assistant`: assistant minus mean bystander rate, permutation test paired by
+   question.
+6. `marker_specificity`: per adapter (train stage screens) source rate against the other
+   personas', a specificity index and class; and specificity (source - bystander rate) as a
+   predictor of assistant leakage with the same tests as cosine.
+7. Holm and Benjamini-Hochberg within each family (one analysis, one arm, one p-value kind).
+
+`stats.parquet` has one row per test (or estimate): `analysis, family, arm, source, seed,
+layer, checkpoint, x, y, statistic, estimate, ci_low, ci_high, p_value, p_method` (`exact`,
+`asymptotic`, `permutation`, `cluster_permutation`), `n_permutations, n, n_clusters, icc`
+(of y), `icc_x, design_effect, n_eff, p_adjusted` (Holm), `p_adjusted_bh, note`. A test left
+with too few points keeps its row with null p-values and a note starting `skipped:`.
+"""
 
 from cpx.analysis._columns import (
     LABELS,
