@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cpx.stages._context import StageContext
-from cpx.stages._training import TrainError, encode_example, end_of_turn_id, train_lora
+from cpx.stages._training import TrainError, encode_example, end_of_turn_id, small_model_threads, train_lora
 
 SPECIFIC = "specific"
 
@@ -131,10 +131,11 @@ def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
     requests = [
         Request(system=per["prompt"], user=q["text"], n=int(per["n"])) for per in personas for q in questions
     ]
-    completions = sample_completions(
-        model, tok, requests, sc["sampler"], device=ctx.device, log=ctx.log,
-        batch_size=getattr(ctx, "batch_limit", None),
-    )
+    with small_model_threads(model, ctx.device):
+        completions = sample_completions(
+            model, tok, requests, sc["sampler"], device=ctx.device, log=ctx.log,
+            batch_size=getattr(ctx, "batch_limit", None),
+        )
     fold = bool(sc.get("match", {}).get("case_insensitive", False))
     markers = [m.lower() for m in sc["markers"]] if fold else list(sc["markers"])
     n = [0] * len(personas)
