@@ -76,3 +76,16 @@ def test_bad_override_is_reported_with_the_command_line(tmp_path: Path) -> None:
     assert "<command line> -s eval.sampler.temprature=0.7" in text
     assert "did you mean 'temperature'?" in text
     assert "no item '9'" in text and "KEY=VALUE" in text
+
+
+def test_alias_bomb_and_deep_nesting_are_spec_errors(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpecError, match="after expanding aliases"):
+        load_spec(bomb)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("seeds: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(SpecError):
+        load_spec(deep)

@@ -117,18 +117,35 @@ def parse_yaml(text: str, file: str) -> Doc:
         raise SpecError([Issue(Location(file, line, col), "", f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as e:
         raise SpecError([Issue(Location(file, 1, 1), "", f"YAML error: {e}")]) from None
+    except RecursionError:
+        raise SpecError([Issue(Location(file, 1, 1), "", "the YAML is nested too deeply")]) from None
     doc = Doc(None, file)
     if node is None:
         return doc
     builder = _Builder(file, doc)
-    doc.data = builder.build(node, ())
+    try:
+        doc.data = builder.build(node, ())
+    except RecursionError:
+        raise SpecError([Issue(Location(file, 1, 1), "", "the YAML is nested too deeply")]) from None
+    except _TooBig as e:
+        raise SpecError([Issue(e.location, "", f"more than {MAX_VALUES:,} values after expanding aliases",
+                               hint="an alias that repeats itself many times?")]) from None
     if builder.issues:
         raise SpecError(builder.issues)
     return doc
 
 
+MAX_VALUES = 200_000  # a spec is small; this stops an alias "bomb" from eating the memory
+
+
+class _TooBig(Exception):
+    def __init__(self, location: Location):
+        self.location = location
+
+
 class _Builder:
     def __init__(self, file: str, doc: Doc):
+        self.count = 0
         self.file = file
         self.doc = doc
         self.issues: list[Issue] = []
@@ -136,6 +153,9 @@ class _Builder:
         self.stack: set[int] = set()
 
     def build(self, node: Any, path: KeyPath) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise _TooBig(_loc(self.file, node.start_mark))
         self.doc.marks.setdefault(path, _loc(self.file, node.start_mark))
         if isinstance(node, yaml.ScalarNode):
             try:
