@@ -77,7 +77,8 @@ def test_bad_spec_exits_2_with_positions_and_writes_nothing(tmp_path: Path) -> N
 
 
 def test_syntax_error_and_unknown_key_exit_2(tmp_path: Path) -> None:
-    for name, where in (("syntax_flow.yaml", "syntax_flow.yaml:3:5"), ("unknown_top_key.yaml", "unknown_top_key.yaml:2:1")):
+    cases = (("syntax_flow.yaml", "syntax_flow.yaml:3:5"), ("unknown_top_key.yaml", "unknown_top_key.yaml:2:1"))
+    for name, where in cases:
         r = cpx("compile", str(BAD / name), "--out", str(tmp_path / name))
         assert r.returncode == 2 and where in r.stderr and "Traceback" not in r.stderr
         assert not (tmp_path / name).exists()

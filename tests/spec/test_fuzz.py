@@ -75,6 +75,12 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 _ALL_PATHS = [p for p in _paths(DEMO_DATA) if p]
 
 
+def _get(data: Any, path: tuple[Any, ...]) -> Any:
+    for p in path:
+        data = data[p]
+    return data
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(_ALL_PATHS), _VALUES, st.booleans())
 def test_value_mutations_raise_only_spec_errors(path: tuple[Any, ...], value: Any, delete: bool) -> None:
@@ -91,6 +97,20 @@ def test_value_mutations_raise_only_spec_errors(path: tuple[Any, ...], value: An
     except ValueError:  # NaN is not JSON; YAML writes it as .nan
         text = yaml.safe_dump(data, allow_unicode=True)
     _load_or_spec_error(text)
+
+
+_NUMERIC_PATHS = [p for p in _ALL_PATHS if _get(DEMO_DATA, p).__class__ in (int, float)]
+_SPECIAL = st.sampled_from([float("inf"), float("-inf"), float("nan"), -0.0, 1e308, 10**30, -(10**30), True,
+                            "1e-3", "0x10", 2**63])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(_NUMERIC_PATHS), _SPECIAL)
+def test_special_numbers_raise_only_spec_errors(path: tuple[Any, ...], value: Any) -> None:
+    data = copy.deepcopy(DEMO_DATA)
+    parent = _get(data, path[:-1])
+    parent[path[-1]] = value
+    _load_or_spec_error(yaml.safe_dump(data, allow_unicode=True))
 
 
 @settings(max_examples=60, deadline=None)

@@ -199,7 +199,7 @@ def _expected_for(err: Any) -> str | None:
         "int_type": "an integer", "float_type": "a number", "string_type": "a string",
         "bool_type": "true or false", "dict_type": "a mapping", "list_type": "a list",
         "model_type": "a mapping", "int_from_float": "an integer", "model_attributes_type": "a mapping",
-        "none_required": "null",
+        "none_required": "null", "finite_number": "a finite number",
     }
     if t in simple:
         return simple[t]
@@ -296,9 +296,13 @@ def _schema_issues(exc: pydantic.ValidationError, doc: Doc) -> list[Issue]:
             msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
             issues.append(Issue(doc.where(tp), dotted(tp), msg))
             continue
-        message = "out of range" if t in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") else (
-            "empty" if t == "too_short" or (t == "string_pattern_mismatch" and isinstance(found, str) and not found.strip())
-            else "wrong type" if t.endswith("_type") else "invalid value")
+        blank = t == "string_pattern_mismatch" and isinstance(found, str) and not found.strip()
+        if t in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            message = "out of range"
+        elif t == "too_short" or blank:
+            message = "empty"
+        else:
+            message = "wrong type" if t.endswith("_type") else "invalid value"
         expected = _expected_for(err)
         if expected is None:
             message = str(err["msg"])
@@ -419,7 +423,8 @@ class _Checker:
         self._dupes(base + ("phases",), names, "phase name")
         for i, n in enumerate(names):
             if n == "base":
-                self.issues.append(Issue(self.doc.where(base + ("phases", i, "name")), f"{dotted(base)}.phases[{i}].name",
+                where = base + ("phases", i, "name")
+                self.issues.append(Issue(self.doc.where(where), dotted(where),
                                          "phase name 'base' is reserved (`from: base` means the base model)"))
         for i, src in enumerate(arm.sources or []):
             self._guard(lambda i=i, src=src: self.ref(base + ("sources", i), src, s.roles.sources, "source"))

@@ -16,6 +16,7 @@ Text = Annotated[str, StringConstraints(pattern=r"\S")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what every RNG the runners use accepts
 
 # Banks may be written inline or as a file name; the loader reads files before validation.
 _FILE = {"type": "string", "description": "a file (relative to this spec) holding the bank"}
@@ -60,13 +61,13 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class TinyModel(Strict):
     """The built-in tiny Qwen2-architecture model, made from a seed (for tests and demos)."""
 
-    seed: int = 0
+    seed: Seed = 0
     hidden_size: PosInt = 64
     num_layers: PosInt = 2
     num_heads: PosInt = 4
@@ -93,7 +94,8 @@ class Model(Strict):
     revision: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     chat_template: str | None = Field(default=None, description="a Jinja chat template replacing the tokenizer's")
-    params_b: Annotated[float, Field(gt=0.0)] | None = Field(default=None, description="parameters in billions, for the cost estimate (default: read from the id, else 7)"
+    params_b: Annotated[float, Field(gt=0.0)] | None = Field(
+        default=None, description="parameters in billions, for the cost estimate (default: read from the id, else 7)"
     )
 
     @model_validator(mode="after")
@@ -108,7 +110,8 @@ class Model(Strict):
 class Roles(Strict):
     assistant: Name = Field(default="assistant", description="the persona that plays the assistant")
     sources: list[Name] = Field(min_length=1, description="personas that get the marker, one study per source")
-    bystanders: list[Name] | None = Field(default=None, description="default: every eval persona that is neither the source nor the assistant"
+    bystanders: list[Name] | None = Field(
+        default=None, description="default: every eval persona that is neither the source nor the assistant"
     )
 
 
@@ -125,7 +128,7 @@ class Sampler(Strict):
     temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     max_tokens: PosInt = 512
-    seed: int | None = Field(default=None, description="default: the replicate seed")
+    seed: Seed | None = Field(default=None, description="default: the replicate seed")
 
 
 class Generation(Strict):
@@ -134,7 +137,8 @@ class Generation(Strict):
     sampler: Sampler = Sampler(temperature=0.7, top_p=0.95, max_tokens=512)
     completions_per_question: PosInt = 15
     drop_marked: bool = Field(default=True, description="drop completions that already contain a marker")
-    personas: list[Name] | None = Field(default=None, description="default: the assistant, the sources, and every persona negatives may come from"
+    personas: list[Name] | None = Field(
+        default=None, description="default: the assistant, the sources, and every persona negatives may come from"
     )
 
 
@@ -152,7 +156,8 @@ class Dataset(Strict):
     per_question: PosInt | None = None
     marker: Name | None = Field(default=None, description="marker recipe: which marker (default: the only one)")
     marker_template: str = "\n\n{marker}"
-    negatives: Negatives | None = Field(default=None, description="marker recipe only: unmarked answers of other personas (seeded choice)"
+    negatives: Negatives | None = Field(
+        default=None, description="marker recipe only: unmarked answers of other personas (seeded choice)"
     )
 
     @model_validator(mode="after")
@@ -175,7 +180,8 @@ class Lora(Strict):
 
 
 class Loss(Strict):
-    kind: Literal["full", "marker"] | None = Field(default=None, description="full: every response token; marker: only the marker's tokens and the last_n tokens"
+    kind: Literal["full", "marker"] | None = Field(
+        default=None, description="full: every response token; marker: only the marker's tokens and the last_n tokens"
     )
     last_n: NonNegInt | None = Field(default=None, description="marker loss: also train the last N tokens (EOS)")
 
@@ -197,7 +203,8 @@ class Training(Strict):
     precision: Literal["bf16", "fp16", "fp32"] | None = None
     gradient_checkpointing: bool | None = None
     loss: Loss | None = None
-    checkpoints: Annotated[list[Fraction], Field(min_length=1)] | None = Field(default=None, description="fractions of training at which to save (and evaluate); 0 is the starting model"
+    checkpoints: Annotated[list[Fraction], Field(min_length=1)] | None = Field(
+        default=None, description="fractions of training at which to save (and evaluate); 0 is the starting model"
     )
 
 
@@ -223,13 +230,15 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 class Phase(Strict):
     """One step of an arm: train on a dataset from the previous model, or merge another phase's adapter."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, populate_by_name=True)
 
     name: Name
     data: Name | None = Field(default=None, description="the dataset to train on")
     train: Name | None = Field(default=None, description="the training config (default: the one named like `data`)")
     overrides: Training | None = Field(default=None, description="per-arm changes to the training config")
-    from_: Name | None = Field(default=None, alias="from", description="phase to start from: `base` or an earlier phase (default: the previous)"
+    from_: Name | None = Field(
+        default=None, alias="from",
+        description="phase to start from: `base` or an earlier phase (default: the previous)",
     )
     each_checkpoint: bool = Field(default=False, description="run once from every checkpoint of the `from` phase")
     merge: Name | None = Field(default=None, description="instead of training, reuse phase `arm.phase` (or `phase`)")
@@ -276,7 +285,7 @@ class Screen(Strict):
 class Intervals(Strict):
     confidence_level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
     n_resamples: PosInt = 2000
-    seed: int | None = Field(default=None, description="default: the replicate seed")
+    seed: Seed | None = Field(default=None, description="default: the replicate seed")
 
 
 class Eval(Strict):
@@ -316,7 +325,7 @@ class Spec(Strict):
     extends: str | None = Field(default=None, description="a spec file this one starts from (relative path)")
     name: Name | None = Field(default=None, description="default: the file name without .yaml")
     description: str | None = None
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
     model: Model
     personas: PersonaBank
     roles: Roles
@@ -325,7 +334,8 @@ class Spec(Strict):
     match: Match = Match()
     generation: Generation = Generation()
     datasets: Annotated[dict[Name, Dataset], Field(min_length=1)]
-    training: dict[Name, Training] = Field(default={}, description="named training configs; `defaults` applies to all of them"
+    training: dict[Name, Training] = Field(
+        default={}, description="named training configs; `defaults` applies to all of them"
     )
     arms: Annotated[dict[Name, Arm], Field(min_length=1)]
     eval: Eval = Eval()
