@@ -123,3 +123,19 @@ def test_bad_adapter_leaves_base_intact(tiny_ref, run_dir, tmp_path):
         pool.get({"base": tiny_ref, "adapters": chain}, inputs)
     after = _snapshot(model)
     assert all(torch.equal(after[k], pristine[k]) for k in pristine)
+
+
+def test_export_writes_the_merged_model(tiny_ref, run_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, tok = load_model(tiny_ref, run_dir)
+    out = tmp_path / "t"
+    _make_adapter(base, out / "checkpoints" / "1", r=4, alpha=8, rslora=True, seed=4)
+    pool = ModelPool("cpu", run_dir)
+    chain = {"base": tiny_ref, "adapters": [{"stage": "t", "checkpoint": 1.0}]}
+    dest = pool.export(chain, {"t": out}, tmp_path / "merged")
+    merged, _ = pool.get(chain, {"t": out})
+    loaded = AutoModelForCausalLM.from_pretrained(dest, dtype=torch.float32)
+    ids = _ids(AutoTokenizer.from_pretrained(dest))
+    assert torch.equal(_logits(loaded, ids), _logits(merged, ids))
+    assert not torch.equal(_logits(loaded, ids), _logits(base, ids))

@@ -83,6 +83,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         progress=ctx.progress,
         micro_batch=getattr(ctx, "batch_limit", None),
     )
+    if ctx.device.startswith("cuda"):
+        import torch
+
+        # The optimizer state is gone: give its memory back before the screen samples.
+        torch.cuda.empty_cache()
     log_table = pa.table(
         {
             "step": pa.array([r["step"] for r in res.log], pa.int64()),
