@@ -3,9 +3,12 @@
 //! Semantics (the reference is Python): a count is the number of non-overlapping occurrences
 //! found left to right, `text.count(marker)`; case-insensitively it is
 //! `text.lower().count(marker.lower())` with Unicode's full lowercase mapping (so `İ` lowers
-//! to `i̇`, the Kelvin sign `K` to `k`, and a final `Σ` to `ς`). Rows that are pure ASCII, the
-//! common case, are matched byte-wise without lowering the text; other rows are lowered with
-//! `str::to_lowercase` first. Null rows give null counts.
+//! to `i̇`, the Kelvin sign `K` to `k`, and a final `Σ` to `ς`). Null rows give null counts.
+//!
+//! Case-insensitively, markers whose lowercase is ASCII are matched byte-wise on the raw row
+//! (ignoring ASCII case), which equals matching the lowered row unless the row holds one of
+//! the two non-ASCII characters that lower to ASCII (İ, Kelvin sign); such rows, and markers
+//! whose lowercase is not ASCII, go through `str::to_lowercase`.
 //!
 //! All markers are counted on a row while it is in cache, so the text is read from memory
 //! once; rows are processed in parallel blocks.
@@ -45,66 +48,14 @@ struct Marker {
     /// `marker.to_lowercase()` when case-insensitive, else the marker itself.
     folded: String,
     folded_ascii: bool,
-    /// Position and byte(s) of the anchor, for the ASCII path.
-    anchor: usize,
-    anchor_bytes: (u8, u8),
     finder: memmem::Finder<'static>,
 }
 
 impl Marker {
     fn new(marker: &str, case_insensitive: bool) -> Self {
         let folded = if case_insensitive { marker.to_lowercase() } else { marker.to_owned() };
-        let bytes = folded.as_bytes();
-        let anchor = (0..bytes.len()).min_by_key(|&i| byte_commonness(bytes[i])).unwrap_or(0);
-        let b = bytes[anchor];
-        let anchor_bytes = if case_insensitive { (b, b.to_ascii_uppercase()) } else { (b, b) };
-        let finder = memmem::Finder::new(bytes).into_owned();
-        Marker { folded_ascii: folded.is_ascii(), folded, anchor, anchor_bytes, finder }
-    }
-
-    /// Non-overlapping ASCII-case-insensitive occurrences in an ASCII row.
-    #[inline]
-    fn count_ascii_ci(&self, hay: &[u8], limit: u32) -> u32 {
-        if !self.folded_ascii {
-            return 0;
-        }
-        let needle = self.folded.as_bytes();
-        let len = needle.len();
-        let mut count = 0;
-        let mut next_ok = 0usize;
-        let mut check = |c: usize| -> bool {
-            if c < self.anchor {
-                return true;
-            }
-            let s = c - self.anchor;
-            if s < next_ok {
-                return true;
-            }
-            if s + len > hay.len() {
-                return false;
-            }
-            if hay[s..s + len].eq_ignore_ascii_case(needle) {
-                count += 1;
-                next_ok = s + len;
-                return count < limit;
-            }
-            true
-        };
-        let (b1, b2) = self.anchor_bytes;
-        if b1 == b2 {
-            for c in memchr::memchr_iter(b1, hay) {
-                if !check(c) {
-                    break;
-                }
-            }
-        } else {
-            for c in memchr::memchr2_iter(b1, b2, hay) {
-                if !check(c) {
-                    break;
-                }
-            }
-        }
-        count
+        let finder = memmem::Finder::new(folded.as_bytes()).into_owned();
+        Marker { folded_ascii: folded.is_ascii(), folded, finder }
     }
 
     #[inline]
@@ -125,11 +76,105 @@ impl Marker {
     }
 }
 
+/// ASCII-folded markers searched together: one memchr/memchr2/memchr3 pass finds the
+/// positions of the anchor bytes (each member's rarest byte, both cases), and each member
+/// is verified at its own offset from the anchor.
+#[derive(Debug, Clone)]
+struct AnchorPass {
+    bytes: Vec<u8>,
+    /// (marker index, anchor position in the folded marker)
+    members: Vec<(usize, usize)>,
+}
+
+fn case_pair(b: u8) -> Vec<u8> {
+    let (l, u) = (b.to_ascii_lowercase(), b.to_ascii_uppercase());
+    if l == u { vec![l] } else { vec![l, u] }
+}
+
+fn union_len(a: &[u8], b: &[u8]) -> usize {
+    a.len() + b.iter().filter(|x| !a.contains(x)).count()
+}
+
+/// Groups ASCII markers into as few anchor passes as possible (at most 3 bytes a pass),
+/// preferring each marker's rare bytes.
+fn plan_passes(markers: &[Marker], ascii: &[usize]) -> Vec<AnchorPass> {
+    let mut passes: Vec<AnchorPass> = Vec::new();
+    for &mi in ascii {
+        let bytes = markers[mi].folded.as_bytes();
+        // 'i' and 'k' can come from İ and the Kelvin sign, which are not ASCII in the raw row:
+        // an anchor must be a byte that only an ASCII byte of the row lowers to
+        let mut cands: Vec<(u32, usize)> = (0..bytes.len())
+            .filter(|&i| !matches!(bytes[i], b'i' | b'k'))
+            .map(|i| (byte_commonness(bytes[i]), i))
+            .collect();
+        if cands.is_empty() {
+            cands = (0..bytes.len()).map(|i| (byte_commonness(bytes[i]), i)).collect();
+        }
+        cands.sort();
+        let best = cands[0].0;
+        // a shared pass is worth a somewhat more common anchor, not a very common one
+        let acceptable = (best * 3).max(150);
+        let mut placed = false;
+        'outer: for pass in passes.iter_mut() {
+            for &(cost, pos) in &cands {
+                if cost > acceptable {
+                    break;
+                }
+                let cb = case_pair(bytes[pos]);
+                if union_len(&pass.bytes, &cb) <= 3 {
+                    for b in cb {
+                        if !pass.bytes.contains(&b) {
+                            pass.bytes.push(b);
+                        }
+                    }
+                    pass.members.push((mi, pos));
+                    placed = true;
+                    break 'outer;
+                }
+            }
+        }
+        if !placed {
+            let pos = cands[0].1;
+            passes.push(AnchorPass { bytes: case_pair(bytes[pos]), members: vec![(mi, pos)] });
+        }
+    }
+    passes
+}
+
+/// Whether `row` holds U+0130 (İ, bytes C4 B0) or U+212A (Kelvin sign, E2 84 AA): the only
+/// characters outside ASCII whose lowercase contains ASCII letters ('i', 'k'; checked over
+/// all of Unicode), so the only ones that make byte-wise ASCII-case-insensitive matching
+/// differ from matching the lowered text.
+#[inline]
+fn has_special_lowercase(row: &[u8]) -> bool {
+    memchr::memchr2_iter(0xC4, 0xE2, row).any(|i| {
+        (row[i] == 0xC4 && row.get(i + 1) == Some(&0xB0))
+            || (row[i] == 0xE2 && row.get(i + 1) == Some(&0x84) && row.get(i + 2) == Some(&0xAA))
+    })
+}
+
+/// Outcome of the byte-wise pass over a row.
+#[derive(PartialEq, Eq)]
+enum Ascii {
+    Done,
+    /// `any` was set and a marker occurs.
+    Found,
+    /// An İ or Kelvin sign lies near an anchor where the byte-wise check failed: it might
+    /// complete a match in the lowered row, so the row must be lowered.
+    Lower,
+}
+
 /// A set of markers to count, prepared once.
 #[derive(Debug, Clone)]
 pub struct Matcher {
     markers: Vec<Marker>,
     case_insensitive: bool,
+    passes: Vec<AnchorPass>,
+    /// Markers whose lowercase is not ASCII (matched on the lowered row).
+    unicode: Vec<usize>,
+    /// Some anchor is 'i' or 'k' (a marker made of those letters only): every row must be
+    /// checked for İ / Kelvin sign up front.
+    check_rows: bool,
 }
 
 impl Matcher {
@@ -142,10 +187,14 @@ impl Matcher {
                 return Err(CoreError::input(format!("markers[{i}] is the empty string")));
             }
         }
-        Ok(Matcher {
-            markers: markers.iter().map(|m| Marker::new(m.as_ref(), case_insensitive)).collect(),
-            case_insensitive,
-        })
+        let markers: Vec<Marker> = markers.iter().map(|m| Marker::new(m.as_ref(), case_insensitive)).collect();
+        let ascii: Vec<usize> = (0..markers.len()).filter(|&i| markers[i].folded_ascii).collect();
+        let unicode = (0..markers.len()).filter(|&i| !markers[i].folded_ascii).collect();
+        let passes = if case_insensitive { plan_passes(&markers, &ascii) } else { Vec::new() };
+        let check_rows = passes
+            .iter()
+            .any(|p| p.members.iter().any(|&(mi, a)| matches!(markers[mi].folded.as_bytes()[a], b'i' | b'k')));
+        Ok(Matcher { markers, case_insensitive, passes, unicode, check_rows })
     }
 
     pub fn len(&self) -> usize {
@@ -156,21 +205,105 @@ impl Matcher {
         self.markers.is_empty()
     }
 
-    /// Counts of each marker in `row` into `out` (each count stops at `limit`).
-    pub fn count_row(&self, row: &str, out: &mut [u32], limit: u32) {
+    /// ASCII-case-insensitive counts of the ASCII markers in `hay` (see [`Ascii`]).
+    #[inline]
+    fn count_ascii(&self, hay: &[u8], out: &mut [u32], any: bool) -> Ascii {
+        for pass in &self.passes {
+            let mut next_ok = [0usize; 16];
+            let mut next_ok_vec;
+            let next_ok: &mut [usize] = if pass.members.len() <= 16 {
+                &mut next_ok[..pass.members.len()]
+            } else {
+                next_ok_vec = vec![0usize; pass.members.len()];
+                &mut next_ok_vec
+            };
+            let mut outcome = Ascii::Done;
+            let mut visit = |c: usize| -> bool {
+                let b = hay[c].to_ascii_lowercase();
+                for (k, &(mi, anchor)) in pass.members.iter().enumerate() {
+                    let needle = self.markers[mi].folded.as_bytes();
+                    if needle[anchor] != b {
+                        continue;
+                    }
+                    let len = needle.len();
+                    if c >= anchor && c - anchor >= next_ok[k] && c - anchor + len <= hay.len() {
+                        let s = c - anchor;
+                        if hay[s..s + len].eq_ignore_ascii_case(needle) {
+                            out[mi] += 1;
+                            next_ok[k] = s + len;
+                            if any {
+                                outcome = Ascii::Found;
+                                return false;
+                            }
+                            continue;
+                        }
+                    }
+                    // In the lowered row an İ (2 bytes) or Kelvin sign (3 bytes) becomes one
+                    // ASCII letter, so a match through this anchor spans at most 3 raw bytes
+                    // per marker byte.
+                    let lo = c.saturating_sub(3 * anchor);
+                    let hi = (c + 3 * (len - anchor)).min(hay.len());
+                    if has_special_lowercase(&hay[lo..hi]) {
+                        outcome = Ascii::Lower;
+                        return false;
+                    }
+                }
+                true
+            };
+            match pass.bytes[..] {
+                [a] => memchr::memchr_iter(a, hay).all(&mut visit),
+                [a, b] => memchr::memchr2_iter(a, b, hay).all(&mut visit),
+                [a, b, c] => memchr::memchr3_iter(a, b, c, hay).all(&mut visit),
+                _ => unreachable!("a pass has 1 to 3 bytes"),
+            };
+            if outcome != Ascii::Done {
+                return outcome;
+            }
+        }
+        Ascii::Done
+    }
+
+    fn count_lowered(&self, row: &str, out: &mut [u32], any: bool) {
+        out.fill(0);
+        let limit = if any { 1 } else { u32::MAX };
+        let lowered = row.to_lowercase();
+        for (m, o) in self.markers.iter().zip(out.iter_mut()) {
+            *o = m.count_exact(lowered.as_bytes(), limit);
+            if any && *o > 0 {
+                return;
+            }
+        }
+    }
+
+    /// Counts of each marker in `row` into `out` (zeroed by the caller). With `any`, stops at
+    /// the first occurrence of any marker (for `contains_any`).
+    pub fn count_row(&self, row: &str, out: &mut [u32], any: bool) {
         let bytes = row.as_bytes();
+        let limit = if any { 1 } else { u32::MAX };
         if !self.case_insensitive {
             for (m, o) in self.markers.iter().zip(out.iter_mut()) {
                 *o = m.count_exact(bytes, limit);
+                if any && *o > 0 {
+                    return;
+                }
             }
-        } else if bytes.is_ascii() {
-            for (m, o) in self.markers.iter().zip(out.iter_mut()) {
-                *o = m.count_ascii_ci(bytes, limit);
-            }
-        } else {
+            return;
+        }
+        if self.check_rows && has_special_lowercase(bytes) {
+            return self.count_lowered(row, out, any);
+        }
+        match self.count_ascii(bytes, out, any) {
+            Ascii::Found => return,
+            Ascii::Lower => return self.count_lowered(row, out, any),
+            Ascii::Done => {}
+        }
+        if !self.unicode.is_empty() && !bytes.is_ascii() {
             let lowered = row.to_lowercase();
-            for (m, o) in self.markers.iter().zip(out.iter_mut()) {
-                *o = m.count_exact(lowered.as_bytes(), limit);
+            for &mi in &self.unicode {
+                out[mi] = self.markers[mi].count_exact(lowered.as_bytes(), limit);
+                if any && out[mi] > 0 {
+                    return;
+                }
             }
         }
     }
@@ -241,7 +374,7 @@ impl<'a> Strings<'a> {
 fn scan(
     chunks: &[ArrayRef],
     matcher: &Matcher,
-    limit: u32,
+    any: bool,
     name: &str,
 ) -> Result<(Vec<u32>, Option<NullBuffer>, usize)> {
     let views: Vec<Strings> = chunks.iter().map(|c| Strings::new(c.as_ref(), name)).collect::<Result<_>>()?;
@@ -267,7 +400,7 @@ fn scan(
             let v = &views[ci];
             for (k, o) in buf.chunks_exact_mut(m).enumerate() {
                 if let Some(row) = v.get(start + k) {
-                    matcher.count_row(row, o, limit);
+                    matcher.count_row(row, o, any);
                 }
             }
         })
@@ -290,7 +423,7 @@ pub fn count_markers(
     chunks: &[ArrayRef],
     matcher: &Matcher,
 ) -> Result<(Vec<Vec<u32>>, Option<NullBuffer>)> {
-    let (flat, validity, rows) = scan(chunks, matcher, u32::MAX, "texts")?;
+    let (flat, validity, rows) = scan(chunks, matcher, false, "texts")?;
     let m = matcher.len();
     let mut cols = vec![Vec::with_capacity(rows); m];
     for row in flat.chunks_exact(m) {
@@ -303,7 +436,7 @@ pub fn count_markers(
 
 /// Whether any marker occurs in each row, and the rows' validity.
 pub fn contains_any(chunks: &[ArrayRef], matcher: &Matcher) -> Result<(Vec<bool>, Option<NullBuffer>)> {
-    let (flat, validity, _) = scan(chunks, matcher, 1, "texts")?;
+    let (flat, validity, _) = scan(chunks, matcher, true, "texts")?;
     let m = matcher.len();
     Ok((flat.chunks_exact(m).map(|r| r.iter().any(|&c| c > 0)).collect(), validity))
 }
@@ -332,8 +465,10 @@ mod tests {
             "straße STRASSE",
             "",
             "no marker here",
+            "[MAR\u{212A}ER] x [marker] ZELTHARİ zelthari",
+            "ik \u{212A}İ kİ",
         ];
-        let markers = ["[zlt]", "aa", "i̇", "σ", "k", "ß", "İ"];
+        let markers = ["[zlt]", "aa", "i̇", "σ", "k", "ß", "İ", "[marker]", "zelthari", "ki", "ik"];
         let matcher = Matcher::new(&markers, true).unwrap();
         let arr: ArrayRef = Arc::new(StringArray::from(texts.to_vec()));
         let (cols, nulls) = count_markers(&[arr], &matcher).unwrap();
@@ -371,6 +506,23 @@ mod tests {
         assert!(nulls.unwrap().is_null(9));
         let (any, _) = contains_any(&arrays[..1], &matcher).unwrap();
         assert_eq!(any, vec![true, false, true, false]);
+    }
+
+    #[test]
+    fn several_anchor_passes_and_shared_anchors() {
+        let markers = ["[a]", "{b}", "<c>", "|d|", "~e~", "[a][", "zz", "Q"];
+        let m = Matcher::new(&markers, true).unwrap();
+        assert!(m.passes.len() >= 2);
+        let texts = ["[A][a][ {B} <c> |D| ~e~ ZZZ q", "zzzz [a][a] qQ", "plain"];
+        let arr: ArrayRef = Arc::new(StringArray::from(texts.to_vec()));
+        let (cols, _) = count_markers(&[arr.clone()], &m).unwrap();
+        for (mi, mk) in markers.iter().enumerate() {
+            for (ri, t) in texts.iter().enumerate() {
+                assert_eq!(cols[mi][ri], py_count(t, mk, true), "{t:?} {mk:?}");
+            }
+        }
+        let (any, _) = contains_any(&[arr], &m).unwrap();
+        assert_eq!(any, vec![true, true, false]);
     }
 
     #[test]

@@ -191,19 +191,40 @@ pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) 
     let mut dist = vec![0f64; b];
     let (jack, n_clusters): (Vec<f64>, usize) = match clusters {
         None => {
+            let additive = matches!(stat, BootStatistic::Mean | BootStatistic::Proportion | BootStatistic::Sum);
             crate::parallel::run(|| {
                 dist.par_chunks_mut(256).enumerate().for_each_init(
                     || vec![0f64; n],
                     |buf, (ci, out)| {
                         for (k, o) in out.iter_mut().enumerate() {
                             let mut rng = Rng::stream(opts.seed, (ci * 256 + k) as u64);
-                            resample_into(&mut rng, data, buf);
-                            *o = stat_of(buf, stat);
+                            *o = if additive {
+                                // the same draws as the other statistics, summed without storing them
+                                let mut s = 0.0;
+                                draw_indices(&mut rng, n, |i| s += data[i]);
+                                if stat == BootStatistic::Sum { s } else { s / n as f64 }
+                            } else {
+                                let mut j = 0;
+                                draw_indices(&mut rng, n, |i| {
+                                    buf[j] = data[i];
+                                    j += 1;
+                                });
+                                stat_of(buf, stat)
+                            };
                         }
                     },
                 );
             });
-            let jack = if opts.method == BootMethod::Bca { jackknife(data, stat) } else { Vec::new() };
+            let jack = if opts.method != BootMethod::Bca {
+                Vec::new()
+            } else if additive && n >= 2 {
+                // leave-one-out means in O(n)
+                let total = super::sum(data);
+                let m = (n - 1) as f64;
+                data.iter().map(|v| if stat == BootStatistic::Sum { total - v } else { (total - v) / m }).collect()
+            } else {
+                jackknife(data, stat)
+            };
             (jack, n)
         }
         Some(labels) => {
@@ -261,30 +282,33 @@ pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) 
     Ok(interval(theta_hat, dist, &jack, opts, n, n_clusters))
 }
 
+/// Calls `f` with `n` indices drawn uniformly from `0..n` (Lemire's multiply-shift with
+/// rejection on 32-bit halves of each 64-bit output: unbiased, two draws per output).
 #[inline]
-fn resample_into(rng: &mut Rng, data: &[f64], buf: &mut [f64]) {
-    let n = data.len() as u64;
-    if n <= u32::MAX as u64 {
-        // two 32-bit draws per 64-bit output (Lemire's method on 32 bits, unbiased)
-        let n32 = n as u32;
-        let threshold = n32.wrapping_neg() % n32;
-        let mut i = 0;
-        while i < buf.len() {
-            let r = rng.next_u64();
-            for half in [r as u32, (r >> 32) as u32] {
-                let m = (half as u64) * n;
-                if (m as u32) < threshold {
-                    continue;
-                }
-                if i < buf.len() {
-                    buf[i] = data[(m >> 32) as usize];
-                    i += 1;
-                }
+fn draw_indices(rng: &mut Rng, n: usize, mut f: impl FnMut(usize)) {
+    if n as u64 > u32::MAX as u64 {
+        for _ in 0..n {
+            f(rng.below(n as u64) as usize);
+        }
+        return;
+    }
+    let n64 = n as u64;
+    let threshold = (n as u32).wrapping_neg() % (n as u32);
+    let mut left = n;
+    while left > 0 {
+        let r = rng.next_u64();
+        let m = (r & 0xFFFF_FFFF) * n64;
+        if (m as u32) >= threshold {
+            f((m >> 32) as usize);
+            left -= 1;
+            if left == 0 {
+                break;
             }
         }
-    } else {
-        for v in buf.iter_mut() {
-            *v = data[rng.below(n) as usize];
+        let m = (r >> 32) * n64;
+        if (m as u32) >= threshold {
+            f((m >> 32) as usize);
+            left -= 1;
         }
     }
 }
