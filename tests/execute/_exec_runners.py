@@ -97,6 +97,7 @@ def run(ctx: Any) -> dict[str, Any] | None:
     py_value = random.random()
     ctx.log.info("stage %s writing %d rows", sid, len(values))
     print(f"stdout of {sid}")  # goes to the stage log, not the terminal
+    os.write(2, f"fd 2 of {sid}\n".encode())  # as a C library writes: also to the stage log
 
     chunks, sleep = p.get("chunks", 1), p.get("sleep", 0.0)
     with open(ctx.out_dir / "data.txt", "w") as f:

@@ -99,24 +99,33 @@ def assert_same_results(a: Path, b: Path) -> None:
 
 
 def test_demo_survives_ten_sigkills(tmp_path, reference):
-    ref, t_ref = reference
+    ref, _ = reference
     run, ledger = tmp_path / "run", tmp_path / "ledger.txt"
     compile_demo(run)
     rng = random.Random(7)
-    # Ten moments spread over the uninterrupted run's duration; each killed run works for the
-    # time between two moments (after its start-up), so the kills fall all along the plan.
-    moments = sorted(rng.uniform(0.0, t_ref) for _ in range(10))
-    gaps = [moments[0]] + [b - a for a, b in zip(moments, moments[1:])]
+    ref_ms = manifests(ref)
+    order = sorted(ref_ms, key=lambda sid: ref_ms[sid]["timings"]["started"])
     snapshots, kills = [], 0
-    for gap in gaps:
+    for i in range(10):
+        # Kill i lands inside a stage picked at random among the next not-done stages (spread so
+        # that the ten kills cover the whole plan), at a random moment of its run time; the
+        # first kill may also land in start-up.
+        done = set(manifests(run))
+        remaining = [sid for sid in order if sid not in done]
+        target = rng.choice(remaining[: max(1, len(remaining) // (10 - i))])
+        last = target == remaining[-1]
         seen = len(ledger_lines(ledger))
         p = subprocess.Popen([sys.executable, "-m", "cpx", "execute", str(run), "--devices", "cpu", "--quiet"],
                              env=cpx_env(CPX_TEST_LEDGER=str(ledger), **REAL),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while len(ledger_lines(ledger)) == seen and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(gap)
+        if i == 0 and rng.random() < 0.5:
+            time.sleep(rng.uniform(0.0, 2.0))
+        else:
+            deadline = time.monotonic() + 600
+            while p.poll() is None and time.monotonic() < deadline and not any(
+                    ln[:2] == ["start", target] for ln in ledger_lines(ledger)[seen:]):
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.9 if last else 1.1) * ref_ms[target]["timings"]["seconds"])
         if p.poll() is not None:
             break
         os.kill(p.pid, signal.SIGKILL)

@@ -92,7 +92,7 @@ def test_run_commits_every_stage_with_a_manifest_and_collects_results(tmp_path, 
     assert (tmp_path / "report" / "figures" / "f.txt").is_file()
     # The stage log holds the runner's log lines and what it printed.
     log = (tmp_path / "logs" / "sample" / "A.log").read_text()
-    assert "writing 5 rows" in log and "stdout of sample/A" in log
+    assert "writing 5 rows" in log and "stdout of sample/A" in log and "fd 2 of sample/A" in log
 
 
 def test_resume_runs_nothing_twice_and_results_are_deterministic(tmp_path, ledger):

@@ -69,6 +69,31 @@ def free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@contextlib.contextmanager
+def _fd_redirect(log_file: Any) -> Any:
+    """Send file descriptors 1 and 2 to the stage log too: C++ warnings, tqdm, subprocesses.
+
+    Workers are processes of their own, so this touches no one else's output.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
 class _Throttle:
     """Forward at most a few progress updates a second (and always the last one)."""
 
@@ -117,7 +142,7 @@ def run_task(
         if task.get("batch_limit"):
             logger.info("batch size limited to %d after an out-of-memory error", task["batch_limit"])
         try:
-            with contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
+            with _fd_redirect(log_file), contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
                 seeds = _env.seed_everything(seed, stage.kind)
                 ctx = StageContext(
                     stage=stage,
