@@ -73,7 +73,7 @@ TINY = dict(
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
 )
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-LORA = {"r": 32, "alpha": 64, "rslora": True, "dropout": 0.0, "target_modules": TARGETS}
+LORA: dict[str, Any] = {"r": 32, "alpha": 64, "rslora": True, "dropout": 0.0, "target_modules": TARGETS}
 BATCH = 4
 MAX_LENGTH = 1024
 
@@ -179,7 +179,8 @@ class Clock:
     """Per-step timestamps (the device synchronised), the first `warmup` steps left out."""
 
     def __init__(self, device: str, warmup: int):
-        self.device, self.warmup, self.t = device, warmup, {}
+        self.device, self.warmup = device, warmup
+        self.t: dict[int, float] = {}
 
     def __call__(self, step: int, _model=None) -> None:
         sync(self.device)

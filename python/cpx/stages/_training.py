@@ -230,9 +230,11 @@ _PEFT_NOISE = "`is_gradient_checkpointing` is deprecated"
 def _wrap(model, lora: dict[str, Any]):
     from peft import LoraConfig, get_peft_model
 
+    # peft annotates alpha as int but scales with it as a number; a spec may write 64.0.
+    alpha: Any = float(lora["alpha"])
     cfg = LoraConfig(
         r=int(lora["r"]),
-        lora_alpha=float(lora["alpha"]),
+        lora_alpha=alpha,
         use_rslora=bool(lora.get("rslora", False)),
         lora_dropout=float(lora.get("dropout", 0.0)),
         target_modules=lora["target_modules"],
@@ -345,8 +347,9 @@ def _train_lora(
     try:
         params = [p for p in peft_model.parameters() if p.requires_grad]
         lr, wd = float(optim["lr"]), float(optim.get("weight_decay", 0.0))
+        opt: torch.optim.Optimizer
         if optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, **({"fused": True} if cuda else {}))
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=True if cuda else None)
         else:
             opt = torch.optim.SGD(params, lr=lr, weight_decay=wd)
         # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
