@@ -30,20 +30,29 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _refs_to_hashes(value: Any, refs: Mapping[str, str]) -> Any:
-    """Replace every string naming a dependency's id by that dependency's hash.
+def _refs_to_hashes(params: dict[str, Any], refs: Mapping[str, str]) -> dict[str, Any]:
+    """Params with every stage id they name replaced by that stage's hash.
 
     Ids are display names: a stage's hash must not change when an arm or phase is renamed,
-    only when the work it depends on changes.
+    only when the work it depends on changes. Ids appear in params in three places only
+    (docs/plan-format.md): a chain's adapters (`model.adapters[].stage`), a train stage's
+    `dataset`, and analyze's `points[].scan|represent`. Rewriting just those keeps hashing
+    fast on plans of thousands of stages with long persona lists.
     """
-    if isinstance(value, str):
-        h = refs.get(value)
-        return value if h is None else {"stage_hash": h}
-    if isinstance(value, dict):
-        return {k: _refs_to_hashes(v, refs) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_refs_to_hashes(v, refs) for v in value]
-    return value
+
+    def ref(value: Any) -> Any:
+        return {"stage_hash": refs[value]} if isinstance(value, str) and value in refs else value
+
+    out = dict(params)
+    model = out.get("model")
+    if isinstance(model, dict) and model.get("adapters"):
+        out["model"] = {**model, "adapters": [{**a, "stage": ref(a.get("stage"))} for a in model["adapters"]]}
+    if "dataset" in out:
+        out["dataset"] = ref(out["dataset"])
+    if isinstance(out.get("points"), list):
+        out["points"] = [{**p, "scan": ref(p.get("scan")), "represent": ref(p.get("represent"))}
+                         for p in out["points"]]
+    return out
 
 
 def stage_hash(kind: str, params: dict[str, Any], dep_hashes: Mapping[str, str]) -> str:
