@@ -339,6 +339,7 @@ def _train_lora(
     torch.manual_seed(seed)
     was_training = model.training
     attrs_before = set(vars(model))
+    grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
     peft_model = _wrap(model, lora)
     base = peft_model.get_base_model()
     if grad_ckpt:
@@ -403,7 +404,8 @@ def _train_lora(
             restored.disable_input_require_grads()
         for attr in {"_require_grads_hooks", "_require_grads_hook"} & (set(vars(restored)) - attrs_before):
             delattr(restored, attr)
-        restored.requires_grad_(False)
+        for n, p in restored.named_parameters():
+            p.requires_grad_(grads_before[n])
         restored.train(was_training)
     return result
 
