@@ -68,3 +68,24 @@ def test_sample_stage_bad_params(tiny_ref, run_dir, pool, tmp_path, patch, msg):
     with pytest.raises(StageParamError, match=msg):
         sample.run(ctx)
     assert not (tmp_path / "x" / "completions.parquet").exists()
+
+
+def test_auto_backend_is_hf_on_cpu():
+    assert sample.resolve_backend("auto", "cpu") == "hf"
+    assert sample.resolve_backend("hf", "cuda:0") == "hf"
+
+
+def test_vllm_backend(tiny_ref, run_dir, pool, tmp_path):
+    """Only where vLLM is installed (never on this project's GPU machines): the same table shape
+    and per-persona counts as the hf backend."""
+    pytest.importorskip("vllm")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a GPU")
+    ctx = make_ctx("sample", _params(tiny_ref, backend="vllm"), tmp_path / "v", run_dir=run_dir, models=pool,
+                   labels=LABELS)
+    info = sample.run(ctx)
+    rows = pq.read_table(tmp_path / "v" / "completions.parquet").to_pylist()
+    assert info["backend"] == "vllm"
+    for name, n in COUNTS.items():
+        assert sum(r["persona"] == name for r in rows) == n * len(questions())

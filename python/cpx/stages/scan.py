@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cpx.stages._context import StageContext
 
-BOOT_METHOD = "bca"
+BOOT_METHOD: Final = "bca"
 
 
 def _params(ctx: StageContext) -> dict[str, Any]:
