@@ -175,6 +175,8 @@ pub struct Matcher {
     /// Some anchor is 'i' or 'k' (a marker made of those letters only): every row must be
     /// checked for İ / Kelvin sign up front.
     check_rows: bool,
+    /// The largest number of markers in one anchor pass.
+    max_members: usize,
 }
 
 impl Matcher {
@@ -194,7 +196,8 @@ impl Matcher {
         let check_rows = passes
             .iter()
             .any(|p| p.members.iter().any(|&(mi, a)| matches!(markers[mi].folded.as_bytes()[a], b'i' | b'k')));
-        Ok(Matcher { markers, case_insensitive, passes, unicode, check_rows })
+        let max_members = passes.iter().map(|p| p.members.len()).max().unwrap_or(0);
+        Ok(Matcher { markers, case_insensitive, passes, unicode, check_rows, max_members })
     }
 
     pub fn len(&self) -> usize {
@@ -205,55 +208,54 @@ impl Matcher {
         self.markers.is_empty()
     }
 
+    /// Checks candidate anchor position `c` of `pass` in the row `hay` for every member,
+    /// counting matches into `out` (the row's counts).
+    #[inline]
+    fn visit(&self, pass: &AnchorPass, hay: &[u8], c: usize, next_ok: &mut [usize], out: &mut [u32], any: bool) -> Ascii {
+        let b = hay[c].to_ascii_lowercase();
+        for (k, &(mi, anchor)) in pass.members.iter().enumerate() {
+            let needle = self.markers[mi].folded.as_bytes();
+            if needle[anchor] != b {
+                continue;
+            }
+            let len = needle.len();
+            if c >= anchor && c - anchor >= next_ok[k] && c - anchor + len <= hay.len() {
+                let s = c - anchor;
+                if hay[s..s + len].eq_ignore_ascii_case(needle) {
+                    out[mi] += 1;
+                    next_ok[k] = s + len;
+                    if any {
+                        return Ascii::Found;
+                    }
+                    continue;
+                }
+            }
+            // In the lowered row an İ (2 bytes) or Kelvin sign (3 bytes) becomes one ASCII
+            // letter, so a match through this anchor spans at most 3 raw bytes per marker byte.
+            let lo = c.saturating_sub(3 * anchor);
+            let hi = (c + 3 * (len - anchor)).min(hay.len());
+            if has_special_lowercase(&hay[lo..hi]) {
+                return Ascii::Lower;
+            }
+        }
+        Ascii::Done
+    }
+
     /// ASCII-case-insensitive counts of the ASCII markers in `hay` (see [`Ascii`]).
     #[inline]
     fn count_ascii(&self, hay: &[u8], out: &mut [u32], any: bool) -> Ascii {
+        let mut next_ok = vec![0usize; self.max_members];
         for pass in &self.passes {
-            let mut next_ok = [0usize; 16];
-            let mut next_ok_vec;
-            let next_ok: &mut [usize] = if pass.members.len() <= 16 {
-                &mut next_ok[..pass.members.len()]
-            } else {
-                next_ok_vec = vec![0usize; pass.members.len()];
-                &mut next_ok_vec
-            };
+            next_ok.fill(0);
             let mut outcome = Ascii::Done;
-            let mut visit = |c: usize| -> bool {
-                let b = hay[c].to_ascii_lowercase();
-                for (k, &(mi, anchor)) in pass.members.iter().enumerate() {
-                    let needle = self.markers[mi].folded.as_bytes();
-                    if needle[anchor] != b {
-                        continue;
-                    }
-                    let len = needle.len();
-                    if c >= anchor && c - anchor >= next_ok[k] && c - anchor + len <= hay.len() {
-                        let s = c - anchor;
-                        if hay[s..s + len].eq_ignore_ascii_case(needle) {
-                            out[mi] += 1;
-                            next_ok[k] = s + len;
-                            if any {
-                                outcome = Ascii::Found;
-                                return false;
-                            }
-                            continue;
-                        }
-                    }
-                    // In the lowered row an İ (2 bytes) or Kelvin sign (3 bytes) becomes one
-                    // ASCII letter, so a match through this anchor spans at most 3 raw bytes
-                    // per marker byte.
-                    let lo = c.saturating_sub(3 * anchor);
-                    let hi = (c + 3 * (len - anchor)).min(hay.len());
-                    if has_special_lowercase(&hay[lo..hi]) {
-                        outcome = Ascii::Lower;
-                        return false;
-                    }
-                }
-                true
+            let mut step = |c: usize| -> bool {
+                outcome = self.visit(pass, hay, c, &mut next_ok, out, any);
+                outcome == Ascii::Done
             };
             match pass.bytes[..] {
-                [a] => memchr::memchr_iter(a, hay).all(&mut visit),
-                [a, b] => memchr::memchr2_iter(a, b, hay).all(&mut visit),
-                [a, b, c] => memchr::memchr3_iter(a, b, c, hay).all(&mut visit),
+                [a] => memchr::memchr_iter(a, hay).all(&mut step),
+                [a, b] => memchr::memchr2_iter(a, b, hay).all(&mut step),
+                [a, b, c] => memchr::memchr3_iter(a, b, c, hay).all(&mut step),
                 _ => unreachable!("a pass has 1 to 3 bytes"),
             };
             if outcome != Ascii::Done {
@@ -261,6 +263,83 @@ impl Matcher {
             }
         }
         Ascii::Done
+    }
+
+    /// Counts for rows `0..n` whose bytes are `values[off(r)..off(r + 1)]`, contiguous and in
+    /// order (string and large_string arrays): each anchor pass runs once over the whole
+    /// range, so short rows cost no per-row search set-up. Only for case-insensitive
+    /// matchers whose markers all lower to ASCII.
+    fn count_contiguous(
+        &self,
+        values: &[u8],
+        off: &dyn Fn(usize) -> usize,
+        valid: &dyn Fn(usize) -> bool,
+        n: usize,
+        out: &mut [u32],
+        any: bool,
+    ) {
+        const NORMAL: u8 = 0;
+        const DONE: u8 = 1;
+        const LOWER: u8 = 2;
+        let m = self.markers.len();
+        let mut state = vec![NORMAL; n];
+        for (r, st) in state.iter_mut().enumerate() {
+            if !valid(r) {
+                *st = DONE;
+            } else if self.check_rows && has_special_lowercase(&values[off(r)..off(r + 1)]) {
+                *st = LOWER;
+            }
+        }
+        let base = off(0);
+        let region = &values[base..off(n)];
+        let mut next_ok = vec![0usize; self.max_members];
+        for pass in &self.passes {
+            let mut r = 0usize;
+            let mut row_start = 0usize;
+            let mut row_end = off(1) - base;
+            next_ok.fill(0);
+            let mut step = |p: usize| -> bool {
+                if p >= row_end {
+                    while p >= row_end {
+                        r += 1;
+                        row_end = off(r + 1) - base;
+                    }
+                    row_start = off(r) - base;
+                    next_ok.fill(0);
+                }
+                if state[r] != NORMAL {
+                    return true;
+                }
+                let hay = &region[row_start..row_end];
+                match self.visit(pass, hay, p - row_start, &mut next_ok, &mut out[r * m..(r + 1) * m], any) {
+                    Ascii::Done => {}
+                    Ascii::Found => state[r] = DONE,
+                    Ascii::Lower => state[r] = LOWER,
+                }
+                true
+            };
+            match pass.bytes[..] {
+                [a] => memchr::memchr_iter(a, region).for_each(|p| {
+                    step(p);
+                }),
+                [a, b] => memchr::memchr2_iter(a, b, region).for_each(|p| {
+                    step(p);
+                }),
+                [a, b, c] => memchr::memchr3_iter(a, b, c, region).for_each(|p| {
+                    step(p);
+                }),
+                _ => unreachable!("a pass has 1 to 3 bytes"),
+            }
+        }
+        for r in 0..n {
+            if state[r] == LOWER {
+                // SAFETY of from_utf8: Arrow string data is UTF-8; checked anyway, rows that
+                // are not keep their byte-wise counts.
+                if let Ok(row) = std::str::from_utf8(&values[off(r)..off(r + 1)]) {
+                    self.count_lowered(row, &mut out[r * m..(r + 1) * m], any);
+                }
+            }
+        }
     }
 
     fn count_lowered(&self, row: &str, out: &mut [u32], any: bool) {
@@ -398,9 +477,27 @@ fn scan(
     crate::parallel::run(|| {
         tasks.into_par_iter().for_each(|(ci, start, buf)| {
             let v = &views[ci];
-            for (k, o) in buf.chunks_exact_mut(m).enumerate() {
-                if let Some(row) = v.get(start + k) {
-                    matcher.count_row(row, o, any);
+            let n = buf.len() / m;
+            let streaming = matcher.case_insensitive && matcher.unicode.is_empty();
+            match v {
+                Strings::Utf8(a) if streaming => {
+                    let offs = a.value_offsets();
+                    let off = |r: usize| offs[start + r] as usize;
+                    let valid = |r: usize| a.is_valid(start + r);
+                    matcher.count_contiguous(a.value_data(), &off, &valid, n, buf, any);
+                }
+                Strings::LargeUtf8(a) if streaming => {
+                    let offs = a.value_offsets();
+                    let off = |r: usize| offs[start + r] as usize;
+                    let valid = |r: usize| a.is_valid(start + r);
+                    matcher.count_contiguous(a.value_data(), &off, &valid, n, buf, any);
+                }
+                _ => {
+                    for (k, o) in buf.chunks_exact_mut(m).enumerate() {
+                        if let Some(row) = v.get(start + k) {
+                            matcher.count_row(row, o, any);
+                        }
+                    }
                 }
             }
         })

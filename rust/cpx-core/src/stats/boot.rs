@@ -10,6 +10,9 @@ use crate::error::{CoreError, Result};
 use crate::rng::Rng;
 use crate::special::{ndtr, ndtri};
 
+/// Largest number of bootstrap resamples (their statistics are kept: 8 bytes each).
+pub const MAX_RESAMPLES: u64 = 100_000_000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootStatistic {
     Mean,
@@ -178,8 +181,11 @@ pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) 
             opts.confidence_level
         )));
     }
-    if opts.n_resamples < 2 {
-        return Err(CoreError::input("n_resamples must be at least 2"));
+    if opts.n_resamples < 2 || opts.n_resamples > MAX_RESAMPLES {
+        return Err(CoreError::input(format!(
+            "n_resamples must be between 2 and {MAX_RESAMPLES} (the distribution is kept in memory), got {}",
+            opts.n_resamples
+        )));
     }
     check_values(data, opts.statistic)?;
     if matches!(opts.statistic, BootStatistic::Std | BootStatistic::Var) && n < 2 {
