@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -105,8 +106,8 @@ def brute_spearman_p(x: np.ndarray, y: np.ndarray, alt: str) -> float:
     perms = np.array(list(itertools.permutations(range(len(y)))))
     null = _rank_corr(np.broadcast_to(x, perms.shape), y[perms])
     tol = 1e-9
-    ge = np.mean(null >= r0 - tol)
-    le = np.mean(null <= r0 + tol)
+    ge = float(np.mean(null >= r0 - tol))
+    le = float(np.mean(null <= r0 + tol))
     return {"greater": ge, "less": le, "two-sided": min(1.0, 2 * min(ge, le))}[alt]
 
 
@@ -215,7 +216,11 @@ def test_bca_interval_matches_scipy_formula(n: int, seed: int, statistic: str) -
     rng = np.random.default_rng(seed)
     data = rng.exponential(size=n)
     r = stats.bootstrap_ci(data, statistic=statistic, method="bca", n_resamples=999, seed=seed)  # type: ignore[arg-type]
-    f = {"mean": np.mean, "median": np.median, "std": lambda v: np.std(v, ddof=1)}[statistic]
+    f: Callable[[np.ndarray], float] = {
+        "mean": np.mean,
+        "median": np.median,
+        "std": lambda v: np.std(v, ddof=1),
+    }[statistic]  # type: ignore[assignment]
     theta = f(data)
     assert r.statistic == pytest.approx(theta, abs=1e-12)
     jack = np.array([f(np.delete(data, i)) for i in range(n)])
@@ -323,3 +328,44 @@ def test_p_adjust_matches_definitions(p: list[float]) -> None:
         running = max(running, (m - rank) * pv[i])
         holm[i] = min(running, 1.0)
     assert np.allclose(stats.p_adjust(pv, "holm"), holm, atol=1e-15, rtol=0)
+
+
+def test_mean_diff_within_and_clusters_and_sign_flip_clusters_brute_force() -> None:
+    rng = np.random.default_rng(8)
+    # within: labels permuted only inside each stratum (x then y carry the stratum labels)
+    x = rng.integers(0, 9, size=5).astype(float)
+    y = rng.integers(0, 9, size=4).astype(float)
+    strata = np.array([0, 0, 1, 1, 1, 0, 0, 1, 1])  # for x (5) then y (4)
+    v = np.r_[x, y]
+    lab = np.r_[np.ones(5, bool), np.zeros(4, bool)]
+    obs = x.mean() - y.mean()
+    null = []
+    s0, s1 = np.flatnonzero(strata == 0), np.flatnonzero(strata == 1)
+    k0, k1 = int(lab[s0].sum()), int(lab[s1].sum())
+    for c0 in itertools.combinations(s0, k0):
+        for c1 in itertools.combinations(s1, k1):
+            m = np.zeros(9, bool)
+            m[list(c0 + c1)] = True
+            null.append(v[m].mean() - v[~m].mean())
+    got = stats.permutation_test(x, y, statistic="mean_diff", scheme="within", groups=strata, alternative="greater")
+    assert got.exact and got.n_permutations == len(null)
+    assert got.pvalue == np.mean(np.array(null) >= obs - 1e-12)
+    # clusters: whole clusters move between x and y
+    cl = np.array([0, 0, 1, 1, 1, 2, 2, 3, 4])  # clusters 0,1 in x; 2,3,4 in y
+    nullc = []
+    for cx in itertools.combinations(range(5), 2):
+        m = np.isin(cl, cx)
+        nullc.append(v[m].mean() - v[~m].mean())
+    got = stats.permutation_test(x, y, statistic="mean_diff", scheme="clusters", groups=cl, alternative="less")
+    assert got.exact and got.n_permutations == 10
+    assert got.pvalue == np.mean(np.array(nullc) <= obs + 1e-12)
+    # sign flips of whole clusters
+    d = rng.normal(size=7)
+    g = np.array([0, 0, 1, 2, 2, 2, 3])
+    sums = np.array([d[g == j].sum() for j in range(4)])
+    nulls = [float((np.array(s) * sums).sum() / 7) for s in itertools.product([1, -1], repeat=4)]
+    got = stats.permutation_test(d, statistic="mean", scheme="clusters", groups=g)
+    assert got.exact and got.n_permutations == 16
+    ge = np.mean(np.array(nulls) >= d.mean() - 1e-12)
+    le = np.mean(np.array(nulls) <= d.mean() + 1e-12)
+    assert got.pvalue == pytest.approx(min(1.0, 2 * min(ge, le)), abs=1e-15)

@@ -6,8 +6,6 @@ become NaN); label arguments are int64 buffers of codes. Errors are `cpx.errors`
 
 from typing import Any, final
 
-from typing_extensions import Buffer
-
 __all__ = [
     "__build__",
     "__version__",
@@ -67,7 +65,7 @@ def pearson(
 def permutation_test(
     x: Any,
     y: Any | None = None,
-    groups: Buffer | None = None,
+    groups: Any | None = None,
     statistic: str = "spearman",
     scheme: str | None = None,
     alternative: str = "two-sided",
@@ -79,7 +77,7 @@ def permutation_test(
 
 def bootstrap_ci(
     data: Any,
-    clusters: Buffer | None = None,
+    clusters: Any | None = None,
     statistic: str = "mean",
     method: str = "bca",
     confidence_level: float = 0.95,
@@ -91,8 +89,8 @@ def bootstrap_ci(
 
 def grouped_bootstrap(
     values: Any,
-    groups: Buffer,
-    clusters: Buffer | None = None,
+    groups: Any,
+    clusters: Any | None = None,
     statistic: str = "mean",
     method: str = "bca",
     confidence_level: float = 0.95,
@@ -106,7 +104,7 @@ def group_seed(seed: int, k: int) -> int:
     """The seed `grouped_bootstrap` uses for its `k`-th group."""
 
 def icc1(
-    values: Any, groups: Buffer, average: bool = False
+    values: Any, groups: Any, average: bool = False
 ) -> tuple[float, float, float, float, float, float, float, float, int, int]:
     """(statistic, pvalue, f, df1, df2, msb, msw, k, n, n_groups)."""
 

@@ -393,7 +393,7 @@ def grouped_bootstrap(
     )
     out: dict[str, Any] = {c: keys.column(c) for c in by}
     names = ["_g", "estimate", "low", "high", "standard_error", "n", "n_clusters", "degenerate"]
-    cols_out = list(zip(*rows_out)) if rows_out else [[] for _ in names]
+    cols_out: list[Sequence[Any]] = [list(c) for c in zip(*rows_out)] if rows_out else [[] for _ in names]
     res = dict(zip(names, cols_out))
     out["n"] = pa.array(res["n"], pa.int64())
     out["n_clusters"] = pa.array(res["n_clusters"], pa.int64())

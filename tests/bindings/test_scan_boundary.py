@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -14,7 +16,7 @@ TEXTS = ["a [ZLT] b [zlt]", None, "nothing", "[Zlt][ZLT]", "", "İ [zLt]"]
 MARKERS = ["[ZLT]", "b"]
 
 
-def reference(texts: list[str | None], markers: list[str], ci: bool = True) -> dict[str, list[int | None]]:
+def reference(texts: Sequence[str | None], markers: list[str], ci: bool = True) -> dict[str, list[int | None]]:
     out: dict[str, list[int | None]] = {}
     for m in markers:
         out[m] = [
