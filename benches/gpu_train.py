@@ -14,6 +14,8 @@ Variants (each runs `--warmup` untimed steps, then `--steps` timed steps):
 - `cpx packed +gc` / `cpx packed`: `cpx.stages._training.train_lora`, the train stage's own
   loop: the 4 examples packed into one row with no padding (position ids restart per example),
   the output head only on labelled positions, with and without gradient checkpointing;
+- `cpx stage, gc asked`: the stage as a spec asking for checkpointing runs it: a memory probe
+  on the longest micro-batch drops checkpointing when it fits (the probe's step is timed);
 - `cpx packed +liger`: the same with liger-kernel's fused RMSNorm/SwiGLU/RoPE, if importable.
 
 Then the model pool's adapter switch on the same model (`chain_switch`): merge time of one
@@ -236,7 +238,7 @@ def run_reference(model, exs, args, pad_to: int | None) -> Clock:
     return clock
 
 
-def run_cpx(model, exs, args, grad_ckpt: bool) -> Clock:
+def run_cpx(model, exs, args, grad_ckpt: bool, probe: bool = False) -> Clock:
     """The train stage's own loop (`train_lora`), timed through its per-step callback."""
     from cpx.stages._training import train_lora
 
@@ -247,7 +249,7 @@ def run_cpx(model, exs, args, grad_ckpt: bool) -> Clock:
     clock(0)
     with tempfile.TemporaryDirectory() as tmp:
         train_lora(model, exs[: (args.warmup + args.steps) * BATCH], lora=LORA, optim=optim, checkpoints=[],
-                   out_dir=Path(tmp), seed=0, device=args.device, on_step=clock)
+                   out_dir=Path(tmp), seed=0, device=args.device, on_step=clock, probe_memory=probe)
     return clock
 
 
@@ -351,6 +353,8 @@ def main() -> int:
         ("pad-longest", lambda: run_reference(model, exs, args, None), -1),
         ("cpx packed +gc", lambda: run_cpx(model, exs, args, True), None),
         ("cpx packed", lambda: run_cpx(model, exs, args, False), None),
+        # What the train stage does when a spec asks for checkpointing: probe, drop it if it fits.
+        ("cpx stage, gc asked", lambda: run_cpx(model, exs, args, True, probe=True), None),
     ]
     try:
         from liger_kernel.transformers import apply_liger_kernel_to_qwen2

@@ -358,3 +358,34 @@ def test_smaller_micro_batches_after_oom_train_the_same(tiny_model, tmp_path):
     last = max(sa)
     for k in sa[last]:
         torch.testing.assert_close(sa[last][k], sb[last][k], atol=1e-5, rtol=1e-4)
+
+
+def test_checkpointing_changes_nothing_but_memory(tiny_model, tmp_path):
+    model, tok = tiny_model
+    model = copy.deepcopy(model)
+    exs = [encode_example(tok, SYSTEM, USER, "Answer " * (i + 2)) for i in range(6)]
+    finals = []
+    for gc in (False, True):
+        states = {}
+
+        def on_step(step, peft_model, states=states):
+            states[step] = {k: v.detach().clone() for k, v in peft_model.named_parameters() if "lora_" in k}
+
+        train_lora(model, exs, lora=LORA, optim={**OPTIM, "gradient_checkpointing": gc}, checkpoints=[1.0],
+                   out_dir=tmp_path / str(gc), seed=2, on_step=on_step)
+        finals.append(states[max(states)])
+    for k in finals[0]:
+        torch.testing.assert_close(finals[0][k], finals[1][k], atol=1e-6, rtol=1e-5)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def test_a_failed_memory_probe_keeps_checkpointing_and_leaves_no_gradients(tiny_model):
+    from cpx.stages._training import _fits_without_checkpointing, _wrap
+
+    model, tok = tiny_model
+    peft_model = _wrap(copy.deepcopy(model), LORA)
+    exs = [encode_example(tok, SYSTEM, USER, "Answer.")]
+    # No CUDA here: the probe cannot measure, so it must say no, not raise.
+    fits, note = _fits_without_checkpointing(peft_model, exs, "cpu", None)
+    assert not fits and "memory probe failed" in note
+    assert all(p.grad is None for p in peft_model.parameters())
