@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from _exec_runners import ledger_lines
-from conftest import HERE, SRC, cpx_env, manifests
+from _exec_helpers import HERE, SRC, cpx_env, manifests
 
 from cpx.execute import RESULT_TABLES
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from _exec_runners import ledger_lines, make_plan, resolve
-from conftest import manifests
+from _exec_helpers import manifests
 
 from cpx.execute import RESULT_TABLES, RunLock, RunLocked, Store, execute, run_status
 from cpx.plan import Plan

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 from _exec_runners import ledger_lines, make_plan
-from conftest import cpx_popen, cpx_run, manifests
+from _exec_helpers import cpx_popen, cpx_run, manifests
 
 
 def slow_plan() -> list[dict]:

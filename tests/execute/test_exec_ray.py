@@ -7,7 +7,7 @@ import os
 import pyarrow.parquet as pq
 import pytest
 from _exec_runners import make_plan
-from conftest import HERE, SRC, manifests
+from _exec_helpers import HERE, SRC, manifests
 from test_exec_engine import diamond
 
 from cpx.execute import execute
