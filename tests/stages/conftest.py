@@ -37,3 +37,13 @@ def pool(run_dir):
     from cpx.models import ModelPool
 
     return ModelPool("cpu", run_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model64(tiny_model):
+    """The tiny model in float64: for comparisons across batch shapes, where float32 rounding
+    of the logits can move a sampled token across a CDF boundary. Do not modify."""
+    import copy
+
+    model, tok = tiny_model
+    return copy.deepcopy(model).double(), tok

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -71,8 +73,8 @@ def test_stops_at_end_of_turn(tiny_model):
     assert c.text == tok.decode(free[:first], skip_special_tokens=True)
 
 
-def test_seeded_and_independent_of_batch_size(tiny_model):
-    model, tok = tiny_model
+def test_seeded_and_independent_of_batch_size(tiny_model64):
+    model, tok = tiny_model64
     sp = _sampler(top_p=0.9, max_tokens=20)
     a = sample_completions(model, tok, REQUESTS, sp, batch_size=3)
     b = sample_completions(model, tok, REQUESTS, sp, batch_size=64)
@@ -181,3 +183,36 @@ def test_bad_request_count(tiny_model):
     model, tok = tiny_model
     with pytest.raises(SamplerError, match="request 1: n"):
         sample_completions(model, tok, [REQUESTS[0], Request(None, "x", -1)], _sampler())
+
+
+def test_rows_that_end_early_leave_the_others_unchanged(tiny_model64, caplog):
+    """With a frequent token made an end-of-turn id, most rows stop early and the batch is
+    compacted; every completion is then its unconstrained twin cut at the first stop token,
+    at any batch size (the random stream belongs to the row, not to the batch)."""
+    model, tok = tiny_model64
+    reqs = [Request(PERSONAS[p], QUESTIONS[q], 6) for p in ("villain", "teacher") for q in ("q0", "q1")]
+    sp = _sampler(max_tokens=32)
+    free = sample_token_ids(model, tok, reqs, sp, batch_size=64)
+    counts = np.bincount([t for toks in free.values() for t in toks[:12]])
+    stops = {tok.eos_token_id, *(int(t) for t in np.argsort(counts)[-3:])}
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = sorted(stops)
+    log = logging.getLogger("test.sampling")
+    try:
+        with caplog.at_level(logging.DEBUG, logger="test.sampling"):
+            big = sample_completions(model, tok, reqs, sp, batch_size=64, log=log)
+        small = sample_completions(model, tok, reqs, sp, batch_size=5)
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert big == small
+    assert any("batch compacted" in r.getMessage() for r in caplog.records)
+    assert sum(c.finish_reason == "stop" for c in big) >= len(big) // 2
+    for c in big:
+        toks = free[(c.request_index, c.sample_index)]
+        cut = next((k for k, t in enumerate(toks) if t in stops), None)
+        if cut is None:
+            assert (c.finish_reason, c.n_tokens) == ("length", 32)
+            assert c.text == tok.decode(toks, skip_special_tokens=True)
+        else:
+            assert (c.finish_reason, c.n_tokens) == ("stop", cut + 1)
+            assert c.text == tok.decode(toks[:cut], skip_special_tokens=True)

@@ -12,7 +12,9 @@ model's forward:
   (grouped-query attention packed into the query axis);
 - sampling (temperature, top_p) happens on the device from a counter-based random stream keyed
   by (seed, request, sample, step), so a completion does not depend on the batch it lands in:
-  the same requests give the same completions at any batch size, after an out-of-memory retry too;
+  the same requests give the same completions at any batch size, after an out-of-memory retry
+  too (up to floating point: a different batch shape can round the logits differently, and a
+  draw whose uniform falls within that rounding of a CDF boundary then picks the neighbour);
 - rows stop at the end-of-turn token; finished rows are dropped from the batch (the cache is
   compacted) once enough of them have finished.
 
@@ -145,7 +147,8 @@ def sample_tokens(logits, temperature: float, top_p: float, u):
     if temperature == 0:
         return logits.argmax(dim=-1)
     # In place on tensors made here: at batch 1,000 and a 152k vocabulary each copy is 600 MB.
-    scaled = logits.float() / temperature if temperature != 1.0 else logits.float()
+    work = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    scaled = work / temperature if temperature != 1.0 else work
     if top_p < 1.0:
         sorted_logits, order = torch.sort(scaled, dim=-1, descending=False)
         del scaled
@@ -442,7 +445,7 @@ def sample_token_ids(
             try:
                 out = _decode_batch(
                     model, ids, chunk, keys[start : start + batch_size], sp, stops, pad,
-                    device=device, ignore_eos=ignore_eos,
+                    device=device, ignore_eos=ignore_eos, log=log,
                 )
             except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
                 if not (str(device).startswith("cuda") and _is_oom(e)) or batch_size == 1:
@@ -475,7 +478,7 @@ def _n_generated(tokens: list[int], stops: set[int], ignore_eos: bool) -> int:
     return len(tokens)
 
 
-def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos) -> list[list[int]]:
+def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos, log) -> list[list[int]]:
     """Decode one batch of rows; returns each row's generated tokens (up to max_tokens)."""
     import torch
 
@@ -540,6 +543,7 @@ def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos
                     break
                 if n_done >= _COMPACT_FRACTION * finished.shape[0]:
                     keep = (~finished).nonzero().squeeze(-1)
+                    log.debug("step %d: %d of %d rows finished, batch compacted", t + 1, n_done, len(finished))
                     cache.keep(keep)
                     bias, next_pos, key_t = bias[keep], next_pos[keep], key_t[keep]
                     live, nxt, finished = live[keep], nxt[keep], finished[keep]
