@@ -163,7 +163,7 @@ class Scheduler:
         while True:
             if not stop:
                 free = [i for i in range(len(self.backend.slots)) if i not in running]
-                cands = ready()
+                cands = ready() if free else []
                 for slot in free:
                     kinds = getattr(self.backend.slots[slot], "kinds", None)
                     mine = [c for c in cands if kinds is None or self.by_id[c].kind in kinds]
@@ -225,11 +225,12 @@ class Scheduler:
                     attempts[sid] -= 1
                     self.store.event("oom_retry", stage, batch_limit=oom_limits[sid])
                     self.display.note(f"{sid}: out of memory; retrying with batch size at most {oom_limits[sid]}")
-                    waiting.insert(0, sid)
+                    waiting.append(sid)
+                    waiting.sort(key=order.__getitem__)
                     continue
                 if attempts[sid] <= self.retry:
                     self.display.note(f"{sid} failed ({res['error']}); retry {attempts[sid]} of {self.retry}")
-                    waiting.insert(0, sid)
+                    waiting.append(sid)
                     waiting.sort(key=order.__getitem__)
                     continue
                 dead.add(sid)
