@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import multiprocessing as mp
 import os
@@ -87,4 +88,6 @@ def worker_main(
         stage_id = task["stage"]["id"]
         events.put(("started", slot, stage_id))
         result = run_task(task, resolver=resolver, models=models, device=device, progress=progress)
+        if "torch" in sys.modules:
+            gc.collect()  # tensors of the finished stage caught in cycles: free them before the next
         events.put(("result", slot, stage_id, result))
