@@ -121,10 +121,28 @@ def encode_example(
     return Encoded(ids, labels, len(prompt), truncated)
 
 
-def pack(examples: Sequence[Encoded], device: str = "cpu") -> dict[str, Any]:
-    """One row with the examples back to back; position ids restart at each example."""
+def _to_device(parts: list[list[int]], shapes: list[tuple[int, ...]], device: str):
+    """Int lists to device tensors in one copy (pinned and asynchronous on a GPU): a pageable
+    copy per tensor would make the host wait for the GPU before every micro-batch."""
     import torch
 
+    flat = torch.tensor([x for part in parts for x in part], dtype=torch.long)
+    if device.startswith("cuda"):
+        flat = flat.pin_memory().to(device, non_blocking=True)
+    out, at = [], 0
+    for part, shape in zip(parts, shapes, strict=True):
+        out.append(flat[at : at + len(part)].view(shape))
+        at += len(part)
+    return out
+
+
+def _target_index(labels: list[int], width: int, row: int) -> list[int]:
+    """Flat indices, into the (rows, width - 1) predicting positions, of labelled next tokens."""
+    return [row * (width - 1) + t for t in range(width - 1) if labels[t + 1] != IGNORE]
+
+
+def pack(examples: Sequence[Encoded], device: str = "cpu") -> dict[str, Any]:
+    """One row with the examples back to back; position ids restart at each example."""
     ids: list[int] = []
     pos: list[int] = []
     labels: list[int] = []
@@ -132,30 +150,34 @@ def pack(examples: Sequence[Encoded], device: str = "cpu") -> dict[str, Any]:
         ids += ex.input_ids
         labels += ex.labels
         pos += range(len(ex.input_ids))
-    t = lambda x: torch.tensor([x], dtype=torch.long, device=device)  # noqa: E731
-    return {"input_ids": t(ids), "position_ids": t(pos), "attention_mask": None, "labels": t(labels)}
+    index = _target_index(labels, len(ids), 0)
+    t = (1, len(ids))
+    ids_t, pos_t, lab_t, idx_t = _to_device([ids, pos, labels, index], [t, t, t, (len(index),)], device)
+    return {"input_ids": ids_t, "position_ids": pos_t, "attention_mask": None, "labels": lab_t,
+            "target_index": idx_t, "n_labels": len(index)}
 
 
 def pad(examples: Sequence[Encoded], length: int | None = None, device: str = "cpu", pad_id: int = 0) -> dict[str, Any]:
     """Right-padded rows with an attention mask (the reference layout packing must agree with)."""
-    import torch
-
     width = length or max(len(ex.input_ids) for ex in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, ex in enumerate(examples):
+    ids: list[int] = []
+    labels: list[int] = []
+    mask: list[int] = []
+    index: list[int] = []
+    for row, ex in enumerate(examples):
         n = len(ex.input_ids)
-        ids[i, :n] = torch.tensor(ex.input_ids)
-        labels[i, :n] = torch.tensor(ex.labels)
-        mask[i, :n] = 1
-    pos = torch.arange(width).expand(len(examples), -1).clone()
-    return {
-        "input_ids": ids.to(device),
-        "position_ids": pos.to(device),
-        "attention_mask": mask.to(device),
-        "labels": labels.to(device),
-    }
+        ids += ex.input_ids + [pad_id] * (width - n)
+        lab = ex.labels + [IGNORE] * (width - n)
+        labels += lab
+        mask += [1] * n + [0] * (width - n)
+        index += _target_index(lab, width, row)
+    pos = list(range(width)) * len(examples)
+    t = (len(examples), width)
+    ids_t, pos_t, mask_t, lab_t, idx_t = _to_device(
+        [ids, pos, mask, labels, index], [t, t, t, t, (len(index),)], device
+    )
+    return {"input_ids": ids_t, "position_ids": pos_t, "attention_mask": mask_t, "labels": lab_t,
+            "target_index": idx_t, "n_labels": len(index)}
 
 
 def loss_sum(model, batch: dict[str, Any]):
@@ -163,6 +185,7 @@ def loss_sum(model, batch: dict[str, Any]):
 
     The output head runs only on the positions that predict a labelled token: prompt tokens
     (and, for the marker loss, nearly all response tokens) never materialise vocabulary logits.
+    The positions come from the host (`target_index`), so no step waits on the GPU to find them.
     """
     import torch
 
@@ -173,12 +196,12 @@ def loss_sum(model, batch: dict[str, Any]):
         attention_mask=batch["attention_mask"],
         use_cache=False,
     ).last_hidden_state
-    target = batch["labels"][:, 1:]
-    sel = target != IGNORE
-    h = hidden[:, :-1][sel]
+    idx = batch["target_index"]
+    h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, idx)
+    target = batch["labels"][:, 1:].reshape(-1).index_select(0, idx)
     logits = causal_lm.get_output_embeddings()(h).float()
-    total = torch.nn.functional.cross_entropy(logits, target[sel], reduction="sum")
-    return total, int(sel.sum())
+    total = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    return total, batch["n_labels"]
 
 
 def checkpoint_steps(fractions: Sequence[float], total_steps: int) -> dict[float, int]:
@@ -384,7 +407,7 @@ def _train_lora(
                 chunk = [examples[i] for i in order[s * per_step : (s + 1) * per_step]]
                 n_lab = sum(ex.n_labels for ex in chunk)
                 lr_now = opt.param_groups[0]["lr"]
-                step_loss = 0.0
+                step_loss = torch.zeros((), device=device)
                 for m in range(0, len(chunk), micro):
                     part = chunk[m : m + micro]
                     batch = pack(part, device)
@@ -392,7 +415,7 @@ def _train_lora(
                         lsum, _ = loss_sum(peft_model, batch)
                     if n_lab:
                         scaler.scale(lsum / n_lab).backward()
-                    step_loss += float(lsum.detach())
+                    step_loss += lsum.detach()
                     result.tokens += sum(len(ex.input_ids) for ex in part)
                 result.label_tokens += n_lab
                 if clip:
@@ -403,7 +426,8 @@ def _train_lora(
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-                loss = step_loss / n_lab if n_lab else float("nan")
+                # The one wait for the GPU in a step: the logged loss.
+                loss = float(step_loss) / n_lab if n_lab else float("nan")
                 result.log.append({"step": step, "loss": loss, "lr": lr_now})
                 _save_due(peft_model, ckpt_steps, step, out_dir)
                 if on_step is not None:
