@@ -304,7 +304,15 @@ def test_icc_matches_anova_by_hand(sizes: list[int], seed: int) -> None:
     r = stats.icc1(values, groups)
     assert r.statistic == pytest.approx((msb - msw) / (msb + (k - 1) * msw), abs=1e-12)
     assert r.pvalue == pytest.approx(ss.f.sf(msb / msw, g - 1, N - g), abs=1e-12)
-    assert stats.icc1k(values, [f"q{j}" for j in groups]).statistic == pytest.approx((msb - msw) / msb, abs=1e-12)
+    rk = stats.icc1k(values, [f"q{j}" for j in groups])
+    assert rk.statistic == pytest.approx((msb - msw) / msb, abs=1e-12)
+    # Shrout & Fleiss intervals from scipy's F quantiles
+    f = msb / msw
+    f_lo = f / ss.f.ppf(0.975, g - 1, N - g)
+    f_hi = f * ss.f.ppf(0.975, N - g, g - 1)
+    assert r.low == pytest.approx((f_lo - 1) / (f_lo + k - 1), abs=1e-9)
+    assert r.high == pytest.approx((f_hi - 1) / (f_hi + k - 1), abs=1e-9)
+    assert rk.low == pytest.approx(1 - 1 / f_lo, abs=1e-9) and rk.high == pytest.approx(1 - 1 / f_hi, abs=1e-9)
 
 
 def test_design_effect_and_effective_n() -> None:

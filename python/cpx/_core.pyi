@@ -104,9 +104,9 @@ def group_seed(seed: int, k: int) -> int:
     """The seed `grouped_bootstrap` uses for its `k`-th group."""
 
 def icc1(
-    values: Any, groups: Any, average: bool = False
-) -> tuple[float, float, float, float, float, float, float, float, int, int]:
-    """(statistic, pvalue, f, df1, df2, msb, msw, k, n, n_groups)."""
+    values: Any, groups: Any, average: bool = False, confidence_level: float = 0.95
+) -> tuple[float, float, float, float, float, float, float, float, int, int, float, float]:
+    """(statistic, pvalue, f, df1, df2, msb, msw, k, n, n_groups, low, high)."""
 
 def design_effect(cluster_size: float, icc: float) -> float:
     """Kish's design effect `1 + (m - 1) * icc`."""

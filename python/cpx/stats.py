@@ -112,7 +112,8 @@ class BootstrapResult:
 
 @dataclass(frozen=True)
 class ICCResult:
-    """One-way random-effects ICC with its ANOVA F test (H0: ICC = 0, against ICC > 0).
+    """One-way random-effects ICC with its ANOVA F test (H0: ICC = 0, against ICC > 0) and
+    an F-based confidence interval `[low, high]` (Shrout & Fleiss 1979).
 
     `k` is the group size used (the mean size when balanced; Donner's adjusted size
     `(N - sum(n_g^2) / N) / (g - 1)` otherwise).
@@ -128,6 +129,8 @@ class ICCResult:
     k: float
     n: int
     n_groups: int
+    low: float
+    high: float
 
 
 def _is_arrow(x: Any) -> bool:
@@ -415,21 +418,21 @@ def _unview(t: pa.Table, columns: Sequence[str]) -> pa.Table:
     return t
 
 
-def _icc(values: Any, groups: Any, average: bool) -> ICCResult:
+def _icc(values: Any, groups: Any, average: bool, confidence_level: float) -> ICCResult:
     v = _numbers(values, "values")
     g = _codes(groups, "groups")
-    return ICCResult(*_core.icc1(v, g, average))
+    return ICCResult(*_core.icc1(v, g, average, confidence_level))
 
 
-def icc1(values: Any, groups: Any) -> ICCResult:
+def icc1(values: Any, groups: Any, *, confidence_level: float = 0.95) -> ICCResult:
     """ICC(1): one-way random effects, single measure — the correlation between two
     observations of the same group, `(MSB - MSW) / (MSB + (k - 1) MSW)`."""
-    return _icc(values, groups, False)
+    return _icc(values, groups, False, confidence_level)
 
 
-def icc1k(values: Any, groups: Any) -> ICCResult:
+def icc1k(values: Any, groups: Any, *, confidence_level: float = 0.95) -> ICCResult:
     """ICC(1,k): one-way random effects, reliability of a group's mean, `(MSB - MSW) / MSB`."""
-    return _icc(values, groups, True)
+    return _icc(values, groups, True, confidence_level)
 
 
 def design_effect(cluster_size: float, icc: float) -> float:

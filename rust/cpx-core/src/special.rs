@@ -221,6 +221,34 @@ pub fn f_sf(f: f64, d1: f64, d2: f64) -> f64 {
     ibeta(0.5 * d2, 0.5 * d1, d2 / den, d1 * f / den)
 }
 
+/// The `q` upper quantile of the F distribution: `f` with `f_sf(f, d1, d2) = q` (bisection
+/// to full double precision; `f_sf` is decreasing in `f`).
+pub fn f_isf(q: f64, d1: f64, d2: f64) -> f64 {
+    if !(q > 0.0 && q < 1.0) || !(d1 > 0.0) || !(d2 > 0.0) {
+        return f64::NAN;
+    }
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while f_sf(hi, d1, d2) > q {
+        lo = hi;
+        hi *= 2.0;
+        if hi > 1e300 {
+            return f64::INFINITY;
+        }
+    }
+    for _ in 0..2000 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if f_sf(mid, d1, d2) > q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +268,8 @@ mod tests {
         assert!((t_sf(2.0, 5.0) - 0.050969739414929174).abs() < 1e-14);
         assert!((t_sf(-1.0, 3.0) - 0.8044988905221148).abs() < 1e-14);
         assert!((f_sf(3.0, 4.0, 20.0) - 0.04320099833421409).abs() < 1e-14);
+        let f = f_isf(0.025, 4.0, 20.0);
+        assert!((f_sf(f, 4.0, 20.0) - 0.025).abs() < 1e-15);
         // Cauchy (df = 1) has a closed form.
         let t: f64 = 1.7;
         assert!((t_sf(t, 1.0) - (0.5 - t.atan() / std::f64::consts::PI)).abs() < 1e-15);

@@ -343,20 +343,21 @@ fn group_seed(seed: u64, k: u64) -> u64 {
     cpx_core::stats::boot::group_seed(seed, k)
 }
 
-/// One-way ICC: (statistic, pvalue, f, df1, df2, msb, msw, k, n, n_groups).
+/// One-way ICC: (statistic, pvalue, f, df1, df2, msb, msw, k, n, n_groups, low, high).
 #[pyfunction]
-#[pyo3(signature = (values, groups, average=false))]
+#[pyo3(signature = (values, groups, average=false, confidence_level=0.95))]
 #[allow(clippy::type_complexity)]
 fn icc1(
     py: Python<'_>,
     values: &Bound<'_, PyAny>,
     groups: &Bound<'_, PyAny>,
     average: bool,
-) -> PyResult<(f64, f64, f64, f64, f64, f64, f64, f64, usize, usize)> {
+    confidence_level: f64,
+) -> PyResult<(f64, f64, f64, f64, f64, f64, f64, f64, usize, usize, f64, f64)> {
     let values = f64_vec(values, "values")?;
     let groups = i64_vec(groups, "groups")?;
-    let r = run(py, || cpx_core::stats::icc::icc1(&values, &groups, average))?;
-    Ok((r.statistic, r.pvalue, r.f, r.df1, r.df2, r.msb, r.msw, r.k, r.n, r.n_groups))
+    let r = run(py, || cpx_core::stats::icc::icc1(&values, &groups, average, confidence_level))?;
+    Ok((r.statistic, r.pvalue, r.f, r.df1, r.df2, r.msb, r.msw, r.k, r.n, r.n_groups, r.low, r.high))
 }
 
 /// Kish's design effect `1 + (m - 1) * icc`.

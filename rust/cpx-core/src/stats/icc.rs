@@ -3,7 +3,7 @@
 
 use super::dense_codes;
 use crate::error::{CoreError, Result};
-use crate::special::f_sf;
+use crate::special::{f_isf, f_sf};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct IccResult {
@@ -20,10 +20,19 @@ pub struct IccResult {
     pub k: f64,
     pub n: usize,
     pub n_groups: usize,
+    /// Confidence interval from the F distribution (Shrout & Fleiss 1979; McGraw & Wong 1996).
+    pub low: f64,
+    pub high: f64,
 }
 
-/// ICC(1) of `values` grouped by `groups` (`average = false`), or ICC(1,k) (`average = true`).
-pub fn icc1(values: &[f64], groups: &[i64], average: bool) -> Result<IccResult> {
+/// ICC(1) of `values` grouped by `groups` (`average = false`), or ICC(1,k) (`average = true`),
+/// with a `confidence_level` interval.
+pub fn icc1(values: &[f64], groups: &[i64], average: bool, confidence_level: f64) -> Result<IccResult> {
+    if !(confidence_level > 0.0 && confidence_level < 1.0) {
+        return Err(CoreError::input(format!(
+            "confidence_level must be between 0 and 1, got {confidence_level}"
+        )));
+    }
     let n = values.len();
     if groups.len() != n {
         return Err(CoreError::length("groups", groups.len(), "values", n));
@@ -61,7 +70,15 @@ pub fn icc1(values: &[f64], groups: &[i64], average: bool) -> Result<IccResult> 
     let k = (nf - sizes.iter().map(|s| s * s).sum::<f64>() / nf) / df1;
     let statistic = if average { (msb - msw) / msb } else { (msb - msw) / (msb + (k - 1.0) * msw) };
     let f = msb / msw;
-    Ok(IccResult { statistic, pvalue: f_sf(f, df1, df2), f, df1, df2, msb, msw, k, n, n_groups: g })
+    let half = (1.0 - confidence_level) / 2.0;
+    let f_lo = f / f_isf(half, df1, df2);
+    let f_hi = f * f_isf(half, df2, df1);
+    let (low, high) = if average {
+        (1.0 - 1.0 / f_lo, 1.0 - 1.0 / f_hi)
+    } else {
+        ((f_lo - 1.0) / (f_lo + k - 1.0), (f_hi - 1.0) / (f_hi + k - 1.0))
+    };
+    Ok(IccResult { statistic, pvalue: f_sf(f, df1, df2), f, df1, df2, msb, msw, k, n, n_groups: g, low, high })
 }
 
 fn check_design(cluster_size: f64, icc: f64) -> Result<()> {
@@ -103,10 +120,10 @@ mod tests {
         // groups (1,2,3), (4,5,6): grand 3.5, MSB = 2*3*2.25/1 = 13.5, MSW = 4/4 = 1
         let v = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let g = [0, 0, 0, 1, 1, 1];
-        let r = icc1(&v, &g, false).unwrap();
+        let r = icc1(&v, &g, false, 0.95).unwrap();
         assert!((r.msb - 13.5).abs() < 1e-12 && (r.msw - 1.0).abs() < 1e-12);
         assert!((r.statistic - 12.5 / 15.5).abs() < 1e-12);
-        let rk = icc1(&v, &g, true).unwrap();
+        let rk = icc1(&v, &g, true, 0.95).unwrap();
         assert!((rk.statistic - 12.5 / 13.5).abs() < 1e-12);
         assert!((design_effect(10.0, 0.1).unwrap() - 1.9).abs() < 1e-15);
         assert!((effective_n(2200.0, 10.0, 0.1).unwrap() - 2200.0 / 1.9).abs() < 1e-9);
