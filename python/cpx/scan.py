@@ -108,9 +108,11 @@ def marker_rates(
         raise InputError(f"column(s) {missing} not in the table (columns: {t.column_names})")
     t = _unview(t, by)
     counts = count_markers(t.column(text), names, case_insensitive=case_insensitive)
-    any_hit = contains_any(t.column(text), names, case_insensitive=case_insensitive)
+    total = counts.column(0)
+    for i in range(1, len(names)):
+        total = pc.add(total, counts.column(i))
     work = {c: t.column(c) for c in by}
-    work["_any"] = pc.cast(any_hit, pa.int64())
+    work["_any"] = pc.cast(pc.greater(total, 0), pa.int64())
     for i, m in enumerate(names):
         col = counts.column(i)
         work[f"_hit{i}"] = pc.cast(pc.greater(col, 0), pa.int64())
