@@ -110,3 +110,15 @@ def test_marker_rates_against_python() -> None:
     assert overall[0]["n"] == sum(t is not None for t in texts)
     with pytest.raises(InputError, match="not in the table"):
         scan.marker_rates(table, ["x"], by=["nope"])
+
+
+@pytest.mark.parametrize("typ", [pa.string(), pa.large_string()])
+def test_null_slots_with_bytes_are_null(typ: pa.DataType) -> None:
+    # a null slot may still span bytes in the values buffer; they must not be counted
+    data = b"[zlt] a[ZLT][zlt]b"
+    width = np.int32 if typ == pa.string() else np.int64
+    offsets = np.array([0, 6, 12, 18], dtype=width)
+    validity = pa.array([True, False, True]).buffers()[1]
+    arr = pa.Array.from_buffers(typ, 3, [validity, pa.py_buffer(offsets.tobytes()), pa.py_buffer(data)])
+    assert scan.count_markers(arr, ["[ZLT]"]).column(0).to_pylist() == [1, None, 1]
+    assert scan.contains_any(arr, ["[ZLT]"]).to_pylist() == [True, None, True]
