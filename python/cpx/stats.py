@@ -181,10 +181,6 @@ def _codes(labels: Any, name: str, n: int | None = None) -> np.ndarray:
     return np.asarray(pc.index_in(a, value_set=uniq).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def _length(x: Any) -> int:
-    return len(x) if not _is_arrow(x) or hasattr(x, "__len__") else len(pa.array(x))
-
-
 def _warn_constant(what: str) -> None:
     warnings.warn(
         f"an input of {what} is constant: the correlation is undefined (statistic and p-value are NaN)",
