@@ -258,6 +258,56 @@ def run_hidden(model, tok, args) -> dict[str, Any]:
     return {"seconds": round(secs, 3), "prompts": len(prompts), "layers": layers, "peak_gib": peak_gib(args.device)}
 
 
+def check_decode(model, tok, args) -> dict[str, Any]:
+    """The engine's logits at every decode step against a plain forward over the whole sequence
+    (transformers' own attention, no cache, one row at a time): catches a cache or attention
+    kernel that computes the wrong thing on this GPU, which random weights would hide."""
+    import torch
+
+    import cpx.stages._sampling as S
+    from cpx.models import render_prompt
+
+    reqs = workload(args)[:: max(1, len(PERSONAS) * len(QUESTIONS) // 4)][:4]
+    reqs = [S.Request(r.system, r.user, 2) for r in reqs]
+    steps = 8
+    seen: list[tuple[Any, Any]] = []
+    original = S.sample_tokens
+
+    def recording(logits, temperature, top_p, u):
+        out = original(logits, temperature, top_p, u)
+        seen.append((logits.float().cpu(), out.cpu()))
+        return out
+
+    S.sample_tokens = recording
+    try:
+        S.sample_token_ids(model, tok, reqs, {"temperature": 1.0, "top_p": 1.0, "max_tokens": steps, "seed": 1},
+                           device=args.device, batch_size=64, ignore_eos=True)
+    finally:
+        S.sample_tokens = original
+    ids = [tok(render_prompt(tok, r.system, r.user), add_special_tokens=False)["input_ids"] for r in reqs]
+    order = sorted(range(len(reqs)), key=lambda i: (-len(ids[i]), i))
+    rows = [i for i in order for _ in range(reqs[i].n)]
+    seqs = [ids[i] + [int(seen[t][1][b]) for t in range(steps)] for b, i in enumerate(rows)]
+    width = max(len(x) for x in seqs)
+    # The noise floor: the same plain forward, batched with left padding, against one row at a time.
+    padded = torch.tensor([[0] * (width - len(x)) + x for x in seqs], device=args.device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in seqs], device=args.device)
+    worst = noise = 0.0
+    with torch.inference_mode():
+        batched = model(input_ids=padded, attention_mask=mask).logits.float().cpu()
+        for b, i in enumerate(rows):
+            ref = model(input_ids=torch.tensor([seqs[b]], device=args.device)).logits[0].float().cpu()
+            for t in range(steps):
+                want = ref[len(ids[i]) - 1 + t]
+                scale = float(want.abs().max())
+                worst = max(worst, float((seen[t][0][b] - want).abs().max()) / scale)
+                other = batched[b, width - len(seqs[b]) + len(ids[i]) - 1 + t]
+                noise = max(noise, float((other - want).abs().max()) / scale)
+    ok = worst <= 3 * noise + 1e-4
+    return {"max_relative_logit_error": float(f"{worst:.3g}"), "noise_floor": float(f"{noise:.3g}"), "ok": ok,
+            "rows": len(rows), "steps": steps}
+
+
 def _logger():
     import logging
 
@@ -306,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     floor = floor_seconds(model, tok, reqs, args)
     record("floor", {"seconds": round(floor, 2), "peak_tflops": args.peak_tflops})
 
-    phases = [("engine", lambda: run_engine(model, tok, reqs, args)),
+    phases = [("decode_check", lambda: check_decode(model, tok, args)),
+              ("engine", lambda: run_engine(model, tok, reqs, args)),
               ("hidden_states", lambda: run_hidden(model, tok, args))]
     if not args.skip_baseline:
         phases.append(("generate", lambda: run_generate(model, tok, reqs, args)))
@@ -335,8 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     h = RESULTS.get("hidden_states", {})
     if "seconds" in h:
         say(f"hidden states: {h['prompts']} prompts x {len(h['layers'])} layers in {h['seconds']:.3f} s")
+    if not RESULTS.get("decode_check", {}).get("ok", False):
+        say("WARNING: the engine's logits disagree with a plain forward (decode_check): timings are not valid")
     save()
-    return 0 if all("error" not in RESULTS.get(n, {}) for n, _ in phases) else 1
+    ok = RESULTS.get("decode_check", {}).get("ok", False)
+    return 0 if ok and all("error" not in RESULTS.get(n, {}) for n, _ in phases) else 1
 
 
 if __name__ == "__main__":
