@@ -373,17 +373,17 @@ def sample_completions(
         progress=progress, ignore_eos=ignore_eos, max_batch_size=max_batch_size,
     )
     stop_set = set(stop_token_ids(model, tokenizer))
-    result = []
+    keys, bodies, meta = [], [], []
     for i, r in enumerate(requests):
         for s in range(r.n):
             toks = tokens[(i, s)]
             n = _n_generated(toks, stop_set, ignore_eos)
-            if not ignore_eos and toks[n - 1] in stop_set:
-                body, reason = toks[: n - 1], "stop"
-            else:
-                body, reason = toks, "length"
-            result.append(Completion(i, s, tokenizer.decode(body, skip_special_tokens=True), n, reason))
-    return result
+            stopped = not ignore_eos and toks[n - 1] in stop_set
+            keys.append((i, s))
+            bodies.append(toks[: n - 1] if stopped else toks)
+            meta.append((n, "stop" if stopped else "length"))
+    texts = tokenizer.batch_decode(bodies, skip_special_tokens=True)
+    return [Completion(i, s, text, n, reason) for (i, s), text, (n, reason) in zip(keys, texts, meta, strict=True)]
 
 
 def sample_token_ids(
