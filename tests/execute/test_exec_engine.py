@@ -241,8 +241,12 @@ def test_stale_temporary_folders_are_removed(tmp_path, ledger):
     store.prepare()
     tmp = store.new_tmp_dir(plan.stages[0])
     (tmp / "half.txt").write_text("partial")
+    half_model = tmp_path / "models" / ".tiny-0123.999.tmp"  # as cpx.models names a build in progress
+    half_model.mkdir(parents=True)
+    built = tmp_path / "models" / "tiny-0123"
+    built.mkdir()
     assert run(tmp_path).ok
-    assert not tmp.exists()
+    assert not tmp.exists() and not half_model.exists() and built.exists()
     assert not list((tmp_path / "stages").glob("*/.tmp-*"))
     assert Plan.load(tmp_path).name == "t"
 

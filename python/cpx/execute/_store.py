@@ -171,6 +171,10 @@ class Store:
                 if d.name.startswith((".tmp-", ".old-")):
                     shutil.rmtree(d, ignore_errors=True)
                     n += 1
+        # Half-built tiny models (cpx.models builds them in `.<name>.<pid>.tmp` and renames).
+        for d in (self.run_dir / "models").glob(".*.tmp"):
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
         return n
 
     def commit(self, stage: Stage, tmp_dir: Path, manifest: dict[str, Any]) -> Path:
