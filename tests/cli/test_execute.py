@@ -97,6 +97,8 @@ def test_bad_arguments_are_clear(tmp_path):
     plan(tmp_path)
     r = cpx("execute", str(tmp_path), "--devices", "gpu0")
     assert r.returncode == 2 and "--devices 'gpu0'" in r.stderr
+    r = cpx("execute", str(tmp_path), "--executor", "ray", "--devices", "0,1")
+    assert r.returncode == 2 and "Ray assigns the GPUs" in r.stderr
     r = cpx("execute", str(tmp_path), "--retry", "-1")
     assert r.returncode == 2 and "--retry" in r.stderr
     assert not (tmp_path / "stages").exists()

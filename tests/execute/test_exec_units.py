@@ -40,8 +40,9 @@ def test_ray_actor_layout():
         ("ray-cpu0", 0.0, CPU_KINDS), ("ray-cpu1", 0.0, CPU_KINDS)]
     assert CPU_KINDS == {"dataset", "scan", "analyze", "report"}
     assert len(plan_slots({"CPU": 8.0, "GPU": 4.0}, "cpu:3")) == 3
-    with pytest.raises(ValueError, match="Ray assigns the GPUs"):
-        plan_slots({"GPU": 2.0}, "0,1")
+    for bad in ("0,1", "cpu:0", "gpu"):
+        with pytest.raises(DeviceError, match="Ray assigns the GPUs"):
+            plan_slots({"GPU": 2.0}, bad)
 
 
 def test_stage_seed_sources():

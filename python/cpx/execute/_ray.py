@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cpx.execute._env import TORCH_KINDS
-from cpx.execute._local import PYTHON_HASH_SEED
+from cpx.execute._local import PYTHON_HASH_SEED, DeviceError
 from cpx.execute._task import LazyModelPool, run_task
 from cpx.execute._worker import resolve_resolver
 
@@ -62,15 +62,24 @@ def _node_id() -> str | None:
         return None
 
 
+def check_devices(devices: str) -> int | None:
+    """Validate `--devices` for Ray: None for auto, else the number of CPU actors."""
+    if devices == "auto":
+        return None
+    if devices == "cpu":
+        return 1
+    if devices.startswith("cpu:") and devices[4:].isdigit() and int(devices[4:]) > 0:
+        return int(devices[4:])
+    raise DeviceError(f"--devices {devices!r}: with --executor ray use auto, cpu or cpu:N "
+                      "(Ray assigns the GPUs)")
+
+
 def plan_slots(resources: dict[str, float], devices: str) -> list[RaySlot]:
     """Actors for a cluster with `resources` (ray.cluster_resources()) and a `--devices` value."""
     n_gpu, n_cpu = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-    if devices.startswith("cpu"):
-        n = 1 if devices == "cpu" else int(devices[4:])
+    n = check_devices(devices)
+    if n is not None:
         return [RaySlot(f"ray-cpu{i}", "cpu", 0.0) for i in range(n)]
-    if devices != "auto":
-        raise ValueError(f"--devices {devices!r}: with --executor ray use auto, cpu or cpu:N "
-                         "(Ray assigns the GPUs)")
     if n_gpu == 0:
         return [RaySlot(f"ray-cpu{i}", "cpu", 0.0) for i in range(n_cpu)]
     slots = [RaySlot(f"ray-gpu{i}", "cuda:0", 1.0) for i in range(n_gpu)]

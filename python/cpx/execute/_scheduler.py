@@ -303,7 +303,11 @@ def execute(
         from cpx.execute._local import parse_devices
 
         slots = parse_devices(devices)  # bad --devices fails before anything is written
-    elif executor != "ray":
+    elif executor == "ray":
+        from cpx.execute._ray import check_devices
+
+        check_devices(devices)
+    else:
         raise ValueError(f"unknown executor {executor!r}; choose local or ray")
     with RunLock(run_dir):
         store.prepare()
