@@ -125,5 +125,8 @@ def make_display(*, quiet: bool = False) -> Display:
     if quiet:
         return Display()
     if sys.stderr.isatty():
-        return RichDisplay()
+        try:
+            return RichDisplay()
+        except ImportError:  # a bare GPU image without rich: plain lines still work
+            pass
     return LineDisplay()
