@@ -130,6 +130,13 @@ def main() -> None:
     if a.cpu_smoke:
         work = {"tokens": 64, "hidden": 64, "layers": 2, "steps": 5}
         one, two = "cpu", "cpu:2"
+    else:
+        from cpx.execute._local import detect_gpus
+
+        if len(detect_gpus()) < 2:  # `make bench` on a machine without two GPUs
+            print(f"gpu_multi: needs two GPUs, found {len(detect_gpus())}; skipped "
+                  "(--cpu-smoke checks the script on a CPU)")
+            return
     print(f"python {platform.python_version()}; {a.branches} independent branches "
           f"(GPU stage + CPU stage); work per GPU stage: {work}")
     if a.plan:
