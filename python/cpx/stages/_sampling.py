@@ -382,6 +382,8 @@ def sample_completions(
             keys.append((i, s))
             bodies.append(toks[: n - 1] if stopped else toks)
             meta.append((n, "stop" if stopped else "length"))
+    if not bodies:
+        return []  # some tokenizers read an empty batch as one empty sequence
     texts = tokenizer.batch_decode(bodies, skip_special_tokens=True)
     return [Completion(i, s, text, n, reason) for (i, s), text, (n, reason) in zip(keys, texts, meta, strict=True)]
 
