@@ -276,21 +276,21 @@ def kv_attention(model):
             c._attn_implementation = b
 
 
-def _decoder(model):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner
+def _unwrapped(model):
+    """The transformers model itself, also when it is wrapped by peft."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _cache_kwarg(model) -> str:
     """transformers 5.2x calls the cache argument `cache`; earlier versions `past_key_values`."""
     import inspect
 
-    params = inspect.signature(_decoder(model).forward).parameters
+    params = inspect.signature(_unwrapped(model).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
 def _check_model(model, capacity: int) -> None:
-    cfg = _decoder(model).config
+    cfg = _unwrapped(model).config
     layer_types = getattr(cfg, "layer_types", None) or []
     window = getattr(cfg, "sliding_window", None)
     if "sliding_attention" in layer_types and window is not None and window < capacity:
@@ -306,7 +306,7 @@ def _check_model(model, capacity: int) -> None:
 
 def _row_bytes(model, capacity: int) -> int:
     """Device memory one row of a batch needs: its KV cache plus logits and activations."""
-    cfg = _decoder(model).config
+    cfg = _unwrapped(model).config
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     heads = cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
@@ -568,10 +568,10 @@ def _mask_map(mask) -> dict[str, Any]:
 
 def cache_dtype(model):
     """The dtype activations (and so keys and values) have: the embedding weight's."""
-    return _decoder(model).get_input_embeddings().weight.dtype
+    return _unwrapped(model).get_input_embeddings().weight.dtype
 
 
 def _n_layers(model) -> int:
-    cfg = _decoder(model).config
+    cfg = _unwrapped(model).config
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     return int(cfg.num_hidden_layers)
