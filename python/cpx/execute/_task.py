@@ -153,10 +153,8 @@ def run_task(
                     models=models,
                     log=logger,
                     progress=_Throttle(progress, stage.id),
+                    batch_limit=task.get("batch_limit"),
                 )
-                # Read by runners that batch (sampling): the largest batch still allowed after
-                # an out-of-memory error, or None for no limit.
-                ctx.batch_limit = task.get("batch_limit")  # type: ignore[attr-defined]
                 runner = resolver(stage.kind)
                 info = runner(ctx)
                 if info is not None and not isinstance(info, dict):

@@ -25,6 +25,9 @@ class StageContext:
     models: Any = None  # cpx.models.ModelPool, created lazily by the worker
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("cpx.stage"))
     progress: Callable[..., None] = _no_progress
+    # Set by the executor when a stage is re-run after an out-of-memory error: the most rows
+    # a sampling batch or training micro-batch may hold.
+    batch_limit: int | None = None
 
     @property
     def params(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     t0 = time.perf_counter()
     comps = sample_completions(
         model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
-        max_batch_size=getattr(ctx, "batch_limit", None),
+        max_batch_size=ctx.batch_limit,
     )
     seconds = time.perf_counter() - t0
     marked = contains_any([c.text for c in comps], markers, p.get("match") or {}) if markers else [False] * len(comps)

@@ -53,7 +53,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         model, tok = ctx.models.get(p["model"], ctx.inputs)
         comps = sample_completions(
             model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
-            max_batch_size=getattr(ctx, "batch_limit", None),
+            max_batch_size=ctx.batch_limit,
         )
     seconds = time.perf_counter() - t0
 

@@ -85,7 +85,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         device=ctx.device,
         log=ctx.log,
         progress=ctx.progress,
-        micro_batch=getattr(ctx, "batch_limit", None),
+        micro_batch=ctx.batch_limit,
     )
     if ctx.device.startswith("cuda"):
         import torch
@@ -145,7 +145,7 @@ def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
     with small_model_threads(model, ctx.device):
         completions = sample_completions(
             model, tok, requests, sc["sampler"], device=ctx.device, log=ctx.log,
-            batch_size=getattr(ctx, "batch_limit", None),
+            batch_size=ctx.batch_limit,
         )
     fold = bool(sc.get("match", {}).get("case_insensitive", False))
     markers = [m.lower() for m in sc["markers"]] if fold else list(sc["markers"])
