@@ -144,9 +144,13 @@ def pooled(metrics: pl.DataFrame, *, x: str = "cosine", y: str = "assistant_rate
             icc = _stats.icc1(ys, src)
             icc_x = _stats.icc1(xs, src)
             m = len(xs) / k
-            deff = _stats.design_effect(m, icc) if icc is not None else None
-            n_eff = _stats.effective_n(len(xs), m, icc) if icc is not None else None
-            icc_note = None
+            # A negative ICC estimate (sampling noise around 0, or exactly -1 at two points a
+            # source) is taken as 0: the honest claim is "no clustering", never an effective N
+            # above the number of points.
+            icc_eff = max(icc, 0.0) if icc is not None else None
+            deff = _stats.design_effect(m, icc_eff) if icc_eff is not None else None
+            n_eff = _stats.effective_n(len(xs), m, icc_eff) if icc_eff is not None else None
+            icc_note = "negative ICC taken as 0 for the design effect" if icc is not None and icc < 0 else None
         clus = {"icc": icc, "icc_x": icc_x, "design_effect": deff, "n_eff": n_eff}
         naive = _stats.spearman(xs, ys, method="asymptotic")
         rows.append({**base, **clus, "statistic": "spearman_rho", "estimate": naive.estimate,
