@@ -11,7 +11,7 @@ from pathlib import Path
 from cpx.plan import Plan
 
 ROOT = Path(__file__).parents[2]
-DEMO = ROOT / "specs" / "demo.yaml"
+DEMO = ROOT / "tests" / "data" / "demo_small.yaml"
 BAD = ROOT / "tests" / "spec" / "bad"
 
 

@@ -28,7 +28,7 @@ from _exec_helpers import HERE, SRC, cpx_env, manifests
 from cpx.execute import RESULT_TABLES
 
 ROOT = HERE.parents[1]
-DEMO = ROOT / "specs" / "demo.yaml"
+DEMO = ROOT / "tests" / "data" / "demo_small.yaml"
 # The demo's shape (33 stages: generate, datasets, arms A/B/C, two checkpoints, sample, scan,
 # represent, analyze, report) with less work per stage, so ten kills fit in a test.
 SMALL = ["training.marker.epochs=1", "training.convergence.epochs=1", "arms.B.phases.1.overrides.epochs=1",

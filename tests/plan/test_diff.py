@@ -7,7 +7,7 @@ from pathlib import Path
 from cpx.plan import compile_file
 from cpx.plan._diff import diff_plans, flatten, format_diff, mermaid
 
-DEMO = Path(__file__).parents[2] / "specs" / "demo.yaml"
+DEMO = Path(__file__).parents[2] / "tests" / "data" / "demo_small.yaml"
 
 
 def test_identical_plans_have_an_empty_diff() -> None:
