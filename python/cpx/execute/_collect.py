@@ -48,11 +48,12 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
         parts, used, missing = [], [], []
         for s in stages:
             path = store.stage_dir(s) / filename
-            if store.verify(s, checksums=False).done and path.is_file():
-                parts.append(pq.read_table(path))
-                used.append({"id": s.id, "hash": s.hash})
-            else:
+            if not store.verify(s, checksums=False).done:
                 missing.append(s.id)
+            elif path.is_file():
+                parts.extend(_per_arm(pq.read_table(path), s.labels))
+                used.append({"id": s.id, "hash": s.hash})
+            # else: a done stage that does not make this table (a train stage without a screen)
         if not parts:
             target.unlink(missing_ok=True)
             record["tables"][table] = {"rows": 0, "stages": [], "missing": missing}
@@ -66,6 +67,32 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
     record["report"] = _copy_report(plan, store)
     write_json_atomic(results_dir / MANIFEST, record)
     return record
+
+
+def _per_arm(table, labels: dict[str, Any]) -> list:
+    """One copy of a stage's rows per arm that reaches it.
+
+    Identical work reached from two arms is one stage (arm C's checkpoint-0 eval is arm A's),
+    labelled with the first arm and listing all in `labels["arms"]`; in the results tables
+    each arm gets the rows, so `WHERE arm = 'C'` sees its whole trajectory.
+    """
+    import pyarrow as pa
+
+    arms = labels.get("arms") or []
+    if len(arms) < 2 or "arm" not in table.column_names:
+        return [table]
+    copies = []
+    for arm in arms:
+        t = table
+        # `arms` narrows to the copy's own arm, so a reader that expands `arms` (the
+        # analysis does) does not count the row twice.
+        for name, value in (("arm", arm), ("arms", [arm])):
+            if name in t.column_names:
+                i = t.column_names.index(name)
+                field = t.schema.field(i)
+                t = t.set_column(i, field, pa.array([value] * t.num_rows, type=field.type))
+        copies.append(t)
+    return copies
 
 
 def _copy_report(plan: Plan, store: Store) -> dict[str, Any] | None:

@@ -1,0 +1,40 @@
+"""Collection gives every arm that reaches a shared stage its own copy of the stage's rows."""
+
+import polars as pl
+import pyarrow as pa
+
+from cpx.analysis._metrics import expand_arms
+from cpx.execute._collect import _per_arm
+
+
+def _table(arm: str, arms: list[str]) -> pa.Table:
+    return pa.table({
+        "arm": [arm] * 3,
+        "arms": [arms] * 3,
+        "checkpoint": [0.0] * 3,
+        "persona": ["assistant", "villain", "comedian"],
+        "rate": [0.1, 0.7, 0.2],
+    })
+
+
+def test_a_shared_stage_is_copied_once_per_arm():
+    t = _table("A", ["A", "C"])
+    parts = _per_arm(t, {"arm": "A", "arms": ["A", "C"]})
+    assert [p["arm"].to_pylist() for p in parts] == [["A"] * 3, ["C"] * 3]
+    assert [p["arms"].to_pylist() for p in parts] == [[["A"]] * 3, [["C"]] * 3]
+    for p in parts:
+        assert p.drop_columns(["arm", "arms"]).equals(t.drop_columns(["arm", "arms"]))
+
+
+def test_collected_rows_are_not_counted_twice_by_the_analysis():
+    t = _table("A", ["A", "C"])
+    collected = pl.from_arrow(pa.concat_tables(_per_arm(t, {"arm": "A", "arms": ["A", "C"]})))
+    from_stage = expand_arms(pl.from_arrow(t))
+    key = ["arm", "persona"]
+    assert expand_arms(collected).sort(key).equals(from_stage.sort(key))
+
+
+def test_a_stage_of_one_arm_is_left_alone():
+    t = _table("B", ["B"])
+    assert _per_arm(t, {"arm": "B", "arms": ["B"]}) == [t]
+    assert _per_arm(t, {"arm": "B"}) == [t]
