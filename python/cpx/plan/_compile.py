@@ -69,6 +69,7 @@ class _Compiler:
             arms = old.labels.setdefault("arms", [])
             if labels.get("arm") is not None and labels["arm"] not in arms:
                 arms.append(labels["arm"])
+                arms.sort()
             return old.id
         if sid in self.hash_of:  # same display id, different work: keep ids unique
             n = 2
@@ -220,6 +221,7 @@ class _Compiler:
                 arms = self.stages_by_id(a["stage"]).labels.setdefault("arms", [])
                 if arm_name not in arms:
                     arms.append(arm_name)
+                    arms.sort()
             return adapters
         start = self.model_start(arm_name, i, axis_c, source, seed)
         train = self.train(arm_name, i, start, axis_c if self.indexed(arm_name, i) else None, source, seed)
@@ -339,7 +341,9 @@ class _Compiler:
             self.generate(seed)
             if s.eval.baseline:
                 self.eval_point("base", None, seed, 0.0, [])
-            for arm_name, arm in s.arms.items():
+            # Arms in name order: a stage reached from two arms is named after the first to
+            # reach it, and the YAML's key order must change no id.
+            for arm_name, arm in sorted(s.arms.items()):
                 last = len(arm.phases) - 1
                 axis = axis_phase(arm)
                 for source in arm.sources or s.roles.sources:
