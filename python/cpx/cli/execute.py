@@ -41,6 +41,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
     from cpx.execute import DeviceError, RunLocked, execute
+    from cpx.execute._tracking import TrackingError
     from cpx.plan import PlanError
 
     if args.retry < 0:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except RunLocked as e:
         raise CLIError(str(e), EXIT_LOCKED) from None
-    except (PlanError, DeviceError) as e:
+    except (PlanError, DeviceError, TrackingError) as e:
         raise CLIError(str(e), 2) from None
     except ImportError as e:
         if args.executor == "ray" and "ray" in str(e):

@@ -20,6 +20,7 @@ from cpx.execute import _env
 from cpx.execute._lock import RunLock
 from cpx.execute._progress import Display, make_display
 from cpx.execute._store import MANIFEST_FORMAT, Store, now_iso
+from cpx.execute._tracking import MlflowTracker, log_stage, make_tracker
 from cpx.plan import Plan, Stage
 
 # Out-of-memory retries of a batching stage, each with half the batch: not counted in --retry.
@@ -108,8 +109,10 @@ class Scheduler:
         keep_going: bool = False,
         retry: int = 0,
         display: Display,
+        tracker: MlflowTracker | None = None,
     ):
         self.plan, self.store, self.backend = plan, store, backend
+        self.tracker = tracker
         self.keep_going, self.retry, self.display = keep_going, retry, display
         self.by_id = plan.by_id()
         self.users: dict[str, list[str]] = {s.id: [] for s in plan.stages}
@@ -263,10 +266,11 @@ class Scheduler:
             "executor": {"kind": self.backend.name, "worker": slot, **res.get("worker", {})},
             "packages": res.get("packages", {}),
             "git": _env.git_state(),
-            "tracking": res.get("tracking", {}),
+            "tracking": {},
             "plan": {"name": self.plan.name, "spec_hash": self.plan.spec_hash},
             "log": os.path.relpath(self.store.log_path(stage), self.store.run_dir),
         }
+        manifest["tracking"] = log_stage(self.tracker, stage, manifest)
         self.store.commit(stage, tmp, manifest)
 
 
@@ -309,6 +313,7 @@ def execute(
         check_devices(devices)
     else:
         raise ValueError(f"unknown executor {executor!r}; choose local or ray")
+    tracker = make_tracker(plan, run_dir)  # a tracking section that cannot work fails here, first
     with RunLock(run_dir):
         store.prepare()
         store.clean_tmp()
@@ -334,7 +339,8 @@ def execute(
             backend = RayBackend(str(store.run_dir), resolver, address=address, devices=devices)
         store.event("run_started", executor=executor, devices=[s.label for s in getattr(backend, "slots", [])] or devices,
                     todo=len(todo), cached=len(summary.cached))
-        sched = Scheduler(plan, store, backend, keep_going=keep_going, retry=retry, display=display)
+        sched = Scheduler(plan, store, backend, keep_going=keep_going, retry=retry, display=display,
+                          tracker=tracker)
         display.run_started(plan, len(todo), len(summary.cached), summary.rerun_reasons)
         try:
             if todo:

@@ -319,6 +319,15 @@ class Report(Strict):
     figures: list[Literal[FIGURES]] = Field(default=[], description="default: every figure")  # type: ignore[valid-type]
 
 
+class Tracking(Strict):
+    """Log every finished stage to an experiment tracker; its run ids are kept in the manifests."""
+
+    backend: Literal["mlflow"]
+    uri: str | None = Field(default=None, description="tracking URI (default: an MLflow file store "
+                            "in <run>/mlruns, no server needed)")
+    experiment: str | None = Field(default=None, description="default: the spec's name")
+
+
 class Spec(Strict):
     """A cpx experiment: personas, data, training, arms, eval and analyses, replicated per seed."""
 
@@ -342,3 +351,4 @@ class Spec(Strict):
     representation: Representation
     analyses: list[Analysis] = []
     report: Report = Report()
+    tracking: Tracking | None = None
