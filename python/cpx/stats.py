@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cpx import _core
+from cpx.scan import _unview
 from cpx.errors import (
     ConstantInputWarning,
     GroupsError,
@@ -400,18 +401,6 @@ def grouped_bootstrap(
         out[c] = pa.array(res[c], pa.float64())
     out["degenerate"] = pa.array(res["degenerate"], pa.bool_())
     return pa.table(out)
-
-
-def _unview(t: pa.Table, columns: Sequence[str]) -> pa.Table:
-    """`t` with the view-typed `columns` (polars exports string_view) cast to large types,
-    which pyarrow can group and sort."""
-    for c in columns:
-        typ = t.schema.field(c).type
-        if typ == pa.string_view():
-            t = t.set_column(t.schema.get_field_index(c), c, pc.cast(t.column(c), pa.large_string()))
-        elif typ == pa.binary_view():
-            t = t.set_column(t.schema.get_field_index(c), c, pc.cast(t.column(c), pa.large_binary()))
-    return t
 
 
 def _icc(values: Any, groups: Any, average: bool, confidence_level: float) -> ICCResult:
