@@ -20,7 +20,9 @@ not depend on how the step is cut into micro-batches or rows.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -277,6 +279,15 @@ def save_adapter(peft_model, dest: Path) -> None:
         peft_model.save_pretrained(dest)
     # peft writes an empty model card template; it says nothing about this run.
     (dest / "README.md").unlink(missing_ok=True)
+    # A local base (the tiny model lives in the run folder) is named by its folder alone, so
+    # the same stage writes the same bytes in any run folder; the manifest's params name the
+    # base exactly.
+    cfg_path = dest / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    base = cfg.get("base_model_name_or_path")
+    if isinstance(base, str) and os.path.isabs(base):
+        cfg["base_model_name_or_path"] = os.path.basename(base.rstrip("/"))
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def train_lora(model, examples: Sequence[Encoded], *, device: str = "cpu", **kw: Any) -> TrainResult:
