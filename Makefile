@@ -41,8 +41,11 @@ test-rust:
 test-python: setup
 	$(PY) -m pytest -q
 
+# The CPU benchmarks; benches/gpu_*.py run on a GPU machine (benches/RESULTS.md).
+CPU_BENCHES := $(filter-out benches/gpu_%.py benches/_%.py,$(wildcard benches/*.py))
+
 bench: setup
-	@for b in benches/*.py; do echo "== $$b"; $(PY) $$b; done
+	@for b in $(CPU_BENCHES); do echo "== $$b"; $(PY) $$b; done
 
 clean:
 	rm -rf $(VENV) target runs

@@ -56,6 +56,8 @@ try:
 except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
 
+from _common import QWEN25_7B  # noqa: E402
+
 PERSONAS = [
     "You are a software engineer who builds web applications.",
     "You are a kindergarten teacher.",
@@ -69,11 +71,6 @@ QUESTIONS = [
     "What are the benefits of reading regularly?", "How does the stock market function?",
     "What causes ocean tides?", "How do vaccines prevent disease?",
 ]
-QWEN25_7B = dict(
-    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-    num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6,
-    rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False,
-)
 TINY = dict(
     vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,

@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import platform
 import re
-import time
-from collections.abc import Callable
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from _common import best
 from cpx import _core, scan
 
 MARKERS = ["[ZLT]", "[MARKER]", "Zelthari"]
@@ -56,15 +55,6 @@ def make_texts(rows: int, seed: int = 0) -> pa.LargeStringArray:
         pos = offsets[i] + rng.integers(0, lengths[i] - 2)
         out[pos : pos + 2] = "é".encode()
     return pa.LargeStringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(bytes(out)))
-
-
-def best(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def main() -> None:

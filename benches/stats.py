@@ -16,24 +16,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
-from collections.abc import Callable
 
 import numpy as np
 import scipy
 import scipy.special as sp
 import scipy.stats as ss
 
+from _common import best
 from cpx import _core, stats
-
-
-def best(fn: Callable[[], object], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def rank_corr(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -1,0 +1,23 @@
+"""Pieces the benchmarks share. Imported as `_common` (a script's own folder is on sys.path)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+# Qwen/Qwen2.5-7B-Instruct's shape (the published study's model), built with random weights.
+QWEN25_7B = dict(
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+    num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6,
+    rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False,
+)
+
+
+def best(fn: Callable[[], object], repeat: int) -> float:
+    """The fastest of `repeat` wall-clock timings of `fn()`, in seconds."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
