@@ -2,9 +2,14 @@
 
 Per seed: one `generate` stage, the datasets it feeds, the training phases of every arm for
 every source, and at every eval point (arm, source, seed, checkpoint) a `sample`, a `scan` and
-a `represent` stage; then one `analyze` and one `report`. Identical work reached from two arms
-(same kind, params and inputs) is one stage: the first id it was reached under is kept, and
-`labels.arms` lists every arm that uses it.
+a `represent` stage; then one `analyze` and one `report`. A steer arm's eval points are
+(arm, source, seed, alpha) instead: its model sampled and read with the `steer` param, whose
+direction comes from a `represent` stage of the unsteered (or base) model.
+
+Identical work reached from two arms (same kind, params and inputs) is one stage: the first id
+it was reached under is kept, and `labels.arms` lists every arm that uses it. Work that does not
+depend on the replicate seed (a fixed generation or dataset seed, the base model's hidden
+states) is one stage too, and `labels.seeds` lists the seeds that use it.
 """
 
 from __future__ import annotations
@@ -70,6 +75,14 @@ class _Compiler:
             if labels.get("arm") is not None and labels["arm"] not in arms:
                 arms.append(labels["arm"])
                 arms.sort()
+            seed = labels.get("seed")
+            if seed is not None and old.labels.get("seed") is not None and seed != old.labels["seed"]:
+                # Work that does not depend on the replicate seed (fixed-seed data, the base model's
+                # hidden states) is one stage; `seeds` lists every seed that uses it.
+                seeds = old.labels.setdefault("seeds", [old.labels["seed"]])
+                if seed not in seeds:
+                    seeds.append(seed)
+                    seeds.sort()
             return old.id
         if sid in self.hash_of:  # same display id, different work: keep ids unique
             n = 2
@@ -146,7 +159,7 @@ class _Compiler:
                 "personas": [self.persona[n] for n in self.generated if n != self.assistant],
                 "examples": d.examples,
                 "per_question": d.per_question,
-                "seed": seed,
+                "seed": seed if d.seed is None else d.seed,
             }
             if d.recipe == "marker":
                 neg = d.negatives.model_dump() if d.negatives else {"personas": 2, "examples_per_persona": 200}
@@ -298,11 +311,26 @@ class _Compiler:
 
     # ------------------------------------------------------------ eval points
 
-    def eval_point(self, arm: str, source: str | None, seed: int, c: float, adapters: list[dict[str, Any]]) -> None:
+    def eval_point(self, arm: str, source: str | None, seed: int, c: float | None, adapters: list[dict[str, Any]],
+                   steer: dict[str, Any] | None = None) -> None:
+        """The sample, scan and represent stages of one eval point. A steered point (`steer`: the stages'
+        `steer` param) is labelled with its strength `alpha` instead of a checkpoint."""
         s = self.s
-        tail = f"{arm}/s{seed}" if source is None else f"{arm}/{source}/s{seed}/ckpt{fmt_ckpt(c)}"
-        labels = {"arm": arm, "source": source, "seed": seed, "checkpoint": c}
+        if source is None:
+            tail = f"{arm}/s{seed}"
+        elif steer is not None:
+            tail = f"{arm}/{source}/s{seed}/alpha{fmt_ckpt(steer['alpha'])}"
+        else:
+            tail = f"{arm}/{source}/s{seed}/ckpt{fmt_ckpt(c)}"
+        labels: dict[str, Any] = {"arm": arm, "source": source, "seed": seed, "checkpoint": c}
         deps = [a["stage"] for a in adapters]
+        extra: dict[str, Any] = {}
+        layers = list(s.representation.layers)
+        if steer is not None:
+            labels["alpha"] = steer["alpha"]
+            deps.append(steer["direction"]["represent"])
+            extra["steer"] = steer
+            layers = sorted({*layers, steer["layer"]})
         chain = self.chain(adapters)
         personas = self.eval_personas(source, s.eval.completions)
         sample = self.add("sample", f"sample/{tail}", {
@@ -311,6 +339,7 @@ class _Compiler:
             "questions": self.eval_q,
             "sampler": self.sampler(s.eval.sampler, seed),
             "backend": s.eval.backend,
+            **extra,
         }, deps, labels)
         iv = s.eval.intervals
         scan = self.add("scan", f"scan/{tail}", {
@@ -321,19 +350,50 @@ class _Compiler:
             "n_resamples": iv.n_resamples,
             "seed": seed if iv.seed is None else iv.seed,
         }, [sample], labels)
-        rep = s.representation
-        represent = self.add("represent", f"represent/{tail}", {
-            "model": chain,
-            "personas": [{"name": p["name"], "prompt": p["prompt"]} for p in personas],
-            "questions": self.eval_q,
-            "layers": rep.layers,
-            "token": rep.token,
-            "centering": rep.centering,
-        }, deps, labels)
+        represent = self.represent(f"represent/{tail}", chain, personas, layers, deps, labels, extra)
         for sid in (scan, represent):
             if sid not in self.analysis_deps:
                 self.analysis_deps.append(sid)
         self.points.append({**labels, "scan": scan, "represent": represent})
+
+    def represent(self, sid: str, chain: dict[str, Any], personas: list[dict[str, Any]], layers: list[int],
+                  deps: list[str], labels: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+        rep = self.s.representation
+        return self.add("represent", sid, {
+            "model": chain,
+            "personas": [{"name": p["name"], "prompt": p["prompt"]} for p in personas],
+            "questions": self.eval_q,
+            "layers": layers,
+            "token": rep.token,
+            "centering": rep.centering,
+            **(extra or {}),
+        }, deps, labels)
+
+    # ------------------------------------------------------------ steer arms
+
+    def steer_points(self, arm_name: str, source: str, seed: int) -> None:
+        """A steer arm's eval points: its model (the last phase's final checkpoint, else the base model)
+        sampled and read at each strength, steered along source minus assistant centroid at one layer."""
+        arm = self.s.arms[arm_name]
+        st = arm.steer
+        assert st is not None
+        adapters = self.model_after(arm_name, len(arm.phases) - 1, 1.0, None, source, seed) if arm.phases else []
+        # The direction's centroids: the unsteered model (or the base model), at the representation
+        # layers plus the steered one, so the stage is the same as an unsteered eval point's where one exists.
+        from_model = st.direction.from_ == "model"
+        d_adapters = adapters if from_model else []
+        layers = sorted({*self.s.representation.layers, st.layer})
+        personas = self.eval_personas(source, self.s.eval.completions)
+        direction = self.represent(
+            f"represent/{arm_name}/{source}/s{seed}/direction", self.chain(d_adapters), personas, layers,
+            [a["stage"] for a in d_adapters],
+            {"arm": arm_name, "source": source, "seed": seed, "purpose": "steering direction"})
+        steered = [p["name"] for p in personas if st.personas == "all" or p["role"] == "assistant"]
+        for alpha in st.alphas:
+            steer = {"layer": st.layer, "alpha": float(alpha), "normalize": st.direction.normalize,
+                     "personas": steered,
+                     "direction": {"represent": direction, "source": source, "assistant": self.assistant}}
+            self.eval_point(arm_name, source, seed, None, adapters, steer)
 
     def run(self) -> Plan:
         s = self.s
@@ -344,6 +404,10 @@ class _Compiler:
             # Arms in name order: a stage reached from two arms is named after the first to
             # reach it, and the YAML's key order must change no id.
             for arm_name, arm in sorted(s.arms.items()):
+                if arm.kind == "steer":
+                    for source in arm.sources or s.roles.sources:
+                        self.steer_points(arm_name, source, seed)
+                    continue
                 last = len(arm.phases) - 1
                 axis = axis_phase(arm)
                 for source in arm.sources or s.roles.sources:
@@ -356,7 +420,9 @@ class _Compiler:
         analyze = self.add("analyze", "analyze", {
             "analyses": [a.model_dump(exclude_none=True) for a in s.analyses],
             # Sorted, so that the order arms are written in changes no hash.
-            "points": sorted(self.points, key=lambda p: (p["seed"], p["arm"], p["source"] or "", p["checkpoint"])),
+            "points": sorted(self.points, key=lambda p: (p["seed"], p["arm"], p["source"] or "",
+                                                         p["checkpoint"] if p["checkpoint"] is not None else -1.0,
+                                                         p.get("alpha", 0.0))),
         }, self.analysis_deps, {})
         self.add("report", "report", {
             "title": s.report.title or self.L.name,

@@ -401,14 +401,16 @@ class _Checker:
 
     def _layers(self) -> None:
         s = self.spec
-        if s.model.tiny is not None:
-            top = s.model.tiny.num_layers
-            for i, layer in enumerate(s.representation.layers):
-                if layer > top:
-                    self.issues.append(Issue(self.doc.where(("representation", "layers", i)),
-                                             f"representation.layers[{i}]", "no such layer",
-                                             expected=f"0..{top} (the tiny model has {top} layers)",
-                                             found=str(layer)))
+        if s.model.tiny is None:
+            return
+        top = s.model.tiny.num_layers
+        found = [(("representation", "layers", i), layer) for i, layer in enumerate(s.representation.layers)]
+        found += [(("arms", n, "steer", "layer"), a.steer.layer) for n, a in (s.arms or {}).items()
+                  if a.steer is not None]
+        for path, layer in found:
+            if layer > top:
+                self.issues.append(Issue(self.doc.where(path), dotted(path), "no such layer",
+                                         expected=f"0..{top} (the tiny model has {top} layers)", found=str(layer)))
 
     def _dupes(self, path: KeyPath, values: Sequence[Any], what: str) -> None:
         seen = set()
@@ -458,6 +460,8 @@ class _Checker:
                         self.issues.append(Issue(self.doc.where(pp + ("merge",)), dotted(pp + ("merge",)),
                                                  f"phase {ph.merge!r} is trained once per checkpoint of another "
                                                  "phase, so it has no single adapter to merge"))
+        if arm.kind == "steer":
+            return  # evaluated at its steering strengths: no checkpoint axis to check
         if len(set(names)) != len(names) or any(self._parent(arm, i) == -1 for i in range(len(names))):
             return  # the eval axis cannot be worked out until names and `from` are right
         # The eval axis: which phase's checkpoints are evaluated.
@@ -588,6 +592,8 @@ def _partial(data: dict[str, Any]) -> Spec:
 
 def axis_phase(arm: Arm) -> str | None:
     """The phase whose checkpoints an arm is evaluated at."""
+    if arm.kind == "steer" or not arm.phases:
+        return None
     if arm.eval_at is not None:
         return arm.eval_at
     names = [p.name for p in arm.phases]

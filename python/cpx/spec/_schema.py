@@ -43,6 +43,8 @@ ANALYSES = (
     "bystander_vs_assistant",
     "marker_specificity",
     "adapter_specificity",
+    "steering",
+    "seed_replication",
 )
 # The report's figures (cpx.report) and the seed report's file names for them.
 FIGURES = (
@@ -56,6 +58,8 @@ FIGURES = (
     "arm_b_trajectory",
     "arm_b_heatmap_100pct",
     "arm_b_cosine_vs_leakage",
+    "steering_curve",
+    "seed_intervals",
 )
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -154,6 +158,9 @@ class Dataset(Strict):
     )
     examples: PosInt
     per_question: PosInt | None = None
+    seed: Seed | None = Field(
+        default=None, description="a fixed seed: the dataset is built once and shared by every replicate "
+        "seed (default: the replicate seed)")
     marker: Name | None = Field(default=None, description="marker recipe: which marker (default: the only one)")
     marker_template: str = "\n\n{marker}"
     negatives: Negatives | None = Field(
@@ -258,14 +265,65 @@ class Phase(Strict):
         return self
 
 
+class SteerDirection(Strict):
+    """Where the steering direction comes from: source centroid minus assistant centroid."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, populate_by_name=True)
+
+    from_: Literal["model", "base"] = Field(
+        default="model", alias="from",
+        description="centroids of the arm's own model (`model`: its phases' final chain) or of the untrained "
+        "`base` model",
+    )
+    normalize: bool = Field(
+        default=False, description="scale the direction to unit length (default: the raw centroid difference, "
+        "so alpha 1 moves the assistant's centroid at the layer onto the source's)",
+    )
+
+
+class Steer(Strict):
+    """Activation steering: add alpha * direction to the residual stream at one layer."""
+
+    layer: NonNegInt = Field(description="hidden-state layer to steer (0: embeddings; N: the final norm's "
+                             "output), numbered as in `representation.layers`")
+    alphas: Annotated[list[Annotated[float, Field(ge=-1000.0, le=1000.0)]], Field(min_length=1)] = Field(
+        description="the steering strengths evaluated, e.g. [0, 0.5, 1, 2]; 0 is the unsteered model")
+    direction: SteerDirection = SteerDirection()
+    personas: Literal["assistant", "all"] = Field(
+        default="assistant", description="whose prompts are steered: the assistant persona only, or every persona")
+
+
 class Arm(Strict):
     description: str | None = None
-    phases: list[Phase] = Field(min_length=1)
+    kind: Literal["train", "steer"] = Field(
+        default="train", description="train: evaluated at training checkpoints; steer: the model its phases "
+        "end with (the base model if none), evaluated at each steering strength")
+    phases: list[Phase] = Field(default=[], description="at least one for a train arm")
+    steer: Steer | None = Field(default=None, description="steer arms only: layer, strengths, direction")
     eval_at: Name | None = Field(default=None,
         description="phase whose checkpoints are evaluated (default: the phase an each_checkpoint phase "
         "starts from, else the last phase)",
     )
     sources: list[Name] | None = Field(default=None, description="default: every source")
+
+    @model_validator(mode="after")
+    def _kind(self) -> Arm:
+        if self.kind == "train":
+            if not self.phases:
+                raise ValueError("a train arm needs at least one phase")
+            if self.steer is not None:
+                raise ValueError("`steer` belongs to steer arms: add `kind: steer`")
+        else:
+            if self.steer is None:
+                raise ValueError("a steer arm needs `steer: {layer, alphas}`")
+            if self.eval_at is not None:
+                raise ValueError("a steer arm is evaluated at its steering strengths, not at checkpoints: "
+                                 "remove eval_at")
+            if any(p.each_checkpoint for p in self.phases):
+                raise ValueError("a steer arm steers one model: no phase may run at each checkpoint")
+            if len(set(self.steer.alphas)) != len(self.steer.alphas):
+                raise ValueError(f"steer.alphas has duplicates: {self.steer.alphas}")
+        return self
 
 
 class CompletionOverride(Strict):
@@ -319,6 +377,21 @@ class Report(Strict):
     figures: list[Literal[FIGURES]] = Field(default=[], description="default: every figure")  # type: ignore[valid-type]
 
 
+class Power(Strict):
+    """Power at compile time: the smallest effect each declared analysis can detect."""
+
+    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(default=0.05, description="two-sided level")
+    power: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
+    icc: Annotated[float, Field(ge=0.0, lt=1.0)] | None = Field(
+        default=None, description="intraclass correlation of marker hits within a question (default: from "
+        "`from_run` if given, else 0.1)")
+    from_run: str | None = Field(
+        default=None, description="a previous run folder (relative to the spec) whose marker hits give the ICC")
+    base_rate: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.05, description="marker rate of the comparison group, for the detectable rate differences")
+    simulations: PosInt = Field(default=2000, description="Monte Carlo draws per power figure")
+
+
 class Tracking(Strict):
     """Log every finished stage to an experiment tracker; its run ids are kept in the manifests."""
 
@@ -351,4 +424,5 @@ class Spec(Strict):
     representation: Representation
     analyses: list[Analysis] = []
     report: Report = Report()
+    power: Power | None = Field(default=None, description="print and report the smallest detectable effects")
     tracking: Tracking | None = None

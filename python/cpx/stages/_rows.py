@@ -18,7 +18,8 @@ def _label_type(key: str, value: Any):
     import pyarrow as pa
 
     known = {"arm": pa.string(), "source": pa.string(), "phase": pa.string(), "recipe": pa.string(),
-             "seed": pa.int64(), "checkpoint": pa.float64()}
+             "seed": pa.int64(), "checkpoint": pa.float64(), "alpha": pa.float64(), "purpose": pa.string(),
+             "seeds": pa.list_(pa.int64())}
     if key in known:
         return known[key]
     return pa.scalar(value).type if value is not None else pa.string()
