@@ -1,4 +1,5 @@
-"""Collection gives every arm that reaches a shared stage its own copy of the stage's rows."""
+"""Collection gives every arm (and replicate seed) that reaches a shared stage its own copy of the
+stage's rows."""
 
 import polars as pl
 import pyarrow as pa
@@ -38,3 +39,14 @@ def test_a_stage_of_one_arm_is_left_alone():
     t = _table("B", ["B"])
     assert _per_arm(t, {"arm": "B", "arms": ["B"]}) == [t]
     assert _per_arm(t, {"arm": "B"}) == [t]
+
+
+def test_a_stage_shared_by_seeds_is_copied_once_per_arm_and_seed():
+    t = _table("A", ["A", "C"]).append_column("seed", pa.array([42] * 3, pa.int64())).append_column(
+        "seeds", pa.array([[42, 43]] * 3, pa.list_(pa.int64())))
+    parts = _per_arm(t, {"arm": "A", "arms": ["A", "C"], "seed": 42, "seeds": [42, 43]})
+    got = sorted((p["arm"][0].as_py(), p["seed"][0].as_py(), p["seeds"][0].as_py()[0]) for p in parts)
+    assert got == [("A", 42, 42), ("A", 43, 43), ("C", 42, 42), ("C", 43, 43)]
+    for p in parts:
+        assert p.drop_columns(["arm", "arms", "seed", "seeds"]).equals(
+            t.drop_columns(["arm", "arms", "seed", "seeds"]))

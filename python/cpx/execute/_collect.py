@@ -70,28 +70,35 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
 
 
 def _per_arm(table, labels: dict[str, Any]) -> list:
-    """One copy of a stage's rows per arm that reaches it.
+    """One copy of a stage's rows per arm and per replicate seed that reaches it.
 
     Identical work reached from two arms is one stage (arm C's checkpoint-0 eval is arm A's),
-    labelled with the first arm and listing all in `labels["arms"]`; in the results tables
-    each arm gets the rows, so `WHERE arm = 'C'` sees its whole trajectory.
+    labelled with the first arm and listing all in `labels["arms"]`; work that does not depend
+    on the seed (the base model's hidden states) lists its seeds in `labels["seeds"]`. In the
+    results tables each arm and seed gets the rows, so `WHERE arm = 'C'` sees its whole
+    trajectory and `WHERE seed = 43` its baseline.
     """
     import pyarrow as pa
 
     arms = labels.get("arms") or []
-    if len(arms) < 2 or "arm" not in table.column_names:
-        return [table]
-    copies = []
-    for arm in arms:
-        t = table
-        # `arms` narrows to the copy's own arm, so a reader that expands `arms` (the
-        # analysis does) does not count the row twice.
-        for name, value in (("arm", arm), ("arms", [arm])):
-            if name in t.column_names:
-                i = t.column_names.index(name)
-                field = t.schema.field(i)
-                t = t.set_column(i, field, pa.array([value] * t.num_rows, type=field.type))
-        copies.append(t)
+    seeds = labels.get("seeds") or []
+    copies = [table]
+    # `arms`/`seeds` narrow to the copy's own value, so a reader that expands them (the
+    # analysis does) does not count the row twice.
+    for one, many, values in (("arm", "arms", arms), ("seed", "seeds", seeds)):
+        if len(values) < 2 or one not in table.column_names:
+            continue
+        out = []
+        for t0 in copies:
+            for v in values:
+                t = t0
+                for name, value in ((one, v), (many, [v])):
+                    if name in t.column_names:
+                        i = t.column_names.index(name)
+                        field = t.schema.field(i)
+                        t = t.set_column(i, field, pa.array([value] * t.num_rows, type=field.type))
+                out.append(t)
+        copies = out
     return copies
 
 
