@@ -11,7 +11,7 @@ WHEELHOUSE ?=
 PIP_FIND := $(if $(WHEELHOUSE),--find-links $(WHEELHOUSE),)
 DEMO_RUN := runs/demo
 
-.PHONY: setup demo test test-rust test-python bench lint clean
+.PHONY: setup demo next-steps test test-rust test-python bench lint clean
 
 setup: $(STAMPS)/ext
 
@@ -32,6 +32,12 @@ demo: setup
 	$(VENV)/bin/cpx compile specs/demo.yaml --out $(DEMO_RUN)
 	$(VENV)/bin/cpx execute $(DEMO_RUN)
 	@echo "report: $(DEMO_RUN)/report/report.md (and report.html)"
+
+# The seed report's next steps on the tiny model: a steering arm, three seeds, a power section.
+next-steps: setup
+	$(VENV)/bin/cpx compile specs/next_steps.yaml --out runs/next_steps
+	$(VENV)/bin/cpx execute runs/next_steps
+	@echo "report: runs/next_steps/report/report.md (and report.html)"
 
 test: setup test-rust test-python
 
