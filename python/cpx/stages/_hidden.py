@@ -3,13 +3,18 @@
 Layer numbering is transformers' `output_hidden_states` convention: layer 0 is the embedding
 output, layer i (1 <= i < N) the output of decoder layer i, layer N the final norm's output.
 Prompts are left-padded, so the last prompt token of every row sits in the last column.
+With steering (`_steer`), the steered prompts' rows get α · direction added at the steered
+layer before any layer is read, in the same batches as the unsteered ones.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cpx.stages._steer import Steering
 
 _CPU_BATCH = 32
 
@@ -44,11 +49,17 @@ def last_prompt_hidden_states(
     *,
     device: str = "cpu",
     batch_size: int | None = None,
+    steering: Steering | None = None,
 ):
     """`float32 array [len(prompts), len(layers), hidden]`: each rendered prompt's hidden state at
-    its last token, at each layer (in the order given)."""
+    its last token, at each layer (in the order given).
+
+    `steering` (coefficients one per prompt) adds its vector at its layer to the steered rows.
+    """
     import numpy as np
     import torch
+
+    from cpx.stages._steer import steered
 
     if not prompts:
         raise HiddenStateError("no prompts to read hidden states from")
@@ -57,6 +68,8 @@ def last_prompt_hidden_states(
     for i, x in enumerate(ids):
         if not x:
             raise HiddenStateError(f"prompt {i} has no tokens")
+    if steering is not None and len(steering.coefficients) != len(prompts):
+        raise HiddenStateError(f"{len(steering.coefficients)} steering coefficients for {len(prompts)} prompts")
     if batch_size is None:
         batch_size = len(prompts) if str(device).startswith("cuda") else _CPU_BATCH
     # Similar lengths together: less padding. The result is put back in the caller's order.
@@ -74,7 +87,7 @@ def last_prompt_hidden_states(
 
     handles = [targets[layer].register_forward_hook(hook_for(layer)) for layer in dict.fromkeys(layers)]
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), steered(model, steering) as steer_hook:
             for b in range(math.ceil(len(order) / batch_size)):
                 idx = order[b * batch_size : (b + 1) * batch_size]
                 width = max(len(ids[i]) for i in idx)
@@ -84,6 +97,8 @@ def last_prompt_hidden_states(
                     x[j, width - len(ids[i]) :] = torch.tensor(ids[i])
                     m[j, width - len(ids[i]) :] = 1
                 captured.clear()
+                if steer_hook is not None:
+                    steer_hook.rows(idx)
                 model(input_ids=x.to(device), attention_mask=m.to(device), use_cache=False, logits_to_keep=1)
                 block = torch.stack([captured[layer] for layer in layers], dim=1).cpu().numpy()
                 if result.shape[2] == 0:

@@ -16,7 +16,10 @@ model's forward:
   too (up to floating point: a different batch shape can round the logits differently, and a
   draw whose uniform falls within that rounding of a CDF boundary then picks the neighbour);
 - rows stop at the end-of-turn token; finished rows are dropped from the batch (the cache is
-  compacted) once enough of them have finished.
+  compacted) once enough of them have finished;
+- with `steering` (`_steer`), a forward hook adds α · direction at one layer to the rows of the
+  steered requests, in the same batches as the others: an unsteered row gets a coefficient 0
+  (exactly its unsteered completion), and the random keys do not change.
 
 torch is imported inside the functions: importing this module stays light.
 """
@@ -31,7 +34,10 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cpx.stages._steer import Steering
 
 _ATTN_NAME = "cpx_kv"
 _CPU_BATCH = 256
@@ -359,6 +365,7 @@ def sample_completions(
     progress: Callable[..., None] | None = None,
     ignore_eos: bool = False,
     max_batch_size: int | None = None,
+    steering: Steering | None = None,
 ) -> list[Completion]:
     """Sample `r.n` completions for each request; returned ordered by (request, sample).
 
@@ -366,11 +373,12 @@ def sample_completions(
     (completions decoded together); by default it comes from free memory on CUDA, capped by
     `max_batch_size`. On CUDA out-of-memory the batch is halved and retried (the results do
     not change). `ignore_eos` decodes exactly max_tokens for every row (benchmarks).
-    `progress(done, total, tokens=...)` is called after each batch.
+    `progress(done, total, tokens=...)` is called after each batch. `steering` (coefficients
+    one per request) adds its vector at its layer, at every position, to the steered requests' rows.
     """
     tokens = sample_token_ids(
         model, tokenizer, requests, sampler, device=device, batch_size=batch_size, log=log,
-        progress=progress, ignore_eos=ignore_eos, max_batch_size=max_batch_size,
+        progress=progress, ignore_eos=ignore_eos, max_batch_size=max_batch_size, steering=steering,
     )
     stop_set = set(stop_token_ids(model, tokenizer))
     keys, bodies, meta = [], [], []
@@ -400,6 +408,7 @@ def sample_token_ids(
     progress: Callable[..., None] | None = None,
     ignore_eos: bool = False,
     max_batch_size: int | None = None,
+    steering: Steering | None = None,
 ) -> dict[tuple[int, int], list[int]]:
     """The generated token ids of every (request, sample), max_tokens of them; what follows a
     row's first end-of-turn token is filler.
@@ -409,6 +418,7 @@ def sample_token_ids(
     import torch
 
     from cpx.models import render_prompt
+    from cpx.stages._steer import steered
 
     log = log or logging.getLogger("cpx.sampling")
     sp = check_sampler(sampler)
@@ -420,6 +430,8 @@ def sample_token_ids(
     for i, x in enumerate(ids):
         if not x:
             raise SamplerError(f"request {i}: the rendered prompt has no tokens")
+    if steering is not None and len(steering.coefficients) != len(requests):
+        raise SamplerError(f"{len(steering.coefficients)} steering coefficients for {len(requests)} requests")
 
     # Longest prompts first: a batch that does not fit fails at once, not at the end.
     order = sorted(range(len(requests)), key=lambda i: (-len(ids[i]), i))
@@ -441,13 +453,13 @@ def sample_token_ids(
     tokens: dict[tuple[int, int], list[int]] = {}
     stop_set = set(stops)
     start, done, n_tok, t0 = 0, 0, 0, time.perf_counter()
-    with torch.inference_mode(), kv_attention(model):
+    with torch.inference_mode(), kv_attention(model), steered(model, steering) as steer_hook:
         while start < len(rows):
             chunk = rows[start : start + batch_size]
             try:
                 out = _decode_batch(
                     model, ids, chunk, keys[start : start + batch_size], sp, stops, pad,
-                    device=device, ignore_eos=ignore_eos, log=log,
+                    device=device, ignore_eos=ignore_eos, log=log, steer_hook=steer_hook,
                 )
             except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
                 if not (str(device).startswith("cuda") and _is_oom(e)) or batch_size == 1:
@@ -480,8 +492,13 @@ def _n_generated(tokens: list[int], stops: set[int], ignore_eos: bool) -> int:
     return len(tokens)
 
 
-def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos, log) -> list[list[int]]:
-    """Decode one batch of rows; returns each row's generated tokens (up to max_tokens)."""
+def _decode_batch(
+    model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos, log, steer_hook=None,
+) -> list[list[int]]:
+    """Decode one batch of rows; returns each row's generated tokens (up to max_tokens).
+
+    `steer_hook` (a `_steer.SteeringHook` or None) is told which request each forward row is of.
+    """
     import torch
 
     dev = torch.device(device)
@@ -505,6 +522,8 @@ def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos
     cache = _PreallocatedKV(_n_layers(model), P + T)
     cache.rows, cache.expand = B, expand
     kw = _cache_kwarg(model)
+    if steer_hook is not None:
+        steer_hook.rows(uniq)
     pos = (pmask.long().cumsum(-1) - 1).clamp_(min=0)
     causal = torch.ones((P, P), dtype=torch.bool, device=dev).tril_()
     # Pad queries may attend to themselves: a fully masked row would make NaN keys and values.
@@ -518,6 +537,8 @@ def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos
     del out
     cache.expand = None
     cache.length = P
+    if steer_hook is not None:
+        steer_hook.rows(prompt_of_row)
 
     # Additive attention bias over the cache positions, 0 where a row may attend. Its row
     # stride is a multiple of 16 so the slices handed to attention stay aligned for the fused
@@ -549,6 +570,8 @@ def _decode_batch(model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos
                     cache.keep(keep)
                     bias, next_pos, key_t = bias[keep], next_pos[keep], key_t[keep]
                     live, nxt, finished = live[keep], nxt[keep], finished[keep]
+                    if steer_hook is not None:
+                        steer_hook.keep(keep)
         bias[:, 0, 0, P + t] = 0.0
         out = model(
             input_ids=nxt[:, None], attention_mask=_mask_map(bias[..., : P + t + 1]),

@@ -5,7 +5,8 @@ generation prompt (`cpx.models.render_prompt`, exactly as sampling sees it) and 
 state at the last token is read at each of the spec's layers, in one batched, left-padded
 pass with forward hooks (`_hidden`). A persona's centroid is the mean over the questions;
 `centering: global_mean` subtracts the mean of the stage's personas' centroids (per layer)
-before the cosines, `none` does not.
+before the cosines, `none` does not. With `steer` (`_steer`), α · direction is added at one
+layer to the steered personas' rows during the pass (every later layer sees it too).
 
 Outputs (docs/plan-format.md): `centroids.parquet` — labels + `persona, layer, vector`
 (the uncentred centroid, list<float32>); `cosines.parquet` — labels + `layer, persona_a,
@@ -31,6 +32,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from cpx.models import render_prompt
     from cpx.stages._hidden import centroid_cosines, last_prompt_hidden_states
     from cpx.stages._rows import StageParamError, check_personas, check_questions, labelled_table, write_parquet
+    from cpx.stages._steer import check_model, steer_of
 
     p, sid = ctx.params, ctx.stage.id
     personas = check_personas(sid, p.get("personas"), eval_roles=False)
@@ -43,12 +45,17 @@ def run(ctx: StageContext) -> dict[str, Any]:
     centering = p.get("centering", "global_mean")
     if centering not in CENTERINGS:
         raise StageParamError(f"stage {sid}: params.centering must be one of {', '.join(CENTERINGS)}, got {centering!r}")
+    steer = steer_of(sid, p, ctx.inputs)
 
     model, tok = ctx.models.get(p["model"], ctx.inputs)
     prompts = [render_prompt(tok, per.get("prompt"), q["text"]) for per in personas for q in questions]
+    steering = None
+    if steer is not None:
+        check_model(sid, steer, model)
+        steering = steer.for_prompts([per["name"] for per in personas for _ in questions])
     t0 = time.perf_counter()
     try:
-        hidden = last_prompt_hidden_states(model, tok, prompts, layers, device=ctx.device)
+        hidden = last_prompt_hidden_states(model, tok, prompts, layers, device=ctx.device, steering=steering)
     except ValueError as e:
         raise StageParamError(f"stage {sid}: {e}") from None
     seconds = time.perf_counter() - t0
@@ -79,5 +86,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 cos_cols["cosine"].append(float(cos[li, a, b]))
     cos_schema = {"layer": pa.int64(), "persona_a": pa.string(), "persona_b": pa.string(), "cosine": pa.float64()}
     write_parquet(labelled_table(ctx.labels, cos_cols, cos_schema), ctx.out_dir / "cosines.parquet")
-    return {"prompts": len(prompts), "layers": [int(x) for x in layers], "hidden_size": int(dim),
+    info = {"prompts": len(prompts), "layers": [int(x) for x in layers], "hidden_size": int(dim),
             "centering": centering, "seconds": round(seconds, 3)}
+    if steer is not None:
+        info["steer"] = steer.info()
+    return info

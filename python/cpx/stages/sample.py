@@ -2,7 +2,9 @@
 
 Per-persona completion counts (`n`), and temperature, top_p, max_tokens and seed from the spec.
 Backends: `hf` (the batched engine in `_sampling`, CPU and GPU), `vllm` (optional, thin), and
-`auto` (vllm when it is importable and the device is a GPU, else hf).
+`auto` (vllm when it is importable and the device is a GPU, else hf). With `steer` (activation
+steering, `_steer`: α · direction added at one layer to the steered personas' rows) only hf can
+sample, and `auto` is hf.
 
 Output `completions.parquet`: labels + `persona, role, question_id, sample_index, text,
 n_tokens, finish_reason` (docs/plan-format.md).
@@ -19,11 +21,17 @@ from cpx.stages._context import StageContext
 BACKENDS = ("auto", "hf", "vllm")
 
 
-def resolve_backend(name: str, device: str, stage_id: str = "?") -> str:
+def resolve_backend(name: str, device: str, stage_id: str = "?", *, steer: bool = False) -> str:
+    """The backend that samples: `auto` is vllm on a GPU where vLLM is installed, else hf; with
+    `steer` it is hf, and vllm is an error (it has no hook for steering)."""
     from cpx.stages._rows import StageParamError
 
     if name not in BACKENDS:
         raise StageParamError(f"stage {stage_id}: params.backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if steer:
+        if name == "vllm":
+            raise StageParamError(f"stage {stage_id}: params.steer needs params.backend hf (or auto), got 'vllm'")
+        return "hf"
     if name == "auto":
         from cpx.stages._vllm import vllm_available
 
@@ -36,12 +44,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from cpx.stages._rows import check_personas, check_questions, labelled_table, sampler_of, write_parquet
     from cpx.stages._sampling import Request, sample_completions
+    from cpx.stages._steer import check_model, steer_of
 
     p, sid = ctx.params, ctx.stage.id
     personas = check_personas(sid, p.get("personas"), eval_roles=True)
     questions = check_questions(sid, p.get("questions"))
     sampler = sampler_of(sid, p.get("sampler"))
-    backend = resolve_backend(p.get("backend", "hf"), ctx.device, sid)
+    steer = steer_of(sid, p, ctx.inputs)
+    backend = resolve_backend(p.get("backend", "hf"), ctx.device, sid, steer=steer is not None)
     requests = [Request(per.get("prompt"), q["text"], per["n"]) for per in personas for q in questions]
 
     t0 = time.perf_counter()
@@ -51,9 +61,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         comps = sample_vllm(ctx, requests, sampler)
     else:
         model, tok = ctx.models.get(p["model"], ctx.inputs)
+        steering = None
+        if steer is not None:
+            check_model(sid, steer, model)
+            steering = steer.for_prompts([per["name"] for per in personas for _ in questions])
         comps = sample_completions(
             model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
-            max_batch_size=ctx.batch_limit,
+            max_batch_size=ctx.batch_limit, steering=steering,
         )
     seconds = time.perf_counter() - t0
 
@@ -71,7 +85,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
               "finish_reason": pa.string()}
     write_parquet(labelled_table(ctx.labels, cols, schema), ctx.out_dir / "completions.parquet")
     n_tokens = sum(c.n_tokens for c in comps)
-    return {
+    info: dict[str, Any] = {
         "backend": backend,
         "completions": len(comps),
         "tokens": n_tokens,
@@ -79,3 +93,6 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "tokens_per_s": round(n_tokens / seconds, 1) if seconds > 0 else None,
     }
+    if steer is not None:
+        info["steer"] = steer.info()
+    return info
