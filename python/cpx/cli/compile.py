@@ -53,7 +53,28 @@ def run(args: argparse.Namespace) -> int:
     secs = stage_seconds(plan, params_b(plan.spec))
     print(summary(plan, done, secs))
     print(f"\nplan: {out / 'plan.json'}" + (" (not written: --check)" if args.check else ""))
+    if plan.spec.get("power"):
+        print_power(plan, Path(args.spec).parent)
     return 0
+
+
+def print_power(plan: Any, base: Path) -> None:
+    """The power table on stdout, its warnings on stderr (`warning: ...`). A `from_run` that
+    cannot be read is a warning here: the plan is already written, the exit status unchanged."""
+    import sys
+
+    from cpx.power import PowerError, display, format_text, power_rows, warnings_of
+
+    try:
+        rows = power_rows(plan, base=base)
+    except PowerError as e:
+        print(f"warning: {e}", file=sys.stderr)
+        return
+    alpha = float(plan.spec["power"].get("alpha") or 0.05)
+    print(f"\npower (alpha {alpha:g}, two-sided; docs/power.md):")
+    print(format_text(display(rows)))
+    for w in warnings_of(rows, alpha):
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def summary(plan: Any, done: dict[str, bool], secs: dict[str, float]) -> str:

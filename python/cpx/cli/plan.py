@@ -1,4 +1,5 @@
-"""`cpx plan show|diff`: list a plan's stages, draw its DAG, or compare two specs or plans."""
+"""`cpx plan show|diff|power`: list a plan's stages, draw its DAG, compare two specs or plans, or
+tabulate the smallest effects its analyses can detect."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("plan", help="show a plan's stages or DAG; diff two specs or plans",
-                       description="Inspect plans: `show` lists stages or draws the DAG, `diff` compares two.")
+    p = sub.add_parser("plan", help="show a plan's stages or DAG; diff two specs or plans; power",
+                       description="Inspect plans: `show` lists stages or draws the DAG, `diff` compares two, "
+                       "`power` tabulates the smallest detectable effects.")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     show = verbs.add_parser("show", help="list the stages of a plan (or draw its DAG with --graph)",
                             description="List the stages of RUN_DIR/plan.json (or of a spec file, compiled "
@@ -26,6 +28,18 @@ def register(sub: Any) -> None:
     diff.add_argument("b", metavar="B", help="spec file, plan.json or run folder")
     diff.add_argument("--limit", type=int, default=200, help="at most this many stage lines (default 200)")
     diff.set_defaults(func=run_diff)
+    power = verbs.add_parser(
+        "power", help="the smallest effect each declared analysis can detect, optionally over a range of designs",
+        description="Print, for each declared analysis, the smallest effect it detects at the spec's `power:` "
+        "settings (defaults: alpha 0.05 two-sided, 80% power, ICC 0.1), and warnings for comparisons that "
+        "cannot reach significance. --vary tabulates the same for other designs. See docs/power.md.",
+        epilog="Example: cpx plan power specs/demo.yaml --vary questions=20,40,80 --vary sources=4,5")
+    power.add_argument("target", metavar="RUN_DIR|PLAN|SPEC", nargs="?", default=".",
+                       help="a run folder, a plan.json or a spec file (default: .)")
+    power.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                       help="also for these values of KEY (questions, completions, sources, checkpoints, seeds, "
+                       "alphas); repeatable")
+    power.set_defaults(func=run_power)
 
 
 def load_any(target: str) -> Any:
@@ -73,4 +87,29 @@ def run_diff(args: argparse.Namespace) -> int:
 
     d = diff_plans(load_any(args.a), load_any(args.b))
     print(format_diff(d, args.limit))
+    return 0
+
+
+def run_power(args: argparse.Namespace) -> int:
+    import sys
+
+    from cpx.cli import CLIError
+    from cpx.power import PowerError, design_of, display, format_text, parse_vary, power_rows, warnings_of
+
+    try:
+        vary = parse_vary(args.vary)
+    except PowerError as e:
+        raise CLIError(str(e), 2) from None
+    plan = load_any(args.target)
+    path = Path(args.target)
+    # A relative power.from_run is relative to the spec; for a plan, to the current directory.
+    base = path.parent if path.suffix in (".yaml", ".yml") else Path(".")
+    try:
+        rows = power_rows(plan, vary, base=base)
+        alpha = design_of(plan, base=base).settings.alpha
+    except PowerError as e:
+        raise CLIError(str(e), 2) from None
+    print(format_text(display(rows)))
+    for w in warnings_of(rows, alpha):
+        print(f"warning: {w}", file=sys.stderr)
     return 0
