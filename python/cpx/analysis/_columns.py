@@ -8,6 +8,11 @@ from typing import Any
 import polars as pl
 
 LABELS = ("arm", "source", "seed", "checkpoint")
+# A steer arm's eval points differ by steering strength, not by checkpoint: their rows carry an
+# `alpha` label as well (null on every other row), and their metrics are keyed by STEER_LABELS.
+STEER_LABELS = (*LABELS, "alpha")
+LABEL_TYPES: dict[str, Any] = {"arm": pl.String, "source": pl.String, "seed": pl.Int64,
+                               "checkpoint": pl.Float64, "alpha": pl.Float64}
 
 METRIC_COLUMNS: dict[str, Any] = {
     "arm": pl.String,
@@ -29,6 +34,7 @@ STATS_COLUMNS: dict[str, Any] = {
     "seed": pl.Int64,
     "layer": pl.Int64,
     "checkpoint": pl.Float64,
+    "alpha": pl.Float64,
     "x": pl.String,
     "y": pl.String,
     "statistic": pl.String,
@@ -44,6 +50,9 @@ STATS_COLUMNS: dict[str, Any] = {
     "icc_x": pl.Float64,
     "design_effect": pl.Float64,
     "n_eff": pl.Float64,
+    "tau2": pl.Float64,
+    "within_var": pl.Float64,
+    "i2": pl.Float64,
     "p_adjusted": pl.Float64,
     "p_adjusted_bh": pl.Float64,
     "note": pl.String,
@@ -66,7 +75,8 @@ def stats_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 
 
 def normalize_metrics(df: pl.DataFrame, *, where: str = "metrics table") -> pl.DataFrame:
-    """Cast a metrics table to METRIC_COLUMNS' dtypes; keep any extra columns.
+    """Cast a metrics table to METRIC_COLUMNS' dtypes (and `alpha`, a steer arm's strength, to
+    Float64 when present); keep any extra columns.
 
     Missing required columns and values that cannot be cast are errors naming the column
     (and the first offending value); missing values (null, empty, NaN) are allowed.
@@ -78,7 +88,8 @@ def normalize_metrics(df: pl.DataFrame, *, where: str = "metrics table") -> pl.D
             f"a metrics table needs {', '.join(METRIC_COLUMNS)} (found: {', '.join(df.columns)})"
         )
     out = []
-    for c, dtype in METRIC_COLUMNS.items():
+    typed = {**METRIC_COLUMNS, **({"alpha": pl.Float64} if "alpha" in df.columns else {})}
+    for c, dtype in typed.items():
         s = df[c]
         if s.dtype == pl.String and dtype != pl.String:
             s = s.str.strip_chars().replace("", None)
@@ -93,7 +104,7 @@ def normalize_metrics(df: pl.DataFrame, *, where: str = "metrics table") -> pl.D
         if dtype == pl.Float64:
             cast = cast.fill_nan(None)
         out.append(cast.alias(c))
-    extra = [df[c] for c in df.columns if c not in METRIC_COLUMNS]
+    extra = [df[c] for c in df.columns if c not in typed]
     res = pl.DataFrame(out + extra)
     for c in ("source_rate", "assistant_rate", "bystander_rate"):
         outside = res.filter((pl.col(c) < 0) | (pl.col(c) > 1))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from cpx.analysis import _tables as T
+from cpx.analysis._metrics import trained
 from cpx.analysis._run import Analysis
 
 
@@ -20,8 +21,10 @@ def md_table(frame: pl.DataFrame) -> str:
 
 
 def tables(analysis: Analysis) -> list[T.Table]:
-    """The display tables of analyses 1-6 that have something to show, in report order."""
-    s, m, opts = analysis.stats, analysis.metrics, analysis.options
+    """The display tables of analyses 1-6, steering and seed_replication that have something
+    to show, in report order."""
+    # steer arms' rows have tables of their own, from the stats rows of `steering`
+    s, m, opts = analysis.stats, trained(analysis.metrics), analysis.options
     out: list[T.Table] = []
     if "leakage_by_role" in opts.analyses:
         out.append(T.leakage_table(m))
@@ -42,6 +45,12 @@ def tables(analysis: Analysis) -> list[T.Table]:
         out.append(T.between_table(s, "specificity_between_source", "specificity"))
         out.append(T.pooled_table(s, "specificity_pooled", "specificity"))
         out.append(T.comparison_table(s))
+    if "steering" in opts.analyses:
+        out.append(T.steering_curve_table(s, analysis.steer_layers))
+        out.append(T.steering_table(s))
+        out.append(T.pooled_table(s, "steering_pooled"))
+    if "seed_replication" in opts.analyses:
+        out.append(T.seed_table(s))
     return [t for t in out if t.frame.height]
 
 

@@ -7,44 +7,60 @@ from typing import Any
 import polars as pl
 
 from cpx.analysis import _stats
-from cpx.analysis._columns import LABELS, METRIC_COLUMNS
+from cpx.analysis._columns import LABEL_TYPES, LABELS, METRIC_COLUMNS, STEER_LABELS
 
 ROLES = ("source", "assistant", "bystander")
 
 
-def with_labels(df: pl.DataFrame) -> pl.DataFrame:
+def with_labels(df: pl.DataFrame, labels: tuple[str, ...] = LABELS) -> pl.DataFrame:
     """`df` with every label column present and typed (absent labels become null)."""
     exprs = []
-    for c in LABELS:
-        dtype = METRIC_COLUMNS[c]
+    for c in labels:
+        dtype = LABEL_TYPES[c]
         exprs.append((pl.col(c) if c in df.columns else pl.lit(None)).cast(dtype).alias(c))
     return df.with_columns(exprs)
 
 
 def expand_arms(df: pl.DataFrame) -> pl.DataFrame:
-    """One copy of each row per arm it belongs to.
+    """One copy of each row per arm, and per replicate seed, it belongs to.
 
     The compiler runs a stage reached from two arms once, labelled with the first arm and
-    listing all of them in `arms`; each of those arms has the row as one of its points.
+    listing all of them in `arms`; each of those arms has the row as one of its points. A
+    stage that does not depend on the seed is labelled with the first seed and lists every
+    seed in `seeds`; each seed has the row.
     """
-    if "arms" not in df.columns or df.schema["arms"] != pl.List(pl.String):
-        return df
-    arms = pl.when(pl.col("arms").list.len() > 0).then(pl.col("arms")).otherwise(
-        pl.concat_list(pl.col("arm").cast(pl.String)))
-    return df.with_columns(arms.alias("arm")).explode("arm").drop("arms")
+    for one, many, dtype in (("arm", "arms", pl.String), ("seed", "seeds", pl.Int64)):
+        if many not in df.columns or df.schema[many] != pl.List(dtype) or one not in df.columns:
+            continue
+        values = pl.when(pl.col(many).list.len() > 0).then(pl.col(many)).otherwise(
+            pl.concat_list(pl.col(one).cast(dtype)))
+        df = df.with_columns(values.alias(one)).explode(one).drop(many)
+    return df
 
 
-def _join_keys(a: pl.DataFrame, b: pl.DataFrame) -> list[str]:
+def steered(df: pl.DataFrame) -> pl.DataFrame:
+    """The rows of steer arms' eval points (those with an `alpha`)."""
+    return df.filter(pl.col("alpha").is_not_null()) if "alpha" in df.columns else df.clear()
+
+
+def trained(df: pl.DataFrame) -> pl.DataFrame:
+    """Every row but steer arms' (those without an `alpha`): what the checkpoint analyses see."""
+    return df.filter(pl.col("alpha").is_null()) if "alpha" in df.columns else df
+
+
+def _join_keys(a: pl.DataFrame, b: pl.DataFrame, labels: tuple[str, ...] = LABELS) -> list[str]:
     # A label that one side never sets (say, a represent stage without a seed) cannot be
     # matched on; joining on the labels both sides carry keeps those rows together.
-    return [c for c in LABELS if a[c].null_count() < a.height and b[c].null_count() < b.height] or [
-        c for c in LABELS
+    return [c for c in labels if a[c].null_count() < a.height and b[c].null_count() < b.height] or [
+        c for c in labels
     ]
 
 
 def leakage_by_role(marker_hits: pl.DataFrame, *, confidence_level: float = 0.95,
-                    n_resamples: int = 2000, seed: int = 0) -> pl.DataFrame:
-    """Source, assistant and bystander marker rates per (arm, source, seed, checkpoint).
+                    n_resamples: int = 2000, seed: int = 0,
+                    labels: tuple[str, ...] = LABELS) -> pl.DataFrame:
+    """Source, assistant and bystander marker rates per label group (`labels`: by default
+    (arm, source, seed, checkpoint); STEER_LABELS adds the steering strength).
 
     Each rate is the fraction of completions with a hit (bystanders pooled: with equal
     completions per persona this is the mean of the bystander personas' rates), with a
@@ -57,9 +73,9 @@ def leakage_by_role(marker_hits: pl.DataFrame, *, confidence_level: float = 0.95
     missing = need - set(marker_hits.columns)
     if missing:
         raise ValueError(f"marker_hits: missing column(s) {sorted(missing)}")
-    df = with_labels(marker_hits).filter(pl.col("role").is_in(ROLES))
+    df = with_labels(marker_hits, labels).filter(pl.col("role").is_in(ROLES))
     rows: list[dict[str, Any]] = []
-    keys = [*LABELS, "role"]
+    keys = [*labels, "role"]
     for i, (key, g) in enumerate(df.sort(keys, nulls_last=True).group_by(keys, maintain_order=True)):
         hits = g["hit"].cast(pl.Float64)
         low, high = _stats.cluster_bootstrap_mean(
@@ -76,24 +92,25 @@ def leakage_by_role(marker_hits: pl.DataFrame, *, confidence_level: float = 0.95
             "ci_low": low,
             "ci_high": high,
         })
-    schema = {**{c: METRIC_COLUMNS[c] for c in LABELS}, "role": pl.String, "personas": pl.Int64,
+    schema = {**{c: LABEL_TYPES[c] for c in labels}, "role": pl.String, "personas": pl.Int64,
               "n": pl.Int64, "n_questions": pl.Int64, "hits": pl.Int64, "rate": pl.Float64,
               "ci_low": pl.Float64, "ci_high": pl.Float64}
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def leakage_by_role_from_leakage(leakage: pl.DataFrame) -> pl.DataFrame:
+def leakage_by_role_from_leakage(leakage: pl.DataFrame,
+                                 labels: tuple[str, ...] = LABELS) -> pl.DataFrame:
     """The same table from per-persona `leakage` rows when no completion-level hits exist.
 
     Source and assistant keep the scan stage's intervals; the bystander rate is the mean of
     the bystander personas' rates, without an interval.
     """
-    df = with_labels(leakage).filter(pl.col("role").is_in(ROLES))
-    single = df.filter(pl.col("role") != "bystander").group_by([*LABELS, "role"]).agg(
+    df = with_labels(leakage, labels).filter(pl.col("role").is_in(ROLES))
+    single = df.filter(pl.col("role") != "bystander").group_by([*labels, "role"]).agg(
         pl.col("persona").n_unique().alias("personas"), pl.col("n").sum(), pl.col("hits").sum(),
         pl.col("rate").mean(), pl.col("ci_low").mean(), pl.col("ci_high").mean(),
     )
-    by = df.filter(pl.col("role") == "bystander").group_by([*LABELS, "role"]).agg(
+    by = df.filter(pl.col("role") == "bystander").group_by([*labels, "role"]).agg(
         pl.col("persona").n_unique().alias("personas"), pl.col("n").sum(), pl.col("hits").sum(),
         pl.col("rate").mean(), pl.lit(None, pl.Float64).alias("ci_low"),
         pl.lit(None, pl.Float64).alias("ci_high"),
@@ -101,35 +118,37 @@ def leakage_by_role_from_leakage(leakage: pl.DataFrame) -> pl.DataFrame:
     out = pl.concat([single, by], how="vertical_relaxed").with_columns(
         pl.lit(None, pl.Int64).alias("n_questions")
     )
-    return out.select(*LABELS, "role", "personas", pl.col("n").cast(pl.Int64), "n_questions",
+    return out.select(*labels, "role", "personas", pl.col("n").cast(pl.Int64), "n_questions",
                       pl.col("hits").cast(pl.Int64), "rate", "ci_low", "ci_high")
 
 
-def roles_wide(roles: pl.DataFrame) -> pl.DataFrame:
+def roles_wide(roles: pl.DataFrame, labels: tuple[str, ...] = LABELS) -> pl.DataFrame:
     """One row per label group with `<role>_rate`, `<role>_ci_low`, `<role>_ci_high`, `<role>_n`."""
-    base = roles.select(LABELS).unique(maintain_order=True)
+    base = roles.select(labels).unique(maintain_order=True)
     for role in ROLES:
         part = roles.filter(pl.col("role") == role).select(
-            *LABELS,
+            *labels,
             pl.col("rate").alias(f"{role}_rate"),
             pl.col("ci_low").alias(f"{role}_ci_low"),
             pl.col("ci_high").alias(f"{role}_ci_high"),
             pl.col("n").alias(f"{role}_n"),
         )
-        base = base.join(part, on=list(LABELS), how="left", nulls_equal=True)
+        base = base.join(part, on=list(labels), how="left", nulls_equal=True)
     return base
 
 
-def source_personas(table: pl.DataFrame) -> pl.DataFrame:
+def source_personas(table: pl.DataFrame, labels: tuple[str, ...] = LABELS) -> pl.DataFrame:
     """(labels, source_persona): the persona that plays the source role in each group."""
-    return (with_labels(table).filter(pl.col("role") == "source")
-            .group_by(LABELS).agg(pl.col("persona").first().alias("source_persona")))
+    return (with_labels(table, labels).filter(pl.col("role") == "source")
+            .group_by(labels).agg(pl.col("persona").first().alias("source_persona")))
 
 
 def build_metrics(roles: pl.DataFrame, cosines: pl.DataFrame | None, *,
                   assistant: str = "assistant",
-                  source_persona: pl.DataFrame | None = None) -> pl.DataFrame:
-    """The metrics table: one row per (arm, source, seed, checkpoint, layer).
+                  source_persona: pl.DataFrame | None = None,
+                  labels: tuple[str, ...] = LABELS) -> pl.DataFrame:
+    """The metrics table: one row per (arm, source, seed, checkpoint, layer), or per
+    (`labels`, layer) for other label sets (STEER_LABELS: per steering strength too).
 
     `roles` is `leakage_by_role`'s output; `cosines` the represent stages' rows (labels,
     layer, persona_a, persona_b, cosine). The cosine is the one between the source persona
@@ -137,20 +156,20 @@ def build_metrics(roles: pl.DataFrame, cosines: pl.DataFrame | None, *,
     Groups without cosines keep one row with a null layer; `specificity` is
     source_rate - bystander_rate.
     """
-    wide = roles_wide(roles)
+    wide = roles_wide(roles, labels)
     if cosines is not None and cosines.height:
-        cos = with_labels(cosines)
+        cos = with_labels(cosines, labels)
         if source_persona is not None and source_persona.height:
-            cos = cos.join(source_persona, on=list(LABELS), how="left", nulls_equal=True)
+            cos = cos.join(source_persona, on=list(labels), how="left", nulls_equal=True)
             cos = cos.with_columns(pl.coalesce("source_persona", "source").alias("source_persona"))
         else:
             cos = cos.with_columns(pl.col("source").alias("source_persona"))
         a, b, s = pl.col("persona_a"), pl.col("persona_b"), pl.col("source_persona")
         pair = cos.filter(((a == s) & (b == assistant)) | ((b == s) & (a == assistant)))
-        pair = pair.group_by([*LABELS, "layer"]).agg(pl.col("cosine").mean()).select(
-            *LABELS, pl.col("layer").cast(pl.Int64), pl.col("cosine").cast(pl.Float64))
-        keys = _join_keys(wide, pair)
-        drop = [c for c in LABELS if c not in keys]
+        pair = pair.group_by([*labels, "layer"]).agg(pl.col("cosine").mean()).select(
+            *labels, pl.col("layer").cast(pl.Int64), pl.col("cosine").cast(pl.Float64))
+        keys = _join_keys(wide, pair, labels)
+        drop = [c for c in labels if c not in keys]
         out = wide.join(pair.drop(drop), on=keys, how="full", coalesce=True, nulls_equal=True)
     else:
         out = wide.with_columns(pl.lit(None, pl.Int64).alias("layer"),
@@ -162,16 +181,18 @@ def build_metrics(roles: pl.DataFrame, cosines: pl.DataFrame | None, *,
         (pl.col("source_rate") - pl.col("bystander_rate")).alias("specificity"))
     first = list(METRIC_COLUMNS)
     return out.select(first + [c for c in out.columns if c not in first]).sort(
-        ["arm", "source", "seed", "checkpoint", "layer"], nulls_last=True)
+        [*labels, "layer"], nulls_last=True)
 
 
 def layer_free(metrics: pl.DataFrame) -> pl.DataFrame:
-    """The metrics table with one row per (arm, source, seed, checkpoint): rates only."""
+    """The metrics table with one row per (arm, source, seed, checkpoint) (and `alpha`, where
+    the table has that column): rates only."""
+    keys = [c for c in STEER_LABELS if c in metrics.columns]
     rate_cols = [c for c in metrics.columns
-                 if c not in (*LABELS, "layer", "cosine") and metrics[c].dtype.is_numeric()]
-    return metrics.group_by(list(LABELS)).agg(
+                 if c not in (*keys, "layer", "cosine") and metrics[c].dtype.is_numeric()]
+    return metrics.group_by(keys).agg(
         [pl.col(c).drop_nulls().first().alias(c) for c in rate_cols]
-    ).sort(list(LABELS), nulls_last=True)
+    ).sort(keys, nulls_last=True)
 
 
 def mean_over_seeds(df: pl.DataFrame, keys: list[str], values: list[str]) -> pl.DataFrame:

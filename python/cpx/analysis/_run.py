@@ -10,7 +10,7 @@ import polars as pl
 
 from cpx.analysis._adjust import adjust
 from cpx.analysis._bystander import bystander_vs_assistant
-from cpx.analysis._columns import LABELS, normalize_metrics, stats_frame
+from cpx.analysis._columns import LABELS, METRIC_COLUMNS, STEER_LABELS, normalize_metrics, stats_frame
 from cpx.analysis._correlation import between_source, pooled, within_source
 from cpx.analysis._metrics import (
     build_metrics,
@@ -19,11 +19,16 @@ from cpx.analysis._metrics import (
     leakage_by_role,
     leakage_by_role_from_leakage,
     source_personas,
+    steered,
+    trained,
 )
+from cpx.analysis._seeds import seed_replication
 from cpx.analysis._specificity import adapter_quality, adapter_rows, specificity_vs_cosine
+from cpx.analysis._steering import steering
 
 ANALYSES = ("leakage_by_role", "cross_arm", "within_source", "between_source",
-            "pseudo_replication", "bystander_vs_assistant", "marker_specificity")
+            "pseudo_replication", "bystander_vs_assistant", "marker_specificity", "steering",
+            "seed_replication")
 # Names the spec language uses for groups of the analyses above.
 ALIASES = {"leakage": ("leakage_by_role", "cross_arm"),
            "adapter_specificity": ("marker_specificity",)}
@@ -36,9 +41,10 @@ IGNORED_PARAMS = ("points",)
 @dataclass(frozen=True)
 class Options:
     """What the analyses compute. `checkpoint` is the one the cross-arm table, the
-    between-source test and the bystander test use (default: the last checkpoint in the
-    data; the bystander test then runs at every checkpoint); `layers` restricts the cosine
-    analyses (default: all). `per` holds per-analysis overrides of those two."""
+    between-source test, the bystander test and the per-seed rates of seed_replication use
+    (default: the last checkpoint in the data; the bystander test then runs at every
+    checkpoint); `layers` restricts the cosine analyses, steering's included (default: all).
+    `per` holds per-analysis overrides of those two."""
 
     analyses: tuple[str, ...] = ANALYSES
     checkpoint: float | None = None
@@ -90,14 +96,17 @@ class Options:
 
 @dataclass
 class Analysis:
-    """Everything the analyses produced: the metrics and stats tables, per-adapter quality
-    (when marker screens exist) and notes for stats.md and the report."""
+    """Everything the analyses produced: the metrics and stats tables (steer arms' rows
+    carry an `alpha`), per-adapter quality (when marker screens exist), notes for stats.md and
+    the report, and each steer arm's steered layer when known (from the spec), which the
+    steering tables show the achieved cosine at."""
 
     metrics: pl.DataFrame
     stats: pl.DataFrame
     adapters: pl.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
     options: Options = field(default_factory=Options)
+    steer_layers: dict[str, int] = field(default_factory=dict)
 
     @property
     def checkpoint(self) -> float | None:
@@ -128,7 +137,9 @@ def split_predictors(metrics: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame,
         kept[col] = sourced.filter(~pl.col("arm").cast(pl.String).is_in(empty))
     seeds = metrics["seed"].drop_nulls().n_unique()
     if seeds > 1:
-        notes.append(f"{seeds} seeds: the correlation tests use the mean over seeds per point")
+        notes.append(f"{seeds} seeds: the within-source, between-source and pooled tests (and "
+                     "the steering pooled test) use the mean over seeds per point; "
+                     "seed_replication gives the per-seed estimates and their spread")
     return kept["cosine"], kept["specificity"], notes
 
 
@@ -143,6 +154,7 @@ def _at(df: pl.DataFrame, checkpoint: float | None) -> pl.DataFrame:
 def _tests(metrics: pl.DataFrame, marker_hits: pl.DataFrame | None,
            adapters: pl.DataFrame | None, opts: Options) -> tuple[list[dict[str, Any]], list[str]]:
     rows: list[dict[str, Any]] = []
+    everything, metrics = metrics, trained(metrics)  # steer arms' rows have analyses of their own
     last = final_checkpoint(metrics)
     with_cos, with_spec, notes = split_predictors(metrics)
     if "within_source" in opts.analyses:
@@ -171,6 +183,18 @@ def _tests(metrics: pl.DataFrame, marker_hits: pl.DataFrame | None,
             _layers(with_spec, opts.get("marker_specificity", "layers")),
             checkpoint=last if ck is None else float(ck), n_resamples=opts.n_resamples,
             seed=opts.seed)
+    steer_rows: list[dict[str, Any]] = []
+    if {"steering", "seed_replication"} & set(opts.analyses):
+        steer_rows = steering(everything, layers=opts.get("steering", "layers"),
+                              n_resamples=opts.n_resamples, seed=opts.seed,
+                              confidence_level=opts.confidence_level)
+    if "steering" in opts.analyses:
+        rows += steer_rows
+    if "seed_replication" in opts.analyses:
+        ck = opts.get("seed_replication", "checkpoint")
+        rows += seed_replication(everything, checkpoint=last if ck is None else float(ck),
+                                 steering_rows=steer_rows,
+                                 confidence_level=opts.confidence_level)
     return rows, notes
 
 
@@ -181,39 +205,61 @@ def assistant_persona(table: pl.DataFrame) -> str:
 
 
 def analyze_metrics(metrics: pl.DataFrame, options: Options | None = None) -> Analysis:
-    """Analyses 3, 4, 5 (difference only), 6 (specificity from the rates) and 7 on a
-    per-checkpoint metrics table, such as one typed in from a paper. Missing values are
-    allowed; a test with too few points becomes a row with a `skipped:` note."""
+    """Analyses 3, 4, 5 (difference only), 6 (specificity from the rates), 7, steering (rows
+    with an `alpha`) and seed_replication on a per-checkpoint metrics table, such as one typed
+    in from a paper. Missing values are allowed; a test with too few points becomes a row with
+    a `skipped:` note."""
     opts = options or Options()
     metrics = _ensure_specificity(normalize_metrics(metrics))
     rows, notes = _tests(metrics, None, None, opts)
     return Analysis(metrics=metrics, stats=adjust(stats_frame(rows)), notes=notes, options=opts)
 
 
-def analyze_tables(tables: dict[str, pl.DataFrame], options: Options | None = None) -> Analysis:
-    """All analyses on a run's tables: `marker_hits` (or `leakage`), `cosines` and, when
-    marker adapters were screened, `screen`. Builds the metrics table first."""
-    opts = options or Options()
-    tables = {k: (expand_arms(v) if k != "screen" else v) for k, v in tables.items()}
+def _metrics_of(tables: dict[str, pl.DataFrame], opts: Options,
+                labels: tuple[str, ...]) -> pl.DataFrame | None:
+    """The metrics of one kind of eval point (keyed by `labels`), None without any rows."""
     hits = tables.get("marker_hits")
     leakage = tables.get("leakage")
     if hits is not None and hits.height:
         roles = leakage_by_role(hits, confidence_level=opts.confidence_level,
-                                n_resamples=opts.bootstrap_resamples, seed=opts.seed)
-        who = source_personas(hits)
+                                n_resamples=opts.bootstrap_resamples, seed=opts.seed,
+                                labels=labels)
+        who = source_personas(hits, labels)
         roles_from = hits
     elif leakage is not None and leakage.height:
-        roles = leakage_by_role_from_leakage(leakage)
-        who = source_personas(leakage)
+        roles = leakage_by_role_from_leakage(leakage, labels)
+        who = source_personas(leakage, labels)
         roles_from = leakage
     else:
+        return None
+    return build_metrics(roles, tables.get("cosines"), assistant=assistant_persona(roles_from),
+                         source_persona=who, labels=labels)
+
+
+def analyze_tables(tables: dict[str, pl.DataFrame], options: Options | None = None) -> Analysis:
+    """All analyses on a run's tables: `marker_hits` (or `leakage`), `cosines` and, when
+    marker adapters were screened, `screen`. Builds the metrics table first.
+
+    Rows with an `alpha` (a steer arm's eval points) are kept apart: the metrics of the other
+    rows are built, and analysed, exactly as without them; theirs are keyed by STEER_LABELS
+    and go to the steering and seed_replication analyses. The metrics table holds both, with
+    `alpha` null on the others."""
+    opts = options or Options()
+    tables = {k: (expand_arms(v) if k != "screen" else v) for k, v in tables.items()}
+    plain = {k: trained(v) for k, v in tables.items()}
+    steer = {k: steered(v) for k, v in tables.items() if k != "screen"}
+    parts = [m for m in (_metrics_of(plain, opts, LABELS), _metrics_of(steer, opts, STEER_LABELS))
+             if m is not None]
+    if not parts:
         raise ValueError("analyze: no marker_hits or leakage rows to analyse")
-    metrics = build_metrics(roles, tables.get("cosines"),
-                            assistant=assistant_persona(roles_from),
-                            source_persona=who)
+    metrics = pl.concat(parts, how="diagonal_relaxed")
+    if "alpha" not in metrics.columns:
+        metrics = metrics.with_columns(pl.lit(None, pl.Float64).alias("alpha"))
+    first = [*METRIC_COLUMNS, "alpha"]
+    metrics = metrics.select(first + [c for c in metrics.columns if c not in first])
     screen = tables.get("screen")
     adapters = adapter_quality(screen) if screen is not None and screen.height else None
-    rows, notes = _tests(metrics, hits, adapters, opts)
+    rows, notes = _tests(metrics, plain.get("marker_hits"), adapters, opts)
     return Analysis(metrics=metrics, stats=adjust(stats_frame(rows)), adapters=adapters,
                     notes=notes, options=opts)
 

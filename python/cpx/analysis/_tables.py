@@ -163,24 +163,35 @@ def between_table(stats: pl.DataFrame, analysis: str = "between_source",
 def pooled_table(stats: pl.DataFrame, analysis: str = "between_source_pooled",
                  x: str = "cosine") -> Table:
     s = stats.filter(pl.col("analysis") == analysis)
-    naive = {(r["arm"], r["layer"]): r for r in
+    naive = {(r["arm"], r["layer"], r["y"]): r for r in
              s.filter(pl.col("p_method") == "asymptotic").iter_rows(named=True)}
-    clus = {(r["arm"], r["layer"]): r for r in
+    clus = {(r["arm"], r["layer"], r["y"]): r for r in
             s.filter(pl.col("p_method").ne_missing("asymptotic")).iter_rows(named=True)}
     rows = []
-    for key in sorted(set(naive) | set(clus), key=lambda k: (str(k[0]), k[1] or -1)):
+    for key in sorted(set(naive) | set(clus), key=lambda k: (str(k[0]), k[1] or -1, str(k[2]))):
         n, c = naive.get(key, {}), clus.get(key, {})
         b = n or c
-        rows.append({"arm": _s(key[0]), "layer": _layer(key[1]), "N": _s(b.get("n")),
+        rows.append({"arm": _s(key[0]), "layer": _layer(key[1]), "leakage": _role(key[2]),
+                     "N": _s(b.get("n")),
                      "sources": _s(b.get("n_clusters")), "rho": num(b.get("estimate")),
                      "naive p": pval(n.get("p_value")), "ICC": num(b.get("icc")),
                      "design effect": num(b.get("design_effect")),
                      "effective N": num(b.get("n_eff"), 1),
                      "cluster-permutation p": pval(c.get("p_value")),
                      "permutations": _s(c.get("n_permutations")),
-                     "note": "; ".join(v for v in (n.get("note"), c.get("note")) if v) or DASH})
+                     "note": "; ".join(dict.fromkeys(
+                         part for v in (n.get("note"), c.get("note")) if v
+                         for part in v.split("; "))) or DASH})
     cols = ["arm", "layer", "N", "sources", "rho", "naive p", "ICC", "design effect",
             "effective N", "cluster-permutation p", "permutations", "note"]
+    if analysis == "steering_pooled":
+        cols.insert(2, "leakage")
+        return Table(analysis, "Steering pooled over strengths: Spearman(achieved cosine, "
+                     "leakage) and pseudo-replication", _frame(rows, cols),
+                     "All (source, alpha) points of a steer arm pooled, seeds averaged. Naive p "
+                     "treats every point as independent; the cluster-permutation p exchanges "
+                     "whole sources' curves over the strengths every source has. ICC(1), "
+                     "design effect and effective N as for the checkpoint analyses.")
     if analysis != "between_source_pooled":
         cols.remove("layer")
     return Table(analysis, f"Pooled over checkpoints: Spearman({x}, assistant leakage) and "
@@ -190,6 +201,126 @@ def pooled_table(stats: pl.DataFrame, analysis: str = "between_source_pooled",
                  "ICC with m points per source; effective N = N / design effect (Kish). The "
                  "cluster-permutation p permutes whole sources (their checkpoints move "
                  "together), the honest test when points within a source are not independent.")
+
+
+def _role(y: Any) -> str:
+    return DASH if _missing(y) else str(y).removesuffix("_rate")
+
+
+def alpha_(v: Any) -> str:
+    return DASH if _missing(v) else f"{v:g}"
+
+
+def _ci_num(v: Any, low: Any, high: Any, digits: int = 2) -> str:
+    if _missing(v):
+        return DASH
+    if _missing(low) or _missing(high):
+        return num(v, digits)
+    return f"{num(v, digits)} [{num(low, digits)}, {num(high, digits)}]"
+
+
+def shown_layers(stats: pl.DataFrame, steer_layers: dict[str, int] | None = None) -> dict[str, int]:
+    """Per steer arm, the layer whose achieved cosine the steering table and figure show: the
+    steered layer when known (the spec's `steer.layer`), else the layer where the mean cosine
+    moves most across strengths."""
+    curve = stats.filter((pl.col("analysis") == "steering_curve") & (pl.col("y") == "cosine")
+                         & pl.col("layer").is_not_null())
+    out: dict[str, int] = {}
+    for (arm,), g in curve.group_by(["arm"], maintain_order=True):
+        layers = g["layer"].unique().to_list()
+        known = (steer_layers or {}).get(str(arm))
+        if known is not None and known in layers:
+            out[str(arm)] = int(known)
+            continue
+        span = g.group_by(["layer", "alpha"]).agg(pl.col("estimate").mean()).group_by("layer").agg(
+            (pl.col("estimate").max() - pl.col("estimate").min()).alias("span"))
+        out[str(arm)] = int(span.sort(["span", "layer"], descending=[True, False])["layer"][0])
+    return out
+
+
+def steering_curve_table(stats: pl.DataFrame, steer_layers: dict[str, int] | None = None) -> Table:
+    curve = stats.filter(pl.col("analysis") == "steering_curve")
+    layers = shown_layers(stats, steer_layers)
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in curve.sort(["arm", "source", "alpha"]).iter_rows(named=True):
+        key = (r["arm"], r["source"], r["alpha"])
+        c = cells.setdefault(key, {"arm": _s(r["arm"]), "source": _s(r["source"]),
+                                   "alpha": alpha_(r["alpha"]),
+                                   "seeds": _s(r["n_clusters"])})
+        if r["y"] == "cosine":
+            if r["layer"] == layers.get(str(r["arm"])):
+                c["achieved cosine"] = _ci_num(r["estimate"], r["ci_low"], r["ci_high"], 3)
+                c["layer"] = _layer(r["layer"])
+        else:
+            c[f"{_role(r['y'])} %"] = ci(r["estimate"], r["ci_low"], r["ci_high"])
+    cols = ["arm", "source", "alpha", "seeds", "layer", "achieved cosine", "assistant %",
+            "bystander %", "source %"]
+    return Table("steering_curve", "Steering curve: achieved cosine and leakage per strength",
+                 _frame(list(cells.values()), cols),
+                 "Achieved cosine: cos(source, assistant) centroids (global-mean centred) with "
+                 "the assistant steered, at the steered layer (else the layer where it moves "
+                 "most). Rates: fraction of completions with the marker. One seed: its value, "
+                 "with a bootstrap interval over questions for rates. Several: the mean over "
+                 "seeds with a Hartung-Knapp interval across seeds (t, k - 1 df).")
+
+
+def steering_table(stats: pl.DataFrame) -> Table:
+    s = stats.filter(pl.col("analysis") == "steering")
+    key = ("arm", "source", "seed", "layer", "y")
+    asym = {tuple(r[k] for k in key): r for r in
+            s.filter(pl.col("p_method") == "asymptotic").iter_rows(named=True)}
+    rows = []
+    main = s.filter(pl.col("p_method").ne_missing("asymptotic")).sort(
+        ["arm", "source", "seed", "layer", "y"], nulls_last=True)
+    for r in main.iter_rows(named=True):
+        a = asym.get(tuple(r[k] for k in key), {})
+        rows.append({"arm": _s(r["arm"]), "source": _s(r["source"]), "seed": _s(r["seed"]),
+                     "layer": _layer(r["layer"]), "leakage": _role(r["y"]), "n": _s(r["n"]),
+                     "rho": num(r["estimate"]),
+                     "p exact": pval(r["p_value"]) if r["p_method"] == "exact" else DASH,
+                     "p asymptotic": pval(a.get("p_value")), "p Holm": pval(r["p_adjusted"]),
+                     "note": _s(r["note"])})
+    return Table("steering", "Steering: Spearman(achieved cosine, leakage) over strengths",
+                 _frame(rows, ["arm", "source", "seed", "layer", "leakage", "n", "rho",
+                               "p exact", "p asymptotic", "p Holm", "note"]),
+                 "Per source, seed and layer, over the steering strengths. Exact p: all n! "
+                 "orderings of the strengths; asymptotic p for comparison only. A layer before "
+                 "the steered one does not see the steering: its cosine is constant and the test "
+                 "is skipped. Holm: within the arm, over sources, seeds, layers and both "
+                 "leakages.")
+
+
+def seed_table(stats: pl.DataFrame) -> Table:
+    s = stats.filter((pl.col("analysis") == "seed_replication")
+                     & ~pl.col("note").fill_null("").str.starts_with("skipped"))
+    seeds = sorted(s["seed"].drop_nulls().unique().to_list())
+    key = ("arm", "source", "statistic", "layer", "checkpoint")
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in s.sort([*key, "seed"], nulls_last=True).iter_rows(named=True):
+        k = tuple(r[c] for c in key)
+        rate = str(r["statistic"]).endswith("rate")
+        c = cells.setdefault(k, {"arm": _s(r["arm"]), "source": _s(r["source"]),
+                                 "quantity": str(r["statistic"]).replace("_", " "),
+                                 "layer": _layer(r["layer"]), "checkpoint": ckpt(r["checkpoint"])})
+        if r["seed"] is not None:
+            c[f"seed {r['seed']}"] = pct(r["estimate"]) if rate else num(r["estimate"])
+        else:
+            c["pooled [interval]"] = (ci(r["estimate"], r["ci_low"], r["ci_high"]) if rate
+                                      else _ci_num(r["estimate"], r["ci_low"], r["ci_high"]))
+            c["between-seed SD"] = (DASH if _missing(r["tau2"]) else
+                                    (pct(r["tau2"] ** 0.5) if rate else num(r["tau2"] ** 0.5)))
+            c["I²"] = pct(r["i2"], 0)
+    cols = ["arm", "source", "quantity", "layer", "checkpoint", *[f"seed {v}" for v in seeds],
+            "pooled [interval]", "between-seed SD", "I²"]
+    return Table("seed_replication", "Replication over seeds: per-seed estimates and the "
+                 "across-seed interval", _frame(list(cells.values()), cols),
+                 "Pooled: DerSimonian-Laird random-effects mean over seeds with a Hartung-Knapp "
+                 "interval (t with k - 1 df, cut to the quantity's range); rates weighted by "
+                 "their within-seed (question-bootstrap) variance, correlations equally. "
+                 "Between-seed SD: the square root of tau². I²: the share of the spread of the "
+                 "per-seed estimates that is between seeds rather than within-seed sampling "
+                 "noise (– without within-seed variances). Within-source rho here is computed "
+                 "per seed; the within-source table uses the mean over seeds.")
 
 
 def bystander_table(stats: pl.DataFrame) -> Table:

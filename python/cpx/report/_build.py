@@ -16,13 +16,17 @@ import polars as pl
 
 from cpx.analysis import Analysis, md_table, tables
 from cpx.analysis import _tables as T
-from cpx.analysis._metrics import expand_arms
+from cpx.analysis._metrics import expand_arms, trained
 from cpx.report import _figures as F
 from cpx.report._caveats import caveats
 from cpx.report._provenance import provenance, spec_summary
 
 FIGURES = ("hero", "trajectories", "heatmap", "cosine_evolution", "cosine_vs_leakage",
-           "adapter_quality")
+           "adapter_quality", "steering_curve", "seed_intervals")
+# Figures shown in a section of their own, with the tables of their analysis.
+SECTION_FIGURES = {"steering": "steering_curve", "seeds": "seed_intervals"}
+STEERING_TABLES = ("steering_curve", "steering", "steering_pooled")
+SEED_TABLES = ("seed_replication",)
 # The seed report's figure file names, which specs use.
 FIGURE_ALIASES = {"hero_cross_arm": "hero", "arm_b_trajectory": "trajectories",
                   "arm_b_heatmap_100pct": "heatmap", "arm_b_cosine_vs_leakage": "cosine_vs_leakage"}
@@ -49,7 +53,8 @@ def figure_names(names: list[str] | tuple[str, ...] | None, *,
 @dataclass
 class ReportData:
     """Everything a report shows. `leakage` (per persona) feeds the heatmap; `screen`
-    (marker adapters' screens) the adapter-quality figure."""
+    (marker adapters' screens) the adapter-quality figure; `plan` (a cpx.plan.Plan, when the
+    run has plan.json) the power section, when its spec has a `power` key."""
 
     analysis: Analysis
     leakage: pl.DataFrame | None = None
@@ -59,6 +64,7 @@ class ReportData:
     manifests: list[dict[str, Any]] = field(default_factory=list)
     name: str = "run"
     spec_hash: str | None = None
+    plan: Any = None
 
 
 def trajectory_arm(metrics: pl.DataFrame) -> str | None:
@@ -87,12 +93,20 @@ FIGURE_TEXT = {
                           "checkpoint); one panel per layer."),
     "adapter_quality": ("Adapter quality", "Marker rate per persona for each marker adapter "
                         "before merge (its screen). A specific adapter fires on its source only."),
+    "steering_curve": ("Steering curve", "Top: the achieved cosine of the source and the steered "
+                       "assistant centroids at the steered layer; bottom: the marker rate on the "
+                       "assistant and on the bystanders (pooled), against the steering strength. "
+                       "Bars: bootstrap interval over questions (one seed) or Hartung-Knapp "
+                       "interval across seeds."),
+    "seed_intervals": ("Per-seed estimates", "Each headline quantity per seed (dots) and the "
+                       "random-effects mean over seeds with its Hartung-Knapp interval (black)."),
 }
 
 
 def _make(name: str, data: ReportData) -> Any | None:
     # A baseline evaluation of the untrained model has no source: it has no panel to go in.
-    m = data.analysis.metrics.filter(pl.col("source").is_not_null())
+    # Steer arms' rows have figures of their own, from the steering stats.
+    m = trained(data.analysis.metrics).filter(pl.col("source").is_not_null())
     arm = trajectory_arm(m)
     if name == "hero":
         return F.hero(m)
@@ -110,6 +124,11 @@ def _make(name: str, data: ReportData) -> Any | None:
         return F.cosine_vs_leakage(m)
     if name == "adapter_quality":
         return F.adapter_quality(data.screen) if data.screen is not None else None
+    if name == "steering_curve":
+        stats = data.analysis.stats
+        return F.steering_curve(stats, T.shown_layers(stats, data.analysis.steer_layers))
+    if name == "seed_intervals":
+        return F.seed_intervals(data.analysis.stats)
     raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
 
 
@@ -165,12 +184,14 @@ def build_report(data: ReportData, out_dir: str | os.PathLike[str], *, title: st
         blocks += [("h2", "Spec"), ("table", _kv(spec_summary(data.spec, data.stages)))]
     blocks += [("h2", "Provenance"),
                ("table", _kv(provenance(data.manifests, len(data.stages) or None)))]
-    cav = caveats(a.metrics, a.stats, a.adapters)
+    cav = caveats(trained(a.metrics), a.stats, a.adapters)
     if cav:
         blocks += [("h2", "Caveats"), ("ul", cav)]
+    shown = tables(a)
     blocks.append(("h2", "Results"))
-    for t in tables(a):
-        blocks += [("h3", t.title), ("table", t), ("caption", t.caption)]
+    for t in shown:
+        if t.key not in (*STEERING_TABLES, *SEED_TABLES):
+            blocks += [("h3", t.title), ("table", t), ("caption", t.caption)]
     fam = T.families(a.stats)
     if fam.height:
         blocks += [("h3", "Multiple comparisons"), ("table", T.Table("fam", "", fam)),
@@ -179,18 +200,45 @@ def build_report(data: ReportData, out_dir: str | os.PathLike[str], *, title: st
                                "p-value.")]
     timings: dict[str, float] = {"tables": time.perf_counter() - t0}
     made: list[F.Figure] = []
-    blocks.append(("h2", "Figures"))
+    figs: dict[str, tuple[str, Any]] = {}
     for name in figures:
         t1 = time.perf_counter()
         chart = _make(name, data)
         if chart is None:
-            blocks.append(("p", f"*{FIGURE_TEXT[name][0]}: no data for this figure.*"))
+            figs[name] = ("p", f"*{FIGURE_TEXT[name][0]}: no data for this figure.*")
             continue
         files = F.render(chart, fig_dir, name)
         fig = F.Figure(name, *FIGURE_TEXT[name], files=files, svg=_svg_inline(files["svg"]))
         made.append(fig)
-        blocks.append(("figure", fig))
+        figs[name] = ("figure", fig)
         timings[name] = time.perf_counter() - t1
+    steer_tables = [t for t in shown if t.key in STEERING_TABLES]
+    steer_fig = figs.get(SECTION_FIGURES["steering"])
+    if steer_tables or (steer_fig and steer_fig[0] == "figure"):
+        blocks.append(("h2", "Steering"))
+        blocks.append(("p", "A steer arm adds alpha times the steering direction (source minus "
+                            "assistant centroid) to the residual stream at one layer. Does the "
+                            "achieved cosine move as intended, and does the marker follow it?"))
+        for t in steer_tables:
+            blocks += [("h3", t.title), ("table", t), ("caption", t.caption)]
+        if steer_fig:
+            blocks.append(steer_fig)
+    if "seed_replication" in a.options.analyses:
+        blocks.append(("h2", "Replication over seeds"))
+        seed_tables = [t for t in shown if t.key in SEED_TABLES]
+        skipped_seeds = a.stats.filter((pl.col("analysis") == "seed_replication")
+                                       & pl.col("note").str.starts_with("skipped"))
+        if not seed_tables and skipped_seeds.height:
+            blocks.append(("p", f"*seed_replication {skipped_seeds['note'][0]}*"))
+        for t in seed_tables:
+            blocks += [("h3", t.title), ("table", t), ("caption", t.caption)]
+        seed_fig = figs.get(SECTION_FIGURES["seeds"])
+        if seed_fig and seed_fig[0] == "figure":
+            blocks.append(seed_fig)
+    if data.spec.get("power") is not None:
+        blocks += [("h2", "Power"), *_power(data)]
+    blocks.append(("h2", "Figures"))
+    blocks += [figs[n] for n in figures if n in figs and n not in SECTION_FIGURES.values()]
     notes = a.notes + [f"skipped: {s}" for s in T.skipped(a.stats)]
     if notes:
         blocks += [("h2", "Notes"), ("ul", notes)]
@@ -203,6 +251,19 @@ def build_report(data: ReportData, out_dir: str | os.PathLike[str], *, title: st
         os.replace(tmp, out / name)
     timings["total"] = time.perf_counter() - t0
     return {"figures": [f.name for f in made], "caveats": len(cav), "seconds": timings}
+
+
+def _power(data: ReportData) -> list[tuple[str, Any]]:
+    """The power section: cpx.power's table of the smallest detectable effects."""
+    if data.plan is None:
+        return [("p", "*Power: the spec asks for it, but the run has no plan.json to compute "
+                      "it from.*")]
+    try:
+        from cpx.power import power_table
+    except ImportError as e:
+        return [("p", f"*Power: the spec asks for it, but cpx.power cannot be imported ({e}).*")]
+    t = power_table(data.plan)
+    return [("h3", t.title), ("table", t), ("caption", t.caption)]
 
 
 def _markdown(blocks: list[tuple[str, Any]]) -> str:

@@ -221,6 +221,100 @@ def adapter_quality(screen: pl.DataFrame) -> Any | None:
         title="Marker adapters before merge: where does the marker fire?")
 
 
+def _panel(df: pl.DataFrame) -> pl.DataFrame:
+    """A `panel` column: the source, prefixed with the arm when several arms are shown."""
+    several = df["arm"].n_unique() > 1
+    return df.with_columns((("arm " + pl.col("arm").cast(pl.String) + " · ") if several
+                            else pl.lit("")).add(pl.col("source").cast(pl.String)).alias("panel"))
+
+
+def steering_curve(stats: pl.DataFrame, layers: dict[str, int]) -> Any | None:
+    """A steer arm's curve, one column of panels per source: the achieved cos(source,
+    assistant) at the shown layer (top) and the assistant and bystander marker rates (bottom)
+    against the steering strength, with their intervals (`steering_curve` stats rows)."""
+    alt = _alt()
+    curve = stats.filter(pl.col("analysis") == "steering_curve")
+    if curve.is_empty():
+        return None
+    shown = pl.DataFrame({"arm": list(layers), "layer": list(layers.values())},
+                         schema={"arm": pl.String, "layer": pl.Int64})
+    cos = _panel(curve.filter(pl.col("y") == "cosine").join(shown, on=["arm", "layer"]))
+    rates = _panel(curve.filter(pl.col("y").is_in(["assistant_rate", "bystander_rate"])))
+    rates = rates.with_columns(pl.col("y").str.replace("_rate", "").alias("role"))
+    if rates.is_empty() and cos.is_empty():
+        return None
+    panels = sorted(set(cos["panel"].to_list()) | set(rates["panel"].to_list()))
+    x = alt.X("alpha:Q", title="steering strength (alpha)")
+    col = alt.Column("panel:N", title=None, sort=panels)
+    charts = []
+    if cos.height:
+        what = ", ".join(f"L{v}" for v in sorted(set(layers.values())))
+        base = alt.Chart(cos).encode(x=x)
+        line = base.mark_line(point=True, color="#000000").encode(
+            y=alt.Y("estimate:Q", title=f"achieved cosine ({what})"),
+            tooltip=["panel", "alpha", alt.Tooltip("estimate:Q", format=".3f")])
+        bars = base.mark_rule(color="#000000", opacity=0.5).encode(y="ci_low:Q", y2="ci_high:Q")
+        charts.append(alt.layer(bars, line).properties(width=PANEL_W, height=PANEL_H - 20)
+                      .facet(column=col))
+    if rates.height:
+        roles = ["assistant", "bystander"]
+        colour = alt.Color("role:N", title="leakage to", scale=alt.Scale(
+            domain=roles, range=[OKABE_ITO[3], OKABE_ITO[0]]))
+        base = alt.Chart(rates).encode(x=x, color=colour)
+        line = base.mark_line(point=True).encode(
+            y=_pct_axis("estimate", "marker rate"),
+            tooltip=["panel", "role", "alpha", alt.Tooltip("estimate:Q", format=".1%"),
+                     alt.Tooltip("ci_low:Q", format=".1%"), alt.Tooltip("ci_high:Q", format=".1%")])
+        bars = base.mark_rule(opacity=0.6).encode(y="ci_low:Q", y2="ci_high:Q")
+        charts.append(alt.layer(bars, line).properties(width=PANEL_W, height=PANEL_H)
+                      .facet(column=col))
+    chart = charts[0] if len(charts) == 1 else alt.vconcat(*charts)
+    return chart.properties(title="Steering: achieved cosine and leakage against strength")
+
+
+def seed_intervals(stats: pl.DataFrame) -> Any | None:
+    """Each headline quantity's per-seed estimates (coloured by seed) and the pooled
+    estimate with its across-seed interval (black), rates and correlations side by side."""
+    alt = _alt()
+    s = stats.filter((pl.col("analysis") == "seed_replication") & pl.col("estimate").is_not_null())
+    if s.is_empty():
+        return None
+    label = pl.concat_str([pl.col("arm").cast(pl.String), pl.lit(" · "),
+                           pl.col("source").cast(pl.String), pl.lit(" · "),
+                           pl.col("statistic").str.replace_all("_", " "),
+                           pl.when(pl.col("layer").is_not_null()).then(
+                               pl.lit(" L") + pl.col("layer").cast(pl.String)).otherwise(pl.lit(""))])
+    s = s.with_columns(label.alias("quantity"), pl.col("seed").cast(pl.String).alias("seed_name"))
+    seeds = sorted(s["seed"].drop_nulls().unique().to_list())
+    charts = []
+    for rate, title in ((True, "rate"), (False, "Spearman rho")):
+        part = s.filter(pl.col("statistic").str.ends_with("rate") == rate)
+        if part.is_empty():
+            continue
+        order = sorted(part["quantity"].unique().to_list())
+        y = alt.Y("quantity:N", title=None, sort=order, axis=alt.Axis(labelLimit=320))
+        dom = [0, 1] if rate else [-1, 1]
+        xs = alt.Scale(domain=dom)
+        fmt = "%" if rate else ".1f"
+        pooled = alt.Chart(part.filter(pl.col("seed").is_null()))
+        ci_bar = pooled.mark_rule(color="#000000", strokeWidth=2).encode(
+            y=y, x=alt.X("ci_low:Q", scale=xs, title=title, axis=alt.Axis(format=fmt)),
+            x2="ci_high:Q")
+        mean = pooled.mark_tick(color="#000000", thickness=3, size=14).encode(
+            y=y, x=alt.X("estimate:Q", scale=xs),
+            tooltip=["quantity", alt.Tooltip("estimate:Q", format=".3f"),
+                     alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
+        dots = alt.Chart(part.filter(pl.col("seed").is_not_null())).mark_point(
+            filled=True, size=55, opacity=0.9).encode(
+            y=y, x=alt.X("estimate:Q", scale=xs),
+            color=alt.Color("seed_name:N", title="seed", scale=_scale([str(v) for v in seeds])),
+            tooltip=["quantity", "seed_name", alt.Tooltip("estimate:Q", format=".3f")])
+        charts.append(alt.layer(ci_bar, mean, dots).properties(width=300, height=14 * len(order)))
+    chart = charts[0] if len(charts) == 1 else alt.hconcat(*charts).resolve_scale(y="independent")
+    return chart.properties(title="Replication over seeds: per-seed estimates (dots), pooled "
+                                  "mean and across-seed interval (black)")
+
+
 @dataclass(frozen=True)
 class Figure:
     """A rendered figure: its name, title, caption and file paths (png, svg, html)."""

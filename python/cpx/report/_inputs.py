@@ -34,8 +34,10 @@ def _stage_labels(folder: Path, labels: dict[str, Any] | None) -> dict[str, Any]
 
 
 def label_rows(df: pl.DataFrame, labels: dict[str, Any]) -> pl.DataFrame:
-    """Add the stage's labels as columns where the table lacks them."""
-    add = [pl.lit(labels.get(c)).alias(c) for c in LABELS if c not in df.columns]
+    """Add the stage's labels as columns where the table lacks them (`alpha` only where the
+    stage has one: a steer arm's eval point)."""
+    want = [*LABELS, *(["alpha"] if labels.get("alpha") is not None else [])]
+    add = [pl.lit(labels.get(c)).alias(c) for c in want if c not in df.columns]
     return df.with_columns(add) if add else df
 
 

@@ -10,7 +10,9 @@ from typing import Any
 import polars as pl
 
 from cpx.analysis import Analysis, Options, adapter_quality, normalize_metrics
+from cpx.analysis._metrics import trained
 from cpx.analysis._run import split_predictors
+from cpx.analysis._steering import steer_layers_of
 from cpx.plan import Plan, Stage
 from cpx.report._build import ReportData
 from cpx.report._inputs import read_folders
@@ -55,11 +57,12 @@ def _manifests(run_dir: Path, stages: list[Stage]) -> list[dict[str, Any]]:
 
 
 def _analysis(metrics: pl.DataFrame, stats: pl.DataFrame, screen: pl.DataFrame | None,
-              opts: Options) -> Analysis:
+              opts: Options, plan: Plan | None) -> Analysis:
     metrics = normalize_metrics(metrics)
     adapters = adapter_quality(screen) if screen is not None and screen.height else None
     return Analysis(metrics=metrics, stats=stats, adapters=adapters,
-                    notes=split_predictors(metrics)[2], options=opts)
+                    notes=split_predictors(trained(metrics))[2], options=opts,
+                    steer_layers=steer_layers_of(plan.spec) if plan else {})
 
 
 def _screens(run_dir: Path, stages: list[Stage]) -> pl.DataFrame | None:
@@ -84,11 +87,11 @@ def from_run(run_dir: str | Path) -> ReportData:
     if screen is None and plan is not None:
         screen = _screens(run, stages)
     return ReportData(
-        analysis=_analysis(read["metrics"], read["stats"], screen, _options(plan)),
+        analysis=_analysis(read["metrics"], read["stats"], screen, _options(plan), plan),
         leakage=read.get("leakage"), screen=screen,
         spec=plan.spec if plan else {}, stages=stages,
         manifests=_manifests(run, stages), name=plan.name if plan else run.name,
-        spec_hash=plan.spec_hash if plan else None,
+        spec_hash=plan.spec_hash if plan else None, plan=plan,
     )
 
 
@@ -106,9 +109,9 @@ def from_stage(stage: Stage, inputs: dict[str, Path], run_dir: Path) -> ReportDa
                           f"({', '.join(inputs) or 'none'})")
     return ReportData(
         analysis=_analysis(tables["metrics"], tables["stats"], tables.get("screen"),
-                           _options(plan)),
+                           _options(plan), plan),
         leakage=tables.get("leakage"), screen=tables.get("screen"),
         spec=plan.spec if plan else {}, stages=plan.stages if plan else [],
         manifests=_manifests(Path(run_dir), upstream), name=plan.name if plan else stage.id,
-        spec_hash=plan.spec_hash if plan else None,
+        spec_hash=plan.spec_hash if plan else None, plan=plan,
     )
