@@ -247,3 +247,43 @@ def test_missing_run_names_the_path(tmp_path: Path) -> None:
     plan = compile_file(spec_with_power(tmp_path, "{from_run: nowhere}"))
     with pytest.raises(PowerError, match=r"nowhere/results/marker_hits\.parquet"):
         design_of(plan, base=tmp_path)
+
+
+def test_seed_replication_by_simulation(tmp_path: Path) -> None:
+    plan = compile_file(spec_with_power(tmp_path, "{icc: 0.1}\nanalyses: [{name: seed_replication}]"))
+    rows = power_rows(plan, {"seeds": [4]})
+    row = rows.filter((pl.col("analysis") == "seed_replication") & (pl.col("value") == 4)).row(0, named=True)
+    d = design_of(plan)
+    s, q, m, icc, p0 = 4, d.questions, d.completions, 0.1, 0.05
+    delta = row["min_effect"] / 100
+    rng = np.random.default_rng(13)
+
+    def power_at(diff: float, reps: int) -> float:
+        a = rng.binomial(m, beta_rates(rng, p0 + diff, icc, (reps, s, q))).sum(axis=2) / (q * m)
+        b = rng.binomial(m, beta_rates(rng, p0, icc, (reps, s, q))).sum(axis=2) / (q * m)
+        # seed as the unit: a t test of the per-seed differences (Hartung-Knapp with equal weights)
+        diff_s = a - b
+        se = diff_s.std(axis=1, ddof=1) / math.sqrt(s)
+        t = np.divide(np.abs(diff_s.mean(axis=1)), se, out=np.zeros(reps), where=se > 0)
+        return float(np.mean(t > sps.t.ppf(1 - ALPHA / 2, s - 1)))
+
+    reps = 4000
+    assert power_at(delta, reps) == pytest.approx(POWER, abs=mc_band(reps))
+    assert power_at(delta / 2, reps) < POWER - 0.3
+
+
+def test_vary_sets_each_count() -> None:
+    plan = compile_file(ROOT / "specs" / "next_steps.yaml")
+    d = design_of(plan)
+    steer = {a for a, arm in plan.spec["arms"].items() if arm.get("kind") == "steer"}
+    assert d.alphas == {a: len(plan.spec["arms"][a]["steer"]["alphas"]) for a in steer}
+    assert d.seeds == len(plan.spec["seeds"])
+    assert d.with_("alphas", 7).alphas == {a: 7 for a in steer}
+    assert set(d.with_("checkpoints", 6).checkpoints.values()) == {6}
+    assert set(d.with_("sources", 5).sources.values()) == {5}
+    c = d.with_("completions", 3)
+    assert (c.completions, c.bystander_completions) == (3, 3)
+    rows = power_rows(plan, {"alphas": [4, 5]})
+    steering = rows.filter(pl.col("analysis") == "steering")
+    reach = dict(zip(steering["value"], steering["reachable"]))
+    assert reach[4] is False and reach[5] is True

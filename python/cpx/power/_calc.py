@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -25,7 +26,7 @@ MAX_CLUSTER_PERMS = 720
 # Bisection steps for a Monte Carlo power curve (|rho| to within 1e-3 of the curve).
 BISECT_STEPS = 11
 RHO_MAX = 0.999
-_TOL = 1e-9  # p-values are compared with this slack: k/n! against alpha
+P_TOL = 1e-9  # p-values are compared with this slack: k/n! against alpha
 
 
 def z(q: float) -> float:
@@ -48,7 +49,7 @@ def t_quantile(q: float, df: float) -> float:
     return x + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
 
 
-def _solve_increasing(f, lo: float, hi: float, steps: int = 60) -> float:  # type: ignore[no-untyped-def]
+def _solve_increasing(f: Callable[[float], float], lo: float, hi: float, steps: int = 60) -> float:
     """The smallest x in [lo, hi] with f(x) >= 0 for f increasing (bisection)."""
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -92,8 +93,8 @@ def paired_difference(*, pairs: int, sd: float, alpha: float, power: float) -> f
     return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * sd / math.sqrt(pairs)
 
 
-def paired_rate_difference(*, pairs: int, var0: float, var1, alpha: float, power: float,  # type: ignore[no-untyped-def]
-                           base_rate: float) -> Effect:
+def paired_rate_difference(*, pairs: int, var0: float, var1: Callable[[float], float], alpha: float,
+                           power: float, base_rate: float) -> Effect:
     """Smallest increase d over `base_rate` detected by the paired test over `pairs` pairs,
     where a pair's difference has variance var0 + var1(p1) (p1 = base_rate + d): the
     root of d = paired_difference(sd = sqrt(var0 + var1(p1)))."""
@@ -166,7 +167,7 @@ def spearman_critical(n: int, alpha: float) -> float | None:
     lower = np.cumsum(counts) / total  # P(T <= t)
     p = np.minimum(1.0, 2 * np.minimum(upper, lower))
     t = np.arange(len(counts))
-    ok = (counts > 0) & (p < alpha - _TOL)
+    ok = (counts > 0) & (p < alpha - P_TOL)
     if not ok.any():
         return None
     rho = 12 * (t - n * (n - 1) ** 2 / 4) / (n**3 - n)
@@ -182,16 +183,6 @@ def _bivariate(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.nda
     return rng.standard_normal(shape), rng.standard_normal(shape)
 
 
-def spearman_power(rho: float, n: int, alpha: float, *, simulations: int, seed: int = 0) -> float:
-    """Monte Carlo power of cpx's two-sided Spearman test with n points drawn from a
-    bivariate normal with correlation `rho`."""
-    crit = spearman_critical(n, alpha)
-    if crit is None:
-        return 0.0
-    z1, z2 = _bivariate(np.random.default_rng(seed), (simulations, n))
-    return float(np.mean(_abs_spearman(z1, z2, rho) >= crit - 1e-12))
-
-
 def _abs_spearman(z1: np.ndarray, z2: np.ndarray, rho: float) -> np.ndarray:
     n = z1.shape[-1]
     rx = _ranks(z1)
@@ -200,7 +191,7 @@ def _abs_spearman(z1: np.ndarray, z2: np.ndarray, rho: float) -> np.ndarray:
     return np.abs(12 * (t - n * (n - 1) ** 2 / 4) / (n**3 - n))
 
 
-def _min_rho(power_at, target: float) -> Effect:  # type: ignore[no-untyped-def]
+def _min_rho(power_at: Callable[[float], float], target: float) -> Effect:
     """Bisection of a Monte Carlo power curve (common random numbers) for the smallest
     correlation with power >= target."""
     if power_at(RHO_MAX) < target:
@@ -221,7 +212,7 @@ def spearman_min_rho(n: int, alpha: float, power: float, *, simulations: int, se
     min_p = spearman_min_p(n)
     if n < 3:
         return Effect(None, False, f"{n} point(s): cpx needs 3 for a rank correlation")
-    if min_p >= alpha - _TOL:
+    if min_p >= alpha - P_TOL:
         return Effect(None, False, f"cannot reach p < {alpha:g} at any effect: the smallest exact two-sided "
                       f"p with {n} points is 2/{n}! = {min_p:.3g}")
     crit = spearman_critical(n, alpha)
@@ -251,13 +242,9 @@ def _cluster_perms(k: int, rng: np.random.Generator) -> np.ndarray:
     return np.vstack([np.arange(k, dtype=np.int64)[None, :], rest])
 
 
-def cluster_power(rho: float, k: int, per: int, alpha: float, *, simulations: int, seed: int = 0) -> float:
-    """Monte Carlo power of the pooled Spearman with whole sources permuted (k sources of
-    `per` points each; points bivariate normal with correlation `rho`, independent)."""
-    return _cluster_power_fn(k, per, alpha, simulations, seed)(rho)
-
-
-def _cluster_power_fn(k: int, per: int, alpha: float, simulations: int, seed: int):  # type: ignore[no-untyped-def]
+def _cluster_power_fn(k: int, per: int, alpha: float, simulations: int, seed: int) -> Callable[[float], float]:
+    """Power at rho of the pooled Spearman over k sources x `per` points with whole sources
+    permuted; the points are independent bivariate normal draws, the same ones at every rho."""
     rng = np.random.default_rng(seed)
     z1, z2 = _bivariate(rng, (simulations, k * per))
     perms = _cluster_perms(k, rng)
@@ -274,7 +261,7 @@ def _cluster_power_fn(k: int, per: int, alpha: float, simulations: int, seed: in
         obs = np.abs(np.einsum("sjj->s", m) - centre)
         count = (dev >= obs[:, None] - 1e-9).sum(axis=1)
         p = count / len(perms) if exact else (count + 1) / (len(perms) + 1)
-        return float(np.mean(p < alpha - _TOL))
+        return float(np.mean(p < alpha - P_TOL))
 
     return power_at
 
@@ -285,7 +272,7 @@ def cluster_min_rho(k: int, per: int, alpha: float, power: float, *, simulations
     if k < 3:
         return Effect(None, False, f"{k} source(s): cpx needs 3 to permute sources")
     min_p = cluster_min_p(k)
-    if min_p >= alpha - _TOL:
+    if min_p >= alpha - P_TOL:
         return Effect(None, False, f"cannot reach p < {alpha:g} at any effect: {k} sources give {k}! = "
                       f"{math.factorial(k)} assignments, the smallest p is {min_p:.3g}")
     eff = _min_rho(_cluster_power_fn(k, per, alpha, simulations, seed), power)

@@ -74,7 +74,7 @@ def _bystander(d: Design) -> list[Row]:
     if b == 0:
         return [_row("bystander_vs_assistant", design, q, RATE, _calc.Effect(None, False, "no bystanders"))]
     min_p = _calc.sign_flip_min_p(q)
-    if min_p >= s.alpha - _calc._TOL:
+    if min_p >= s.alpha - _calc.P_TOL:
         eff = _calc.Effect(None, False, f"cannot reach p < {s.alpha:g} at any effect: {q} questions give "
                            f"2^{q} sign flips, the smallest two-sided p is {min_p:.3g}")
         return [_row("bystander_vs_assistant", design, q, RATE, eff)]
