@@ -133,6 +133,7 @@ def pooled(metrics: pl.DataFrame, *, x: str = "cosine", y: str = "assistant_rate
         if why:
             rows.append(_skip(base, why))
             continue
+        icc_note: str | None
         if k < 2 or k == len(xs):
             icc = icc_x = deff = n_eff = None
             if k == len(xs):

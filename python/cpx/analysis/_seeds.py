@@ -87,7 +87,8 @@ class RandomEffects:
     weights: str  # inverse_variance | equal
 
 
-def random_effects(estimates: Sequence[float], variances: Sequence[float | None] | None = None,
+def random_effects(estimates: Sequence[float] | np.ndarray,
+                   variances: Sequence[float | None] | np.ndarray | None = None,
                    *, confidence_level: float = 0.95) -> RandomEffects:
     """DerSimonian-Laird random-effects mean of `estimates` (one per seed, at least two) with
     within-seed `variances`, and a Hartung-Knapp interval.
@@ -105,7 +106,8 @@ def random_effects(estimates: Sequence[float], variances: Sequence[float | None]
         raise ValueError(f"random_effects: estimates must be finite, got {y.tolist()}")
     if variances is not None and len(variances) != k:
         raise ValueError(f"random_effects: {len(variances)} variances for {k} estimates")
-    known = [v for v in (variances or []) if v is not None and math.isfinite(v)]
+    given = [] if variances is None else [None if v is None else float(v) for v in variances]
+    known = [v for v in given if v is not None and math.isfinite(v)]
     if any(v < 0 for v in known):
         raise ValueError(f"random_effects: variances must be >= 0, got {known}")
     t = t_quantile(confidence_level, k - 1)
