@@ -284,6 +284,6 @@ def test_vary_sets_each_count() -> None:
     c = d.with_("completions", 3)
     assert (c.completions, c.bystander_completions) == (3, 3)
     rows = power_rows(plan, {"alphas": [4, 5]})
-    steering = rows.filter(pl.col("analysis") == "steering")
+    steering = rows.filter((pl.col("analysis") == "steering") & pl.col("design").str.contains("over strengths"))
     reach = dict(zip(steering["value"], steering["reachable"]))
     assert reach[4] is False and reach[5] is True

@@ -87,28 +87,32 @@ def _bystander(d: Design) -> list[Row]:
 
 
 def _rank_rows(analysis: str, what: str, counts: dict[str, int], unit: str, d: Design,
-               missing: str) -> list[Row]:
+               missing: str, per_seed: bool = False) -> list[Row]:
     s = d.settings
     if not counts:
         return [_row(analysis, what, 0, RHO, _calc.Effect(None, False, missing))]
-    seeds = f"rank test on the mean over {d.seeds} seeds" if d.seeds > 1 else ""
+    seeds = ""
+    if d.seeds > 1:
+        seeds = f"one test per seed ({d.seeds})" if per_seed else f"rank test on the mean over {d.seeds} seeds"
     return [_row(analysis, f"{what}, {_arms(arms)}: {n} {unit}", n, RHO,
                  _rank(n, s.alpha, s.power, s.simulations), seeds)
             for n, arms in _groups(counts)]
 
 
-def _pooled(d: Design, analysis: str = "pseudo_replication") -> list[Row]:
+def _pooled(d: Design, analysis: str = "pseudo_replication", steer: bool = False) -> list[Row]:
     s = d.settings
     rows: list[Row] = []
-    pairs = {a: (d.sources[a], d.checkpoints[a]) for a in d.checkpoints if a in d.sources}
+    counts, unit = (d.alphas, "strengths") if steer else (d.checkpoints, "checkpoints")
+    pairs = {a: (d.sources[a], counts[a]) for a in counts if a in d.sources}
     if not pairs:
-        return [_row(analysis, "pooled points", 0, RHO, _calc.Effect(None, False, "no train arm with sources"))]
+        what = "no steer arm with sources" if steer else "no train arm with sources"
+        return [_row(analysis, "pooled points", 0, RHO, _calc.Effect(None, False, what))]
     by: dict[tuple[int, int], list[str]] = {}
     for a, kc in pairs.items():
         by.setdefault(kc, []).append(a)
     for (k, c), arms in sorted(by.items()):
         eff = _cluster(k, c, s.alpha, s.power, s.simulations)
-        rows.append(_row(analysis, f"pooled, {_arms(arms)}: {k} sources x {c} checkpoints, sources permuted",
+        rows.append(_row(analysis, f"pooled, {_arms(arms)}: {k} sources x {c} {unit}, sources permuted",
                          k * c, RHO, eff, "points independent within a source (optimistic)"))
     return rows
 
@@ -148,8 +152,10 @@ def _analysis_rows(d: Design) -> list[Row]:
             *_rank_rows("adapter_specificity", "specificity vs leakage between sources",
                         {a: n for a, n in d.sources.items() if a in d.checkpoints}, "sources", d,
                         "no train arm with sources")],
-        "steering": lambda d: _rank_rows("steering", "leakage vs achieved cosine over strengths", d.alphas,
-                                         "strengths", d, "no steer arm"),
+        "steering": lambda d: [
+            *_rank_rows("steering", "leakage vs achieved cosine over strengths", d.alphas, "strengths", d,
+                        "no steer arm", per_seed=True),
+            *_pooled(d, "steering", steer=True)],
         "seed_replication": _seeds,
     }
     handlers["marker_specificity"] = handlers["adapter_specificity"]
