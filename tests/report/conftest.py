@@ -1,4 +1,7 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+tests = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(tests / "data"))
+# the steer arm's synthetic tables are shared with the analysis tests
+sys.path.insert(0, str(tests / "analysis"))

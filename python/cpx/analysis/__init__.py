@@ -21,12 +21,20 @@ The analyses (names as in a spec's `analyses:` list; `leakage` = the first two,
    personas', a specificity index and class; and specificity (source - bystander rate) as a
    predictor of assistant leakage with the same tests as cosine.
 7. Holm and Benjamini-Hochberg within each family (one analysis, one arm, one p-value kind).
+8. `steering`: a steer arm's rows (those with an `alpha`, kept out of 1-6): per strength the
+   achieved source-assistant cosine and the rates (`steering_curve`), Spearman of assistant and
+   bystander leakage against the achieved cosine over strengths per (source, seed, layer)
+   with the exact p, and pooled over sources with a cluster permutation (`steering_pooled`).
+9. `seed_replication`: per-seed estimates of each arm's headline quantities and a pooled
+   random-effects estimate over seeds (DerSimonian-Laird tau^2, Hartung-Knapp interval).
 
 `stats.parquet` has one row per test (or estimate): `analysis, family, arm, source, seed,
-layer, checkpoint, x, y, statistic, estimate, ci_low, ci_high, p_value, p_method` (`exact`,
-`asymptotic`, `permutation`, `cluster_permutation`), `n_permutations, n, n_clusters, icc`
-(of y), `icc_x, design_effect, n_eff, p_adjusted` (Holm), `p_adjusted_bh, note`. A test left
-with too few points keeps its row with null p-values and a note starting `skipped:`.
+layer, checkpoint, alpha, x, y, statistic, estimate, ci_low, ci_high, p_value, p_method`
+(`exact`, `asymptotic`, `permutation`, `cluster_permutation`), `n_permutations, n,
+n_clusters, icc` (of y), `icc_x, design_effect, n_eff, tau2, within_var, i2` (between-seed
+variance, mean within-seed variance and the share between seeds), `p_adjusted` (Holm),
+`p_adjusted_bh, note`. A test left with too few points keeps its row with null p-values and
+a note starting `skipped:`.
 """
 
 from cpx.analysis._columns import (

@@ -250,7 +250,7 @@ def steering_curve(stats: pl.DataFrame, layers: dict[str, int]) -> Any | None:
     if cos.height:
         what = ", ".join(f"L{v}" for v in sorted(set(layers.values())))
         base = alt.Chart(cos).encode(x=x)
-        line = base.mark_line(point=True, color="#000000").encode(
+        line = base.mark_line(point=alt.OverlayMarkDef(color="#000000"), color="#000000").encode(
             y=alt.Y("estimate:Q", title=f"achieved cosine ({what})"),
             tooltip=["panel", "alpha", alt.Tooltip("estimate:Q", format=".3f")])
         bars = base.mark_rule(color="#000000", opacity=0.5).encode(y="ci_low:Q", y2="ci_high:Q")
