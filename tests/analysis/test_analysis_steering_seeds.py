@@ -291,3 +291,16 @@ def test_metrics_table_with_alpha_rows_goes_to_steering(both):
                        ref.select("source", "seed", "layer", "y", "estimate", "p_value"))
     ws = a.stats.filter(pl.col("analysis") == "within_source")
     assert "S" not in ws["arm"].to_list() and ws.height > 0
+
+
+def test_a_stage_shared_by_seeds_counts_for_every_seed(plain):
+    """A seed-independent stage is labelled with the first seed and lists all in `seeds`."""
+    hits = plain["marker_hits"]
+    shared = hits.filter((pl.col("seed") == 42) & (pl.col("checkpoint") == 0.0)).with_columns(
+        pl.lit(list(SEEDS)).alias("seeds"))
+    rest = hits.filter((pl.col("checkpoint") != 0.0)).with_columns(pl.concat_list("seed").alias("seeds"))
+    a = analyze_tables({"marker_hits": pl.concat([shared, rest])}, OPTS)
+    at0 = a.metrics.filter(pl.col("checkpoint") == 0.0).sort("arm", "source", "seed")
+    assert at0["seed"].unique().sort().to_list() == list(SEEDS)
+    by_seed = at0.group_by("arm", "source").agg(pl.col("source_rate").n_unique().alias("k"))
+    assert (by_seed["k"] == 1).all()  # the same rows for every seed

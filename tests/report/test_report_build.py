@@ -60,6 +60,9 @@ def test_report_stage_has_every_table_figure_and_caveat(run):
                   "Marker adapters before merge", "specificity", "Multiple comparisons"):
         assert title in md, title
     assert "Single seed (42)" in md and "Pseudo-replication" in md
+    # one seed: the replication section says why it has no table; no steer arm, no section
+    assert "*seed_replication skipped: 1 seed(s) (42), 2 needed" in md
+    assert "## Steering" not in md and "## Power" not in md
     assert "Test GPU (cuda)" in md and "0123456789ab" in md
     # GPU-hours: represent and train stages ran on cuda:0 for 90 s each
     n_gpu = len(list((r_out.parent.parent / "represent").iterdir())) + len(

@@ -259,10 +259,13 @@ def _power(data: ReportData) -> list[tuple[str, Any]]:
         return [("p", "*Power: the spec asks for it, but the run has no plan.json to compute "
                       "it from.*")]
     try:
-        from cpx.power import power_table
+        from cpx.power import PowerError, power_table
     except ImportError as e:
         return [("p", f"*Power: the spec asks for it, but cpx.power cannot be imported ({e}).*")]
-    t = power_table(data.plan)
+    try:
+        t = power_table(data.plan)
+    except PowerError as e:  # a design it cannot assess: say so, keep the rest of the report
+        return [("p", f"*Power: not computed: {e}*")]
     return [("h3", t.title), ("table", t), ("caption", t.caption)]
 
 
