@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers, peft) are imported inside the functions th
 from cpx.models._chain import ChainError, lora_scale, read_adapter
 from cpx.models._load import ModelLoadError, load_model, load_tokenizer, model_dir, render_prompt
 from cpx.models._pool import ModelPool
+from cpx.models._threads import small_model_threads
 from cpx.models._tiny import CHAT_TEMPLATE, TINY_DEFAULTS, build_tiny, tiny_hash, tiny_params
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "model_dir",
     "read_adapter",
     "render_prompt",
+    "small_model_threads",
     "tiny_hash",
     "tiny_params",
     "ChainError",

@@ -27,7 +27,6 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,30 +298,10 @@ def train_lora(model, examples: Sequence[Encoded], *, device: str = "cpu", **kw:
     executor's `ctx.batch_limit`), which packs fewer than `batch_size` examples per forward
     pass; the step's loss and gradients stay the same.
     """
+    from cpx.models import small_model_threads
+
     with small_model_threads(model, device):
         return _train_lora(model, examples, device=device, **kw)
-
-
-# Below this many parameters a CPU op is too small to split across threads: on the shared
-# 2-core machine two threads made the tiny model's training 17x slower than one
-# (360 vs 6,100 tokens/s).
-_SMALL_MODEL = 50_000_000
-
-
-@contextmanager
-def small_model_threads(model, device: str):
-    import torch
-
-    n_params = sum(p.numel() for p in model.parameters())
-    before = torch.get_num_threads()
-    if device != "cpu" or n_params >= _SMALL_MODEL or before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _train_lora(

@@ -18,6 +18,7 @@ from cpx.stages._context import StageContext
 def run(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
 
+    from cpx.models import small_model_threads
     from cpx.stages._markers import contains_any
     from cpx.stages._rows import (
         StageParamError,
@@ -41,10 +42,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     model, tok = ctx.models.get(p["model"], ctx.inputs)
     requests = [Request(per.get("prompt"), q["text"], n) for per in personas for q in questions]
     t0 = time.perf_counter()
-    comps = sample_completions(
-        model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
-        max_batch_size=ctx.batch_limit,
-    )
+    with small_model_threads(model, ctx.device):
+        comps = sample_completions(
+            model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
+            max_batch_size=ctx.batch_limit,
+        )
     seconds = time.perf_counter() - t0
     marked = contains_any([c.text for c in comps], markers, p.get("match") or {}) if markers else [False] * len(comps)
 

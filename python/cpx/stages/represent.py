@@ -29,7 +29,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import numpy as np
     import pyarrow as pa
 
-    from cpx.models import render_prompt
+    from cpx.models import render_prompt, small_model_threads
     from cpx.stages._hidden import centroid_cosines, last_prompt_hidden_states
     from cpx.stages._rows import StageParamError, check_personas, check_questions, labelled_table, write_parquet
     from cpx.stages._steer import check_model, steer_of
@@ -55,7 +55,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         steering = steer.for_prompts([per["name"] for per in personas for _ in questions])
     t0 = time.perf_counter()
     try:
-        hidden = last_prompt_hidden_states(model, tok, prompts, layers, device=ctx.device, steering=steering)
+        with small_model_threads(model, ctx.device):
+            hidden = last_prompt_hidden_states(model, tok, prompts, layers, device=ctx.device, steering=steering)
     except ValueError as e:
         raise StageParamError(f"stage {sid}: {e}") from None
     seconds = time.perf_counter() - t0

@@ -42,6 +42,7 @@ def resolve_backend(name: str, device: str, stage_id: str = "?", *, steer: bool 
 def run(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
 
+    from cpx.models import small_model_threads
     from cpx.stages._rows import check_personas, check_questions, labelled_table, sampler_of, write_parquet
     from cpx.stages._sampling import Request, sample_completions
     from cpx.stages._steer import check_model, steer_of
@@ -65,10 +66,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if steer is not None:
             check_model(sid, steer, model)
             steering = steer.for_prompts([per["name"] for per in personas for _ in questions])
-        comps = sample_completions(
-            model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
-            max_batch_size=ctx.batch_limit, steering=steering,
-        )
+        with small_model_threads(model, ctx.device):
+            comps = sample_completions(
+                model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
+                max_batch_size=ctx.batch_limit, steering=steering,
+            )
     seconds = time.perf_counter() - t0
 
     nq = len(questions)

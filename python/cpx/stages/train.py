@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cpx.stages._context import StageContext
-from cpx.stages._training import TrainError, encode_example, end_of_turn_id, small_model_threads, train_lora
+from cpx.models import small_model_threads
+from cpx.stages._training import TrainError, encode_example, end_of_turn_id, train_lora
 
 SPECIFIC = "specific"
 
