@@ -103,7 +103,7 @@ def test_seeds_share_only_what_does_not_depend_on_them(plan: Plan) -> None:
 
 
 def test_adding_alphas_adds_stages_and_changes_no_other(plan: Plan) -> None:
-    more = compile_file(NEXT, ["arms.S.steer.alphas=[0, 0.5, 1, 2, 4]"])
+    more = compile_file(NEXT, ["arms.S.steer.alphas=[0, 0.25, 0.5, 1, 2, 4]"])
     old = {s.id: s.hash for s in plan.stages}
     new = {s.id: s.hash for s in more.stages}
     added = set(new) - set(old)
