@@ -304,3 +304,18 @@ def test_a_stage_shared_by_seeds_counts_for_every_seed(plain):
     assert at0["seed"].unique().sort().to_list() == list(SEEDS)
     by_seed = at0.group_by("arm", "source").agg(pl.col("source_rate").n_unique().alias("k"))
     assert (by_seed["k"] == 1).all()  # the same rows for every seed
+
+
+def test_a_stage_a_steer_arm_shares_with_a_train_arm_counts_for_the_train_arm(plain, steer, both):
+    """The represent stage of arm A at checkpoint 0 also gives arm S its steering direction
+    (labels arms [A, S], no alpha): its rows count for A, and S has no checkpoint point."""
+    def listed(df, shared):
+        return df.with_columns(pl.when(shared).then(pl.lit(["A", "S"])).otherwise(
+            pl.concat_list(pl.col("arm"))).alias("arms"))
+
+    shared = (pl.col("arm") == "A") & (pl.col("checkpoint") == 0.0)
+    tables = with_steer({**plain, "cosines": listed(plain["cosines"], shared)},
+                        {k: listed(v, pl.lit(False)) for k, v in steer.items()})
+    a = analyze_tables(tables, OPTS)
+    assert_frame_equal(a.metrics, both.metrics)
+    assert trained(a.metrics).filter(pl.col("arm") == "S").is_empty()

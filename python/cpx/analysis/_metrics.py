@@ -43,9 +43,23 @@ def steered(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("alpha").is_not_null()) if "alpha" in df.columns else df.clear()
 
 
-def trained(df: pl.DataFrame) -> pl.DataFrame:
-    """Every row but steer arms' (those without an `alpha`): what the checkpoint analyses see."""
-    return df.filter(pl.col("alpha").is_null()) if "alpha" in df.columns else df
+def steer_arms(df: pl.DataFrame) -> set[str]:
+    """The arms with steered rows (an `alpha`)."""
+    return {str(a) for a in steered(df)["arm"].drop_nulls().unique().to_list()}
+
+
+def trained(df: pl.DataFrame, arms: set[str] | None = None) -> pl.DataFrame:
+    """Every row but steer arms' (`arms`, default: those with an `alpha` in `df`): what the
+    checkpoint analyses see. A steer arm's rows without an `alpha` are left out as well: they
+    come from a stage it shares with a train arm (the represent stage whose centroids give
+    the steering direction), which counts for that train arm, not as a steered point."""
+    if "alpha" not in df.columns:
+        return df
+    arms = steer_arms(df) if arms is None else arms
+    if not arms:
+        return df.filter(pl.col("alpha").is_null())
+    theirs = pl.col("arm").cast(pl.String).is_in(sorted(arms)).fill_null(False)
+    return df.filter(pl.col("alpha").is_null() & ~theirs)
 
 
 def _join_keys(a: pl.DataFrame, b: pl.DataFrame, labels: tuple[str, ...] = LABELS) -> list[str]:

@@ -19,6 +19,7 @@ from cpx.analysis._metrics import (
     leakage_by_role,
     leakage_by_role_from_leakage,
     source_personas,
+    steer_arms,
     steered,
     trained,
 )
@@ -246,7 +247,8 @@ def analyze_tables(tables: dict[str, pl.DataFrame], options: Options | None = No
     `alpha` null on the others."""
     opts = options or Options()
     tables = {k: (expand_arms(v) if k != "screen" else v) for k, v in tables.items()}
-    plain = {k: trained(v) for k, v in tables.items()}
+    arms = set().union(*(steer_arms(v) for v in tables.values()))
+    plain = {k: trained(v, arms) for k, v in tables.items()}
     steer = {k: steered(v) for k, v in tables.items() if k != "screen"}
     parts = [m for m in (_metrics_of(plain, opts, LABELS), _metrics_of(steer, opts, STEER_LABELS))
              if m is not None]

@@ -206,8 +206,8 @@ def seed_replication(metrics: pl.DataFrame, *, checkpoint: float | None,
     Quantities, per (arm, source): the source and assistant rate at `checkpoint` (the
     cross-arm one), the within-source rho per layer (computed within each seed, unlike
     within_source, which averages over seeds), and, for steer arms, the steering rho per layer
-    from `steering_rows`. One row per seed (`seed` set, its own interval where it has one)
-    and one pooled row (`seed` null: estimate, Hartung-Knapp interval, `tau2`, `within_var`,
+    from `steering_rows`. One row per seed (`seed` set, its own interval and `within_var`
+    where it has one) and one pooled row (`seed` null: estimate, Hartung-Knapp interval, `tau2`, `within_var`,
     `i2`, `n_clusters` = seeds). With a single seed in the data, one `skipped:` row per arm.
     """
     seeds = sorted(int(s) for s in metrics["seed"].drop_nulls().unique().to_list())
@@ -215,7 +215,8 @@ def seed_replication(metrics: pl.DataFrame, *, checkpoint: float | None,
                   .drop_nulls().unique().to_list())
     base: Row = {"analysis": "seed_replication"}
     if len(seeds) < 2:
-        why = f"skipped: {len(seeds)} seed(s){f' ({seeds[0]})' if seeds else ''}, 2 needed for a between-seed variance"
+        which = f" ({seeds[0]})" if seeds else ""
+        why = f"skipped: {len(seeds)} seed(s){which}, 2 needed for a between-seed variance"
         return [{**base, "arm": a, "n_clusters": len(seeds), "note": why} for a in arms]
     per = _per_seed_rates(metrics, checkpoint, confidence_level)
     per += _per_seed_rhos(metrics, steering_rows or [])

@@ -374,9 +374,11 @@ def comparison_table(stats: pl.DataFrame) -> Table:
 def skipped(stats: pl.DataFrame) -> list[str]:
     out = []
     for r in stats.filter(pl.col("note").str.starts_with("skipped")).iter_rows(named=True):
+        y = r["y"] if r["y"] != "assistant_rate" else None
         where = ", ".join(f"{k} {v if k != 'checkpoint' else ckpt(v)}" for k, v in
                           (("arm", r["arm"]), ("source", r["source"]), ("seed", r["seed"]),
-                           ("layer", r["layer"]), ("checkpoint", r["checkpoint"]))
+                           ("layer", r["layer"]), ("checkpoint", r["checkpoint"]),
+                           ("alpha", r["alpha"]), ("y", y))
                           if v is not None)
         out.append(f"{r['analysis']} ({where}): {r['note'].removeprefix('skipped: ')}")
     return out
