@@ -76,7 +76,9 @@ def caveats(metrics: pl.DataFrame, stats: pl.DataFrame, adapters: pl.DataFrame |
     if adapters is not None and adapters.height:
         bad = adapters.filter(pl.col("class") != "specific")
         if bad.height:
+            several = adapters["seed"].n_unique() > 1
             items = [f"{r['source']} (arm {r['arm']}"
+                     + (f", seed {r['seed']}" if several else "")
                      + (f" @{ckpt(r['checkpoint'])}" if r["checkpoint"] else "")
                      + f": {r['class']}, source {100 * r['source_rate']:.0f}%, "
                      f"{r['top_other']} {100 * r['top_other_rate']:.0f}%)"
