@@ -52,6 +52,7 @@ def test_steer_points_name_their_direction_and_strength(plan: Plan) -> None:
             direction = f"represent/A/{src}/s{seed}/ckpt0"
             assert _adapters(by[direction]) == [(marker, 1.0)]
             assert "S" in by[marker].labels["arms"]
+            assert by[direction].labels["arms"] == ["A"]  # read by arm S, not one of its points
             for alpha in steer.alphas:
                 tag = format(alpha, "g")
                 for kind in ("sample", "represent"):

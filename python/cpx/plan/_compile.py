@@ -35,6 +35,10 @@ def spec_json(loaded: Loaded) -> dict[str, Any]:
     """The resolved spec as plain JSON (defaults filled in, `extends` applied)."""
     d = loaded.spec.model_dump(mode="json", by_alias=True, exclude={"extends"})
     d["name"] = loaded.name
+    power = d.get("power")
+    if power and power.get("from_run") and not Path(power["from_run"]).is_absolute():
+        # Written relative to the spec; the report stage reads it from the plan, elsewhere.
+        power["from_run"] = str((Path(loaded.file).parent / power["from_run"]).resolve())
     return d
 
 
@@ -66,10 +70,15 @@ class _Compiler:
 
     # ------------------------------------------------------------ stages
 
-    def add(self, kind: str, sid: str, params: dict[str, Any], deps: list[str], labels: dict[str, Any]) -> str:
+    def add(self, kind: str, sid: str, params: dict[str, Any], deps: list[str], labels: dict[str, Any],
+            join: bool = True) -> str:
+        """A stage, or the identical one already emitted (whose `arms` and `seeds` labels then gain
+        this one's arm and seed, unless `join` is false: the caller only reads its outputs)."""
         deps = list(dict.fromkeys(deps))
         h = stage_hash(kind, params, {d: self.hash_of[d] for d in deps})
         old = self.by_hash.get(h)
+        if old is not None and not join:
+            return old.id
         if old is not None:
             arms = old.labels.setdefault("arms", [])
             if labels.get("arm") is not None and labels["arm"] not in arms:
@@ -357,7 +366,8 @@ class _Compiler:
         self.points.append({**labels, "scan": scan, "represent": represent})
 
     def represent(self, sid: str, chain: dict[str, Any], personas: list[dict[str, Any]], layers: list[int],
-                  deps: list[str], labels: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+                  deps: list[str], labels: dict[str, Any], extra: dict[str, Any] | None = None,
+                  join: bool = True) -> str:
         rep = self.s.representation
         return self.add("represent", sid, {
             "model": chain,
@@ -367,7 +377,7 @@ class _Compiler:
             "token": rep.token,
             "centering": rep.centering,
             **(extra or {}),
-        }, deps, labels)
+        }, deps, labels, join)
 
     # ------------------------------------------------------------ steer arms
 
@@ -387,7 +397,7 @@ class _Compiler:
         direction = self.represent(
             f"represent/{arm_name}/{source}/s{seed}/direction", self.chain(d_adapters), personas, layers,
             [a["stage"] for a in d_adapters],
-            {"arm": arm_name, "source": source, "seed": seed, "purpose": "steering direction"})
+            {"arm": arm_name, "source": source, "seed": seed, "purpose": "steering direction"}, join=False)
         steered = [p["name"] for p in personas if st.personas == "all" or p["role"] == "assistant"]
         for alpha in st.alphas:
             steer = {"layer": st.layer, "alpha": float(alpha), "normalize": st.direction.normalize,
@@ -427,6 +437,8 @@ class _Compiler:
         self.add("report", "report", {
             "title": s.report.title or self.L.name,
             "figures": s.report.figures,
+            # As written (a relative `from_run` stays relative): changing it re-runs the report.
+            "power": s.power.model_dump(mode="json") if s.power is not None else None,
         }, [analyze], {})
         spec = spec_json(self.L)
         return Plan(name=self.L.name, spec=spec, spec_hash=spec_hash(spec), stages=self.stages)
