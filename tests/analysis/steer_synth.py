@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import polars as pl
 
-from synth_results import ASSISTANT, PERSONAS, SOURCES
+from synth_results import ASSISTANT, PERSONAS, SOURCES, pair_cosines
 
 ALPHAS = (0.0, 0.5, 1.0, 2.0, 4.0)
 LABEL_SCHEMA = {"arm": pl.String, "source": pl.String, "seed": pl.Int64, "checkpoint": pl.Float64,
@@ -56,14 +56,7 @@ def make_steer_tables(*, seed: int = 0, arm: str = "S", sources=SOURCES, seeds=(
                 vecs = {p: base[p] + noise[p] for p in PERSONAS}
                 if layer >= steer_layer:
                     vecs[ASSISTANT] = vecs[ASSISTANT] + pull * (vecs[src] - vecs[ASSISTANT])
-                names = list(PERSONAS)
-                mat = np.stack([vecs[p] for p in names])
-                mat = mat - mat.mean(axis=0)
-                mat = mat / np.linalg.norm(mat, axis=1, keepdims=True)
-                c = mat @ mat.T
-                for i, j in itertools.combinations(range(len(names)), 2):
-                    cos.append((arm, src, s, None, alpha, layer, names[i], names[j],
-                                float(c[i, j])))
+                cos += [(arm, src, s, None, alpha, layer, a, b, c) for a, b, c in pair_cosines(vecs)]
     return {
         "marker_hits": pl.DataFrame(hits, orient="row", schema={
             **LABEL_SCHEMA, "persona": pl.String, "role": pl.String, "question_id": pl.String,

@@ -23,6 +23,16 @@ def _role(persona: str, source: str) -> str:
     return "assistant" if persona == ASSISTANT else "bystander"
 
 
+def pair_cosines(vecs: dict[str, np.ndarray]) -> list[tuple[str, str, float]]:
+    """Cosines of every pair of personas' vectors, centred on their mean (as represent does)."""
+    names = list(vecs)
+    mat = np.stack([vecs[p] for p in names])
+    mat = mat - mat.mean(axis=0)
+    mat = mat / np.linalg.norm(mat, axis=1, keepdims=True)
+    c = mat @ mat.T
+    return [(names[i], names[j], float(c[i, j])) for i, j in itertools.combinations(range(len(names)), 2)]
+
+
 def make_tables(*, seed: int = 0, arms=("A", "B", "C"), sources=SOURCES, n_questions: int = 6,
                 n_samples: int = 5, checkpoints=CHECKPOINTS, layers=LAYERS,
                 seeds=(42,), baseline: bool = False) -> dict[str, pl.DataFrame]:
@@ -55,13 +65,7 @@ def make_tables(*, seed: int = 0, arms=("A", "B", "C"), sources=SOURCES, n_quest
         for layer in layers:
             vecs = {p: base[p] + rng.normal(0, 0.3, 8) for p in PERSONAS}
             vecs[ASSISTANT] = (1 - 0.6 * pull) * vecs[ASSISTANT] + 0.6 * pull * vecs[src] * layer / 3
-            names = list(PERSONAS)
-            mat = np.stack([vecs[p] for p in names])
-            mat = mat - mat.mean(axis=0)
-            mat = mat / np.linalg.norm(mat, axis=1, keepdims=True)
-            c = mat @ mat.T
-            for i, j in itertools.combinations(range(len(names)), 2):
-                cos.append((arm, src, s, ck, layer, names[i], names[j], float(c[i, j])))
+            cos += [(arm, src, s, ck, layer, a, b, c) for a, b, c in pair_cosines(vecs)]
         # one marker adapter per (arm, source, seed): arm B trains one per checkpoint
         if arm == "B" or ck == 0.0:
             for persona in PERSONAS:
