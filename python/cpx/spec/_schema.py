@@ -391,6 +391,12 @@ class Power(Strict):
         default=0.05, description="marker rate of the comparison group, for the detectable rate differences")
     simulations: PosInt = Field(default=2000, description="Monte Carlo draws per power figure")
 
+    @model_validator(mode="after")
+    def _one_icc(self) -> Power:
+        if self.icc is not None and self.from_run is not None:
+            raise ValueError("give icc or from_run, not both (from_run measures the ICC in that run)")
+        return self
+
 
 class Tracking(Strict):
     """Log every finished stage to an experiment tracker; its run ids are kept in the manifests."""
