@@ -84,3 +84,29 @@ def test_adapter_classes_from_the_report():
     kt = q.filter(pl.col("source") == "kindergarten_teacher").row(0, named=True)
     assert kt["top_other"] == "software_engineer"
     assert kt["specificity"] == pytest.approx(0.15 - (0.58 + 0.44) / 2)
+
+
+def test_cross_arm_display_has_a_t_interval_across_seeds(metrics):
+    """With several seeds each cell is the mean over seeds with a t interval across them
+    (scipy's t), cut to [0, 1]; with one seed the cells are plain rates."""
+    from cpx.analysis import _tables as T
+
+    rng = np.random.default_rng(7)
+    seeds = [1, 2, 3, 4]
+    parts = []
+    for s in seeds:
+        noisy = metrics.with_columns(pl.lit(s, pl.Int64).alias("seed"), *[
+            (pl.col(c) + pl.Series(rng.normal(0, 0.05, metrics.height))).clip(0, 1).alias(c)
+            for c in ("source_rate", "assistant_rate")])
+        parts.append(noisy)
+    many = pl.concat(parts)
+    table = T.cross_arm(many, 1.0, 0.9).frame
+    for arm_col, col in (("B source", "source_rate"), ("A assistant", "assistant_rate")):
+        arm = arm_col.split()[0]
+        vals = [p.filter((pl.col("arm") == arm) & (pl.col("source") == "villain")
+                         & (pl.col("checkpoint") == 1.0))[col].mean() for p in parts]
+        lo, hi = ss.t.interval(0.9, len(vals) - 1, loc=np.mean(vals), scale=ss.sem(vals))
+        want = T.ci(np.mean(vals), max(0.0, lo), min(1.0, hi))
+        assert table.filter(pl.col("source") == "villain")[arm_col][0] == want
+    one = T.cross_arm(parts[0], 1.0).frame
+    assert "[" not in one.filter(pl.col("source") == "villain")["B source"][0]

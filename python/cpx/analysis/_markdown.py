@@ -29,7 +29,7 @@ def tables(analysis: Analysis) -> list[T.Table]:
     if "leakage_by_role" in opts.analyses:
         out.append(T.leakage_table(m))
     if "cross_arm" in opts.analyses:
-        out.append(T.cross_arm(m, analysis.checkpoint))
+        out.append(T.cross_arm(m, analysis.checkpoint, opts.confidence_level))
     if "within_source" in opts.analyses:
         out.append(T.within_table(s))
     if "between_source" in opts.analyses:

@@ -88,14 +88,43 @@ def leakage_table(metrics: pl.DataFrame) -> Table:
         "Bystander: the other non-assistant personas, pooled.")
 
 
-def cross_arm(metrics: pl.DataFrame, checkpoint: float | None) -> Table:
+def cross_arm(metrics: pl.DataFrame, checkpoint: float | None, confidence_level: float = 0.95) -> Table:
     t = cross_arm_table(metrics, checkpoint=checkpoint)
-    fmt = t.with_columns([pl.col(c).map_elements(pct, return_dtype=pl.String)
-                          for c in t.columns if c != "source"])
-    return Table("cross_arm", f"Cross-arm comparison at checkpoint {ckpt(checkpoint)}", fmt,
-                 "Baseline: assistant leakage at checkpoint 0 (before any SFT). "
-                 "`<arm> source`: marker rate on the source persona; `<arm> assistant`: on the "
-                 "assistant. Seeds averaged.")
+    caption = ("Baseline: assistant leakage at checkpoint 0 (before any SFT). `<arm> source`: marker "
+               "rate on the source persona; `<arm> assistant`: on the assistant.")
+    seeds = metrics["seed"].drop_nulls().unique().sort().to_list()
+    if len(seeds) < 2:
+        fmt = t.with_columns([pl.col(c).map_elements(pct, return_dtype=pl.String)
+                              for c in t.columns if c != "source"])
+        return Table("cross_arm", f"Cross-arm comparison at checkpoint {ckpt(checkpoint)}", fmt, caption)
+    # Several seeds: each seed's table, then per cell the mean over seeds with a t interval
+    # across them (the seeds are the replicates; their spread is the uncertainty that matters).
+    per_seed = [cross_arm_table(metrics.filter(pl.col("seed") == s), checkpoint=checkpoint) for s in seeds]
+    rows = []
+    for r in t.iter_rows(named=True):
+        row = {"source": r["source"]}
+        for c in t.columns[1:]:
+            vals = [float(v) for f in per_seed if c in f.columns
+                    for v in f.filter(pl.col("source") == r["source"])[c].to_list() if not _missing(v)]
+            row[c] = ci(*_across_seeds(vals, confidence_level)) if vals else DASH
+        rows.append(row)
+    level = f"{100 * confidence_level:g}%"
+    return Table("cross_arm", f"Cross-arm comparison at checkpoint {ckpt(checkpoint)}",
+                 _frame(rows, t.columns), f"{caption} The mean over {len(seeds)} seeds; brackets: "
+                 f"{level} t interval across seeds (mean ± t(k − 1) · SD / √k, cut to [0, 100]).")
+
+
+def _across_seeds(values: list[float], confidence_level: float) -> tuple[float, float | None, float | None]:
+    """Mean of per-seed values and its t interval across them (none from one value)."""
+    from cpx.analysis._seeds import t_quantile
+
+    k = len(values)
+    mean = sum(values) / k
+    if k < 2:
+        return mean, None, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
+    half = t_quantile(confidence_level, k - 1) * sd / math.sqrt(k)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
 def _p_of(stats: pl.DataFrame, method: str) -> dict[tuple, dict[str, Any]]:
