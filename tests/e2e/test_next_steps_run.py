@@ -98,3 +98,20 @@ def test_the_report_shows_steering_seeds_and_power(run: Path) -> None:
     assert {"steering_curve", "seed_intervals"} <= figures, figures
     stats = pl.read_parquet(run / "results" / "stats.parquet")
     assert {"steering", "seed_replication"} <= set(stats["analysis"].unique().to_list())
+
+
+def test_power_holm_families_are_the_tests_the_analysis_ran(run: Path) -> None:
+    """The power table's Holm family of each exact rank test is the number of tests (run or
+    skipped for a constant variable) that analysis wrote for the arm: not typed in, counted."""
+    from cpx.power import power_rows
+
+    rows = power_rows(Plan.load(run)).filter(pl.col("holm_tests").is_not_null())
+    stats = pl.read_parquet(run / "results" / "stats.parquet")
+    checked = 0
+    for r in rows.iter_rows(named=True):
+        arm = r["design"].split(", arm ")[1].split(":")[0]
+        planned = stats.filter((pl.col("analysis") == r["analysis"]) & (pl.col("arm") == arm)
+                               & pl.col("p_method").ne_missing("asymptotic"))
+        assert planned.height == r["holm_tests"], (r["analysis"], arm, planned.height, r["holm_tests"])
+        checked += 1
+    assert checked >= 2

@@ -129,3 +129,20 @@ def test_bad_steer_arms_are_spec_errors(override: str, message: str) -> None:
         compile_file(NEXT, [override])
     assert message in str(info.value)
     assert "arms." in str(info.value)
+
+
+def test_arm_names_do_not_decide_who_owns_a_shared_stage(tmp_path: Path) -> None:
+    """With the steer arm's name sorting before the train arm's, the train arm's checkpoint-0
+    point still owns the represent stage the steer arm reads its direction from."""
+    text = NEXT.read_text().replace("\n  A:\n", "\n  T:\n").replace("merge: A.marker", "merge: T.marker")
+    spec = tmp_path / "renamed.yaml"
+    spec.write_text(text)
+    plan = compile_file(spec)
+    by = plan.by_id()
+    for src in ("villain", "comedian"):
+        direction = by[by[f"sample/S/{src}/s42/alpha1"].params["steer"]["direction"]["represent"]]
+        assert direction.id == f"represent/T/{src}/s42/ckpt0"
+        assert direction.labels["checkpoint"] == 0.0 and direction.labels["arms"] == ["T"]
+        assert "purpose" not in direction.labels
+    points = [p for p in by["analyze"].params["points"] if p["arm"] == "T"]
+    assert sorted({p["checkpoint"] for p in points}) == [0.0, 0.25, 0.5, 0.75, 1.0]

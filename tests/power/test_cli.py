@@ -65,3 +65,15 @@ def test_compile_with_an_unreadable_run_warns_and_still_succeeds(tmp_path: Path)
     assert "warning: power.from_run:" in r.stderr and "missing_run/results/marker_hits.parquet" in r.stderr
     r = cpx("plan", "power", str(spec))
     assert r.returncode == 2 and "missing_run/results/marker_hits.parquet" in r.stderr
+
+
+def test_a_vary_key_the_design_lacks_is_an_error() -> None:
+    r = cpx("plan", "power", str(DEMO), "--vary", "alphas=3,5")
+    assert r.returncode == 2 and "alphas changes nothing here: the plan has no steer arm" in r.stderr
+
+
+def test_impossible_power_settings_are_spec_errors() -> None:
+    for override, message in (("power={power: 0.01}", "must be above alpha"),
+                              ("power={base_rate: 1.0}", "power.base_rate: out of range")):
+        r = cpx("compile", str(DEMO_SMALL), "--out", "/nonexistent/never", "-s", override)
+        assert r.returncode == 2 and message in r.stderr, r.stderr

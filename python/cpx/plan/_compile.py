@@ -412,8 +412,10 @@ class _Compiler:
             if s.eval.baseline:
                 self.eval_point("base", None, seed, 0.0, [])
             # Arms in name order: a stage reached from two arms is named after the first to
-            # reach it, and the YAML's key order must change no id.
-            for arm_name, arm in sorted(s.arms.items()):
+            # reach it, and the YAML's key order must change no id. Steer arms come after the
+            # train arms: a train arm's eval point then owns (and labels) the represent stage
+            # that a steer arm reads its direction from, whatever the arms are called.
+            for arm_name, arm in sorted(s.arms.items(), key=lambda kv: (kv[1].kind == "steer", kv[0])):
                 if arm.kind == "steer":
                     for source in arm.sources or s.roles.sources:
                         self.steer_points(arm_name, source, seed)

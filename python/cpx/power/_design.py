@@ -56,6 +56,9 @@ class Design:
     settings: Settings
     icc: float
     icc_from: str  # where the ICC came from, for the notes
+    # Layers each cosine analysis tests (its own `layers`, else the representation layers; a
+    # steer arm's analysis also reads its steered layer): the tests per source in a Holm family.
+    layers: dict[str, int] = field(default_factory=dict)
     varied: dict[str, int] = field(default_factory=dict)
 
     def with_(self, key: str, value: int) -> Design:
@@ -99,13 +102,19 @@ def parse_vary(items: list[str] | None) -> dict[str, list[int]]:
     return out
 
 
-def check_vary(vary: dict[str, list[int]] | None) -> dict[str, list[int]]:
-    """`vary` as given to `power_rows`: known keys, positive integers."""
+def check_vary(vary: dict[str, list[int]] | None, design: Design | None = None) -> dict[str, list[int]]:
+    """`vary` as given to `power_rows`: known keys, positive integers, and (with `design`)
+    keys that change something in that design."""
     for key, values in (vary or {}).items():
         if key not in VARY_KEYS:
             raise PowerError(f"vary: unknown key {key!r}; known: {', '.join(VARY_KEYS)}")
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
             raise PowerError(f"vary: {key} needs positive integers, got {values!r}")
+        if design is not None:
+            empty = {"alphas": (design.alphas, "no steer arm"), "checkpoints": (design.checkpoints, "no train arm"),
+                     "sources": (design.sources, "no arm with sources")}.get(key)
+            if empty is not None and not empty[0]:
+                raise PowerError(f"vary: {key} changes nothing here: the plan has {empty[1]}")
     return dict(vary or {})
 
 
@@ -115,7 +124,7 @@ def _mode(values: list[int]) -> int:
 
 def icc_from_run(run: Path) -> float:
     """ICC(1) of `hit` by question in a previous run's marker hits: computed within each
-    (arm, source, seed, checkpoint, persona) cell, so that differences between cells do not
+    (arm, source, seed, checkpoint, alpha, persona) cell, so that differences between cells do not
     count as clustering, then averaged weighted by the cell's size; cells with no variation
     (all hits or none) carry no information and are left out; a negative estimate counts as 0."""
     import numpy as np
@@ -134,7 +143,7 @@ def icc_from_run(run: Path) -> float:
     missing = [c for c in need if c not in hits.columns]
     if missing:
         raise PowerError(f"power.from_run: {path}: missing column(s) {missing}")
-    cells = [c for c in ("arm", "source", "seed", "checkpoint", "persona") if c in hits.columns]
+    cells = [c for c in ("arm", "source", "seed", "checkpoint", "alpha", "persona") if c in hits.columns]
     total = weight = 0.0
     for _, g in hits.group_by(cells) if cells else [((), hits)]:
         y = g["hit"].cast(pl.Float64).to_numpy()
@@ -148,7 +157,7 @@ def icc_from_run(run: Path) -> float:
         total += max(r.statistic, 0.0) * len(y)
         weight += len(y)
     if weight == 0:
-        raise PowerError(f"power.from_run: {path}: no (arm, source, checkpoint, persona) cell has both hits "
+        raise PowerError(f"power.from_run: {path}: no (arm, source, seed, checkpoint, alpha, persona) cell has both hits "
                          "and misses over two or more questions, so the ICC is undefined; set power.icc")
     return total / weight
 
@@ -191,6 +200,18 @@ def design_of(plan: Any, *, base: str | Path | None = None) -> Design:
               for name, a in arms.items() if a.get("kind") == "steer"}
     names = [a["name"] if isinstance(a, dict) else str(a) for a in spec.get("analyses") or []]
     analyses = tuple(dict.fromkeys(names)) or DEFAULT_ANALYSES
+    rep_layers = list((spec.get("representation") or {}).get("layers") or [])
+    steer_layers = [(a.get("steer") or {}).get("layer") for a in arms.values() if a.get("kind") == "steer"]
+    layers: dict[str, int] = {}
+    for a in spec.get("analyses") or []:
+        own = a.get("layers") if isinstance(a, dict) else None
+        chosen = set(own if own is not None else rep_layers)
+        if (a["name"] if isinstance(a, dict) else a) == "steering" and own is None:
+            chosen |= {x for x in steer_layers if x is not None}
+        layers[a["name"] if isinstance(a, dict) else str(a)] = max(1, len(chosen))
+    for name in analyses:
+        layers.setdefault(name, max(1, len(set(rep_layers) | ({*steer_layers} - {None}
+                                                              if name == "steering" else set()))))
     if settings.icc is not None:
         icc, icc_from = settings.icc, "power.icc"
     elif settings.from_run:
@@ -213,4 +234,5 @@ def design_of(plan: Any, *, base: str | Path | None = None) -> Design:
         settings=settings,
         icc=icc,
         icc_from=icc_from,
+        layers=layers,
     )

@@ -21,7 +21,7 @@ RHO = "|rho| (bivariate normal)"
 Row = dict[str, Any]
 SCHEMA = {"analysis": pl.String, "design": pl.String, "n": pl.Int64, "effect_kind": pl.String,
           "min_effect": pl.Float64, "reachable": pl.Boolean, "note": pl.String,
-          "vary": pl.String, "value": pl.Int64}
+          "vary": pl.String, "value": pl.Int64, "holm_tests": pl.Int64, "holm_min_p": pl.Float64}
 
 
 def _row(analysis: str, design: str, n: int, kind: str, eff: _calc.Effect, *notes: str) -> Row:
@@ -87,16 +87,29 @@ def _bystander(d: Design) -> list[Row]:
 
 
 def _rank_rows(analysis: str, what: str, counts: dict[str, int], unit: str, d: Design,
-               missing: str, per_seed: bool = False) -> list[Row]:
+               missing: str, per_seed: bool = False, family: Callable[[str], int] | None = None) -> list[Row]:
+    """Exact rank tests with `counts[arm]` points. `family(arm)`: how many such tests share the
+    arm's Holm family (cpx adjusts within one analysis, arm and kind of p-value)."""
     s = d.settings
     if not counts:
         return [_row(analysis, what, 0, RHO, _calc.Effect(None, False, missing))]
     seeds = ""
     if d.seeds > 1:
         seeds = f"one test per seed ({d.seeds})" if per_seed else f"rank test on the mean over {d.seeds} seeds"
-    return [_row(analysis, f"{what}, {_arms(arms)}: {n} {unit}", n, RHO,
-                 _rank(n, s.alpha, s.power, s.simulations), seeds)
-            for n, arms in _groups(counts)]
+    rows = []
+    for n, arms in _groups(counts):
+        eff = _rank(n, s.alpha, s.power, s.simulations)
+        m = max(family(a) for a in arms) if family is not None else 1
+        holm = ""
+        if eff.reachable and m > 1:
+            floor = min(1.0, m * _calc.spearman_min_p(n))
+            holm = (f"Holm over the {m} tests of its family: the smallest adjusted p is {m} x "
+                    f"{_calc.spearman_min_p(n):.3g} = {floor:.3g}")
+            if floor >= s.alpha - _calc.P_TOL:
+                holm += f", so no test of the family passes at {s.alpha:g} after adjustment"
+        rows.append({**_row(analysis, f"{what}, {_arms(arms)}: {n} {unit}", n, RHO, eff, seeds, holm),
+                     "holm_tests": m, "holm_min_p": min(1.0, m * _calc.spearman_min_p(n))})
+    return rows
 
 
 def _pooled(d: Design, analysis: str = "pseudo_replication", steer: bool = False) -> list[Row]:
@@ -131,7 +144,9 @@ def _seeds(d: Design) -> list[Row]:
         pairs=n, var0=p0 * (1 - p0) / per_seed, var1=lambda p1: p1 * (1 - p1) / per_seed,
         alpha=s.alpha, power=s.power, base_rate=p0)
     return [_row("seed_replication", design, n, RATE, eff,
-                 f"t test over seeds (df {n - 1}), no between-seed variance assumed (a lower bound)")]
+                 f"the difference between two arms' rates that a t test over the {n} seeds' estimates "
+                 f"detects (df {n - 1}; seed_replication's across-seed intervals use the same t), with no "
+                 "between-seed variance assumed: a lower bound")]
 
 
 def _analysis_rows(d: Design) -> list[Row]:
@@ -139,11 +154,14 @@ def _analysis_rows(d: Design) -> list[Row]:
         "leakage": _leakage,
         "leakage_by_role": _leakage,
         "cross_arm": _leakage,
-        "within_source": lambda d: _rank_rows("within_source", "within source over checkpoints",
-                                              d.checkpoints, "checkpoints", d, "no train arm with checkpoints"),
-        "between_source": lambda d: _rank_rows("between_source", "between sources at one checkpoint",
-                                               {a: n for a, n in d.sources.items() if a in d.checkpoints},
-                                               "sources", d, "no train arm with sources"),
+        "within_source": lambda d: _rank_rows(
+            "within_source", "within source over checkpoints", d.checkpoints, "checkpoints", d,
+            "no train arm with checkpoints",
+            family=lambda a: d.sources.get(a, 1) * d.layers.get("within_source", 1)),
+        "between_source": lambda d: _rank_rows(
+            "between_source", "between sources at one checkpoint",
+            {a: n for a, n in d.sources.items() if a in d.checkpoints}, "sources", d, "no train arm with sources",
+            family=lambda a: d.layers.get("between_source", 1)),
         "pseudo_replication": _pooled,
         "bystander_vs_assistant": _bystander,
         "adapter_specificity": lambda d: [
@@ -154,7 +172,9 @@ def _analysis_rows(d: Design) -> list[Row]:
                         "no train arm with sources")],
         "steering": lambda d: [
             *_rank_rows("steering", "leakage vs achieved cosine over strengths", d.alphas, "strengths", d,
-                        "no steer arm", per_seed=True),
+                        "no steer arm", per_seed=True,
+                        # per source, seed and layer, for the assistant's and the bystanders' leakage
+                        family=lambda a: d.sources.get(a, 1) * d.seeds * d.layers.get("steering", 1) * 2),
             *_pooled(d, "steering", steer=True)],
         "seed_replication": _seeds,
     }
@@ -169,16 +189,18 @@ def power_rows(plan: Any, vary: dict[str, list[int]] | None = None, *,
 
     Columns: `analysis`, `design` (the counts in words), `n` (points, pairs or completions
     the test sees), `effect_kind`, `min_effect` (percentage points or |rho|; null when no
-    effect reaches the power), `reachable`, `note`, and `vary`/`value` (the varied key and
-    its value; null for the plan's own design). `base`: the folder a relative
+    effect reaches the power), `reachable`, `note`, `vary`/`value` (the varied key and
+    its value; null for the plan's own design), and for exact rank tests `holm_tests` (the
+    tests in its Holm family) and `holm_min_p` (the smallest Holm-adjusted p they can reach). `base`: the folder a relative
     `power.from_run` is relative to (the spec's folder; default: the current directory).
     """
-    vary = check_vary(vary)
     d = design_of(plan, base=base)
-    rows = [{**r, "vary": None, "value": None} for r in _analysis_rows(d)]
+    vary = check_vary(vary, d)
+    blank = {"holm_tests": None, "holm_min_p": None}
+    rows = [{**blank, **r, "vary": None, "value": None} for r in _analysis_rows(d)]
     for key, values in vary.items():
         for v in values:
-            rows += [{**r, "vary": key, "value": v} for r in _analysis_rows(d.with_(key, v))]
+            rows += [{**blank, **r, "vary": key, "value": v} for r in _analysis_rows(d.with_(key, v))]
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
 
 
@@ -189,6 +211,9 @@ def warnings_of(rows: pl.DataFrame, alpha: float) -> list[str]:
         head = f"power: {r['analysis']} ({r['design']})"
         if not r["reachable"]:
             out.append(f"{head}: {r['note'] or 'no effect reaches the power'}")
+        elif r["holm_min_p"] is not None and r["holm_min_p"] >= alpha - _calc.P_TOL:
+            out.append(f"{head}: no test can pass after Holm over the {r['holm_tests']} tests of its family "
+                       f"(smallest adjusted p {r['holm_min_p']:.3g})")
         elif r["effect_kind"] == RHO and r["min_effect"] >= LARGE_RHO:
             out.append(f"{head}: underpowered, only |rho| >= {r['min_effect']:.2f} is detected at p < {alpha:g}")
         elif r["effect_kind"] == RATE and r["min_effect"] >= LARGE_PP:

@@ -258,10 +258,8 @@ def _power(data: ReportData) -> list[tuple[str, Any]]:
     if data.plan is None:
         return [("p", "*Power: the spec asks for it, but the run has no plan.json to compute "
                       "it from.*")]
-    try:
-        from cpx.power import PowerError, power_table
-    except ImportError as e:
-        return [("p", f"*Power: the spec asks for it, but cpx.power cannot be imported ({e}).*")]
+    from cpx.power import PowerError, power_table
+
     try:
         t = power_table(data.plan)
     except PowerError as e:  # a design it cannot assess: say so, keep the rest of the report

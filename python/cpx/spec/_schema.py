@@ -387,7 +387,7 @@ class Power(Strict):
         "`from_run` if given, else 0.1)")
     from_run: str | None = Field(
         default=None, description="a previous run folder (relative to the spec) whose marker hits give the ICC")
-    base_rate: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+    base_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.05, description="marker rate of the comparison group, for the detectable rate differences")
     simulations: PosInt = Field(default=2000, description="Monte Carlo draws per power figure")
 
@@ -395,6 +395,9 @@ class Power(Strict):
     def _one_icc(self) -> Power:
         if self.icc is not None and self.from_run is not None:
             raise ValueError("give icc or from_run, not both (from_run measures the ICC in that run)")
+        if self.power <= self.alpha:
+            raise ValueError(f"power {self.power:g} must be above alpha {self.alpha:g} (a test with no effect "
+                             "already rejects with probability alpha)")
         return self
 
 
