@@ -319,3 +319,30 @@ def test_a_stage_a_steer_arm_shares_with_a_train_arm_counts_for_the_train_arm(pl
     a = analyze_tables(tables, OPTS)
     assert_frame_equal(a.metrics, both.metrics)
     assert trained(a.metrics).filter(pl.col("arm") == "S").is_empty()
+
+
+def test_pooling_says_when_seeds_are_missing_or_the_interval_has_no_width():
+    """Equal correlations from every seed (no within-seed variance) give a zero-width
+    Hartung-Knapp interval: the stats note and the table's star say it means nothing; a seed
+    without an estimate is named."""
+    from cpx.analysis._seeds import seed_replication
+    from cpx.analysis._tables import seed_table
+    from cpx.analysis._columns import normalize_metrics, stats_frame
+
+    steering = [{"analysis": "steering", "arm": "S", "source": "villain", "seed": s, "layer": 1,
+                 "x": "cosine", "y": "assistant_rate", "estimate": rho, "n": 5,
+                 # as `steering` writes them: a test skipped for a constant variable has no p_method
+                 "p_method": "exact" if rho is not None else None}
+                for s, rho in ((1, 0.7), (2, 0.7), (3, None))]
+    none = [None] * 3
+    metrics = normalize_metrics(pl.DataFrame({
+        "arm": ["S"] * 3, "source": ["villain"] * 3, "seed": [1, 2, 3], "checkpoint": none, "layer": none,
+        "cosine": none, "source_rate": none, "assistant_rate": none, "bystander_rate": none}))
+    rows = seed_replication(metrics, checkpoint=None, steering_rows=steering)
+    pooled = [r for r in rows if r.get("seed") is None and r.get("estimate") is not None]
+    assert len(pooled) == 1
+    note = pooled[0]["note"]
+    assert "2 of 3 seeds" in note and "seed(s) 3 have no estimate" in note and "has no width" in note
+    assert pooled[0]["ci_low"] == pooled[0]["ci_high"] == pytest.approx(0.7)
+    table = seed_table(stats_frame(rows)).frame
+    assert table["pooled [interval]"][0].endswith(" *")

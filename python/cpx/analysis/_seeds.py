@@ -243,10 +243,16 @@ def seed_replication(metrics: pl.DataFrame, *, checkpoint: float | None,
                else "equal weights (no within-seed variance)" if re.within_var is None
                else "equal weights (a seed has within-seed variance 0)")
         low, high = clip_to_range(key[-1], re.ci_low, re.ci_high)
+        note = (f"pooled over {re.k} of {len(seeds)} seeds: DerSimonian-Laird random effects, {how}, "
+                "Hartung-Knapp interval (cut to the quantity's range)")
+        if len(g) < len(seeds):
+            missing = sorted(set(seeds) - {r["seed"] for r in g})
+            note += f"; seed(s) {', '.join(map(str, missing))} have no estimate (e.g. a constant variable)"
+        if len({r["estimate"] for r in g}) == 1 and not re.within_var:
+            note += ("; every seed gives the same value and there is no within-seed variance: the interval "
+                     "has no width, which says nothing about the uncertainty")
         rows.append({**pooled, "statistic": key[-1], "estimate": re.estimate,
                      "ci_low": low, "ci_high": high, "tau2": re.tau2,
-                     "within_var": re.within_var, "i2": re.i2,
-                     "note": f"pooled over {re.k} seeds: DerSimonian-Laird random effects, {how}, "
-                             "Hartung-Knapp interval (cut to the quantity's range)"})
+                     "within_var": re.within_var, "i2": re.i2, "note": note})
     return rows
 

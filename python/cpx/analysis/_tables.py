@@ -336,6 +336,8 @@ def seed_table(stats: pl.DataFrame) -> Table:
         else:
             c["pooled [interval]"] = (ci(r["estimate"], r["ci_low"], r["ci_high"]) if rate
                                       else _ci_num(r["estimate"], r["ci_low"], r["ci_high"]))
+            if "has no width" in (r["note"] or ""):
+                c["pooled [interval]"] += " *"
             c["between-seed SD"] = (DASH if _missing(r["tau2"]) else
                                     (pct(r["tau2"] ** 0.5) if rate else num(r["tau2"] ** 0.5)))
             c["I²"] = pct(r["i2"], 0)
@@ -349,7 +351,10 @@ def seed_table(stats: pl.DataFrame) -> Table:
                  "Between-seed SD: the square root of tau². I²: the share of the spread of the "
                  "per-seed estimates that is between seeds rather than within-seed sampling "
                  "noise (– without within-seed variances). Within-source rho here is computed "
-                 "per seed; the within-source table uses the mean over seeds.")
+                 "per seed; the within-source table uses the mean over seeds. A seed without an "
+                 "estimate (–) is left out of the pooling. *: every seed gave the same value and "
+                 "there is no within-seed variance, so the interval has no width; that says "
+                 "nothing about the uncertainty.")
 
 
 def bystander_table(stats: pl.DataFrame) -> Table:
