@@ -81,6 +81,22 @@ def test_direction_from_base_and_every_persona() -> None:
     assert st.params["steer"]["personas"] == [p["name"] for p in st.params["personas"]]
 
 
+def test_direction_from_another_phase_at_one_of_its_checkpoints() -> None:
+    plan = compile_file(NEXT, ["arms.S.steer.direction.from=A.convergence", "arms.S.steer.direction.checkpoint=0.5"])
+    by = plan.by_id()
+    st = by["sample/S/villain/s43/alpha1"]
+    direction = by[st.params["steer"]["direction"]["represent"]]
+    # arm A's own eval point at 0.5: the marker, then convergence at half its steps
+    assert direction.id == "represent/A/villain/s43/ckpt0.5"
+    assert _adapters(direction) == [("train/A/marker/villain/s43", 1.0), ("train/A/convergence/villain/s43", 0.5)]
+    assert _adapters(st) == [("train/A/marker/villain/s43", 1.0)]  # the steered model is still arm S's
+
+
+def test_a_direction_checkpoint_the_phase_does_not_save_is_a_spec_error() -> None:
+    with pytest.raises(SpecError, match=r"phase 'A.convergence' saves checkpoints 0.25, 0.5, 0.75, 1; 0.3 is not"):
+        compile_file(NEXT, ["arms.S.steer.direction.from=A.convergence", "arms.S.steer.direction.checkpoint=0.3"])
+
+
 def test_a_steer_arm_without_phases_steers_the_base_model() -> None:
     plan = compile_file(NEXT, ["arms.S.phases=[]"])
     st = plan.by_id()["sample/S/comedian/s43/alpha2"]
@@ -123,6 +139,9 @@ def test_adding_alphas_adds_stages_and_changes_no_other(plan: Plan) -> None:
     ("arms.S.steer.personas=bystanders", "invalid value"),
     ("arms.S.eval_at=marker", "remove eval_at"),
     ("arms.S.phases.0.merge=A.markr", "did you mean 'A.marker'"),
+    ("arms.S.steer.direction.from=A.convergnce", "did you mean 'A.convergence'"),
+    ("arms.S.steer.direction.checkpoint=0.5", "checkpoint applies to a direction from a phase"),
+
 ])
 def test_bad_steer_arms_are_spec_errors(override: str, message: str) -> None:
     with pytest.raises(SpecError) as info:

@@ -22,6 +22,7 @@ from cpx.plan._hash import canonical, sha256, stage_hash
 from cpx.plan._model import Plan, Stage
 from cpx.spec import Issue, Loaded, SpecError, axis_phase
 from cpx.spec._schema import Arm, Phase
+from cpx.spec._yaml import dotted
 
 _DISPLAY_KEYS = ("name", "description")
 
@@ -239,6 +240,7 @@ class _Compiler:
         if ph.merge is not None:
             ta, ti = self.merge_target(arm_name, ph.merge)
             adapters = self.model_after(ta, ti, ph.checkpoint, None, source, seed)
+            self.check_saved(adapters, ph.checkpoint, ("arms", arm_name, "phases", i, "checkpoint"), ph.merge)
             for a in adapters:
                 arms = self.stages_by_id(a["stage"]).labels.setdefault("arms", [])
                 if arm_name not in arms:
@@ -248,6 +250,18 @@ class _Compiler:
         start = self.model_start(arm_name, i, axis_c, source, seed)
         train = self.train(arm_name, i, start, axis_c if self.indexed(arm_name, i) else None, source, seed)
         return start + ([{"stage": train, "checkpoint": ckpt}] if ckpt > 0 else [])
+
+    def check_saved(self, adapters: list[dict[str, Any]], ckpt: float, path: tuple[Any, ...], ref: str) -> None:
+        """An issue when `ckpt` of phase `ref` (the last adapter) is not a checkpoint its training saves."""
+        if ckpt <= 0 or not adapters:
+            return
+        saved = self.stages_by_id(adapters[-1]["stage"]).params["checkpoints"]
+        if not any(abs(ckpt - c) < 1e-9 for c in saved):
+            issue = Issue(self.L.where(path), dotted(path), f"phase {ref!r} saves checkpoints "
+                          f"{', '.join(fmt_ckpt(c) for c in saved)}; {fmt_ckpt(ckpt)} is not one of them",
+                          hint="add it to the phase's training checkpoints")
+            if all(i.path != issue.path for i in self.issues):
+                self.issues.append(issue)
 
     def model_start(self, arm_name: str, i: int, axis_c: float | None, source: str, seed: int) -> list[dict[str, Any]]:
         arm = self.s.arms[arm_name]
@@ -390,8 +404,16 @@ class _Compiler:
         adapters = self.model_after(arm_name, len(arm.phases) - 1, 1.0, None, source, seed) if arm.phases else []
         # The direction's centroids: the unsteered model (or the base model), at the representation
         # layers plus the steered one, so the stage is the same as an unsteered eval point's where one exists.
-        from_model = st.direction.from_ == "model"
-        d_adapters = adapters if from_model else []
+        ref = st.direction.from_
+        if ref == "model":
+            d_adapters = adapters
+        elif ref == "base":
+            d_adapters = []
+        else:  # `arm.phase`, checked by the loader: a phase with one model per (source, seed)
+            ta, ti = self.merge_target(arm_name, ref)
+            ckpt = 1.0 if st.direction.checkpoint is None else st.direction.checkpoint
+            d_adapters = self.model_after(ta, ti, ckpt, None, source, seed)
+            self.check_saved(d_adapters, ckpt, ("arms", arm_name, "steer", "direction", "checkpoint"), ref)
         layers = sorted({*self.s.representation.layers, st.layer})
         personas = self.eval_personas(source, self.s.eval.completions)
         direction = self.represent(

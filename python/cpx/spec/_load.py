@@ -461,6 +461,7 @@ class _Checker:
                                                  f"phase {ph.merge!r} is trained once per checkpoint of another "
                                                  "phase, so it has no single adapter to merge"))
         if arm.kind == "steer":
+            self._steer_direction(arm_name, arm)
             return  # evaluated at its steering strengths: no checkpoint axis to check
         if len(set(names)) != len(names) or any(self._parent(arm, i) == -1 for i in range(len(names))):
             return  # the eval axis cannot be worked out until names and `from` are right
@@ -492,6 +493,27 @@ class _Checker:
             self.issues.append(Issue(self.doc.where(base + ("eval_at",)), f"arms.{arm_name}.eval_at",
                                      f"phase {axis!r} is evaluated at its checkpoints but a later phase starts "
                                      "from its final model", hint="set each_checkpoint: true on the phase after it"))
+
+    def _steer_direction(self, arm_name: str, arm: Arm) -> None:
+        """`steer.direction.from`: model, base, or a phase `arm.phase` with a single adapter."""
+        assert arm.steer is not None
+        ref = arm.steer.direction.from_
+        path = ("arms", arm_name, "steer", "direction", "from")
+        if ref in ("model", "base"):
+            if arm.steer.direction.checkpoint is not None:
+                where = path[:-1] + ("checkpoint",)
+                self.issues.append(Issue(self.doc.where(where), dotted(where),
+                                         f"checkpoint applies to a direction from a phase, not from {ref!r}",
+                                         hint="remove it, or set `from: arm.phase`"))
+            return
+        target = self._merge_target(arm_name, ref) if "." in ref else None
+        if target is None:
+            choices = ["model", "base", *(f"{a}.{p.name}" for a, x in self.spec.arms.items() for p in x.phases)]
+            self.ref(path, ref, choices, "direction source")
+        elif self.spec.arms[target[0]].phases[target[1]].merge is None and self._needs_axis(*target):
+            self.issues.append(Issue(self.doc.where(path), dotted(path),
+                                     f"phase {ref!r} is trained once per checkpoint of another phase, so it "
+                                     "has no single model to take the direction from"))
 
     def _parent(self, arm: Arm, i: int) -> int | None:
         """Index of the phase that phase i starts from; None for the base model, -1 if undefined."""

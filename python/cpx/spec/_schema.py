@@ -270,11 +270,13 @@ class SteerDirection(Strict):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, populate_by_name=True)
 
-    from_: Literal["model", "base"] = Field(
+    from_: Name = Field(
         default="model", alias="from",
-        description="centroids of the arm's own model (`model`: its phases' final chain) or of the untrained "
-        "`base` model",
+        description="whose centroids: `model` (the arm's own model: its phases' final chain), `base` (the "
+        "untrained model), or a phase `arm.phase` (the model that phase ends with, at `checkpoint`)",
     )
+    checkpoint: Fraction | None = Field(
+        default=None, description="with `from: arm.phase` only: which checkpoint of it (default: 1.0, the end)")
     normalize: bool = Field(
         default=False, description="scale the direction to unit length (default: the raw centroid difference, "
         "so alpha 1 moves the assistant's centroid at the layer onto the source's)",
