@@ -82,7 +82,11 @@ def test_banks_from_files_equal_inline(tmp_path: Path) -> None:
         raise AssertionError("an empty persona prompt must be an error")
 
 
-def test_spec_path_relative_model(tmp_path: Path) -> None:
+def test_spec_path_relative_model(tmp_path: Path, monkeypatch) -> None:
+    from cpx.models import build_tiny
+
+    monkeypatch.setenv("CPX_CACHE_DIR", str(tmp_path / "cache"))
+    build_tiny({"corpus": ["a b c"]}, tmp_path / "models" / "m")
     shutil.copy(DEMO, tmp_path / "demo.yaml")
     spec = tmp_path / "local.yaml"
     spec.write_text("extends: demo.yaml\nmodel: {tiny: null, path: models/m}\n")

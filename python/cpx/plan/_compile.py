@@ -113,10 +113,17 @@ class _Compiler:
         ref: dict[str, Any] = {"kind": "hub", "id": m.hub, "revision": m.revision, "dtype": m.dtype,
                                "chat_template": m.chat_template, "tiny": None}
         if m.path is not None:
-            p = Path(m.path)
+            from cpx.models._fingerprint import FingerprintError, fingerprint
+
+            p = Path(m.path).expanduser()
             if not p.is_absolute():
                 p = (Path(self.L.file).parent / p).resolve()
             ref.update(kind="path", id=str(p))
+            try:
+                # Stage hashes use the content, not the folder (cpx.plan._hash).
+                ref["fingerprint"] = fingerprint(p)
+            except FingerprintError as e:
+                self.issues.append(Issue(self.L.where(("model", "path")), "model.path", str(e)))
         elif m.tiny is not None:
             s = self.s
             texts = [*s.personas.values(), *s.questions.eval, *s.questions.data, *s.markers.values()]

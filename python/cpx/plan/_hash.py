@@ -55,8 +55,21 @@ def _refs_to_hashes(params: dict[str, Any], refs: Mapping[str, str]) -> dict[str
     return out
 
 
+def _located_by_content(params: dict[str, Any]) -> dict[str, Any]:
+    """Params with a local model's folder (`model.base.id` of a `path` ModelRef) left out:
+    its `fingerprint` stands for the content, so the same model in another folder (another
+    machine) gives the same hashes."""
+    model = params.get("model")
+    base = model.get("base") if isinstance(model, dict) else None
+    if not (isinstance(base, dict) and base.get("kind") == "path" and base.get("fingerprint")):
+        return params
+    return {**params, "model": {**model, "base": {k: v for k, v in base.items() if k != "id"}}}
+
+
 def stage_hash(kind: str, params: dict[str, Any], dep_hashes: Mapping[str, str]) -> str:
-    """sha256 over kind, the kind's code version, canonical params and sorted dep hashes."""
+    """sha256 over kind, the kind's code version, canonical params (a local model by its
+    fingerprint, not its folder) and sorted dep hashes."""
+    params = _located_by_content(params)
     body = {
         "kind": kind,
         "version": CODE_VERSIONS[kind],
