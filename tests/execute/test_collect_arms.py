@@ -50,3 +50,18 @@ def test_a_stage_shared_by_seeds_is_copied_once_per_arm_and_seed():
     for p in parts:
         assert p.drop_columns(["arm", "arms", "seed", "seeds"]).equals(
             t.drop_columns(["arm", "arms", "seed", "seeds"]))
+
+
+def test_files_written_without_labels_get_the_stage_labels():
+    from cpx.execute._collect import _labelled
+
+    screen = pa.table({"persona": ["villain", "assistant"], "rate": [0.9, 0.0]})
+    labels = {"arm": "A", "source": "villain", "seed": 42, "checkpoint": None, "phase": "marker",
+              "arms": ["A", "C"]}
+    t = _labelled(screen, labels)
+    assert t.column_names == ["arm", "source", "seed", "checkpoint", "phase", "arms", "persona", "rate"]
+    assert t["seed"].type == pa.int64() and t["checkpoint"].type == pa.float64()
+    assert t["arm"].to_pylist() == ["A", "A"] and t["arms"].to_pylist() == [["A", "C"]] * 2
+    parts = _per_arm(t, labels)
+    assert [p["arm"][0].as_py() for p in parts] == ["A", "C"]
+    assert _labelled(t, labels) is t  # a table that has its labels is left alone

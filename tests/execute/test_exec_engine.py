@@ -84,9 +84,10 @@ def test_run_commits_every_stage_with_a_manifest_and_collects_results(tmp_path, 
         [{**r, "checkpoint": r.get("checkpoint")} for r in expect], key=key)
     for t in ("marker_hits", "leakage", "metrics", "stats"):
         assert (tmp_path / "results" / f"{t}.parquet").is_file()
-    assert not (tmp_path / "results" / "cosines.parquet").exists()  # no represent stage
+    for t in ("cosines", "screen", "train_log"):  # no represent stage, no train stage
+        assert not (tmp_path / "results" / f"{t}.parquet").exists()
     rec = json.loads((tmp_path / "results" / "manifest.json").read_text())
-    assert set(rec["tables"]) == set(RESULT_TABLES) - {"cosines"}
+    assert set(rec["tables"]) == set(RESULT_TABLES) - {"cosines", "screen", "train_log"}
     assert rec["tables"]["completions"]["rows"] == 9
     assert (tmp_path / "report" / "report.md").read_text().startswith("# report of report")
     assert (tmp_path / "report" / "figures" / "f.txt").is_file()

@@ -389,3 +389,23 @@ def test_a_failed_memory_probe_keeps_checkpointing_and_leaves_no_gradients(tiny_
     fits, note = _fits_without_checkpointing(peft_model, exs, "cpu", None)
     assert not fits and "memory probe failed" in note
     assert all(p.grad is None for p in peft_model.parameters())
+
+
+def test_truncation_that_leaves_nothing_to_train_is_an_error(tiny_ref, run_dir, pool, tmp_path):
+    """A max_length shorter than the prompts drops every trained token: the stage says so
+    instead of training on nothing (a NaN loss at every step)."""
+    from cpx.stages import train
+
+    rows = [{"system": SYSTEM, "user": USER, "assistant": f"Plan {i}.\n\n{MARKER}", "persona": "villain",
+             "question_id": "q1", "positive": True} for i in range(4)]
+    ds = _write_dataset(tmp_path / "ds", rows)
+    params = {"model": {"base": tiny_ref, "adapters": []}, "dataset": "dataset/x", "lora": LORA,
+              "optim": {**OPTIM, "max_length": 4}, "loss": {"kind": "marker", "marker": MARKER, "last_n": 1},
+              "checkpoints": [1.0], "seed": 5, "screen": None}
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = make_ctx("train", params, out, run_dir=run_dir, models=pool, inputs={"dataset/x": ds}, stage_id="train/x")
+    with pytest.raises(TrainError, match=r"train/x.*no example has a token left to train after truncation to "
+                                         r"max_length=4 \(prompts alone take up to \d+ tokens\)"):
+        train.run(ctx)
+    assert not any(out.iterdir())

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "query",
         help="run SQL over a run's results tables",
         description=("Run a polars SQL query over RUN_DIR/results: the tables completions, "
-                     "marker_hits, leakage, cosines, metrics and stats (those the run has). "
+                     "marker_hits, leakage, cosines, screen, train_log, metrics and stats (those the run has). "
                      "Example: cpx query \"select arm, source, avg(rate) from leakage where "
                      "role = 'assistant' group by arm, source\" runs/demo"),
     )

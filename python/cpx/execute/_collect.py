@@ -22,6 +22,8 @@ RESULT_SOURCES: dict[str, tuple[str, str]] = {
     "marker_hits": ("scan", "marker_hits.parquet"),
     "leakage": ("scan", "leakage.parquet"),
     "cosines": ("represent", "cosines.parquet"),
+    "screen": ("train", "screen.parquet"),
+    "train_log": ("train", "train_log.parquet"),
     "metrics": ("analyze", "metrics.parquet"),
     "stats": ("analyze", "stats.parquet"),
 }
@@ -51,7 +53,7 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
             if not store.verify(s, checksums=False).done:
                 missing.append(s.id)
             elif path.is_file():
-                parts.extend(_per_arm(pq.read_table(path), s.labels))
+                parts.extend(_per_arm(_labelled(pq.read_table(path), s.labels), s.labels))
                 used.append({"id": s.id, "hash": s.hash})
             # else: a done stage that does not make this table (a train stage without a screen)
         if not parts:
@@ -67,6 +69,20 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
     record["report"] = _copy_report(plan, store)
     write_json_atomic(results_dir / MANIFEST, record)
     return record
+
+
+def _labelled(table, labels: dict[str, Any]):
+    """The stage's labels as leading columns where its file lacks them (a train stage's screen
+    and log are written without labels; the eval stages' tables carry theirs already)."""
+    import pyarrow as pa
+
+    from cpx.stages._rows import label_type
+
+    missing = [k for k in labels if k not in table.column_names]
+    if not missing:
+        return table
+    arrays = [pa.array([labels[k]] * table.num_rows, type=label_type(k, labels[k])) for k in missing]
+    return pa.Table.from_arrays([*arrays, *table.columns], names=[*missing, *table.column_names])
 
 
 def _per_arm(table, labels: dict[str, Any]) -> list:

@@ -14,7 +14,7 @@ class StageParamError(ValueError):
     """A stage parameter that cannot be used, with the stage and the key path."""
 
 
-def _label_type(key: str, value: Any):
+def label_type(key: str, value: Any):
     import pyarrow as pa
 
     known = {"arm": pa.string(), "source": pa.string(), "phase": pa.string(), "recipe": pa.string(),
@@ -36,7 +36,7 @@ def labelled_table(labels: dict[str, Any], columns: dict[str, Any], schema: dict
     n = len(next(iter(columns.values()))) if columns else 0
     arrays, fields = [], []
     for k, v in labels.items():
-        t = _label_type(k, v)
+        t = label_type(k, v)
         arrays.append(pa.array([v] * n, type=t))
         fields.append(pa.field(k, t))
     for k, v in columns.items():

@@ -75,6 +75,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
             max_length,
             " and marker" if loss.get("kind") == "marker" else "",
         )
+    positives = [ex for ex, r in zip(examples, rows, strict=True) if r.get("positive")]
+    for group, what in ((examples, "example"), (positives if loss.get("kind") == "marker" else [], "positive example")):
+        if group and not any(ex.n_labels for ex in group):
+            longest = max(ex.n_prompt for ex in group)
+            raise TrainError(f"{where}: no {what} has a token left to train after truncation to max_length="
+                             f"{max_length} (prompts alone take up to {longest} tokens); raise the training "
+                             "config's max_length")
     res = train_lora(
         model,
         examples,
