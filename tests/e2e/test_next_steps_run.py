@@ -115,3 +115,18 @@ def test_power_holm_families_are_the_tests_the_analysis_ran(run: Path) -> None:
         assert planned.height == r["holm_tests"], (r["analysis"], arm, planned.height, r["holm_tests"])
         checked += 1
     assert checked >= 2
+
+
+def test_train_tables_hold_one_copy_per_train_stage(run: Path) -> None:
+    """results/screen and results/train_log: each train stage's rows once, with its labels,
+    though arm A's marker adapter is also arm S's (what the report's adapter table reads)."""
+    plan = Plan.load(run)
+    trains = [s for s in plan.stages if s.kind == "train"]
+    for table, file in (("screen", "screen.parquet"), ("train_log", "train_log.parquet")):
+        parts = [pl.read_parquet(run / "stages" / "train" / s.hash / file) for s in trains
+                 if (run / "stages" / "train" / s.hash / file).is_file()]
+        got = pl.read_parquet(run / "results" / f"{table}.parquet")
+        assert got.height == sum(p.height for p in parts) > 0
+        assert got["arm"].null_count() == 0 and got["seed"].null_count() == 0
+    shared = pl.read_parquet(run / "results" / "screen.parquet").filter(pl.col("arms").list.len() > 1)
+    assert shared.height and set(shared["arms"][0].to_list()) == {"A", "S"}

@@ -165,3 +165,15 @@ def test_arm_names_do_not_decide_who_owns_a_shared_stage(tmp_path: Path) -> None
         assert "purpose" not in direction.labels
     points = [p for p in by["analyze"].params["points"] if p["arm"] == "T"]
     assert sorted({p["checkpoint"] for p in points}) == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_renaming_arms_changes_no_steer_stage_hash(tmp_path: Path, plan: Plan) -> None:
+    """A steered stage names its direction stage by id (a display name); its hash uses that
+    stage's hash, so renaming the train arm (which renames the direction stage) changes nothing."""
+    text = NEXT.read_text().replace("\n  A:\n", "\n  T:\n").replace("merge: A.marker", "merge: T.marker")
+    spec = tmp_path / "renamed.yaml"
+    spec.write_text(text)
+    renamed = compile_file(spec)
+    work = {s.hash for s in plan.stages if s.kind not in ("analyze", "report")}
+    assert {s.hash for s in renamed.stages if s.kind not in ("analyze", "report")} == work
+    assert any(s.params.get("steer") for s in renamed.stages)

@@ -29,6 +29,9 @@ RESULT_SOURCES: dict[str, tuple[str, str]] = {
 }
 # The tables `<run>/results/<name>.parquet` that `cpx.open(run_dir)` offers.
 RESULT_TABLES: tuple[str, ...] = tuple(RESULT_SOURCES)
+# A train stage's own tables: one copy per stage (its `arms` lists every arm that uses the
+# adapter), as the analysis reads them; eval tables get a copy per arm and seed instead.
+PER_STAGE = ("screen", "train_log")
 
 
 def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
@@ -53,7 +56,8 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
             if not store.verify(s, checksums=False).done:
                 missing.append(s.id)
             elif path.is_file():
-                parts.extend(_per_arm(_labelled(pq.read_table(path), s.labels), s.labels))
+                t = _labelled(pq.read_table(path), s.labels)
+                parts.extend([t] if table in PER_STAGE else _per_arm(t, s.labels))
                 used.append({"id": s.id, "hash": s.hash})
             # else: a done stage that does not make this table (a train stage without a screen)
         if not parts:

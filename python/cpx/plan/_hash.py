@@ -34,10 +34,11 @@ def _refs_to_hashes(params: dict[str, Any], refs: Mapping[str, str]) -> dict[str
     """Params with every stage id they name replaced by that stage's hash.
 
     Ids are display names: a stage's hash must not change when an arm or phase is renamed,
-    only when the work it depends on changes. Ids appear in params in three places only
+    only when the work it depends on changes. Ids appear in params in four places only
     (docs/plan-format.md): a chain's adapters (`model.adapters[].stage`), a train stage's
-    `dataset`, and analyze's `points[].scan|represent`. Rewriting just those keeps hashing
-    fast on plans of thousands of stages with long persona lists.
+    `dataset`, a steered stage's `steer.direction.represent`, and analyze's
+    `points[].scan|represent`. Rewriting just those keeps hashing fast on plans of thousands
+    of stages with long persona lists.
     """
 
     def ref(value: Any) -> Any:
@@ -49,6 +50,10 @@ def _refs_to_hashes(params: dict[str, Any], refs: Mapping[str, str]) -> dict[str
         out["model"] = {**model, "adapters": [{**a, "stage": ref(a.get("stage"))} for a in model["adapters"]]}
     if "dataset" in out:
         out["dataset"] = ref(out["dataset"])
+    steer = out.get("steer")
+    if isinstance(steer, dict) and isinstance(steer.get("direction"), dict):
+        out["steer"] = {**steer, "direction": {**steer["direction"],
+                                               "represent": ref(steer["direction"].get("represent"))}}
     if isinstance(out.get("points"), list):
         out["points"] = [{**p, "scan": ref(p.get("scan")), "represent": ref(p.get("represent"))}
                          for p in out["points"]]
