@@ -87,7 +87,7 @@ def _descendants(plan: Plan, roots: set[str]) -> set[str]:
     [
         ("eval.sampler.temperature=0.7", {"sample"}),
         ("training.marker.lora.r=16", {"train"}),
-        ("representation.layers=[10, 20]", {"represent"}),
+        ("representation.layers=[10, 15, 20]", {"represent"}),
         ("datasets.generic.examples=300", {"dataset"}),
         ("eval.intervals.n_resamples=500", {"scan"}),
         ("arms.B.phases.1.overrides.epochs=20", {"train"}),

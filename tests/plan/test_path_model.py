@@ -63,18 +63,37 @@ def test_a_missing_model_folder_is_a_spec_error(tmp_path: Path) -> None:
     assert "model.path" in str(info.value) and "no such model folder" in str(info.value)
 
 
-def test_digests_are_cached_by_size_and_mtime(tmp_path: Path, model: Path) -> None:
+def test_digests_are_cached_and_any_replacement_is_read_again(tmp_path: Path, model: Path) -> None:
     copy = tmp_path / "cached"
     shutil.copytree(model, copy)
     first = fingerprint(copy)
     assert str(copy / "config.json") in cache_file().read_text()
-    # Rewritten with the same size and modification time: the cached digest is kept (as make does).
+    assert fingerprint(copy) == first
+    # Rewritten with the same size and its old modification time put back: the change time
+    # still moves, so the file is read again and the change shows.
     cfg = copy / "config.json"
     st = cfg.stat()
-    text = cfg.read_text()
-    cfg.write_text(text.replace('"', "'", 1))  # same size, other content
+    cfg.write_text(cfg.read_text().replace('"', "'", 1))
     os.utime(cfg, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cfg.stat().st_size == st.st_size and fingerprint(copy) != first
+
+
+def test_only_the_folders_own_files_count(tmp_path: Path, model: Path) -> None:
+    """A trainer's checkpoint-*/ folder, logs and hidden files are not the model."""
+    copy = tmp_path / "trainer-output"
+    shutil.copytree(model, copy)
+    first = fingerprint(copy)
+    (copy / "checkpoint-500").mkdir()
+    (copy / "checkpoint-500" / "optimizer.pt").write_bytes(b"x" * 100)
+    (copy / ".cache").mkdir()
+    (copy / ".DS_Store").write_bytes(b"x")
     assert fingerprint(copy) == first
-    # A new modification time re-reads the file: a real change shows.
-    cfg.write_text(text + " ")
-    assert fingerprint(copy) != first
+
+
+def test_a_dangling_link_is_a_clear_error(tmp_path: Path, model: Path) -> None:
+    copy = tmp_path / "partial"
+    shutil.copytree(model, copy)
+    (copy / "model-00002-of-00002.safetensors").symlink_to(tmp_path / "blobs" / "missing")
+    with pytest.raises(SpecError) as info:
+        compile_file(_spec(tmp_path / "s", copy))
+    assert "model.path" in str(info.value) and "model-00002-of-00002.safetensors: cannot be read" in str(info.value)

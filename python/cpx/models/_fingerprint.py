@@ -1,12 +1,17 @@
 """A local model folder's content fingerprint: what a `path` model's stage hashes depend on.
 
 A stage hash must not change when the same model sits in another folder (another machine,
-another user's home), and must change when its files do. The fingerprint is a sha256 over
-every file's path relative to the folder and its content's sha256 (hidden files and folders,
-e.g. `.git` or `.cache`, left out). Hashing a 15 GB checkpoint takes a while, so each file's
-digest is cached by (absolute path, size, mtime) in `$CPX_CACHE_DIR` (default
-`~/.cache/cpx`)/`file-digests.json`: a file rewritten with the same size and modification
-time keeps its old digest, as with make and rsync.
+another user's home), and must change when its files do. The fingerprint is a sha256 over the
+names and contents' sha256 of the folder's own files: the ones `from_pretrained` reads
+(config, weights and their index, tokenizer files). Subfolders (a trainer's `checkpoint-*/`
+with optimizer state, `runs/` logs) and hidden files are not part of the model and are left
+out, so adding one changes nothing. Hashing a 15 GB checkpoint takes a while, so each file's
+digest is cached in `$CPX_CACHE_DIR` (default `~/.cache/cpx`)/`file-digests.json`, keyed by
+the file's path, device, inode, size, modification and change time (as git does): a file
+replaced in any way is read again.
+
+The fingerprint is taken at compile time; files changed between `cpx compile` and `cpx
+execute` are not noticed (compile again after changing a local model).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -58,10 +64,22 @@ def _file_digest(path: Path) -> str:
 
 
 def _files(folder: Path) -> list[Path]:
+    """The folder's own regular files (symlinks followed), hidden ones left out."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        raise FingerprintError(f"{folder}: cannot be listed ({e.strerror or e})") from None
     out = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out += [Path(root) / f for f in sorted(files) if not f.startswith(".")]
+    for name in names:
+        f = folder / name
+        if name.startswith(".") or f.is_dir():
+            continue
+        try:
+            st = f.stat()
+        except OSError as e:  # a dangling symlink (a partial download), a file removed meanwhile
+            raise FingerprintError(f"{f}: cannot be read ({e.strerror or e})") from None
+        if stat.S_ISREG(st.st_mode):
+            out.append(f)
     return out
 
 
@@ -77,19 +95,19 @@ def fingerprint(folder: str | os.PathLike[str]) -> str:
     changed = False
     h = hashlib.sha256()
     for f in _files(folder):
-        st = f.stat()
-        key = str(f)
-        hit = cache.get(key)
-        if isinstance(hit, list) and len(hit) == 3 and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            digest = hit[2]
-        else:
-            try:
+        try:
+            st = f.stat()
+            stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+            hit = cache.get(str(f))
+            if isinstance(hit, list) and hit[:-1] == stamp:
+                digest = hit[-1]
+            else:
                 digest = _file_digest(f)
-            except OSError as e:
-                raise FingerprintError(f"{f}: cannot be read ({e.strerror or e})") from None
-            cache[key] = [st.st_size, st.st_mtime_ns, digest]
-            changed = True
-        h.update(f"{f.relative_to(folder).as_posix()}\0{digest}\n".encode())
+                cache[str(f)] = [*stamp, digest]
+                changed = True
+        except OSError as e:
+            raise FingerprintError(f"{f}: cannot be read ({e.strerror or e})") from None
+        h.update(f"{f.name}\0{digest}\n".encode())
     if changed:
         _save_cache(where, cache)
     return h.hexdigest()

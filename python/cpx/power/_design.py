@@ -56,9 +56,11 @@ class Design:
     settings: Settings
     icc: float
     icc_from: str  # where the ICC came from, for the notes
-    # Layers each cosine analysis tests (its own `layers`, else the representation layers; a
-    # steer arm's analysis also reads its steered layer): the tests per source in a Holm family.
+    # Layers each cosine analysis tests (its own `layers` among the representation layers, else
+    # all of them), and per steer arm the layers its steering analysis tests (its steered layer
+    # too): the tests per source in a Holm family.
     layers: dict[str, int] = field(default_factory=dict)
+    steer_layers: dict[str, int] = field(default_factory=dict)
     varied: dict[str, int] = field(default_factory=dict)
 
     def with_(self, key: str, value: int) -> Design:
@@ -200,18 +202,18 @@ def design_of(plan: Any, *, base: str | Path | None = None) -> Design:
               for name, a in arms.items() if a.get("kind") == "steer"}
     names = [a["name"] if isinstance(a, dict) else str(a) for a in spec.get("analyses") or []]
     analyses = tuple(dict.fromkeys(names)) or DEFAULT_ANALYSES
-    rep_layers = list((spec.get("representation") or {}).get("layers") or [])
-    steer_layers = [(a.get("steer") or {}).get("layer") for a in arms.values() if a.get("kind") == "steer"]
-    layers: dict[str, int] = {}
-    for a in spec.get("analyses") or []:
-        own = a.get("layers") if isinstance(a, dict) else None
-        chosen = set(own if own is not None else rep_layers)
-        if (a["name"] if isinstance(a, dict) else a) == "steering" and own is None:
-            chosen |= {x for x in steer_layers if x is not None}
-        layers[a["name"] if isinstance(a, dict) else str(a)] = max(1, len(chosen))
-    for name in analyses:
-        layers.setdefault(name, max(1, len(set(rep_layers) | ({*steer_layers} - {None}
-                                                              if name == "steering" else set()))))
+    # Layers each cosine analysis tests: its own `layers` among those the represent stages read
+    # (the representation layers; a steer arm's also its steered layer), else all of those.
+    rep_layers = set((spec.get("representation") or {}).get("layers") or [])
+    own = {a["name"]: a.get("layers") for a in spec.get("analyses") or [] if isinstance(a, dict)}
+
+    def tested(name: str, read: set[int]) -> int:
+        chosen = own.get(name)
+        return max(1, len(read if chosen is None else read & set(chosen)))
+
+    layers = {name: tested(name, rep_layers) for name in analyses}
+    steer_layers = {name: tested("steering", rep_layers | {(a.get("steer") or {}).get("layer")})
+                    for name, a in arms.items() if a.get("kind") == "steer"}
     if settings.icc is not None:
         icc, icc_from = settings.icc, "power.icc"
     elif settings.from_run:
@@ -235,4 +237,5 @@ def design_of(plan: Any, *, base: str | Path | None = None) -> Design:
         icc=icc,
         icc_from=icc_from,
         layers=layers,
+        steer_layers=steer_layers,
     )

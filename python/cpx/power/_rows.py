@@ -173,8 +173,9 @@ def _analysis_rows(d: Design) -> list[Row]:
         "steering": lambda d: [
             *_rank_rows("steering", "leakage vs achieved cosine over strengths", d.alphas, "strengths", d,
                         "no steer arm", per_seed=True,
-                        # per source, seed and layer, for the assistant's and the bystanders' leakage
-                        family=lambda a: d.sources.get(a, 1) * d.seeds * d.layers.get("steering", 1) * 2),
+                        # per source, seed and layer, for the assistant's (and the bystanders') leakage
+                        family=lambda a: (d.sources.get(a, 1) * d.seeds * d.steer_layers.get(a, 1)
+                                          * (2 if d.bystanders else 1))),
             *_pooled(d, "steering", steer=True)],
         "seed_replication": _seeds,
     }

@@ -401,16 +401,27 @@ class _Checker:
 
     def _layers(self) -> None:
         s = self.spec
-        if s.model.tiny is None:
-            return
-        top = s.model.tiny.num_layers
-        found = [(("representation", "layers", i), layer) for i, layer in enumerate(s.representation.layers)]
-        found += [(("arms", n, "steer", "layer"), a.steer.layer) for n, a in (s.arms or {}).items()
-                  if a.steer is not None]
-        for path, layer in found:
-            if layer > top:
-                self.issues.append(Issue(self.doc.where(path), dotted(path), "no such layer",
-                                         expected=f"0..{top} (the tiny model has {top} layers)", found=str(layer)))
+        before = len(self.issues)
+        if s.model.tiny is not None:
+            top = s.model.tiny.num_layers
+            found = [(("representation", "layers", i), layer) for i, layer in enumerate(s.representation.layers)]
+            found += [(("arms", n, "steer", "layer"), a.steer.layer) for n, a in (s.arms or {}).items()
+                      if a.steer is not None]
+            for path, layer in found:
+                if layer > top:
+                    self.issues.append(Issue(self.doc.where(path), dotted(path), "no such layer",
+                                             expected=f"0..{top} (the tiny model has {top} layers)",
+                                             found=str(layer)))
+        if len(self.issues) > before:
+            return  # an analysis' layers are checked against layers that exist
+        read = set(s.representation.layers) | {a.steer.layer for a in (s.arms or {}).values() if a.steer}
+        for i, a in enumerate(s.analyses or []):
+            for j, layer in enumerate(a.layers or []):
+                if layer not in read:
+                    path = ("analyses", i, "layers", j)
+                    self.issues.append(Issue(self.doc.where(path), dotted(path), "layer not read",
+                                             expected=f"one of {', '.join(map(str, sorted(read)))} "
+                                             "(representation.layers and steered layers)", found=str(layer)))
 
     def _dupes(self, path: KeyPath, values: Sequence[Any], what: str) -> None:
         seen = set()
@@ -456,6 +467,11 @@ class _Checker:
                     self.ref(pp + ("merge",), ph.merge, choices, "phase")
                 else:
                     ta, tp = target
+                    if s.arms[ta].phases[tp].merge is not None and ph.checkpoint != 1.0:
+                        self.issues.append(Issue(self.doc.where(pp + ("checkpoint",)), dotted(pp + ("checkpoint",)),
+                                                 f"phase {ph.merge!r} merges an adapter itself: it saves no "
+                                                 "checkpoints", hint=f"merge the phase it merges "
+                                                 f"({s.arms[ta].phases[tp].merge!r}) at that checkpoint"))
                     if s.arms[ta].phases[tp].merge is None and self._needs_axis(ta, tp):
                         self.issues.append(Issue(self.doc.where(pp + ("merge",)), dotted(pp + ("merge",)),
                                                  f"phase {ph.merge!r} is trained once per checkpoint of another "
@@ -510,6 +526,12 @@ class _Checker:
         if target is None:
             choices = ["model", "base", *(f"{a}.{p.name}" for a, x in self.spec.arms.items() for p in x.phases)]
             self.ref(path, ref, choices, "direction source")
+        elif (self.spec.arms[target[0]].phases[target[1]].merge is not None
+              and arm.steer.direction.checkpoint not in (None, 1.0)):
+            where = path[:-1] + ("checkpoint",)
+            self.issues.append(Issue(self.doc.where(where), dotted(where),
+                                     f"phase {ref!r} merges an adapter itself: it saves no checkpoints",
+                                     hint="take the direction from the phase it merges"))
         elif self.spec.arms[target[0]].phases[target[1]].merge is None and self._needs_axis(*target):
             self.issues.append(Issue(self.doc.where(path), dotted(path),
                                      f"phase {ref!r} is trained once per checkpoint of another phase, so it "
