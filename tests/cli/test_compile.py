@@ -116,7 +116,10 @@ def test_plan_show_graph_and_diff(tmp_path: Path) -> None:
     g = cpx("plan", "show", str(DEMO), "--graph")
     assert g.returncode == 0 and g.stdout.startswith("flowchart LR")
     run = tmp_path / "run"
-    assert cpx("compile", str(DEMO), "--out", str(run), "-q", "-s", "representation.layers=[2]").returncode == 0
+    c = cpx("compile", str(DEMO), "--out", str(run), "-q", "-s", "representation.layers=[2]")
+    assert c.returncode == 0
+    # the demo's within_source analysis asks for layers [1, 2]: layer 1 is no longer read
+    assert "warning: analyses[1] (within_source): layer(s) 1 are not read" in c.stderr
     d = cpx("plan", "diff", str(DEMO), str(run))
     assert d.returncode == 0
     assert "~ represent/base/s42  layers: [1, 2] -> [2]" in d.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from cpx.plan._compile import compile_spec, params_b
     from cpx.plan._cost import count_done, stage_seconds
     from cpx.spec import SpecError, load_spec
+    from cpx.spec._load import unread_layers
 
     try:
         loaded = load_spec(args.spec, args.overrides)
         plan = compile_spec(loaded)
     except SpecError as e:
         raise CLIError(str(e), 2) from None
+    for w in unread_layers(loaded.spec):
+        print(f"warning: {w}", file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / plan.name
     if not args.check:
         try:

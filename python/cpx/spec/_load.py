@@ -401,7 +401,6 @@ class _Checker:
 
     def _layers(self) -> None:
         s = self.spec
-        before = len(self.issues)
         if s.model.tiny is not None:
             top = s.model.tiny.num_layers
             found = [(("representation", "layers", i), layer) for i, layer in enumerate(s.representation.layers)]
@@ -412,16 +411,6 @@ class _Checker:
                     self.issues.append(Issue(self.doc.where(path), dotted(path), "no such layer",
                                              expected=f"0..{top} (the tiny model has {top} layers)",
                                              found=str(layer)))
-        if len(self.issues) > before:
-            return  # an analysis' layers are checked against layers that exist
-        read = set(s.representation.layers) | {a.steer.layer for a in (s.arms or {}).values() if a.steer}
-        for i, a in enumerate(s.analyses or []):
-            for j, layer in enumerate(a.layers or []):
-                if layer not in read:
-                    path = ("analyses", i, "layers", j)
-                    self.issues.append(Issue(self.doc.where(path), dotted(path), "layer not read",
-                                             expected=f"one of {', '.join(map(str, sorted(read)))} "
-                                             "(representation.layers and steered layers)", found=str(layer)))
 
     def _dupes(self, path: KeyPath, values: Sequence[Any], what: str) -> None:
         seen = set()
@@ -632,6 +621,21 @@ def _partial(data: dict[str, Any]) -> Spec:
                     pass
             values[name] = ok
     return Spec.model_construct(**values)
+
+
+def unread_layers(spec: Spec) -> list[str]:
+    """Warnings for analysis layers that no represent stage reads (such an analysis has no tests
+    at that layer). A warning, not an error: `-s representation.layers=[2]` for a quick look
+    should not also need the analyses rewritten."""
+    read = set(spec.representation.layers) | {a.steer.layer for a in spec.arms.values() if a.steer}
+    out = []
+    for i, a in enumerate(spec.analyses):
+        missing = [x for x in a.layers or [] if x not in read]
+        if missing:
+            out.append(f"analyses[{i}] ({a.name}): layer(s) {', '.join(map(str, missing))} are not read "
+                       f"(representation.layers and steered layers: {', '.join(map(str, sorted(read)))}); "
+                       "the analysis has no tests there")
+    return out
 
 
 def axis_phase(arm: Arm) -> str | None:
