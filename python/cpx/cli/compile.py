@@ -65,16 +65,15 @@ def run(args: argparse.Namespace) -> int:
 def print_power(plan: Any, base: Path) -> None:
     """The power table on stdout, its warnings on stderr (`warning: ...`). A `from_run` that
     cannot be read is a warning here: the plan is already written, the exit status unchanged."""
-    import sys
-
-    from cpx.power import PowerError, display, format_text, power_rows, warnings_of
+    from cpx.power import PowerError, design_of, display, format_text, rows_of, warnings_of
 
     try:
-        rows = power_rows(plan, base=base)
+        design = design_of(plan, base=base)
+        rows = rows_of(design)
     except PowerError as e:
         print(f"warning: {e}", file=sys.stderr)
         return
-    alpha = float(plan.spec["power"].get("alpha") or 0.05)
+    alpha = design.settings.alpha
     print(f"\npower (alpha {alpha:g}, two-sided; docs/power.md):")
     print(format_text(display(rows)))
     for w in warnings_of(rows, alpha):

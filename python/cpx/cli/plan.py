@@ -94,7 +94,7 @@ def run_power(args: argparse.Namespace) -> int:
     import sys
 
     from cpx.cli import CLIError
-    from cpx.power import PowerError, design_of, display, format_text, parse_vary, power_rows, warnings_of
+    from cpx.power import PowerError, design_of, display, format_text, parse_vary, rows_of, warnings_of
 
     try:
         vary = parse_vary(args.vary)
@@ -105,11 +105,11 @@ def run_power(args: argparse.Namespace) -> int:
     # A relative power.from_run is relative to the spec; for a plan, to the current directory.
     base = path.parent if path.suffix in (".yaml", ".yml") else Path(".")
     try:
-        rows = power_rows(plan, vary, base=base)
-        alpha = design_of(plan, base=base).settings.alpha
+        design = design_of(plan, base=base)
+        rows = rows_of(design, vary)
     except PowerError as e:
         raise CLIError(str(e), 2) from None
     print(format_text(display(rows)))
-    for w in warnings_of(rows, alpha):
+    for w in warnings_of(rows, design.settings.alpha):
         print(f"warning: {w}", file=sys.stderr)
     return 0

@@ -33,20 +33,13 @@ def z(q: float) -> float:
     return NormalDist().inv_cdf(q)
 
 
-def t_quantile(q: float, df: float) -> float:
-    """Student's t quantile: closed forms for 1 and 2 degrees of freedom, else the
-    Cornish-Fisher expansion (Abramowitz & Stegun 26.7.5), within 1e-2 of the exact value for
-    df >= 3 at the quantiles used here (tests/power compares it with scipy)."""
-    if df == 1:
-        return math.tan(math.pi * (q - 0.5))
-    if df == 2:
-        return (2 * q - 1) / math.sqrt(2 * q * (1 - q))
-    x = z(q)
-    g1 = (x**3 + x) / 4
-    g2 = (5 * x**5 + 16 * x**3 + 3 * x) / 96
-    g3 = (3 * x**7 + 19 * x**5 + 17 * x**3 - 15 * x) / 384
-    g4 = (79 * x**9 + 776 * x**7 + 1482 * x**5 - 1920 * x**3 - 945 * x) / 92160
-    return x + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+def t_quantile(q: float, df: int) -> float:
+    """Student's t quantile, P(T <= t) = q, for a whole number `df`: the exact quantile of
+    `cpx.analysis._seeds.t_quantile` (the seed intervals' t), taken one-sided."""
+    from cpx.analysis._seeds import t_quantile as two_sided
+
+    t = two_sided(abs(2 * q - 1), int(df))
+    return t if q >= 0.5 else -t
 
 
 def _solve_increasing(f: Callable[[float], float], lo: float, hi: float, steps: int = 60) -> float:

@@ -192,10 +192,15 @@ def power_rows(plan: Any, vary: dict[str, list[int]] | None = None, *,
     the test sees), `effect_kind`, `min_effect` (percentage points or |rho|; null when no
     effect reaches the power), `reachable`, `note`, `vary`/`value` (the varied key and
     its value; null for the plan's own design), and for exact rank tests `holm_tests` (the
-    tests in its Holm family) and `holm_min_p` (the smallest Holm-adjusted p they can reach). `base`: the folder a relative
-    `power.from_run` is relative to (the spec's folder; default: the current directory).
+    tests in its Holm family) and `holm_min_p` (the smallest Holm-adjusted p they can reach).
+    `base`: the folder a relative `power.from_run` is relative to (the spec's folder; default:
+    the current directory).
     """
-    d = design_of(plan, base=base)
+    return rows_of(design_of(plan, base=base), vary)
+
+
+def rows_of(d: Design, vary: dict[str, list[int]] | None = None) -> pl.DataFrame:
+    """`power_rows` of a design already read (the ICC of a `from_run` is read once)."""
     vary = check_vary(vary, d)
     blank = {"holm_tests": None, "holm_min_p": None}
     rows = [{**blank, **r, "vary": None, "value": None} for r in _analysis_rows(d)]
@@ -225,8 +230,8 @@ def warnings_of(rows: pl.DataFrame, alpha: float) -> list[str]:
 
 def power_warnings(plan: Any, *, base: str | Path | None = None) -> list[str]:
     """Warnings for declared comparisons that cannot reach p < alpha or need a large effect."""
-    rows = power_rows(plan, base=base)
-    return warnings_of(rows, design_of(plan, base=base).settings.alpha)
+    d = design_of(plan, base=base)
+    return warnings_of(rows_of(d), d.settings.alpha)
 
 
 def _effect_text(r: Row) -> str:
@@ -252,8 +257,7 @@ def display(rows: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(out, schema={c: pl.String for c in cols}, orient="row")
 
 
-def caption(plan: Any, *, base: str | Path | None = None) -> str:
-    d = design_of(plan, base=base)
+def caption(d: Design) -> str:
     s = d.settings
     return (f"The smallest effect each declared analysis detects at alpha = {s.alpha:g} (two-sided) with "
             f"{s.power:.0%} power. Rates: increase over a base rate of {100 * s.base_rate:g}%, questions as "
@@ -266,8 +270,9 @@ def power_table(plan: Any, *, base: str | Path | None = None) -> Any:
     """The report's power table (cpx.analysis._tables.Table, key "power")."""
     from cpx.analysis._tables import Table
 
-    return Table(key="power", title="Power: smallest detectable effects", frame=display(power_rows(plan, base=base)),
-                 caption=caption(plan, base=base))
+    d = design_of(plan, base=base)
+    return Table(key="power", title="Power: smallest detectable effects", frame=display(rows_of(d)),
+                 caption=caption(d))
 
 
 def format_text(frame: pl.DataFrame) -> str:
@@ -281,4 +286,4 @@ def format_text(frame: pl.DataFrame) -> str:
 
 
 __all__ = ["PowerError", "caption", "display", "format_text", "power_rows", "power_table", "power_warnings",
-           "warnings_of"]
+           "rows_of", "warnings_of"]
