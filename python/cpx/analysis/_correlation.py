@@ -57,18 +57,25 @@ def within_source(metrics: pl.DataFrame, *, x: str = "cosine", y: str = "assista
         if by_layer and base.get("layer") is None and g[x].null_count() == g.height:
             continue  # groups without any x (arms without cosines) are reported once, below
         pts = _points(g, x, y).sort("checkpoint")
-        xs, ys = pts[x].to_numpy(), pts[y].to_numpy()
-        base["n"] = len(xs)
-        why = _degenerate(xs, ys)
-        if why:
-            rows.append(_skip(base, why))
-            continue
-        note = _seed_note(pts)
-        for method in ("exact", "asymptotic"):
-            t = _stats.spearman(xs, ys, method=method)
-            rows.append({**base, "statistic": "spearman_rho", "estimate": t.estimate,
-                         "p_value": t.p_value, "p_method": t.p_method,
-                         "n_permutations": t.n_permutations, "note": note})
+        base["n"] = pts.height
+        rows += _spearman_rows(base, pts, x, y)
+    return rows
+
+
+def _spearman_rows(base: Row, pts: pl.DataFrame, x: str, y: str, unit: str = "point(s)") -> list[Row]:
+    """Spearman of `y` on `x` over `pts`: an exact and an asymptotic row, or one `skipped:`
+    row (too few points, a constant variable; `unit` names the points in its note)."""
+    xs, ys = pts[x].to_numpy(), pts[y].to_numpy()
+    why = _degenerate(xs, ys)
+    if why:
+        return [_skip(base, why.replace("point(s)", unit))]
+    note = _seed_note(pts)
+    rows = []
+    for method in ("exact", "asymptotic"):
+        t = _stats.spearman(xs, ys, method=method)
+        rows.append({**base, "statistic": "spearman_rho", "estimate": t.estimate,
+                     "p_value": t.p_value, "p_method": t.p_method,
+                     "n_permutations": t.n_permutations, "note": note})
     return rows
 
 
@@ -90,18 +97,8 @@ def between_source(metrics: pl.DataFrame, *, checkpoint: float, x: str = "cosine
         if by_layer and base.get("layer") is None and g[x].null_count() == g.height:
             continue
         pts = _points(g, x, y).sort("source")
-        xs, ys = pts[x].to_numpy(), pts[y].to_numpy()
-        base["n"] = base["n_clusters"] = len(xs)
-        why = _degenerate(xs, ys)
-        if why:
-            rows.append(_skip(base, why.replace("point(s)", "source(s)")))
-            continue
-        note = _seed_note(pts)
-        for method in ("exact", "asymptotic"):
-            t = _stats.spearman(xs, ys, method=method)
-            rows.append({**base, "statistic": "spearman_rho", "estimate": t.estimate,
-                         "p_value": t.p_value, "p_method": t.p_method,
-                         "n_permutations": t.n_permutations, "note": note})
+        base["n"] = base["n_clusters"] = pts.height
+        rows += _spearman_rows(base, pts, x, y, unit="source(s)")
     return rows
 
 

@@ -154,6 +154,11 @@ def z_of(confidence_level: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence_level / 2)
 
 
+def interval_variance(low: float | None, high: float | None, z: float) -> float | None:
+    """The variance a symmetric interval of half-width z * sd implies: ((high - low) / 2z)^2."""
+    return ((high - low) / (2 * z)) ** 2 if low is not None and high is not None else None
+
+
 def _per_seed_rates(metrics: pl.DataFrame, checkpoint: float | None,
                     confidence_level: float) -> list[Row]:
     """Source and assistant rate per (arm, source, seed) at `checkpoint`, with the variance
@@ -170,7 +175,7 @@ def _per_seed_rates(metrics: pl.DataFrame, checkpoint: float | None,
             if est is None:
                 continue
             lo, hi = r.get(f"{role}_ci_low"), r.get(f"{role}_ci_high")
-            var = ((hi - lo) / (2 * z)) ** 2 if lo is not None and hi is not None else None
+            var = interval_variance(lo, hi, z)
             out.append({"arm": r["arm"], "source": r["source"], "seed": r["seed"],
                         "checkpoint": checkpoint, "statistic": f"{role}_rate",
                         "x": "seed", "y": f"{role}_rate", "estimate": est, "ci_low": lo,

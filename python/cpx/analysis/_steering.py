@@ -18,7 +18,7 @@ import polars as pl
 
 from cpx.analysis._correlation import pooled, within_source
 from cpx.analysis._metrics import layer_free, steered
-from cpx.analysis._seeds import clip_to_range, random_effects, z_of
+from cpx.analysis._seeds import clip_to_range, interval_variance, random_effects, z_of
 
 Row = dict[str, Any]
 RATES = ("source_rate", "assistant_rate", "bystander_rate")
@@ -62,8 +62,7 @@ def steering_curve(metrics: pl.DataFrame, *, confidence_level: float = 0.95) -> 
             var = None
             if y != "cosine" and f"{role}_ci_low" in g.columns:
                 z = z_of(confidence_level)
-                var = [((h - lo) / (2 * z)) ** 2 if lo is not None and h is not None else None
-                       for lo, h in zip(g[f"{role}_ci_low"], g[f"{role}_ci_high"])]
+                var = [interval_variance(lo, h, z) for lo, h in zip(g[f"{role}_ci_low"], g[f"{role}_ci_high"])]
             re = random_effects(g[y].to_list(), var, confidence_level=confidence_level)
             low, high = clip_to_range(y, re.ci_low, re.ci_high)
             rows.append({**base, "estimate": re.estimate, "ci_low": low,

@@ -115,16 +115,14 @@ def cross_arm(metrics: pl.DataFrame, checkpoint: float | None, confidence_level:
 
 
 def _across_seeds(values: list[float], confidence_level: float) -> tuple[float, float | None, float | None]:
-    """Mean of per-seed values and its t interval across them (none from one value)."""
-    from cpx.analysis._seeds import t_quantile
+    """Mean of per-seed rates and its t interval across them (none from one value): the
+    equal-weight case of `random_effects`, cut to [0, 1]."""
+    from cpx.analysis._seeds import clip_to_range, random_effects
 
-    k = len(values)
-    mean = sum(values) / k
-    if k < 2:
-        return mean, None, None
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
-    half = t_quantile(confidence_level, k - 1) * sd / math.sqrt(k)
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
+    if len(values) < 2:
+        return values[0], None, None
+    re = random_effects(values, confidence_level=confidence_level)
+    return (re.estimate, *clip_to_range("rate", re.ci_low, re.ci_high))
 
 
 def _p_of(stats: pl.DataFrame, method: str) -> dict[tuple, dict[str, Any]]:
