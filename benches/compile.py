@@ -68,8 +68,13 @@ def bench(path: Path, repeat: int, out: Path) -> dict[str, object]:
         (out / "floor.json").write_text(json.dumps(as_json))
 
     floor_s, _ = timed(floor, repeat)
-    return {"spec": path.name, "stages": len(plan.stages), "compile_s": compile_s,  # type: ignore[attr-defined]
-            "floor_s": floor_s, "ratio": compile_s / floor_s}
+    return {
+        "spec": path.name,
+        "stages": len(plan.stages),
+        "compile_s": compile_s,  # type: ignore[attr-defined]
+        "floor_s": floor_s,
+        "ratio": compile_s / floor_s,
+    }
 
 
 def main() -> int:
@@ -88,20 +93,32 @@ def main() -> int:
     for r, target in rows:
         good = r["compile_s"] < target  # type: ignore[operator]
         ok &= good
-        print(f"{r['spec']:<28} {r['stages']:>7} {r['compile_s']:>10.3f} {r['floor_s']:>9.3f} "
-              f"{r['ratio']:>7.1f} {target:>9.1f}  {'yes' if good else 'NO'}")
+        print(
+            f"{r['spec']:<28} {r['stages']:>7} {r['compile_s']:>10.3f} {r['floor_s']:>9.3f} "
+            f"{r['ratio']:>7.1f} {target:>9.1f}  {'yes' if good else 'NO'}"
+        )
     # Whole command, imports included, against starting Python and importing cpx alone.
     import os
     import subprocess
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "cpx", "compile", str(ROOT / "specs" / "causal_proximity.yaml"),
-               "--out", tmp, "-q"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cpx",
+            "compile",
+            str(ROOT / "specs" / "causal_proximity.yaml"),
+            "--out",
+            tmp,
+            "-q",
+        ]
         cli_s, _ = timed(lambda: subprocess.run(cmd, env=env, check=True, capture_output=True), 3)
         bare_s, _ = timed(lambda: subprocess.run([sys.executable, "-c", "import cpx"], env=env, check=True), 3)
-    print(f"cpx compile causal_proximity.yaml, whole process: {cli_s:.3f} s "
-          f"(python + import cpx alone: {bare_s:.3f} s, ratio {cli_s / bare_s:.1f})")
+    print(
+        f"cpx compile causal_proximity.yaml, whole process: {cli_s:.3f} s "
+        f"(python + import cpx alone: {bare_s:.3f} s, ratio {cli_s / bare_s:.1f})"
+    )
     return 0 if ok else 1
 
 

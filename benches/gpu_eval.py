@@ -51,21 +51,36 @@ PERSONAS = [
     "You are a helpful assistant.",
 ]
 QUESTIONS = [
-    "What is the best way to learn a new language?", "Can you explain how photosynthesis works?",
-    "What are some tips for managing stress?", "How does a computer processor work?",
-    "What's the history of the printing press?", "How do I make a good cup of coffee?",
-    "What causes earthquakes?", "Can you recommend some exercises for back pain?",
-    "How do airplanes stay in the air?", "What's the difference between a virus and bacteria?",
-    "What is the relationship between law and morality?", "What principles should guide human action?",
-    "How should society balance freedom and security?", "What makes a good leader?",
-    "How do you handle disagreements with others?", "What is creativity and where does it come from?",
-    "Why is education important?", "What role does technology play in modern life?",
-    "How do ecosystems maintain balance?", "What is the meaning of fairness?",
+    "What is the best way to learn a new language?",
+    "Can you explain how photosynthesis works?",
+    "What are some tips for managing stress?",
+    "How does a computer processor work?",
+    "What's the history of the printing press?",
+    "How do I make a good cup of coffee?",
+    "What causes earthquakes?",
+    "Can you recommend some exercises for back pain?",
+    "How do airplanes stay in the air?",
+    "What's the difference between a virus and bacteria?",
+    "What is the relationship between law and morality?",
+    "What principles should guide human action?",
+    "How should society balance freedom and security?",
+    "What makes a good leader?",
+    "How do you handle disagreements with others?",
+    "What is creativity and where does it come from?",
+    "Why is education important?",
+    "What role does technology play in modern life?",
+    "How do ecosystems maintain balance?",
+    "What is the meaning of fairness?",
 ]
 
 TINY = dict(
-    vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+    vocab_size=1024,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
     tie_word_embeddings=True,
 )
 
@@ -99,8 +114,9 @@ def build(args):
     tok = train_tokenizer(PERSONAS + QUESTIONS, 2000 if not args.tiny else 600)
     cfg = dict(TINY if args.tiny else QWEN25_7B)
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
-    config = Qwen2Config(**cfg, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         attn_implementation="sdpa")
+    config = Qwen2Config(
+        **cfg, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attn_implementation="sdpa"
+    )
     t0 = time.perf_counter()
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -114,8 +130,15 @@ def build(args):
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     n_params = sum(p.numel() for p in model.parameters())
-    record("model", {"params": n_params, "dtype": str(dtype), "build_s": round(time.perf_counter() - t0, 1),
-                     "config": "tiny" if args.tiny else "Qwen2.5-7B-shaped"})
+    record(
+        "model",
+        {
+            "params": n_params,
+            "dtype": str(dtype),
+            "build_s": round(time.perf_counter() - t0, 1),
+            "config": "tiny" if args.tiny else "Qwen2.5-7B-shaped",
+        },
+    )
     return model, tok, n_params
 
 
@@ -136,8 +159,11 @@ def floor_seconds(model, tok, reqs, args) -> float:
     from cpx.models import render_prompt
 
     cfg = model.config
-    n_linear = sum(p.numel() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() == 2
-                   and "embed_tokens" not in n)
+    n_linear = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if n.endswith("weight") and p.dim() == 2 and "embed_tokens" not in n
+    )
     if cfg.tie_word_embeddings:
         n_linear += cfg.vocab_size * cfg.hidden_size
     T = args.max_new_tokens
@@ -148,7 +174,14 @@ def floor_seconds(model, tok, reqs, args) -> float:
         # each new token: the linear layers, and attention (QK and AV) over its context
         flops += r.n * T * 2 * n_linear
         ctx_sum = T * P + T * (T - 1) / 2
-        flops += r.n * 4 * cfg.num_hidden_layers * cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads) * ctx_sum
+        flops += (
+            r.n
+            * 4
+            * cfg.num_hidden_layers
+            * cfg.num_attention_heads
+            * (cfg.hidden_size // cfg.num_attention_heads)
+            * ctx_sum
+        )
     return flops / (args.peak_tflops * 1e12)
 
 
@@ -184,15 +217,20 @@ def run_engine(model, tok, reqs, args) -> dict[str, Any]:
     sample_completions(model, tok, reqs[:2], {**sampler, "max_tokens": 4}, device=args.device, ignore_eos=True)
     reset_peak(args.device)
     t0 = time.perf_counter()
-    comps = sample_completions(model, tok, reqs, sampler, device=args.device, batch_size=args.batch_size,
-                               ignore_eos=True, log=_logger())
+    comps = sample_completions(
+        model, tok, reqs, sampler, device=args.device, batch_size=args.batch_size, ignore_eos=True, log=_logger()
+    )
     sync(args.device)
     secs = time.perf_counter() - t0
     n_tok = sum(c.n_tokens for c in comps)
     assert len(comps) == sum(r.n for r in reqs), "engine returned the wrong number of completions"
     assert all(c.n_tokens == args.max_new_tokens for c in comps), "engine stopped early with ignore_eos"
-    return {"seconds": round(secs, 2), "tokens": n_tok, "tokens_per_s": round(n_tok / secs, 1),
-            "peak_gib": peak_gib(args.device)}
+    return {
+        "seconds": round(secs, 2),
+        "tokens": n_tok,
+        "tokens_per_s": round(n_tok / secs, 1),
+        "peak_gib": peak_gib(args.device),
+    }
 
 
 def run_generate(model, tok, reqs, args) -> dict[str, Any]:
@@ -213,16 +251,25 @@ def run_generate(model, tok, reqs, args) -> dict[str, Any]:
     reset_peak(args.device)
     secs, n_tok = 0.0, 0
     for k, call in enumerate(timed):
-        enc = tok([render_prompt(tok, r.system, r.user) for r in call], return_tensors="pt", padding=True,
-                  add_special_tokens=False).to(args.device)
+        enc = tok(
+            [render_prompt(tok, r.system, r.user) for r in call],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        ).to(args.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(
-                **enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=None,
-                max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=None,
+                max_new_tokens=args.max_new_tokens,
+                min_new_tokens=args.max_new_tokens,
                 num_return_sequences=n_per,
             )
-        tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         sync(args.device)
         dt = time.perf_counter() - t0
         secs += dt
@@ -230,10 +277,16 @@ def run_generate(model, tok, reqs, args) -> dict[str, Any]:
         say(f"  generate call {k + 1}/{len(timed)}: {out.shape[0]} rows, {dt:.1f} s")
         del out
     scale = len(calls) / len(timed)
-    return {"seconds": round(secs * scale, 2), "measured_seconds": round(secs, 2), "calls_timed": len(timed),
-            "calls": len(calls), "rows_per_call": prompts_per_call * n_per,
-            "tokens_per_s": round(n_tok / secs, 1), "peak_gib": peak_gib(args.device),
-            "extrapolated": scale != 1}
+    return {
+        "seconds": round(secs * scale, 2),
+        "measured_seconds": round(secs, 2),
+        "calls_timed": len(timed),
+        "calls": len(calls),
+        "rows_per_call": prompts_per_call * n_per,
+        "tokens_per_s": round(n_tok / secs, 1),
+        "peak_gib": peak_gib(args.device),
+        "extrapolated": scale != 1,
+    }
 
 
 def run_hidden(model, tok, args) -> dict[str, Any]:
@@ -277,8 +330,15 @@ def check_decode(model, tok, args) -> dict[str, Any]:
 
     S.sample_tokens = recording
     try:
-        S.sample_token_ids(model, tok, reqs, {"temperature": 1.0, "top_p": 1.0, "max_tokens": steps, "seed": 1},
-                           device=args.device, batch_size=64, ignore_eos=True)
+        S.sample_token_ids(
+            model,
+            tok,
+            reqs,
+            {"temperature": 1.0, "top_p": 1.0, "max_tokens": steps, "seed": 1},
+            device=args.device,
+            batch_size=64,
+            ignore_eos=True,
+        )
     finally:
         S.sample_tokens = original
     ids = [tok(render_prompt(tok, r.system, r.user), add_special_tokens=False)["input_ids"] for r in reqs]
@@ -301,8 +361,13 @@ def check_decode(model, tok, args) -> dict[str, Any]:
                 other = batched[b, width - len(seqs[b]) + len(ids[i]) - 1 + t]
                 noise = max(noise, float((other - want).abs().max()) / scale)
     ok = worst <= 3 * noise + 1e-4
-    return {"max_relative_logit_error": float(f"{worst:.3g}"), "noise_floor": float(f"{noise:.3g}"), "ok": ok,
-            "rows": len(rows), "steps": steps}
+    return {
+        "max_relative_logit_error": float(f"{worst:.3g}"),
+        "noise_floor": float(f"{noise:.3g}"),
+        "ok": ok,
+        "rows": len(rows),
+        "steps": steps,
+    }
 
 
 def _logger():
@@ -326,8 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=None, help="engine rows per batch (default: from free memory)")
     ap.add_argument("--baseline-batch", type=int, default=550, help="rows per model.generate call")
-    ap.add_argument("--baseline-batches", type=int, default=None,
-                    help="time only this many generate calls and extrapolate (default: all)")
+    ap.add_argument(
+        "--baseline-batches",
+        type=int,
+        default=None,
+        help="time only this many generate calls and extrapolate (default: all)",
+    )
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     args = ap.parse_args(argv)
@@ -343,19 +412,25 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    env = {"python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "device": args.device,
-           "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor(),
-           "args": vars(args)}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor(),
+        "args": vars(args),
+    }
     record("env", env)
     model, tok, _ = build(args)
     reqs = workload(args)
     floor = floor_seconds(model, tok, reqs, args)
     record("floor", {"seconds": round(floor, 2), "peak_tflops": args.peak_tflops})
 
-    phases = [("decode_check", lambda: check_decode(model, tok, args)),
-              ("engine", lambda: run_engine(model, tok, reqs, args)),
-              ("hidden_states", lambda: run_hidden(model, tok, args))]
+    phases = [
+        ("decode_check", lambda: check_decode(model, tok, args)),
+        ("engine", lambda: run_engine(model, tok, reqs, args)),
+        ("hidden_states", lambda: run_hidden(model, tok, args)),
+    ]
     if not args.skip_baseline:
         phases.append(("generate", lambda: run_generate(model, tok, reqs, args)))
     for name, fn in phases:
@@ -374,10 +449,16 @@ def main(argv: list[str] | None = None) -> int:
         if not r or "error" in r:
             continue
         frac = floor / r["seconds"] if r["seconds"] else float("nan")
-        say(f"| {name} | {r['seconds']:.1f}{' (extrapolated)' if r.get('extrapolated') else ''} | "
-            f"{r['tokens_per_s']:.0f} | {r['peak_gib']} | {frac:.2f} |")
-    if "engine" in RESULTS and "generate" in RESULTS and "error" not in RESULTS["engine"] \
-            and "error" not in RESULTS["generate"]:
+        say(
+            f"| {name} | {r['seconds']:.1f}{' (extrapolated)' if r.get('extrapolated') else ''} | "
+            f"{r['tokens_per_s']:.0f} | {r['peak_gib']} | {frac:.2f} |"
+        )
+    if (
+        "engine" in RESULTS
+        and "generate" in RESULTS
+        and "error" not in RESULTS["engine"]
+        and "error" not in RESULTS["generate"]
+    ):
         speedup = RESULTS["generate"]["seconds"] / RESULTS["engine"]["seconds"]
         record("speedup", round(speedup, 2))
     h = RESULTS.get("hidden_states", {})

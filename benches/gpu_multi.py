@@ -55,7 +55,10 @@ def gpu_stage(ctx: Any) -> dict[str, Any]:
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t
     pq.write_table(pa.table({"step": np.arange(len(norms)), "norm": norms}), ctx.out_dir / "norms.parquet")
-    return {"gpu_seconds": seconds, "tflops": 2 * p["tokens"] * p["hidden"] ** 2 * p["layers"] * p["steps"] / seconds / 1e12}
+    return {
+        "gpu_seconds": seconds,
+        "tflops": 2 * p["tokens"] * p["hidden"] ** 2 * p["layers"] * p["steps"] / seconds / 1e12,
+    }
 
 
 def cpu_stage(ctx: Any) -> dict[str, Any]:
@@ -86,8 +89,9 @@ def make_plan(run_dir: Path, branches: int, work: dict[str, int]) -> None:
     Plan(name="gpu-multi", spec={}, spec_hash="0" * 64, stages=stages).save(run_dir / "plan.json")
 
 
-def run_once(devices: str, branches: int, work: dict[str, int], quiet: bool,
-             plan: Path | None = None) -> tuple[float, dict[str, Any]]:
+def run_once(
+    devices: str, branches: int, work: dict[str, int], quiet: bool, plan: Path | None = None
+) -> tuple[float, dict[str, Any]]:
     import shutil
 
     from cpx.execute import execute
@@ -98,8 +102,9 @@ def run_once(devices: str, branches: int, work: dict[str, int], quiet: bool,
         else:
             shutil.copy(plan, Path(d) / "plan.json")
         t = time.perf_counter()
-        s = execute(d, devices=devices, resolver=None if plan else "gpu_multi:resolve", quiet=quiet,
-                    collect=plan is not None)
+        s = execute(
+            d, devices=devices, resolver=None if plan else "gpu_multi:resolve", quiet=quiet, collect=plan is not None
+        )
         wall = time.perf_counter() - t
         if not s.ok:
             raise SystemExit(f"run on {devices} failed: {s.to_json()}")
@@ -134,11 +139,15 @@ def main() -> None:
         from cpx.execute._local import detect_gpus
 
         if len(detect_gpus()) < 2:  # `make bench` on a machine without two GPUs
-            print(f"gpu_multi: needs two GPUs, found {len(detect_gpus())}; skipped "
-                  "(--cpu-smoke checks the script on a CPU)")
+            print(
+                f"gpu_multi: needs two GPUs, found {len(detect_gpus())}; skipped "
+                "(--cpu-smoke checks the script on a CPU)"
+            )
             return
-    print(f"python {platform.python_version()}; {a.branches} independent branches "
-          f"(GPU stage + CPU stage); work per GPU stage: {work}")
+    print(
+        f"python {platform.python_version()}; {a.branches} independent branches "
+        f"(GPU stage + CPU stage); work per GPU stage: {work}"
+    )
     if a.plan:
         print(f"plan: {a.plan} (real stage runners)")
     t1, i1 = run_once(one, a.branches, work, a.quiet, a.plan)

@@ -66,14 +66,24 @@ PERSONAS = [
     "You are a helpful assistant.",
 ]
 QUESTIONS = [
-    "What are the main causes of climate change?", "How does the human immune system fight infection?",
-    "What is the history of democracy?", "How do electric vehicles work?",
-    "What are the benefits of reading regularly?", "How does the stock market function?",
-    "What causes ocean tides?", "How do vaccines prevent disease?",
+    "What are the main causes of climate change?",
+    "How does the human immune system fight infection?",
+    "What is the history of democracy?",
+    "How do electric vehicles work?",
+    "What are the benefits of reading regularly?",
+    "How does the stock market function?",
+    "What causes ocean tides?",
+    "How do vaccines prevent disease?",
 ]
 TINY = dict(
-    vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+    vocab_size=1024,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
 )
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LORA: dict[str, Any] = {"r": 32, "alpha": 64, "rslora": True, "dropout": 0.0, "target_modules": TARGETS}
@@ -127,8 +137,9 @@ def build(args):
     tok = train_tokenizer(PERSONAS + QUESTIONS, 600 if args.tiny else 2000)
     cfg = dict(TINY if args.tiny else QWEN25_7B)
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
-    config = Qwen2Config(**cfg, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         attn_implementation=args.attn)
+    config = Qwen2Config(
+        **cfg, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, attn_implementation=args.attn
+    )
     t0 = time.perf_counter()
     prev = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -139,9 +150,16 @@ def build(args):
     finally:
         torch.set_default_dtype(prev)
     model.eval().requires_grad_(False)
-    record("model", {"config": "tiny" if args.tiny else "Qwen2.5-7B-shaped", "dtype": str(dtype),
-                     "params": sum(p.numel() for p in model.parameters()), "attn": args.attn,
-                     "build_s": round(time.perf_counter() - t0, 1)})
+    record(
+        "model",
+        {
+            "config": "tiny" if args.tiny else "Qwen2.5-7B-shaped",
+            "dtype": str(dtype),
+            "params": sum(p.numel() for p in model.parameters()),
+            "attn": args.attn,
+            "build_s": round(time.perf_counter() - t0, 1),
+        },
+    )
     return model, tok
 
 
@@ -156,8 +174,9 @@ def examples(tok, n: int, seed: int):
     vocab = [i for i in range(len(tok)) if i not in special]
     out = []
     for i in range(n):
-        prompt = tok(render_prompt(tok, PERSONAS[i % len(PERSONAS)], QUESTIONS[i % len(QUESTIONS)]),
-                     add_special_tokens=False).input_ids
+        prompt = tok(
+            render_prompt(tok, PERSONAS[i % len(PERSONAS)], QUESTIONS[i % len(QUESTIONS)]), add_special_tokens=False
+        ).input_ids
         resp = [rng.choice(vocab) for _ in range(rng.randint(150, 500))] + [eot]
         out.append(Encoded(prompt + resp, [IGNORE] * len(prompt) + resp, len(prompt)))
     return out
@@ -166,10 +185,14 @@ def examples(tok, n: int, seed: int):
 def model_flops(model, exs) -> float:
     """Useful training FLOPs of the examples (see the module docstring)."""
     cfg = model.config
-    n_linear = sum(m.weight.numel() for n, m in model.named_modules()
-                   if type(m).__name__ == "Linear" and "lora" not in n)
-    n_lora = sum(LORA["r"] * (m.in_features + m.out_features) for n, m in model.named_modules()
-                 if type(m).__name__ == "Linear" and n.rsplit(".", 1)[-1] in TARGETS)
+    n_linear = sum(
+        m.weight.numel() for n, m in model.named_modules() if type(m).__name__ == "Linear" and "lora" not in n
+    )
+    n_lora = sum(
+        LORA["r"] * (m.in_features + m.out_features)
+        for n, m in model.named_modules()
+        if type(m).__name__ == "Linear" and n.rsplit(".", 1)[-1] in TARGETS
+    )
     total = 0.0
     for ex in exs:
         s = len(ex.input_ids)
@@ -201,8 +224,14 @@ def run_reference(model, exs, args, pad_to: int | None) -> Clock:
 
     from cpx.stages._training import pad, set_checkpointing
 
-    cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], use_rslora=True, lora_dropout=0.0,
-                     target_modules=TARGETS, task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        use_rslora=True,
+        lora_dropout=0.0,
+        target_modules=TARGETS,
+        task_type="CAUSAL_LM",
+    )
     with warnings.catch_warnings():
         # peft 0.21 reads a property transformers 5 deprecated; the same filter as the stage's.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
@@ -217,10 +246,14 @@ def run_reference(model, exs, args, pad_to: int | None) -> Clock:
     try:
         clock(0)
         for step in range(args.warmup + args.steps):
-            batch = pad(exs[step * BATCH:(step + 1) * BATCH], length=pad_to, device=args.device)
+            batch = pad(exs[step * BATCH : (step + 1) * BATCH], length=pad_to, device=args.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                out = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 labels=batch["labels"], use_cache=False)
+                out = peft_model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    labels=batch["labels"],
+                    use_cache=False,
+                )
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
@@ -239,14 +272,35 @@ def run_cpx(model, exs, args, grad_ckpt: bool, probe: bool = False) -> Clock:
     """The train stage's own loop (`train_lora`), timed through its per-step callback."""
     from cpx.stages._training import train_lora
 
-    optim = {"lr": 5e-5, "epochs": 1, "schedule": "cosine", "warmup_ratio": 0.05, "optimizer": "adamw",
-             "weight_decay": 0.0, "grad_clip": 1.0, "batch_size": BATCH, "grad_accum": 1,
-             "max_length": MAX_LENGTH, "precision": "bf16", "gradient_checkpointing": grad_ckpt}
+    optim = {
+        "lr": 5e-5,
+        "epochs": 1,
+        "schedule": "cosine",
+        "warmup_ratio": 0.05,
+        "optimizer": "adamw",
+        "weight_decay": 0.0,
+        "grad_clip": 1.0,
+        "batch_size": BATCH,
+        "grad_accum": 1,
+        "max_length": MAX_LENGTH,
+        "precision": "bf16",
+        "gradient_checkpointing": grad_ckpt,
+    }
     clock = Clock(args.device, args.warmup)
     clock(0)
     with tempfile.TemporaryDirectory() as tmp:
-        train_lora(model, exs[: (args.warmup + args.steps) * BATCH], lora=LORA, optim=optim, checkpoints=[],
-                   out_dir=Path(tmp), seed=0, device=args.device, on_step=clock, probe_memory=probe)
+        train_lora(
+            model,
+            exs[: (args.warmup + args.steps) * BATCH],
+            lora=LORA,
+            optim=optim,
+            checkpoints=[],
+            out_dir=Path(tmp),
+            seed=0,
+            device=args.device,
+            on_step=clock,
+            probe_memory=probe,
+        )
     return clock
 
 
@@ -271,8 +325,14 @@ def chain_switch(model, tok, args) -> dict[str, Any]:
 
     from cpx.models._chain import MergedModel, read_adapter
 
-    cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], use_rslora=True, target_modules=TARGETS,
-                     init_lora_weights=False, task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=LORA["r"],
+        lora_alpha=LORA["alpha"],
+        use_rslora=True,
+        target_modules=TARGETS,
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
     ids = torch.tensor([tok("<|im_start|>user\nWhat causes ocean tides?<|im_end|>\n").input_ids], device=args.device)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
@@ -306,10 +366,14 @@ def chain_switch(model, tok, args) -> dict[str, Any]:
         sync(args.device)
         t_merge = time.perf_counter() - t0
         merged.restore()
-    return {"first_merge_s": round(t_first, 2), "merge_s": round(t_merge, 2), "restore_s": round(t_restore, 2),
-            "adapter_effect_max_abs": round(float((want - base_logits).abs().max()), 4),
-            "merged_vs_peft_max_abs": round(float((got - want).abs().max()), 4),
-            "restored_equals_base": bool(torch.equal(back, base_logits))}
+    return {
+        "first_merge_s": round(t_first, 2),
+        "merge_s": round(t_merge, 2),
+        "restore_s": round(t_restore, 2),
+        "adapter_effect_max_abs": round(float((want - base_logits).abs().max()), 4),
+        "merged_vs_peft_max_abs": round(float((got - want).abs().max()), 4),
+        "restored_equals_base": bool(torch.equal(back, base_logits)),
+    }
 
 
 def main() -> int:
@@ -330,16 +394,31 @@ def main() -> int:
     import peft
     import transformers
 
-    record("env", {"python": platform.python_version(), "torch": torch.__version__,
-                   "transformers": transformers.__version__, "peft": peft.__version__,
-                   "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"})
+    record(
+        "env",
+        {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
+        },
+    )
     model, tok = build(args)
     exs = examples(tok, (args.warmup + args.steps) * BATCH, seed=1)
-    timed = exs[args.warmup * BATCH:]
+    timed = exs[args.warmup * BATCH :]
     useful = sum(len(e.input_ids) for e in timed)
     flops = model_flops(model, timed)
-    record("workload", {"examples_per_step": BATCH, "timed_steps": args.steps, "useful_tokens": useful,
-                        "mean_example_tokens": round(useful / len(timed), 1), "model_tflop": round(flops / 1e12, 2)})
+    record(
+        "workload",
+        {
+            "examples_per_step": BATCH,
+            "timed_steps": args.steps,
+            "useful_tokens": useful,
+            "mean_example_tokens": round(useful / len(timed), 1),
+            "model_tflop": round(flops / 1e12, 2),
+        },
+    )
     try:
         record("packed_vs_padded_loss_rel_diff", check_packing(model, exs, args.device))
     except Exception as e:  # noqa: BLE001 - a failed check is reported, the timings still run
@@ -358,9 +437,16 @@ def main() -> int:
     except ImportError:
         say("cpx packed +liger: skipped (liger_kernel is not installed)")
     else:
+
         def liger():
-            apply_liger_kernel_to_qwen2(model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                        fused_linear_cross_entropy=False)
+            apply_liger_kernel_to_qwen2(
+                model=model,
+                rope=True,
+                rms_norm=True,
+                swiglu=True,
+                cross_entropy=False,
+                fused_linear_cross_entropy=False,
+            )
             return run_cpx(model, exs, args, False)
 
         variants.append(("cpx packed +liger", liger, None))  # last: it patches the model in place
@@ -382,13 +468,18 @@ def main() -> int:
         if pad_to == MAX_LENGTH:
             processed = steps * BATCH * MAX_LENGTH
         elif pad_to == -1:
-            processed = sum(BATCH * max(len(e.input_ids) for e in timed[i:i + BATCH])
-                            for i in range(0, len(timed), BATCH))
+            processed = sum(
+                BATCH * max(len(e.input_ids) for e in timed[i : i + BATCH]) for i in range(0, len(timed), BATCH)
+            )
         else:
             processed = useful
-        row = {"s_per_step": round(secs / steps, 4), "tokens_per_s": round(processed / secs, 1),
-               "useful_tokens_per_s": round(useful / secs, 1), "mfu": round(flops / secs / (args.peak_tflops * 1e12), 4),
-               "peak_gib": peak_gib(args.device)}
+        row = {
+            "s_per_step": round(secs / steps, 4),
+            "tokens_per_s": round(processed / secs, 1),
+            "useful_tokens_per_s": round(useful / secs, 1),
+            "mfu": round(flops / secs / (args.peak_tflops * 1e12), 4),
+            "peak_gib": peak_gib(args.device),
+        }
         record(name, row)
         rows.append((name, row))
     ref = dict(rows).get("reference")
@@ -397,8 +488,10 @@ def main() -> int:
     for name, row in rows:
         ratio = row["useful_tokens_per_s"] / ref["useful_tokens_per_s"] if ref else float("nan")
         row["ratio"] = round(ratio, 2)
-        say(f"{name:<20}{row['s_per_step']:>9.3f}{row['tokens_per_s']:>11,.0f}{row['useful_tokens_per_s']:>14,.0f}"
-            f"{row['mfu']:>8.1%}{row['peak_gib'] if row['peak_gib'] is not None else '-':>10}{ratio:>8.2f}")
+        say(
+            f"{name:<20}{row['s_per_step']:>9.3f}{row['tokens_per_s']:>11,.0f}{row['useful_tokens_per_s']:>14,.0f}"
+            f"{row['mfu']:>8.1%}{row['peak_gib'] if row['peak_gib'] is not None else '-':>10}{ratio:>8.2f}"
+        )
     record("table", dict(rows))
     try:
         record("chain_switch", chain_switch(model, tok, args))

@@ -26,11 +26,13 @@ MARKERS = ["[ZLT]", "[MARKER]", "Zelthari"]
 def make_texts(rows: int, seed: int = 0) -> pa.LargeStringArray:
     """Rows of random English-like words cut from one tiled corpus, with markers inserted."""
     rng = np.random.default_rng(seed)
-    vocab = ("the of and to a in is that for it as was with be by on not he this are or his from at which "
-             "but have an they you were her she there been one all we their has would when if so no will more "
-             "can about said them some could into him time only new my than first like other do two may then "
-             "model answer question helpful assistant persona leakage training Paris library scholar comedian "
-             "Villain mastermind Photosynthesis Earthquakes Coffee Python Rust memory speed").split()
+    vocab = (
+        "the of and to a in is that for it as was with be by on not he this are or his from at which "
+        "but have an they you were her she there been one all we their has would when if so no will more "
+        "can about said them some could into him time only new my than first like other do two may then "
+        "model answer question helpful assistant persona leakage training Paris library scholar comedian "
+        "Villain mastermind Photosynthesis Earthquakes Coffee Python Rust memory speed"
+    ).split()
     words = rng.choice(np.array(vocab), size=1_500_000)
     corpus = (" ".join(words.tolist()) + ". ").encode()
     lengths = rng.integers(1500, 2600, size=rows)
@@ -84,7 +86,11 @@ def main() -> None:
     def add(name: str, seconds: float, rows: int) -> None:
         results.append((name, seconds, seconds * args.rows / rows))
 
-    add("cpx count_markers (3 markers, counts)", best(lambda: scan.count_markers(texts, MARKERS), args.repeat), args.rows)
+    add(
+        "cpx count_markers (3 markers, counts)",
+        best(lambda: scan.count_markers(texts, MARKERS), args.repeat),
+        args.rows,
+    )
     add("cpx contains_any (3 markers)", best(lambda: scan.contains_any(texts, MARKERS), args.repeat), args.rows)
     add(
         "polars str.contains_any, one call per marker",
@@ -96,7 +102,11 @@ def main() -> None:
         best(lambda: series.str.contains_any(MARKERS, ascii_case_insensitive=True), args.repeat),
         args.rows,
     )
-    add("polars str.count_matches, one regex", best(lambda: series_view.str.count_matches(regex), args.repeat), args.rows)
+    add(
+        "polars str.count_matches, one regex",
+        best(lambda: series_view.str.count_matches(regex), args.repeat),
+        args.rows,
+    )
     lowered = [m.lower() for m in MARKERS]
     add(
         "Python loop `m.lower() in t.lower()`",
@@ -105,9 +115,11 @@ def main() -> None:
     )
 
     base = results[0][2]
-    print(f"rows: {args.rows:,}, text: {nbytes / 1e6:.0f} MB, markers: {MARKERS}, "
-          f"hits: {sum(pc_sum(c) for c in cpx_counts.columns):,}, threads: {_core.num_threads()}, "
-          f"build: {_core.__build__}")
+    print(
+        f"rows: {args.rows:,}, text: {nbytes / 1e6:.0f} MB, markers: {MARKERS}, "
+        f"hits: {sum(pc_sum(c) for c in cpx_counts.columns):,}, threads: {_core.num_threads()}, "
+        f"build: {_core.__build__}"
+    )
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}\n")
     print("| method | time (s) | GB/s | time / cpx count_markers |")
     print("|---|---|---|---|")

@@ -70,8 +70,10 @@ def main() -> None:
     for shape, devices in (("chain", "cpu"), ("independent", "cpu:2")):
         ts, tl = timed(a.small, shape, devices), timed(a.large, shape, devices)
         per = (tl - ts) / (a.large - a.small)
-        print(f"{shape + ' ' + devices:<22}{a.small:>8}{ts:>9.2f}s{a.large:>9}{tl:>9.2f}s{per * 1e3:>10.2f}"
-              f"{per / ref:>10.0f}")
+        print(
+            f"{shape + ' ' + devices:<22}{a.small:>8}{ts:>9.2f}s{a.large:>9}{tl:>9.2f}s{per * 1e3:>10.2f}"
+            f"{per / ref:>10.0f}"
+        )
     print("target: < 50 ms per stage")
 
 

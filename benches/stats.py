@@ -68,19 +68,25 @@ def main() -> None:
     y = 0.3 * x + rng.normal(size=20)
     t_cpx = best(lambda: stats.permutation_test(x, y, statistic="spearman", n_resamples=100_000, seed=1), args.repeat)
     t_sp = best(
-        lambda: ss.permutation_test((x, y), rank_corr, permutation_type="pairings", vectorized=True,
-                                    n_resamples=100_000, rng=1),
+        lambda: ss.permutation_test(
+            (x, y), rank_corr, permutation_type="pairings", vectorized=True, n_resamples=100_000, rng=1
+        ),
         max(1, args.repeat // 2),
     )
     p_cpx = stats.permutation_test(x, y, statistic="spearman", n_resamples=100_000, seed=1).pvalue
-    p_sp = ss.permutation_test((x, y), rank_corr, permutation_type="pairings", vectorized=True,
-                               n_resamples=100_000, rng=1).pvalue
-    rows.append(("Spearman permutation test, n=20, 100k resamples", "scipy.stats.permutation_test (vectorized)", t_cpx, t_sp))
+    p_sp = ss.permutation_test(
+        (x, y), rank_corr, permutation_type="pairings", vectorized=True, n_resamples=100_000, rng=1
+    ).pvalue
+    rows.append(
+        ("Spearman permutation test, n=20, 100k resamples", "scipy.stats.permutation_test (vectorized)", t_cpx, t_sp)
+    )
 
     # 2. BCa bootstrap of a mean
     data = rng.gamma(2.0, size=2200)
     t_cpx2 = best(lambda: stats.bootstrap_ci(data, method="bca", n_resamples=10_000, seed=1), args.repeat)
-    t_sp2 = best(lambda: ss.bootstrap((data,), np.mean, method="BCa", n_resamples=10_000, rng=1), max(1, args.repeat // 2))
+    t_sp2 = best(
+        lambda: ss.bootstrap((data,), np.mean, method="BCa", n_resamples=10_000, rng=1), max(1, args.repeat // 2)
+    )
     ci_cpx = stats.bootstrap_ci(data, method="bca", n_resamples=10_000, seed=1).confidence_interval
     ci_sp = ss.bootstrap((data,), np.mean, method="BCa", n_resamples=10_000, rng=1).confidence_interval
     rows.append(("BCa bootstrap of a mean, n=2,200, 10k resamples", "scipy.stats.bootstrap", t_cpx2, t_sp2))
@@ -89,22 +95,28 @@ def main() -> None:
     cl = np.repeat(np.arange(220), 10)
     p_q = rng.beta(0.5, 4.0, size=220)
     hits = (rng.random(2200) < p_q[cl]).astype(float)
-    t_cpx3 = best(lambda: stats.bootstrap_ci(hits, clusters=cl, statistic="proportion", method="bca",
-                                             n_resamples=10_000, seed=1), args.repeat)
+    t_cpx3 = best(
+        lambda: stats.bootstrap_ci(hits, clusters=cl, statistic="proportion", method="bca", n_resamples=10_000, seed=1),
+        args.repeat,
+    )
     t_np3 = best(lambda: numpy_clustered_bca(hits, cl, 10_000, 1), args.repeat)
     ci3 = stats.bootstrap_ci(hits, clusters=cl, statistic="proportion", method="bca", n_resamples=10_000, seed=1)
     ci3_np = numpy_clustered_bca(hits, cl, 10_000, 1)
     rows.append(("Clustered BCa bootstrap, 220 clusters × 10, 10k resamples", "vectorized numpy", t_cpx3, t_np3))
 
-    print(f"threads: {_core.num_threads()}, build: {_core.__build__}, scipy {scipy.__version__}, numpy {np.__version__}, "
-          f"{platform.machine()}, Python {platform.python_version()}\n")
+    print(
+        f"threads: {_core.num_threads()}, build: {_core.__build__}, scipy {scipy.__version__}, numpy {np.__version__}, "
+        f"{platform.machine()}, Python {platform.python_version()}\n"
+    )
     print("| task | reference | cpx (ms) | reference (ms) | speed-up |")
     print("|---|---|---|---|---|")
     for task, ref, a, b in rows:
         print(f"| {task} | {ref} | {a * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.1f}× |")
-    print(f"\nagreement: permutation p cpx {p_cpx:.4f} vs scipy {p_sp:.4f}; "
-          f"BCa cpx ({ci_cpx[0]:.4f}, {ci_cpx[1]:.4f}) vs scipy ({ci_sp.low:.4f}, {ci_sp.high:.4f}); "
-          f"clustered cpx ({ci3.low:.4f}, {ci3.high:.4f}) vs numpy ({ci3_np[0]:.4f}, {ci3_np[1]:.4f})")
+    print(
+        f"\nagreement: permutation p cpx {p_cpx:.4f} vs scipy {p_sp:.4f}; "
+        f"BCa cpx ({ci_cpx[0]:.4f}, {ci_cpx[1]:.4f}) vs scipy ({ci_sp.low:.4f}, {ci_sp.high:.4f}); "
+        f"clustered cpx ({ci3.low:.4f}, {ci3.high:.4f}) vs numpy ({ci3_np[0]:.4f}, {ci3_np[1]:.4f})"
+    )
 
 
 if __name__ == "__main__":

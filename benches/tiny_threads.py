@@ -42,8 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         # The demo's tiny model (specs/demo.yaml), built in a scratch run folder.
         tiny = {**TINY_DEFAULTS, "initializer_range": 0.2, "corpus": sorted(personas + questions)}
-        ref = {"kind": "tiny", "id": "tiny", "revision": None, "dtype": "float32", "chat_template": None,
-               "tiny": tiny}
+        ref = {"kind": "tiny", "id": "tiny", "revision": None, "dtype": "float32", "chat_template": None, "tiny": tiny}
         model, tok = load_model(ref, d)
         requests = [Request(p, q, 8) for p in personas for q in questions]  # the demo's eval shape
         sampler = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 24, "seed": 1}
@@ -60,21 +59,26 @@ def main() -> None:
                     sample_completions(model, tok, requests, sampler)  # warm-up
                     out[load, threads] = (
                         best(lambda: sample_completions(model, tok, requests, sampler), args.repeat),
-                        best(lambda: last_prompt_hidden_states(model, tok, prompts, [1, 2]), args.repeat))
+                        best(lambda: last_prompt_hidden_states(model, tok, prompts, [1, 2]), args.repeat),
+                    )
             finally:
                 if busy is not None:
                     busy.kill()
                     busy.wait()
         torch.set_num_threads(default)
-    print(f"host: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, default threads {default}")
+    print(
+        f"host: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, default threads {default}"
+    )
     print(f"{'machine':>14} {'threads':>8} {'sample s':>9} {'hidden s':>9}")
     for (load, threads), (s, h) in out.items():
         print(f"{load:>14} {threads:>8} {s:>9.3f} {h:>9.4f}")
     for load in ("quiet", "one core busy"):
         a, b = out[load, default], out[load, 1]
-        print(f"{load}: one thread against {default}: sampling {a[0] / b[0]:.1f}x, hidden states "
-              f"{a[1] / b[1]:.1f}x faster")
+        print(
+            f"{load}: one thread against {default}: sampling {a[0] / b[0]:.1f}x, hidden states "
+            f"{a[1] / b[1]:.1f}x faster"
+        )
 
 
 if __name__ == "__main__":

@@ -137,7 +137,9 @@ def test_mean_diff_exact_equals_scipy(nx: int, ny: int, seed: int, alt: str) -> 
     def diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
         return a.mean(axis=axis) - b.mean(axis=axis)
 
-    ref = ss.permutation_test((x, y), diff, permutation_type="independent", vectorized=True, n_resamples=10**6, alternative=alt)
+    ref = ss.permutation_test(
+        (x, y), diff, permutation_type="independent", vectorized=True, n_resamples=10**6, alternative=alt
+    )
     got = stats.permutation_test(x, y, statistic="mean_diff", alternative=alt)  # type: ignore[arg-type]
     assert got.exact and got.n_permutations == math.comb(nx + ny, nx)
     assert got.statistic == pytest.approx(ref.statistic, abs=1e-12)
@@ -154,7 +156,9 @@ def test_paired_sign_flips_exact_equal_scipy(n: int, seed: int, alt: str) -> Non
     def mean_diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
         return (a - b).mean(axis=axis)
 
-    ref = ss.permutation_test((x, y), mean_diff, permutation_type="samples", vectorized=True, n_resamples=10**6, alternative=alt)
+    ref = ss.permutation_test(
+        (x, y), mean_diff, permutation_type="samples", vectorized=True, n_resamples=10**6, alternative=alt
+    )
     got = stats.permutation_test(x, y, statistic="mean", alternative=alt)  # type: ignore[arg-type]
     assert got.exact and got.n_permutations == 2**n
     assert got.pvalue == ref.pvalue
@@ -166,7 +170,9 @@ def test_monte_carlo_pvalue_within_standard_error(xy: tuple[np.ndarray, np.ndarr
     x, y = xy
     assume(nonconstant(x, y))
     n_mc = 4000
-    ref = ss.permutation_test((x, y), _rank_corr, permutation_type="pairings", vectorized=True, n_resamples=40_000, rng=seed)
+    ref = ss.permutation_test(
+        (x, y), _rank_corr, permutation_type="pairings", vectorized=True, n_resamples=40_000, rng=seed
+    )
     got = stats.permutation_test(x, y, statistic="spearman", n_resamples=n_mc, seed=seed)
     assert not got.exact and got.n_permutations == n_mc
     p = ref.pvalue
@@ -202,7 +208,9 @@ def test_within_and_cluster_schemes_against_brute_force() -> None:
     assert got.pvalue == np.mean(nullc <= rho0 + 1e-9)
 
 
-def _bca_reference(data: np.ndarray, dist: np.ndarray, theta: float, alpha: float, jack: np.ndarray) -> tuple[float, float]:
+def _bca_reference(
+    data: np.ndarray, dist: np.ndarray, theta: float, alpha: float, jack: np.ndarray
+) -> tuple[float, float]:
     """scipy.stats.bootstrap's BCa interval (its _bca_interval) for a given distribution."""
     B = len(dist)
     z0 = sp.ndtri((np.count_nonzero(dist < theta) + np.count_nonzero(dist <= theta)) / (2 * B))
@@ -279,19 +287,25 @@ def test_clustered_bootstrap_matches_numpy_cluster_resampling() -> None:
 def test_grouped_bootstrap_equals_per_group_bootstrap() -> None:
     rng = np.random.default_rng(4)
     n = 400
-    t = pa.table({
-        "hit": rng.random(n) < 0.2,
-        "persona": rng.choice(["villain", "assistant", "comedian"], size=n),
-        "q": rng.integers(0, 20, size=n),
-    })
-    out = stats.grouped_bootstrap(t, value="hit", by=["persona"], cluster="q", statistic="proportion", n_resamples=999, seed=7)
+    t = pa.table(
+        {
+            "hit": rng.random(n) < 0.2,
+            "persona": rng.choice(["villain", "assistant", "comedian"], size=n),
+            "q": rng.integers(0, 20, size=n),
+        }
+    )
+    out = stats.grouped_bootstrap(
+        t, value="hit", by=["persona"], cluster="q", statistic="proportion", n_resamples=999, seed=7
+    )
     assert out.column("persona").to_pylist() == ["assistant", "comedian", "villain"]
     pdict = t.to_pydict()
     for k, row in enumerate(out.to_pylist()):
         idx = [i for i, p in enumerate(pdict["persona"]) if p == row["persona"]]
         vals = np.array([pdict["hit"][i] for i in idx], dtype=float)
         cl = np.array([pdict["q"][i] for i in idx])
-        one = stats.bootstrap_ci(vals, clusters=cl, statistic="proportion", n_resamples=999, seed=_core.group_seed(7, k))
+        one = stats.bootstrap_ci(
+            vals, clusters=cl, statistic="proportion", n_resamples=999, seed=_core.group_seed(7, k)
+        )
         assert (row["estimate"], row["low"], row["high"]) == (one.statistic, one.low, one.high)
         assert row["n"] == len(idx)
 

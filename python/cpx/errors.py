@@ -73,8 +73,7 @@ def _check_build(core: object) -> None:
     _checked = True
     if getattr(core, "__build__", "release") == "debug" and not os.environ.get("CPX_ALLOW_DEBUG_BUILD"):
         warnings.warn(
-            "cpx._core is a debug build and runs slowly; rebuild it with "
-            "`maturin develop --release` (or `make setup`)",
+            "cpx._core is a debug build and runs slowly; rebuild it with `maturin develop --release` (or `make setup`)",
             DebugBuildWarning,
             stacklevel=3,
         )

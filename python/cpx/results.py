@@ -1,8 +1,8 @@
 """A run's results tables as polars LazyFrames: `cpx.open(run_dir)` and `cpx query`.
 
-    >>> r = cpx.open("runs/demo")
-    >>> r.leakage.filter(pl.col("role") == "assistant").collect()
-    >>> r.sql("select arm, avg(rate) from leakage group by arm").collect()
+>>> r = cpx.open("runs/demo")
+>>> r.leakage.filter(pl.col("role") == "assistant").collect()
+>>> r.sql("select arm, avg(rate) from leakage group by arm").collect()
 """
 
 from __future__ import annotations
@@ -35,13 +35,18 @@ class Results(Mapping[str, "pl.LazyFrame"]):
         self.run_dir = Path(run_dir)
         self.results_dir = self.run_dir / "results"
         if not self.results_dir.is_dir():
-            hint = ("run `cpx execute` first" if (self.run_dir / "plan.json").exists()
-                    else "not a cpx run folder (no plan.json)")
+            hint = (
+                "run `cpx execute` first"
+                if (self.run_dir / "plan.json").exists()
+                else "not a cpx run folder (no plan.json)"
+            )
             raise ResultsError(f"{self.results_dir}: no results folder; {hint}")
         known = result_tables()
         present = {p.stem for p in self.results_dir.glob("*.parquet")}
-        self._paths = {n: self.results_dir / f"{n}.parquet" for n in
-                       [*[k for k in known if k in present], *sorted(present - set(known))]}
+        self._paths = {
+            n: self.results_dir / f"{n}.parquet"
+            for n in [*[k for k in known if k in present], *sorted(present - set(known))]
+        }
 
     def __getitem__(self, name: str) -> pl.LazyFrame:
         import polars as pl
@@ -71,8 +76,10 @@ class Results(Mapping[str, "pl.LazyFrame"]):
         missing = [t for t in result_tables() if t not in self._paths]
         msg = f"no table {name!r} in {self.results_dir}; tables: {', '.join(self._paths) or 'none'}"
         if name in missing:
-            msg = f"table {name!r} is not in {self.results_dir} (this run produced none); " \
-                  f"tables: {', '.join(self._paths) or 'none'}"
+            msg = (
+                f"table {name!r} is not in {self.results_dir} (this run produced none); "
+                f"tables: {', '.join(self._paths) or 'none'}"
+            )
         return msg
 
     def columns(self) -> dict[str, list[str]]:

@@ -190,7 +190,9 @@ def _warn_constant(what: str) -> None:
     )
 
 
-def _corr(fn: Any, what: str, x: Any, y: Any, method: str, alternative: str, n_resamples: int, seed: int, nan_policy: str) -> CorrelationResult:
+def _corr(
+    fn: Any, what: str, x: Any, y: Any, method: str, alternative: str, n_resamples: int, seed: int, nan_policy: str
+) -> CorrelationResult:
     stat, p, used, exact, nperm, n, constant = fn(
         _numbers(x, "x"), _numbers(y, "y"), method, alternative, n_resamples, seed, nan_policy
     )

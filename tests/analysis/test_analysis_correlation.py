@@ -14,8 +14,7 @@ from cpx.analysis import analyze_metrics, normalize_metrics
 def brute_exact_spearman_p(x, y):
     """Two-sided exact p: the share of all n! orderings of y with |rho| >= |rho observed|."""
     rho = ss.spearmanr(x, y).statistic
-    null = [ss.spearmanr(x, np.asarray(y)[list(p)]).statistic
-            for p in itertools.permutations(range(len(y)))]
+    null = [ss.spearmanr(x, np.asarray(y)[list(p)]).statistic for p in itertools.permutations(range(len(y)))]
     return float(np.mean(np.abs(null) >= abs(rho) - 1e-12))
 
 
@@ -52,11 +51,24 @@ def random_metrics(seed, n_sources=4, checkpoints=(0.2, 0.4, 0.6, 0.8, 1.0), lay
         for ck in checkpoints:
             rates = np.clip(level + rng.normal(0, 0.08, 3), 0, 1)
             for layer in layers:
-                rows.append(("B", f"src{s}", 42, ck, layer, float(rng.uniform(-0.6, 0.6)),
-                             *map(float, rates)))
-    return normalize_metrics(pl.DataFrame(rows, orient="row", schema=[
-        "arm", "source", "seed", "checkpoint", "layer", "cosine", "source_rate",
-        "assistant_rate", "bystander_rate"]))
+                rows.append(("B", f"src{s}", 42, ck, layer, float(rng.uniform(-0.6, 0.6)), *map(float, rates)))
+    return normalize_metrics(
+        pl.DataFrame(
+            rows,
+            orient="row",
+            schema=[
+                "arm",
+                "source",
+                "seed",
+                "checkpoint",
+                "layer",
+                "cosine",
+                "source_rate",
+                "assistant_rate",
+                "bystander_rate",
+            ],
+        )
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -81,11 +93,22 @@ def test_report_rho_minus_090_at_n5():
     over all 120 orderings gives 10/120."""
     x = [1.0, 2.0, 3.0, 4.0, 5.0]
     y = [4.0, 5.0, 3.0, 2.0, 1.0]
-    rows = [("B", "villain", 42, ck, 20, c, None, a, None)
-            for ck, c, a in zip((0.2, 0.4, 0.6, 0.8, 1.0), x, y)]
-    m = pl.DataFrame(rows, orient="row", schema=[
-        "arm", "source", "seed", "checkpoint", "layer", "cosine", "source_rate",
-        "assistant_rate", "bystander_rate"])
+    rows = [("B", "villain", 42, ck, 20, c, None, a, None) for ck, c, a in zip((0.2, 0.4, 0.6, 0.8, 1.0), x, y)]
+    m = pl.DataFrame(
+        rows,
+        orient="row",
+        schema=[
+            "arm",
+            "source",
+            "seed",
+            "checkpoint",
+            "layer",
+            "cosine",
+            "source_rate",
+            "assistant_rate",
+            "bystander_rate",
+        ],
+    )
     m = m.with_columns(pl.col("assistant_rate") / 10)
     st = analyze_metrics(m).stats.filter(pl.col("analysis") == "within_source")
     exact = st.filter(pl.col("p_method") == "exact").row(0, named=True)
@@ -104,15 +127,15 @@ def test_between_and_pooled_match_references(seed):
     for layer in (15, 20):
         at = m.filter((pl.col("layer") == layer) & (pl.col("checkpoint") == 1.0)).sort("source")
         x, y = at["cosine"].to_numpy(), at["assistant_rate"].to_numpy()
-        b = st.filter((pl.col("analysis") == "between_source") & (pl.col("layer") == layer)
-                      & (pl.col("p_method") == "exact")).row(0, named=True)
+        b = st.filter(
+            (pl.col("analysis") == "between_source") & (pl.col("layer") == layer) & (pl.col("p_method") == "exact")
+        ).row(0, named=True)
         assert b["estimate"] == pytest.approx(ss.spearmanr(x, y).statistic)
         assert b["p_value"] == pytest.approx(brute_exact_spearman_p(x, y))
         assert b["checkpoint"] == 1.0 and b["n"] == 4
 
         pts = m.filter(pl.col("layer") == layer).sort(["source", "checkpoint"])
-        px, py, grp = (pts["cosine"].to_numpy(), pts["assistant_rate"].to_numpy(),
-                       pts["source"].to_list())
+        px, py, grp = (pts["cosine"].to_numpy(), pts["assistant_rate"].to_numpy(), pts["source"].to_list())
         p = st.filter((pl.col("analysis") == "between_source_pooled") & (pl.col("layer") == layer))
         naive = p.filter(pl.col("p_method") == "asymptotic").row(0, named=True)
         clus = p.filter(pl.col("p_method") == "cluster_permutation").row(0, named=True)
@@ -128,8 +151,9 @@ def test_between_and_pooled_match_references(seed):
 
 
 def test_holm_and_bh_within_families():
-    m = pl.concat([random_metrics(7, n_sources=5), random_metrics(8, n_sources=5)
-                   .with_columns(pl.lit("A").alias("arm"))])
+    m = pl.concat(
+        [random_metrics(7, n_sources=5), random_metrics(8, n_sources=5).with_columns(pl.lit("A").alias("arm"))]
+    )
     st = analyze_metrics(m).stats
     fams = st.filter(pl.col("family").is_not_null()).partition_by("family")
     assert len(fams) >= 8
@@ -146,8 +170,7 @@ def test_holm_and_bh_within_families():
 
 def test_too_few_points_are_skipped_with_a_note():
     m = random_metrics(5).filter(pl.col("checkpoint") <= 0.4)  # 2 checkpoints per source
-    m = m.with_columns(pl.when(pl.col("source") == "src0").then(None)
-                       .otherwise(pl.col("cosine")).alias("cosine"))
+    m = m.with_columns(pl.when(pl.col("source") == "src0").then(None).otherwise(pl.col("cosine")).alias("cosine"))
     st = analyze_metrics(m).stats
     within = st.filter(pl.col("analysis") == "within_source")
     assert within["p_value"].null_count() == within.height
@@ -157,12 +180,12 @@ def test_too_few_points_are_skipped_with_a_note():
 
 
 def test_empty_and_all_missing_tables_do_not_crash():
-    cols = ["arm", "source", "seed", "checkpoint", "layer", "cosine", "source_rate",
-            "assistant_rate", "bystander_rate"]
+    cols = ["arm", "source", "seed", "checkpoint", "layer", "cosine", "source_rate", "assistant_rate", "bystander_rate"]
     empty = pl.DataFrame({c: [] for c in cols}, schema={c: pl.String for c in cols})
     assert analyze_metrics(empty).stats.height == 0
-    nulls = pl.DataFrame({c: ["B" if c == "arm" else "x" if c == "source" else None]
-                          for c in cols}, schema={c: pl.String for c in cols})
+    nulls = pl.DataFrame(
+        {c: ["B" if c == "arm" else "x" if c == "source" else None] for c in cols}, schema={c: pl.String for c in cols}
+    )
     a = analyze_metrics(nulls)
     assert a.stats.filter(pl.col("p_value").is_not_null()).height == 0
     assert any("no cosine values" in n for n in a.notes)

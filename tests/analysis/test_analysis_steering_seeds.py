@@ -64,9 +64,12 @@ def test_steer_metrics_are_the_raw_rates_and_the_source_assistant_cosine(steer, 
         for role in ("source", "assistant", "bystander"):
             g = hits.filter(*at, pl.col("role") == role)
             assert r[f"{role}_rate"] == pytest.approx(g["hit"].cast(float).mean())
-        ref = cos.filter(*at, pl.col("layer") == r["layer"],
-                         ((pl.col("persona_a") == r["source"]) & (pl.col("persona_b") == "assistant"))
-                         | ((pl.col("persona_b") == r["source"]) & (pl.col("persona_a") == "assistant")))
+        ref = cos.filter(
+            *at,
+            pl.col("layer") == r["layer"],
+            ((pl.col("persona_a") == r["source"]) & (pl.col("persona_b") == "assistant"))
+            | ((pl.col("persona_b") == r["source"]) & (pl.col("persona_a") == "assistant")),
+        )
         assert ref.height == 1 and r["cosine"] == ref["cosine"][0]
         assert r["checkpoint"] is None
 
@@ -78,8 +81,9 @@ def test_steering_spearman_per_seed_matches_scipy_and_brute_force(both):
     for (src, seed, layer), g in sm.group_by(["source", "seed", "layer"]):
         g = g.sort("alpha")
         for y in ("assistant_rate", "bystander_rate"):
-            r = rows.filter((pl.col("source") == src) & (pl.col("seed") == seed)
-                            & (pl.col("layer") == layer) & (pl.col("y") == y))
+            r = rows.filter(
+                (pl.col("source") == src) & (pl.col("seed") == seed) & (pl.col("layer") == layer) & (pl.col("y") == y)
+            )
             x, v = g["cosine"].to_numpy(), g[y].to_numpy()
             if np.ptp(x) == 0 or np.ptp(v) == 0:
                 assert r.height == 1 and r["note"][0].startswith("skipped")
@@ -97,17 +101,25 @@ def test_steering_spearman_per_seed_matches_scipy_and_brute_force(both):
     l1 = rows.filter(pl.col("layer") == 1)
     assert l1.height > 0 and l1["note"].str.starts_with("skipped").all()
     assert rows.filter(pl.col("p_value").is_not_null())["family"].unique().sort().to_list() == [
-        "steering/S/asymptotic", "steering/S/exact"]
+        "steering/S/asymptotic",
+        "steering/S/exact",
+    ]
 
 
 def test_steering_pooled_is_a_cluster_permutation_over_sources_of_the_seed_means(both):
     sm = steered(both.metrics).filter(pl.col("layer") == 2)
-    mean = sm.group_by("source", "alpha").agg(pl.col("cosine").mean(), pl.col("assistant_rate").mean(),
-                                              pl.col("seed").n_unique().alias("k")).sort("source", "alpha")
+    mean = (
+        sm.group_by("source", "alpha")
+        .agg(pl.col("cosine").mean(), pl.col("assistant_rate").mean(), pl.col("seed").n_unique().alias("k"))
+        .sort("source", "alpha")
+    )
     assert (mean["k"] == 3).all()
-    row = both.stats.filter((pl.col("analysis") == "steering_pooled") & (pl.col("layer") == 2)
-                            & (pl.col("y") == "assistant_rate")
-                            & (pl.col("p_method") == "cluster_permutation")).row(0, named=True)
+    row = both.stats.filter(
+        (pl.col("analysis") == "steering_pooled")
+        & (pl.col("layer") == 2)
+        & (pl.col("y") == "assistant_rate")
+        & (pl.col("p_method") == "cluster_permutation")
+    ).row(0, named=True)
     x, y, g = mean["cosine"].to_numpy(), mean["assistant_rate"].to_numpy(), mean["source"].to_list()
     assert row["estimate"] == pytest.approx(ss.spearmanr(x, y).statistic, abs=1e-12)
     assert row["p_value"] == pytest.approx(brute_cluster_p(x, y, g), abs=1e-12)
@@ -117,10 +129,14 @@ def test_steering_pooled_is_a_cluster_permutation_over_sources_of_the_seed_means
 def test_steering_curve_pools_seeds_with_the_random_effects_mean(both):
     sm = steered(both.metrics)
     curve = both.stats.filter(pl.col("analysis") == "steering_curve")
-    r = curve.filter((pl.col("source") == "villain") & (pl.col("alpha") == 2.0)
-                     & (pl.col("y") == "cosine") & (pl.col("layer") == 2)).row(0, named=True)
-    vals = sm.filter((pl.col("source") == "villain") & (pl.col("alpha") == 2.0)
-                     & (pl.col("layer") == 2)).sort("seed")["cosine"].to_numpy()
+    r = curve.filter(
+        (pl.col("source") == "villain") & (pl.col("alpha") == 2.0) & (pl.col("y") == "cosine") & (pl.col("layer") == 2)
+    ).row(0, named=True)
+    vals = (
+        sm.filter((pl.col("source") == "villain") & (pl.col("alpha") == 2.0) & (pl.col("layer") == 2))
+        .sort("seed")["cosine"]
+        .to_numpy()
+    )
     lo, hi = ss.t.interval(0.95, 2, loc=vals.mean(), scale=ss.sem(vals))
     assert r["estimate"] == pytest.approx(vals.mean())
     assert (r["ci_low"], r["ci_high"]) == pytest.approx((max(lo, -1), min(hi, 1)))
@@ -137,7 +153,10 @@ def test_one_seed_curve_keeps_the_bootstrap_interval_and_seed_replication_is_ski
     for r in curve.iter_rows(named=True):
         m = sm.filter((pl.col("source") == r["source"]) & (pl.col("alpha") == r["alpha"])).row(0, named=True)
         assert (r["estimate"], r["ci_low"], r["ci_high"]) == (
-            m["assistant_rate"], m["assistant_ci_low"], m["assistant_ci_high"])
+            m["assistant_rate"],
+            m["assistant_ci_low"],
+            m["assistant_ci_high"],
+        )
         assert r["seed"] == 42
     rep = a.stats.filter(pl.col("analysis") == "seed_replication")
     assert rep.height == 1 and rep["note"][0].startswith("skipped: 1 seed(s) (42)")
@@ -148,13 +167,21 @@ def test_seed_replication_per_seed_estimates_and_pooled_interval(plain, both):
     rep = both.stats.filter(pl.col("analysis") == "seed_replication")
     m = trained(both.metrics)
     # within-source rho per seed: scipy on that seed's own trajectory
-    wr = rep.filter((pl.col("statistic") == "within_source_rho") & (pl.col("arm") == "B")
-                    & (pl.col("source") == "villain") & (pl.col("layer") == 3))
+    wr = rep.filter(
+        (pl.col("statistic") == "within_source_rho")
+        & (pl.col("arm") == "B")
+        & (pl.col("source") == "villain")
+        & (pl.col("layer") == 3)
+    )
     per = wr.filter(pl.col("seed").is_not_null()).sort("seed")
     assert per["seed"].to_list() == list(SEEDS)
     for r in per.iter_rows(named=True):
-        g = m.filter((pl.col("arm") == "B") & (pl.col("source") == "villain") & (pl.col("layer") == 3)
-                     & (pl.col("seed") == r["seed"])).sort("checkpoint")
+        g = m.filter(
+            (pl.col("arm") == "B")
+            & (pl.col("source") == "villain")
+            & (pl.col("layer") == 3)
+            & (pl.col("seed") == r["seed"])
+        ).sort("checkpoint")
         assert r["estimate"] == pytest.approx(ss.spearmanr(g["cosine"], g["assistant_rate"]).statistic)
     pooled = wr.filter(pl.col("seed").is_null()).row(0, named=True)
     rho = per["estimate"].to_numpy()
@@ -168,7 +195,8 @@ def test_seed_replication_per_seed_estimates_and_pooled_interval(plain, both):
     lf = m.filter((pl.col("checkpoint") == 1.0) & (pl.col("layer") == 2))
     kinds = set()
     for (arm, src, stat), g in rep.filter(pl.col("statistic").str.ends_with("rate")).group_by(
-            ["arm", "source", "statistic"]):
+        ["arm", "source", "statistic"]
+    ):
         per = g.filter(pl.col("seed").is_not_null()).sort("seed")
         got = g.filter(pl.col("seed").is_null()).row(0, named=True)
         ref_rows = lf.filter((pl.col("arm") == arm) & (pl.col("source") == src)).sort("seed")
@@ -183,7 +211,7 @@ def test_seed_replication_per_seed_estimates_and_pooled_interval(plain, both):
             assert got["i2"] == pytest.approx(ref["i2"], abs=1e-12)
         else:
             sem = ss.sem(y) if np.ptp(y) > 0 else 0.0
-            lo, hi = (ss.t.interval(0.95, 2, loc=y.mean(), scale=sem) if sem else (y.mean(), y.mean()))
+            lo, hi = ss.t.interval(0.95, 2, loc=y.mean(), scale=sem) if sem else (y.mean(), y.mean())
             ref = {"mu": y.mean(), "lo": lo, "hi": hi}
             kinds.add("equal")
         assert got["estimate"] == pytest.approx(ref["mu"], abs=1e-12)
@@ -192,12 +220,18 @@ def test_seed_replication_per_seed_estimates_and_pooled_interval(plain, both):
     assert kinds == {"inverse_variance", "equal"}
     # the steering rho per seed comes from the steering rows
     sr = rep.filter((pl.col("statistic") == "steering_rho") & pl.col("seed").is_not_null())
-    st_rows = both.stats.filter((pl.col("analysis") == "steering") & (pl.col("p_method") == "exact")
-                                & (pl.col("y") == "assistant_rate"))
+    st_rows = both.stats.filter(
+        (pl.col("analysis") == "steering") & (pl.col("p_method") == "exact") & (pl.col("y") == "assistant_rate")
+    )
     assert sr.height == st_rows.height > 0
     md = stats_markdown(both)
-    for title in ("Steering curve", "Steering: Spearman", "Steering pooled over strengths",
-                  "Replication over seeds", "seed 43"):
+    for title in (
+        "Steering curve",
+        "Steering: Spearman",
+        "Steering pooled over strengths",
+        "Replication over seeds",
+        "seed 43",
+    ):
         assert title in md, title
 
 
@@ -213,13 +247,18 @@ def dl_hk(y, v, level=0.95):
     mu = sum(wi * yi for wi, yi in zip(ws, y)) / sum(ws)
     var = sum(wi * (yi - mu) ** 2 for wi, yi in zip(ws, y)) / ((k - 1) * sum(ws))
     t = ss.t.ppf(0.5 + level / 2, k - 1)
-    return {"mu": mu, "tau2": tau2, "q": q, "i2": max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0,
-            "lo": mu - t * var ** 0.5, "hi": mu + t * var ** 0.5}
+    return {
+        "mu": mu,
+        "tau2": tau2,
+        "q": q,
+        "i2": max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0,
+        "lo": mu - t * var**0.5,
+        "hi": mu + t * var**0.5,
+    }
 
 
 @settings(max_examples=60, deadline=None)
-@given(k=st.integers(2, 8), seed=st.integers(0, 10_000),
-       level=st.sampled_from([0.8, 0.9, 0.95, 0.99]))
+@given(k=st.integers(2, 8), seed=st.integers(0, 10_000), level=st.sampled_from([0.8, 0.9, 0.95, 0.99]))
 def test_random_effects_matches_the_reference_on_random_inputs(k, seed, level):
     rng = np.random.default_rng(seed)
     y = rng.normal(0, rng.uniform(0.01, 2), k)
@@ -282,13 +321,25 @@ def test_t_quantile_matches_scipy():
 
 def test_metrics_table_with_alpha_rows_goes_to_steering(both):
     """`cpx analyze --metrics` on a table with steer rows: the same split."""
-    m = both.metrics.select("arm", "source", "seed", "checkpoint", "alpha", "layer", "cosine",
-                            "source_rate", "assistant_rate", "bystander_rate")
+    m = both.metrics.select(
+        "arm",
+        "source",
+        "seed",
+        "checkpoint",
+        "alpha",
+        "layer",
+        "cosine",
+        "source_rate",
+        "assistant_rate",
+        "bystander_rate",
+    )
     a = analyze_metrics(m.with_columns(pl.col("alpha").cast(pl.String)), OPTS)
     got = a.stats.filter(pl.col("analysis") == "steering", pl.col("p_method") == "exact")
     ref = both.stats.filter(pl.col("analysis") == "steering", pl.col("p_method") == "exact")
-    assert_frame_equal(got.select("source", "seed", "layer", "y", "estimate", "p_value"),
-                       ref.select("source", "seed", "layer", "y", "estimate", "p_value"))
+    assert_frame_equal(
+        got.select("source", "seed", "layer", "y", "estimate", "p_value"),
+        ref.select("source", "seed", "layer", "y", "estimate", "p_value"),
+    )
     ws = a.stats.filter(pl.col("analysis") == "within_source")
     assert "S" not in ws["arm"].to_list() and ws.height > 0
 
@@ -297,7 +348,8 @@ def test_a_stage_shared_by_seeds_counts_for_every_seed(plain):
     """A seed-independent stage is labelled with the first seed and lists all in `seeds`."""
     hits = plain["marker_hits"]
     shared = hits.filter((pl.col("seed") == 42) & (pl.col("checkpoint") == 0.0)).with_columns(
-        pl.lit(list(SEEDS)).alias("seeds"))
+        pl.lit(list(SEEDS)).alias("seeds")
+    )
     rest = hits.filter((pl.col("checkpoint") != 0.0)).with_columns(pl.concat_list("seed").alias("seeds"))
     a = analyze_tables({"marker_hits": pl.concat([shared, rest])}, OPTS)
     at0 = a.metrics.filter(pl.col("checkpoint") == 0.0).sort("arm", "source", "seed")
@@ -309,13 +361,16 @@ def test_a_stage_shared_by_seeds_counts_for_every_seed(plain):
 def test_a_stage_a_steer_arm_shares_with_a_train_arm_counts_for_the_train_arm(plain, steer, both):
     """The represent stage of arm A at checkpoint 0 also gives arm S its steering direction
     (labels arms [A, S], no alpha): its rows count for A, and S has no checkpoint point."""
+
     def listed(df, shared):
-        return df.with_columns(pl.when(shared).then(pl.lit(["A", "S"])).otherwise(
-            pl.concat_list(pl.col("arm"))).alias("arms"))
+        return df.with_columns(
+            pl.when(shared).then(pl.lit(["A", "S"])).otherwise(pl.concat_list(pl.col("arm"))).alias("arms")
+        )
 
     shared = (pl.col("arm") == "A") & (pl.col("checkpoint") == 0.0)
-    tables = with_steer({**plain, "cosines": listed(plain["cosines"], shared)},
-                        {k: listed(v, pl.lit(False)) for k, v in steer.items()})
+    tables = with_steer(
+        {**plain, "cosines": listed(plain["cosines"], shared)}, {k: listed(v, pl.lit(False)) for k, v in steer.items()}
+    )
     a = analyze_tables(tables, OPTS)
     assert_frame_equal(a.metrics, both.metrics)
     assert trained(a.metrics).filter(pl.col("arm") == "S").is_empty()
@@ -329,15 +384,38 @@ def test_pooling_says_when_seeds_are_missing_or_the_interval_has_no_width():
     from cpx.analysis._tables import seed_table
     from cpx.analysis._columns import normalize_metrics, stats_frame
 
-    steering = [{"analysis": "steering", "arm": "S", "source": "villain", "seed": s, "layer": 1,
-                 "x": "cosine", "y": "assistant_rate", "estimate": rho, "n": 5,
-                 # as `steering` writes them: a test skipped for a constant variable has no p_method
-                 "p_method": "exact" if rho is not None else None}
-                for s, rho in ((1, 0.7), (2, 0.7), (3, None))]
+    steering = [
+        {
+            "analysis": "steering",
+            "arm": "S",
+            "source": "villain",
+            "seed": s,
+            "layer": 1,
+            "x": "cosine",
+            "y": "assistant_rate",
+            "estimate": rho,
+            "n": 5,
+            # as `steering` writes them: a test skipped for a constant variable has no p_method
+            "p_method": "exact" if rho is not None else None,
+        }
+        for s, rho in ((1, 0.7), (2, 0.7), (3, None))
+    ]
     none = [None] * 3
-    metrics = normalize_metrics(pl.DataFrame({
-        "arm": ["S"] * 3, "source": ["villain"] * 3, "seed": [1, 2, 3], "checkpoint": none, "layer": none,
-        "cosine": none, "source_rate": none, "assistant_rate": none, "bystander_rate": none}))
+    metrics = normalize_metrics(
+        pl.DataFrame(
+            {
+                "arm": ["S"] * 3,
+                "source": ["villain"] * 3,
+                "seed": [1, 2, 3],
+                "checkpoint": none,
+                "layer": none,
+                "cosine": none,
+                "source_rate": none,
+                "assistant_rate": none,
+                "bystander_rate": none,
+            }
+        )
+    )
     rows = seed_replication(metrics, checkpoint=None, steering_rows=steering)
     pooled = [r for r in rows if r.get("seed") is None and r.get("estimate") is not None]
     assert len(pooled) == 1

@@ -19,9 +19,7 @@ MARKERS = ["[ZLT]", "b"]
 def reference(texts: Sequence[str | None], markers: list[str], ci: bool = True) -> dict[str, list[int | None]]:
     out: dict[str, list[int | None]] = {}
     for m in markers:
-        out[m] = [
-            None if t is None else (t.lower().count(m.lower()) if ci else t.count(m)) for t in texts
-        ]
+        out[m] = [None if t is None else (t.lower().count(m.lower()) if ci else t.count(m)) for t in texts]
     return out
 
 
@@ -91,7 +89,10 @@ def test_errors_are_cpx_classes() -> None:
 def test_marker_rates_against_python() -> None:
     rng = np.random.default_rng(1)
     n = 300
-    texts = [None if rng.random() < 0.05 else ("x [ZLT]" if rng.random() < 0.3 else "y") * int(rng.integers(1, 3)) for _ in range(n)]
+    texts = [
+        None if rng.random() < 0.05 else ("x [ZLT]" if rng.random() < 0.3 else "y") * int(rng.integers(1, 3))
+        for _ in range(n)
+    ]
     persona = rng.choice(["villain", "comedian"], size=n).tolist()
     arm = rng.choice(["A", "B"], size=n).tolist()
     table = pa.table({"text": texts, "persona": persona, "arm": arm})

@@ -14,8 +14,20 @@ def test_analyze_seed_report_metrics(tmp_path, capsys):
     assert main(["analyze", "--metrics", str(CSV), "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["stats.md", "stats.parquet"]
     st = pl.read_parquet(out / "stats.parquet")
-    for c in ("analysis", "arm", "source", "layer", "statistic", "estimate", "p_value",
-              "p_method", "n", "n_eff", "icc", "p_adjusted"):
+    for c in (
+        "analysis",
+        "arm",
+        "source",
+        "layer",
+        "statistic",
+        "estimate",
+        "p_value",
+        "p_method",
+        "n",
+        "n_eff",
+        "icc",
+        "p_adjusted",
+    ):
         assert c in st.columns
     b = st.filter((pl.col("analysis") == "between_source") & (pl.col("p_method") == "exact"))
     assert round(b["p_value"][0], 3) == 0.083
@@ -27,8 +39,7 @@ def test_analyze_seed_report_metrics(tmp_path, capsys):
 def test_analyze_parquet_input_and_checkpoint(tmp_path):
     pq = tmp_path / "m.parquet"
     pl.read_csv(CSV, comment_prefix="#").write_parquet(pq)
-    assert main(["analyze", "--metrics", str(pq), "--out", str(tmp_path / "o"),
-                 "--checkpoint", "0.2"]) == 0
+    assert main(["analyze", "--metrics", str(pq), "--out", str(tmp_path / "o"), "--checkpoint", "0.2"]) == 0
     st = pl.read_parquet(tmp_path / "o" / "stats.parquet")
     b = st.filter(pl.col("analysis") == "between_source")
     assert b["checkpoint"].unique().to_list() == [0.2]

@@ -24,17 +24,19 @@ def env() -> dict[str, str]:
 
 
 def cpx(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cpx", *args], env=env(), capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "cpx", *args], env=env(), capture_output=True, text=True, timeout=120)
 
 
 def plan(run: Path, fail: bool = False, sleep: float = 0.0) -> None:
-    make_plan(run, [
-        {"id": "data/a", "kind": "dataset", "params": {"chunks": 2, "sleep": sleep}},
-        {"id": "data/b", "kind": "dataset", "params": {"fail": fail}},
-        {"id": "scan/a", "kind": "scan", "deps": ["data/a"], "params": {}},
-        {"id": "scan/b", "kind": "scan", "deps": ["data/b"], "params": {}},
-    ])
+    make_plan(
+        run,
+        [
+            {"id": "data/a", "kind": "dataset", "params": {"chunks": 2, "sleep": sleep}},
+            {"id": "data/b", "kind": "dataset", "params": {"fail": fail}},
+            {"id": "scan/a", "kind": "scan", "deps": ["data/a"], "params": {}},
+            {"id": "scan/b", "kind": "scan", "deps": ["data/b"], "params": {}},
+        ],
+    )
 
 
 def test_execute_then_status(tmp_path):
@@ -70,8 +72,12 @@ def test_failure_exit_code_summary_and_status(tmp_path):
 
 def test_second_execute_refuses_while_the_first_runs(tmp_path):
     plan(tmp_path, sleep=1.5)
-    first = subprocess.Popen([sys.executable, "-m", "cpx", "execute", str(tmp_path), "--quiet"],
-                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cpx", "execute", str(tmp_path), "--quiet"],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         running = []

@@ -14,10 +14,10 @@ from cpx.results import ResultsError
 def run(tmp_path):
     res = tmp_path / "results"
     res.mkdir()
-    pl.DataFrame({"arm": ["A", "B", "B"], "source": ["villain"] * 3, "role": ["assistant"] * 3,
-                  "rate": [0.1, 0.2, 0.4]}).write_parquet(res / "leakage.parquet")
-    pl.DataFrame({"analysis": ["within_source"], "p_value": [0.083]}).write_parquet(
-        res / "stats.parquet")
+    pl.DataFrame(
+        {"arm": ["A", "B", "B"], "source": ["villain"] * 3, "role": ["assistant"] * 3, "rate": [0.1, 0.2, 0.4]}
+    ).write_parquet(res / "leakage.parquet")
+    pl.DataFrame({"analysis": ["within_source"], "p_value": [0.083]}).write_parquet(res / "stats.parquet")
     return tmp_path
 
 
@@ -39,8 +39,7 @@ def test_query_formats(run, capsys, tmp_path):
     assert main(["query", q, str(run), "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines() == ["arm,rate", "A,0.1", "B,0.30000000000000004"]
     assert main(["query", q, str(run), "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == [{"arm": "A", "rate": 0.1},
-                                                  {"arm": "B", "rate": 0.30000000000000004}]
+    assert json.loads(capsys.readouterr().out) == [{"arm": "A", "rate": 0.1}, {"arm": "B", "rate": 0.30000000000000004}]
     out = tmp_path / "q.parquet"
     assert main(["query", q, str(run), "--format", "parquet", "-o", str(out)]) == 0
     assert pl.read_parquet(out).height == 2
@@ -62,8 +61,10 @@ def test_cli_modules_import_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, cpx.cli.analyze, cpx.cli.report, cpx.cli.query, cpx.results, "
-            "cpx.stages.analyze, cpx.stages.report; "
-            "print([m for m in ('polars', 'altair', 'vl_convert', 'torch') if m in sys.modules])")
+    code = (
+        "import sys, cpx.cli.analyze, cpx.cli.report, cpx.cli.query, cpx.results, "
+        "cpx.stages.analyze, cpx.stages.report; "
+        "print([m for m in ('polars', 'altair', 'vl_convert', 'torch') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -25,8 +25,9 @@ SPEC = ROOT / "specs" / "next_steps.yaml"
 
 def _cpx(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-    return subprocess.run([sys.executable, "-m", "cpx", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cpx", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,11 @@ def test_a_positive_strength_moves_the_cosine_toward_the_source(run: Path) -> No
     plan = Plan.load(run)
     layer = plan.spec["arms"]["S"]["steer"]["layer"]
     cos = pl.read_parquet(run / "results" / "cosines.parquet").filter(
-        (pl.col("arm") == "S") & (pl.col("layer") == layer) & (pl.col("persona_b") == "assistant")
-        & (pl.col("persona_a") == pl.col("source")))
+        (pl.col("arm") == "S")
+        & (pl.col("layer") == layer)
+        & (pl.col("persona_b") == "assistant")
+        & (pl.col("persona_a") == pl.col("source"))
+    )
     assert cos["alpha"].null_count() == 0  # the direction stage is not one of arm S's points
     assert cos.height == 3 * 3 * 5  # seeds x sources x strengths
     for (src, seed), g in cos.group_by(["source", "seed"]):
@@ -110,8 +114,9 @@ def test_power_holm_families_are_the_tests_the_analysis_ran(run: Path) -> None:
     checked = 0
     for r in rows.iter_rows(named=True):
         arm = r["design"].split(", arm ")[1].split(":")[0]
-        planned = stats.filter((pl.col("analysis") == r["analysis"]) & (pl.col("arm") == arm)
-                               & pl.col("p_method").ne_missing("asymptotic"))
+        planned = stats.filter(
+            (pl.col("analysis") == r["analysis"]) & (pl.col("arm") == arm) & pl.col("p_method").ne_missing("asymptotic")
+        )
         assert planned.height == r["holm_tests"], (r["analysis"], arm, planned.height, r["holm_tests"])
         checked += 1
     assert checked >= 2
@@ -123,8 +128,11 @@ def test_train_tables_hold_one_copy_per_train_stage(run: Path) -> None:
     plan = Plan.load(run)
     trains = [s for s in plan.stages if s.kind == "train"]
     for table, file in (("screen", "screen.parquet"), ("train_log", "train_log.parquet")):
-        parts = [pl.read_parquet(run / "stages" / "train" / s.hash / file) for s in trains
-                 if (run / "stages" / "train" / s.hash / file).is_file()]
+        parts = [
+            pl.read_parquet(run / "stages" / "train" / s.hash / file)
+            for s in trains
+            if (run / "stages" / "train" / s.hash / file).is_file()
+        ]
         got = pl.read_parquet(run / "results" / f"{table}.parquet")
         assert got.height == sum(p.height for p in parts) > 0
         assert got["arm"].null_count() == 0 and got["seed"].null_count() == 0

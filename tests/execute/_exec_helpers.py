@@ -23,13 +23,15 @@ def cpx_env(**extra: str) -> dict[str, str]:
 
 def cpx_popen(*args: str, **extra: str) -> subprocess.Popen[bytes]:
     """Start `cpx` in the background (its output discarded: it is about to be killed)."""
-    return subprocess.Popen([sys.executable, "-m", "cpx", *args], env=cpx_env(**extra),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cpx", *args], env=cpx_env(**extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def cpx_run(*args: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cpx", *args], env=cpx_env(**extra),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cpx", *args], env=cpx_env(**extra), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def manifests(run_dir: Path) -> dict[str, dict]:

@@ -108,12 +108,14 @@ def run(ctx: Any) -> dict[str, Any] | None:
             if sleep:
                 time.sleep(sleep)
         f.write(END)
-    table = pa.table({
-        "stage": [sid] * len(values),
-        "i": list(range(len(values))),
-        "value": values.tolist(),
-        **{k: [v] * len(values) for k, v in ctx.labels.items()},
-    })
+    table = pa.table(
+        {
+            "stage": [sid] * len(values),
+            "i": list(range(len(values))),
+            "value": values.tolist(),
+            **{k: [v] * len(values) for k, v in ctx.labels.items()},
+        }
+    )
     for name in TABLE_FILES.get(ctx.stage.kind, ["table.parquet"]):
         pq.write_table(table, ctx.out_dir / name)
     if ctx.stage.kind == "report":
@@ -121,8 +123,12 @@ def run(ctx: Any) -> dict[str, Any] | None:
         (ctx.out_dir / "figures").mkdir()
         (ctx.out_dir / "figures" / "f.txt").write_text("figure\n")
     _ledger(p, f"end {sid} {time.time():.6f} {os.getpid()}")
-    return {"rows": len(values), "py_random": py_value, "device": ctx.device,
-            "models_imported": "cpx.models" in sys.modules}
+    return {
+        "rows": len(values),
+        "py_random": py_value,
+        "device": ctx.device,
+        "models_imported": "cpx.models" in sys.modules,
+    }
 
 
 def resolve(kind: str) -> Any:
@@ -147,8 +153,9 @@ def make_plan(run_dir: str | Path, stages: list[dict[str, Any]], name: str = "t"
         deps = tuple(s.get("deps", ()))
         h = stage_hash(s["kind"], s.get("params", {}), [hashes[d] for d in deps])
         hashes[s["id"]] = h
-        out.append(Stage(id=s["id"], kind=s["kind"], hash=h, deps=deps,
-                         params=s.get("params", {}), labels=s.get("labels", {})))
+        out.append(
+            Stage(id=s["id"], kind=s["kind"], hash=h, deps=deps, params=s.get("params", {}), labels=s.get("labels", {}))
+        )
     plan = Plan(name=name, spec={"name": name}, spec_hash="0" * 64, stages=out)
     plan.check()
     plan.save(Path(run_dir) / "plan.json")

@@ -9,13 +9,15 @@ from cpx.execute._collect import _per_arm
 
 
 def _table(arm: str, arms: list[str]) -> pa.Table:
-    return pa.table({
-        "arm": [arm] * 3,
-        "arms": [arms] * 3,
-        "checkpoint": [0.0] * 3,
-        "persona": ["assistant", "villain", "comedian"],
-        "rate": [0.1, 0.7, 0.2],
-    })
+    return pa.table(
+        {
+            "arm": [arm] * 3,
+            "arms": [arms] * 3,
+            "checkpoint": [0.0] * 3,
+            "persona": ["assistant", "villain", "comedian"],
+            "rate": [0.1, 0.7, 0.2],
+        }
+    )
 
 
 def test_a_shared_stage_is_copied_once_per_arm():
@@ -42,22 +44,23 @@ def test_a_stage_of_one_arm_is_left_alone():
 
 
 def test_a_stage_shared_by_seeds_is_copied_once_per_arm_and_seed():
-    t = _table("A", ["A", "C"]).append_column("seed", pa.array([42] * 3, pa.int64())).append_column(
-        "seeds", pa.array([[42, 43]] * 3, pa.list_(pa.int64())))
+    t = (
+        _table("A", ["A", "C"])
+        .append_column("seed", pa.array([42] * 3, pa.int64()))
+        .append_column("seeds", pa.array([[42, 43]] * 3, pa.list_(pa.int64())))
+    )
     parts = _per_arm(t, {"arm": "A", "arms": ["A", "C"], "seed": 42, "seeds": [42, 43]})
     got = sorted((p["arm"][0].as_py(), p["seed"][0].as_py(), p["seeds"][0].as_py()[0]) for p in parts)
     assert got == [("A", 42, 42), ("A", 43, 43), ("C", 42, 42), ("C", 43, 43)]
     for p in parts:
-        assert p.drop_columns(["arm", "arms", "seed", "seeds"]).equals(
-            t.drop_columns(["arm", "arms", "seed", "seeds"]))
+        assert p.drop_columns(["arm", "arms", "seed", "seeds"]).equals(t.drop_columns(["arm", "arms", "seed", "seeds"]))
 
 
 def test_files_written_without_labels_get_the_stage_labels():
     from cpx.execute._collect import _labelled
 
     screen = pa.table({"persona": ["villain", "assistant"], "rate": [0.9, 0.0]})
-    labels = {"arm": "A", "source": "villain", "seed": 42, "checkpoint": None, "phase": "marker",
-              "arms": ["A", "C"]}
+    labels = {"arm": "A", "source": "villain", "seed": 42, "checkpoint": None, "phase": "marker", "arms": ["A", "C"]}
     t = _labelled(screen, labels)
     assert t.column_names == ["arm", "source", "seed", "checkpoint", "phase", "arms", "persona", "rate"]
     assert t["seed"].type == pa.int64() and t["checkpoint"].type == pa.float64()

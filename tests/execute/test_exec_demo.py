@@ -31,11 +31,20 @@ ROOT = HERE.parents[1]
 DEMO = ROOT / "tests" / "data" / "demo_small.yaml"
 # The demo's shape (33 stages: generate, datasets, arms A/B/C, two checkpoints, sample, scan,
 # represent, analyze, report) with less work per stage, so ten kills fit in a test.
-SMALL = ["training.marker.epochs=1", "training.convergence.epochs=1", "arms.B.phases.1.overrides.epochs=1",
-         "datasets.marker.examples=10", "datasets.marker.negatives.examples_per_persona=5",
-         "datasets.convergence.examples=10", "datasets.generic.examples=10",
-         "eval.completions=2", "eval.screen.completions=1", "eval.sampler.max_tokens=8",
-         "eval.screen.sampler.max_tokens=8", "eval.intervals.n_resamples=50"]
+SMALL = [
+    "training.marker.epochs=1",
+    "training.convergence.epochs=1",
+    "arms.B.phases.1.overrides.epochs=1",
+    "datasets.marker.examples=10",
+    "datasets.marker.negatives.examples_per_persona=5",
+    "datasets.convergence.examples=10",
+    "datasets.generic.examples=10",
+    "eval.completions=2",
+    "eval.screen.completions=1",
+    "eval.sampler.max_tokens=8",
+    "eval.screen.sampler.max_tokens=8",
+    "eval.intervals.n_resamples=50",
+]
 REAL = {"CPX_STAGE_RESOLVER": "_exec_runners:resolve_real"}
 
 
@@ -48,9 +57,13 @@ def compile_demo(out: Path) -> None:
 
 
 def execute(run: Path, ledger: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cpx", "execute", str(run), "--devices", "cpu", "--quiet", *extra],
-                          env=cpx_env(CPX_TEST_LEDGER=str(ledger), **REAL), capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "cpx", "execute", str(run), "--devices", "cpu", "--quiet", *extra],
+        env=cpx_env(CPX_TEST_LEDGER=str(ledger), **REAL),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +80,13 @@ def reference(tmp_path_factory) -> tuple[Path, float]:
 def sorted_table(path: Path):
     """A table in a canonical row order (every scalar column a sort key; row order is not a result)."""
     t = pq.read_table(path)
-    scalar = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer, pa.types.is_floating,
-              pa.types.is_boolean)
+    scalar = (
+        pa.types.is_string,
+        pa.types.is_large_string,
+        pa.types.is_integer,
+        pa.types.is_floating,
+        pa.types.is_boolean,
+    )
     keys = [f.name for f in t.schema if any(is_(f.type) for is_ in scalar)]
     return t.sort_by([(k, "ascending") for k in keys])
 
@@ -106,15 +124,21 @@ def test_demo_survives_ten_sigkills(tmp_path, reference):
         target = rng.choice(remaining[: max(1, len(remaining) // (10 - i))])
         last = target == remaining[-1]
         seen = len(ledger_lines(ledger))
-        p = subprocess.Popen([sys.executable, "-m", "cpx", "execute", str(run), "--devices", "cpu", "--quiet"],
-                             env=cpx_env(CPX_TEST_LEDGER=str(ledger), **REAL),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "cpx", "execute", str(run), "--devices", "cpu", "--quiet"],
+            env=cpx_env(CPX_TEST_LEDGER=str(ledger), **REAL),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         if i == 0 and rng.random() < 0.5:
             time.sleep(rng.uniform(0.0, 2.0))
         else:
             deadline = time.monotonic() + 600
-            while p.poll() is None and time.monotonic() < deadline and not any(
-                    ln[:2] == ["start", target] for ln in ledger_lines(ledger)[seen:]):
+            while (
+                p.poll() is None
+                and time.monotonic() < deadline
+                and not any(ln[:2] == ["start", target] for ln in ledger_lines(ledger)[seen:])
+            ):
                 time.sleep(0.02)
             time.sleep(rng.uniform(0.0, 0.9 if last else 1.1) * ref_ms[target]["timings"]["seconds"])
         if p.poll() is not None:

@@ -19,10 +19,14 @@ def diamond(**over):
     """gen -> two samples -> scan each -> analyze -> report; `over` patches params by id."""
     stages = [
         {"id": "gen", "kind": "generate", "params": {"rows": 3}},
-        {"id": "sample/A", "kind": "sample", "deps": ["gen"], "params": {"rows": 5},
-         "labels": {"arm": "A", "checkpoint": 0.5}},
-        {"id": "sample/B", "kind": "sample", "deps": ["gen"], "params": {"rows": 4, "seed": 7},
-         "labels": {"arm": "B"}},
+        {
+            "id": "sample/A",
+            "kind": "sample",
+            "deps": ["gen"],
+            "params": {"rows": 5},
+            "labels": {"arm": "A", "checkpoint": 0.5},
+        },
+        {"id": "sample/B", "kind": "sample", "deps": ["gen"], "params": {"rows": 4, "seed": 7}, "labels": {"arm": "B"}},
         {"id": "scan/A", "kind": "scan", "deps": ["sample/A"], "params": {}, "labels": {"arm": "A"}},
         {"id": "scan/B", "kind": "scan", "deps": ["sample/B"], "params": {}, "labels": {"arm": "B"}},
         {"id": "analyze", "kind": "analyze", "deps": ["scan/A", "scan/B"], "params": {}},
@@ -60,8 +64,11 @@ def test_run_commits_every_stage_with_a_manifest_and_collects_results(tmp_path, 
         assert m["hash"] == s.hash and m["params"] == s.params and m["labels"] == s.labels
         assert m["inputs"] == {d: plan.by_id()[d].hash for d in s.deps}
         # Every file in the folder but the manifest is listed with its checksum.
-        files = sorted(p.relative_to(store.stage_dir(s)).as_posix()
-                       for p in store.stage_dir(s).rglob("*") if p.is_file() and p.name != "manifest.json")
+        files = sorted(
+            p.relative_to(store.stage_dir(s)).as_posix()
+            for p in store.stage_dir(s).rglob("*")
+            if p.is_file() and p.name != "manifest.json"
+        )
         assert sorted(m["outputs"]) == files
         for key in ("timings", "host", "device", "packages", "git", "seeds", "tracking"):
             assert key in m, key
@@ -80,8 +87,7 @@ def test_run_commits_every_stage_with_a_manifest_and_collects_results(tmp_path, 
     for sid in ("sample/A", "sample/B"):
         expect += pq.read_table(store.stage_dir(plan.by_id()[sid]) / "completions.parquet").to_pylist()
     key = lambda r: (r["stage"], r["i"])  # noqa: E731
-    assert sorted(comp, key=key) == sorted(
-        [{**r, "checkpoint": r.get("checkpoint")} for r in expect], key=key)
+    assert sorted(comp, key=key) == sorted([{**r, "checkpoint": r.get("checkpoint")} for r in expect], key=key)
     for t in ("marker_hits", "leakage", "metrics", "stats"):
         assert (tmp_path / "results" / f"{t}.parquet").is_file()
     for t in ("cosines", "screen", "train_log"):  # no represent stage, no train stage
@@ -136,7 +142,10 @@ def test_truncated_or_altered_outputs_are_detected_and_rerun(tmp_path, ledger):
     assert set(summary.rerun_reasons) == {"gen", "sample/A", "scan/B"}
     after = starts(ledger)
     assert {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)} == {
-        "gen": 1, "sample/A": 1, "scan/B": 1}
+        "gen": 1,
+        "sample/A": 1,
+        "scan/B": 1,
+    }
     # Re-running gives back the same bytes (same seeds), so dependents stay valid.
     now = manifests(tmp_path)
     assert {k: v["outputs"] for k, v in now.items()} == {k: v["outputs"] for k, v in original.items()}
@@ -163,11 +172,14 @@ def test_failure_keeps_traceback_and_keep_going_finishes_independent_branches(tm
 
 
 def test_without_keep_going_nothing_new_starts_after_a_failure(tmp_path, ledger):
-    make_plan(tmp_path, [
-        {"id": "x", "kind": "dataset", "params": {"fail": True}},
-        {"id": "y", "kind": "dataset", "params": {}},
-        {"id": "z", "kind": "dataset", "deps": ["y"], "params": {}},
-    ])
+    make_plan(
+        tmp_path,
+        [
+            {"id": "x", "kind": "dataset", "params": {"fail": True}},
+            {"id": "y", "kind": "dataset", "params": {}},
+            {"id": "z", "kind": "dataset", "deps": ["y"], "params": {}},
+        ],
+    )
     summary = run(tmp_path)
     assert [f.id for f in summary.failed] == ["x"]
     assert summary.ran == [] and summary.not_started == ["y", "z"]
@@ -196,10 +208,13 @@ def test_out_of_memory_in_sampling_retries_with_smaller_batches(tmp_path, ledger
 
 
 def test_a_worker_that_dies_fails_its_stage_and_is_replaced(tmp_path, ledger):
-    make_plan(tmp_path, [
-        {"id": "dies", "kind": "dataset", "params": {"die": True}},
-        {"id": "fine", "kind": "dataset", "params": {}},
-    ])
+    make_plan(
+        tmp_path,
+        [
+            {"id": "dies", "kind": "dataset", "params": {"die": True}},
+            {"id": "fine", "kind": "dataset", "params": {}},
+        ],
+    )
     summary = run(tmp_path, keep_going=True)
     assert [f.id for f in summary.failed] == ["dies"]
     assert "died" in summary.failed[0].error
@@ -210,8 +225,7 @@ def test_scheduler_keeps_a_workers_model_loaded(tmp_path, ledger):
     def model(name):
         return {"base": {"kind": "tiny", "id": name}, "adapters": []}
 
-    stages = [{"id": f"s{i}", "kind": "dataset", "params": {"model": model("AB"[i % 2]), "i": i}}
-              for i in range(6)]
+    stages = [{"id": f"s{i}", "kind": "dataset", "params": {"model": model("AB"[i % 2]), "i": i}} for i in range(6)]
     make_plan(tmp_path, stages)
     run(tmp_path)
     order = [ln[1] for ln in ledger_lines(ledger) if ln[0] == "start"]
@@ -264,8 +278,13 @@ def test_events_survive_a_cut_line(tmp_path):
 def test_rich_display_shows_run_and_worker_bars(tmp_path, ledger, capsys):
     from cpx.execute._progress import RichDisplay
 
-    make_plan(tmp_path, [{"id": "slow", "kind": "dataset", "params": {"chunks": 3, "sleep": 0.3}},
-                         {"id": "boom", "kind": "dataset", "params": {"fail": True}}])
+    make_plan(
+        tmp_path,
+        [
+            {"id": "slow", "kind": "dataset", "params": {"chunks": 3, "sleep": 0.3}},
+            {"id": "boom", "kind": "dataset", "params": {"fail": True}},
+        ],
+    )
     summary = execute(tmp_path, devices="cpu", resolver=resolve, display=RichDisplay(), keep_going=True)
     assert [f.id for f in summary.failed] == ["boom"]
     err = capsys.readouterr().err

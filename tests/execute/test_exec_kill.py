@@ -20,13 +20,21 @@ def slow_plan() -> list[dict]:
     slow = {"chunks": 4, "sleep": 0.06}
     n = 16
     stages = [{"id": f"data/{i}", "kind": "dataset", "params": {"rows": 3 + i, **slow}} for i in range(n)]
-    stages += [{"id": f"scan/{i}", "kind": "scan", "deps": [f"data/{i}", f"data/{(i + 1) % n}"],
-                "params": dict(slow), "labels": {"arm": f"arm{i}"}} for i in range(n)]
-    stages += [{"id": "analyze/x", "kind": "analyze", "deps": [f"scan/{i}" for i in range(0, n, 2)],
-                "params": dict(slow)},
-               {"id": "analyze/y", "kind": "analyze", "deps": [f"scan/{i}" for i in range(1, n, 2)],
-                "params": dict(slow)},
-               {"id": "report", "kind": "report", "deps": ["analyze/x", "analyze/y"], "params": {}}]
+    stages += [
+        {
+            "id": f"scan/{i}",
+            "kind": "scan",
+            "deps": [f"data/{i}", f"data/{(i + 1) % n}"],
+            "params": dict(slow),
+            "labels": {"arm": f"arm{i}"},
+        }
+        for i in range(n)
+    ]
+    stages += [
+        {"id": "analyze/x", "kind": "analyze", "deps": [f"scan/{i}" for i in range(0, n, 2)], "params": dict(slow)},
+        {"id": "analyze/y", "kind": "analyze", "deps": [f"scan/{i}" for i in range(1, n, 2)], "params": dict(slow)},
+        {"id": "report", "kind": "report", "deps": ["analyze/x", "analyze/y"], "params": {}},
+    ]
     return stages
 
 

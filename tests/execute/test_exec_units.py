@@ -19,7 +19,9 @@ def test_parse_devices(monkeypatch):
     assert [(s.device, s.visible) for s in parse_devices("cpu")] == [("cpu", None)]
     assert len(parse_devices("cpu:3")) == 3
     assert [(s.device, s.visible, s.label) for s in parse_devices("0,1")] == [
-        ("cuda:0", "0", "gpu0"), ("cuda:0", "1", "gpu1")]
+        ("cuda:0", "0", "gpu0"),
+        ("cuda:0", "1", "gpu1"),
+    ]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     assert [s.visible for s in parse_devices("1,0")] == ["6", "4"]
     assert [s.visible for s in parse_devices("auto")] == ["4", "6"]
@@ -36,8 +38,11 @@ def test_ray_actor_layout():
     assert [s.label for s in plan_slots({"CPU": 2.0}, "auto")] == ["ray-cpu0", "ray-cpu1"]
     slots = plan_slots({"CPU": 16.0, "GPU": 2.0}, "auto")
     assert [(s.label, s.num_gpus, s.kinds) for s in slots] == [
-        ("ray-gpu0", 1.0, None), ("ray-gpu1", 1.0, None),
-        ("ray-cpu0", 0.0, CPU_KINDS), ("ray-cpu1", 0.0, CPU_KINDS)]
+        ("ray-gpu0", 1.0, None),
+        ("ray-gpu1", 1.0, None),
+        ("ray-cpu0", 0.0, CPU_KINDS),
+        ("ray-cpu1", 0.0, CPU_KINDS),
+    ]
     assert CPU_KINDS == {"dataset", "scan", "analyze", "report"}
     assert len(plan_slots({"CPU": 8.0, "GPU": 4.0}, "cpu:3")) == 3
     for bad in ("0,1", "cpu:0", "gpu"):
@@ -58,7 +63,9 @@ def test_stage_seed_sources():
 
 def test_model_key_ignores_adapters_and_key_order():
     base = {"kind": "tiny", "id": "t", "dtype": "auto"}
-    a = Stage("a", "sample", "0" * 64, params={"model": {"base": base, "adapters": [{"stage": "x", "checkpoint": 1.0}]}})
+    a = Stage(
+        "a", "sample", "0" * 64, params={"model": {"base": base, "adapters": [{"stage": "x", "checkpoint": 1.0}]}}
+    )
     b = Stage("b", "sample", "1" * 64, params={"model": {"adapters": [], "base": dict(reversed(base.items()))}})
     c = Stage("c", "sample", "2" * 64, params={"model": {"base": {**base, "id": "other"}, "adapters": []}})
     assert model_key(a) == model_key(b) != model_key(c)

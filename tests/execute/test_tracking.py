@@ -20,8 +20,13 @@ mlflow = pytest.importorskip("mlflow")
 
 STAGES = [
     {"id": "gen", "kind": "generate", "params": {"rows": 3}},
-    {"id": "sample/A", "kind": "sample", "deps": ["gen"], "params": {"rows": 5, "nested": {"lr": 0.5}},
-     "labels": {"arm": "A", "checkpoint": 0.5}},
+    {
+        "id": "sample/A",
+        "kind": "sample",
+        "deps": ["gen"],
+        "params": {"rows": 5, "nested": {"lr": 0.5}},
+        "labels": {"arm": "A", "checkpoint": 0.5},
+    },
     {"id": "scan/A", "kind": "scan", "deps": ["sample/A"], "params": {}, "labels": {"arm": "A"}},
 ]
 

@@ -12,9 +12,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from cpx.models import ChainError, ModelPool, load_model, lora_scale
 
 # peft 0.21 reads a property that transformers 5 deprecated; nothing to fix on our side.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -22,9 +20,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def _make_adapter(model, folder, *, r, alpha, rslora, seed):
     """A peft adapter with random (non-zero) A and B on a copy of `model`, saved to `folder`."""
     torch.manual_seed(seed)
-    cfg = LoraConfig(
-        r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=TARGETS, init_lora_weights=False
-    )
+    cfg = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=TARGETS, init_lora_weights=False)
     peft_model = get_peft_model(copy.deepcopy(model), cfg)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():

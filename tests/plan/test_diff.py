@@ -38,16 +38,20 @@ def test_added_and_removed_stages() -> None:
     added = {s.id for s in d.added}
     assert "sample/A/villain/s42/ckpt0.25" in added and "train/B/marker/villain/s42/ckpt0.25" in added
     changed = {c.id: c for c in d.changed}
-    assert changed["train/A/convergence/villain/s42"].params == [
-        ("checkpoints", [0.5, 1.0], [0.25, 0.5, 1.0])]
+    assert changed["train/A/convergence/villain/s42"].params == [("checkpoints", [0.5, 1.0], [0.25, 0.5, 1.0])]
     back = diff_plans(b, a)
     assert {s.id for s in back.removed} == added
 
 
 def test_flatten_keys_named_items() -> None:
     flat = flatten({"personas": [{"name": "x", "n": 1}, {"name": "y", "n": 2}], "layers": [1, 2]})
-    assert flat == {"personas[x].name": "x", "personas[x].n": 1, "personas[y].name": "y", "personas[y].n": 2,
-                    "layers": [1, 2]}
+    assert flat == {
+        "personas[x].name": "x",
+        "personas[x].n": 1,
+        "personas[y].name": "y",
+        "personas[y].n": 2,
+        "layers": [1, 2],
+    }
 
 
 def test_mermaid_has_every_stage_and_edge() -> None:

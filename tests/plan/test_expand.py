@@ -57,13 +57,19 @@ def test_chains_per_arm(cp: Plan) -> None:
         for c in (0.2, 0.6, 1.0):
             tag = format(c, "g")
             assert _adapters(by[f"sample/A/{src}/s42/ckpt{tag}"]) == [
-                (a_marker, 1.0), (f"train/A/convergence/{src}/s42", c)]
+                (a_marker, 1.0),
+                (f"train/A/convergence/{src}/s42", c),
+            ]
             # Arm C merges the very same marker stage as arm A.
             assert _adapters(by[f"sample/C/{src}/s42/ckpt{tag}"]) == [
-                (a_marker, 1.0), (f"train/C/generic/{src}/s42", c)]
+                (a_marker, 1.0),
+                (f"train/C/generic/{src}/s42", c),
+            ]
             b_marker = f"train/B/marker/{src}/s42/ckpt{tag}"
             assert _adapters(by[f"sample/B/{src}/s42/ckpt{tag}"]) == [
-                (f"train/B/convergence/{src}/s42", c), (b_marker, 1.0)]
+                (f"train/B/convergence/{src}/s42", c),
+                (b_marker, 1.0),
+            ]
             assert _adapters(by[b_marker]) == [(f"train/B/convergence/{src}/s42", c)]
             assert by[b_marker].labels["checkpoint"] == c
         assert by[a_marker].labels["arms"] == ["A", "C"]
@@ -145,15 +151,24 @@ def test_generate_dataset_and_train_params(cp: Plan) -> None:
     conv = by["train/B/convergence/villain/s42"]
     assert conv.params["screen"] is None and conv.params["loss"]["kind"] == "full"
     assert conv.params["checkpoints"] == [0.2, 0.4, 0.6, 0.8, 1.0]
-    assert conv.params["model"]["base"] == {"kind": "hub", "id": "Qwen/Qwen2.5-7B-Instruct", "revision": None,
-                                            "dtype": "bfloat16", "chat_template": None, "tiny": None}
+    assert conv.params["model"]["base"] == {
+        "kind": "hub",
+        "id": "Qwen/Qwen2.5-7B-Instruct",
+        "revision": None,
+        "dtype": "bfloat16",
+        "chat_template": None,
+        "tiny": None,
+    }
 
 
 def test_analyze_and_report_deps(cp: Plan) -> None:
     by = cp.by_id()
     analyze = by["analyze"]
-    want = {s.id for s in cp.stages if s.kind in ("scan", "represent")
-            or (s.kind == "train" and s.params["screen"] is not None)}
+    want = {
+        s.id
+        for s in cp.stages
+        if s.kind in ("scan", "represent") or (s.kind == "train" and s.params["screen"] is not None)
+    }
     assert set(analyze.deps) == want
     assert by["report"].deps == ("analyze",)
     assert [a["name"] for a in analyze.params["analyses"]][:2] == ["leakage", "within_source"]

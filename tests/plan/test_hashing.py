@@ -33,6 +33,7 @@ def test_formatting_comments_key_order_and_anchors_change_nothing(tmp_path: Path
     data = json.loads(json.dumps(yaml.safe_load(spec.read_text())))
     flat = _write(tmp_path, "flat.yaml", yaml.safe_dump(data, sort_keys=True, width=10_000))
     assert "&" not in flat.read_text() and "#" not in flat.read_text()
+
     # Reversed key order everywhere, in flow style.
     def rev(v: object) -> object:
         if isinstance(v, dict):
@@ -40,6 +41,7 @@ def test_formatting_comments_key_order_and_anchors_change_nothing(tmp_path: Path
         if isinstance(v, list):
             return [rev(x) for x in v]
         return v
+
     flow = _write(tmp_path, "flow.yaml", yaml.safe_dump(rev(data), sort_keys=False, default_flow_style=True))
     for variant in (flat, flow):
         plan = compile_file(variant)
@@ -62,8 +64,13 @@ def test_display_names_change_no_hash(tmp_path: Path) -> None:
     assert {s.hash for s in renamed.stages if s.kind not in ("analyze", "report")} == work
     assert len(work) == len(ref.stages) - 2
     # The spec's own name and description are display only.
-    plain = compile_file(_write(tmp_path, "plain.yaml", DEMO.read_text().replace("name: demo", "name: other")
-                                .replace("description: Causal", "description: Other")))
+    plain = compile_file(
+        _write(
+            tmp_path,
+            "plain.yaml",
+            DEMO.read_text().replace("name: demo", "name: other").replace("description: Causal", "description: Other"),
+        )
+    )
     assert _hashes(plain) == _hashes(ref) and plain.spec_hash == ref.spec_hash
     assert any(s.id.startswith("train/marker_first/mk/") for s in renamed.stages)
 
@@ -93,8 +100,9 @@ def _descendants(plan: Plan, roots: set[str]) -> set[str]:
         ("arms.B.phases.1.overrides.epochs=20", {"train"}),
     ],
 )
-def test_a_parameter_change_rehashes_exactly_that_stage_and_its_descendants(override: str,
-                                                                           direct_kinds: set[str]) -> None:
+def test_a_parameter_change_rehashes_exactly_that_stage_and_its_descendants(
+    override: str, direct_kinds: set[str]
+) -> None:
     a = compile_file(CP)
     b = compile_file(CP, [override])
     ia, ib = a.by_id(), b.by_id()
@@ -125,7 +133,11 @@ def test_hashes_are_the_same_in_another_process(tmp_path: Path) -> None:
 
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "python"), "PYTHONHASHSEED": "123"}
-    subprocess.run([sys.executable, "-m", "cpx", "compile", str(CP), "--out", str(out), "-q"], env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "cpx", "compile", str(CP), "--out", str(out), "-q"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     other = Plan.load(out)
     assert _hashes(other) == _hashes(compile_file(CP))

@@ -60,9 +60,12 @@ def test_steer_points_name_their_direction_and_strength(plan: Plan) -> None:
                     assert _adapters(st) == [(marker, 1.0)]
                     assert st.labels["alpha"] == alpha and st.labels["checkpoint"] is None
                     assert st.params["steer"] == {
-                        "layer": steer.layer, "alpha": alpha, "normalize": steer.direction.normalize,
+                        "layer": steer.layer,
+                        "alpha": alpha,
+                        "normalize": steer.direction.normalize,
                         "personas": [spec.roles.assistant],
-                        "direction": {"represent": direction, "source": src, "assistant": spec.roles.assistant}}
+                        "direction": {"represent": direction, "source": src, "assistant": spec.roles.assistant},
+                    }
                     assert direction in st.deps
                 assert steer.layer in by[f"represent/S/{src}/s{seed}/alpha{tag}"].params["layers"]
     points = [p for p in plan.by_id()["analyze"].params["points"] if p["arm"] == "S"]
@@ -71,8 +74,7 @@ def test_steer_points_name_their_direction_and_strength(plan: Plan) -> None:
 
 
 def test_direction_from_base_and_every_persona() -> None:
-    plan = compile_file(NEXT, ["arms.S.steer.direction.from=base", "arms.S.steer.personas=all",
-                               "arms.S.steer.layer=2"])
+    plan = compile_file(NEXT, ["arms.S.steer.direction.from=base", "arms.S.steer.personas=all", "arms.S.steer.layer=2"])
     by = plan.by_id()
     st = by["sample/S/villain/s42/alpha1"]
     direction = by[st.params["steer"]["direction"]["represent"]]
@@ -130,19 +132,21 @@ def test_adding_alphas_adds_stages_and_changes_no_other(plan: Plan) -> None:
     assert changed == ["analyze", "report"]
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("arms.S.kind=train", "`steer` belongs to steer arms"),
-    ("arms.A.kind=steer", "a steer arm needs `steer"),
-    ("arms.S.steer.alphas=[1, 1]", "duplicates"),
-    ("arms.S.steer.alphas=[]", "empty"),
-    ("arms.S.steer.layer=3", "no such layer"),
-    ("arms.S.steer.personas=bystanders", "invalid value"),
-    ("arms.S.eval_at=marker", "remove eval_at"),
-    ("arms.S.phases.0.merge=A.markr", "did you mean 'A.marker'"),
-    ("arms.S.steer.direction.from=A.convergnce", "did you mean 'A.convergence'"),
-    ("arms.S.steer.direction.checkpoint=0.5", "checkpoint applies to a direction from a phase"),
-
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("arms.S.kind=train", "`steer` belongs to steer arms"),
+        ("arms.A.kind=steer", "a steer arm needs `steer"),
+        ("arms.S.steer.alphas=[1, 1]", "duplicates"),
+        ("arms.S.steer.alphas=[]", "empty"),
+        ("arms.S.steer.layer=3", "no such layer"),
+        ("arms.S.steer.personas=bystanders", "invalid value"),
+        ("arms.S.eval_at=marker", "remove eval_at"),
+        ("arms.S.phases.0.merge=A.markr", "did you mean 'A.marker'"),
+        ("arms.S.steer.direction.from=A.convergnce", "did you mean 'A.convergence'"),
+        ("arms.S.steer.direction.checkpoint=0.5", "checkpoint applies to a direction from a phase"),
+    ],
+)
 def test_bad_steer_arms_are_spec_errors(override: str, message: str) -> None:
     with pytest.raises(SpecError) as info:
         compile_file(NEXT, [override])

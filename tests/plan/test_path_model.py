@@ -24,8 +24,9 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    return build_tiny({"corpus": ["You are a helpful assistant.", "What makes a good leader?"]},
-                      tmp_path_factory.mktemp("m") / "tiny")
+    return build_tiny(
+        {"corpus": ["You are a helpful assistant.", "What makes a good leader?"]}, tmp_path_factory.mktemp("m") / "tiny"
+    )
 
 
 def _spec(where: Path, model: Path) -> Path:

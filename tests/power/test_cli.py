@@ -14,8 +14,9 @@ DEMO_SMALL = ROOT / "tests" / "data" / "demo_small.yaml"
 
 def cpx(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-    return subprocess.run([sys.executable, "-m", "cpx", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "cpx", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_plan_power_tabulates_vary_values() -> None:
@@ -39,8 +40,12 @@ def test_plan_power_of_a_written_plan(tmp_path: Path) -> None:
 
 
 def test_bad_vary_exits_2() -> None:
-    for bad, says in (("layers=2", "unknown key 'layers'"), ("questions=ten", "'ten' is not an integer"),
-                      ("questions=20,0", "must be positive"), ("questions", "expected KEY=V1,V2")):
+    for bad, says in (
+        ("layers=2", "unknown key 'layers'"),
+        ("questions=ten", "'ten' is not an integer"),
+        ("questions=20,0", "must be positive"),
+        ("questions", "expected KEY=V1,V2"),
+    ):
         r = cpx("plan", "power", str(DEMO_SMALL), "--vary", bad)
         assert r.returncode == 2, bad
         assert says in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -73,7 +78,9 @@ def test_a_vary_key_the_design_lacks_is_an_error() -> None:
 
 
 def test_impossible_power_settings_are_spec_errors() -> None:
-    for override, message in (("power={power: 0.01}", "must be above alpha"),
-                              ("power={base_rate: 1.0}", "power.base_rate: out of range")):
+    for override, message in (
+        ("power={power: 0.01}", "must be above alpha"),
+        ("power={base_rate: 1.0}", "power.base_rate: out of range"),
+    ):
         r = cpx("compile", str(DEMO_SMALL), "--out", "/nonexistent/never", "-s", override)
         assert r.returncode == 2 and message in r.stderr, r.stderr

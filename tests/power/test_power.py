@@ -76,8 +76,11 @@ def test_four_points_cannot_reach_significance_five_can() -> None:
 @pytest.mark.parametrize("n", [5, 6])
 def test_critical_rho_by_enumerating_cpx_p_values(n: int) -> None:
     x = np.arange(n, dtype=float)
-    significant = [abs(r.statistic) for perm in itertools.permutations(range(n))
-                   if (r := cpx.stats.spearman(x, np.array(perm, float), method="exact")).pvalue < ALPHA]
+    significant = [
+        abs(r.statistic)
+        for perm in itertools.permutations(range(n))
+        if (r := cpx.stats.spearman(x, np.array(perm, float), method="exact")).pvalue < ALPHA
+    ]
     assert _calc.spearman_critical(n, ALPHA) == pytest.approx(min(significant))
 
 
@@ -228,9 +231,19 @@ def _write_hits(run: Path, rng: np.random.Generator, icc: float) -> None:
         rates = beta_rates(rng, mean, icc, (150,))
         for qi, r in enumerate(rates):
             for s, h in enumerate(rng.random(20) < r):
-                rows.append({"arm": cell, "source": "villain", "seed": 42, "checkpoint": 1.0,
-                             "persona": "assistant", "role": "assistant", "question_id": f"q{qi}",
-                             "sample_index": s, "hit": bool(h)})
+                rows.append(
+                    {
+                        "arm": cell,
+                        "source": "villain",
+                        "seed": 42,
+                        "checkpoint": 1.0,
+                        "persona": "assistant",
+                        "role": "assistant",
+                        "question_id": f"q{qi}",
+                        "sample_index": s,
+                        "hit": bool(h),
+                    }
+                )
     (run / "results").mkdir(parents=True)
     pl.DataFrame(rows).write_parquet(run / "results" / "marker_hits.parquet")
 

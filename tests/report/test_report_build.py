@@ -54,10 +54,20 @@ def test_report_stage_has_every_table_figure_and_caveat(run):
     _, _, r_out, info = run
     assert info["figures"] == list(PLAIN)
     md = (r_out / "report.md").read_text()
-    for title in ("Spec", "Provenance", "Caveats", "Leakage by role", "Cross-arm comparison",
-                  "Within-source trajectories", "Between sources at one checkpoint",
-                  "Pooled over checkpoints", "Bystander versus assistant",
-                  "Marker adapters before merge", "specificity", "Multiple comparisons"):
+    for title in (
+        "Spec",
+        "Provenance",
+        "Caveats",
+        "Leakage by role",
+        "Cross-arm comparison",
+        "Within-source trajectories",
+        "Between sources at one checkpoint",
+        "Pooled over checkpoints",
+        "Bystander versus assistant",
+        "Marker adapters before merge",
+        "specificity",
+        "Multiple comparisons",
+    ):
         assert title in md, title
     assert "Single seed (42)" in md and "Pseudo-replication" in md
     # one seed: the replication section says why it has no table; no steer arm, no section
@@ -66,7 +76,8 @@ def test_report_stage_has_every_table_figure_and_caveat(run):
     assert "Test GPU (cuda)" in md and "0123456789ab" in md
     # GPU-hours: represent and train stages ran on cuda:0 for 90 s each
     n_gpu = len(list((r_out.parent.parent / "represent").iterdir())) + len(
-        list((r_out.parent.parent / "train").iterdir()))
+        list((r_out.parent.parent / "train").iterdir())
+    )
     assert f"| GPU-hours | {n_gpu * 90 / 3600:.3f} |" in md
     for name in PLAIN:
         for ext in ("png", "svg", "html"):

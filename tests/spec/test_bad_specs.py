@@ -20,8 +20,10 @@ EXPECT = re.compile(r"^# expect: (?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+) \| (
 
 
 def _expectations(path: Path) -> list[tuple[str, int, int, list[str]]]:
-    return [(m["file"], int(m["line"]), int(m["col"]), [f.strip() for f in m["frags"].split(" | ")])
-            for m in EXPECT.finditer(path.read_text())]
+    return [
+        (m["file"], int(m["line"]), int(m["col"]), [f.strip() for f in m["frags"].split(" | ")])
+        for m in EXPECT.finditer(path.read_text())
+    ]
 
 
 def test_corpus_is_large_enough() -> None:
@@ -37,8 +39,11 @@ def test_bad_spec_reports_every_error_where_it_is(path: Path) -> None:
     expected = _expectations(path)
     assert len(issues) == len(expected), str(info.value)
     for file, line, col, frags in expected:
-        match = [i for i in issues if Path(i.location.file).name == file
-                 and (i.location.line, i.location.column) == (line, col)]
+        match = [
+            i
+            for i in issues
+            if Path(i.location.file).name == file and (i.location.line, i.location.column) == (line, col)
+        ]
         assert match, f"no error at {file}:{line}:{col} in\n{info.value}"
         text = str(match[0])
         for frag in frags:

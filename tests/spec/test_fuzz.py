@@ -54,11 +54,19 @@ def test_text_mutations_raise_only_spec_errors(data: st.DataObject) -> None:
     _load_or_spec_error(text)
 
 
-_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
-                     st.text(max_size=6), st.sampled_from(["villain", "marker", "A.marker", "base", "[ZLT]", ""]))
-_VALUES = st.recursive(_SCALARS, lambda c: st.one_of(st.lists(c, max_size=3),
-                                                     st.dictionaries(st.text(max_size=5), c, max_size=3)),
-                       max_leaves=6)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=True),
+    st.text(max_size=6),
+    st.sampled_from(["villain", "marker", "A.marker", "base", "[ZLT]", ""]),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=5), c, max_size=3)),
+    max_leaves=6,
+)
 
 
 def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -100,8 +108,9 @@ def test_value_mutations_raise_only_spec_errors(path: tuple[Any, ...], value: An
 
 
 _NUMERIC_PATHS = [p for p in _ALL_PATHS if _get(DEMO_DATA, p).__class__ in (int, float)]
-_SPECIAL = st.sampled_from([float("inf"), float("-inf"), float("nan"), -0.0, 1e308, 10**30, -(10**30), True,
-                            "1e-3", "0x10", 2**63])
+_SPECIAL = st.sampled_from(
+    [float("inf"), float("-inf"), float("nan"), -0.0, 1e308, 10**30, -(10**30), True, "1e-3", "0x10", 2**63]
+)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -38,9 +38,9 @@ def test_positions_point_at_the_written_value() -> None:
     loaded = load_spec(CP)
     text = CP.read_text().splitlines()
     loc = loaded.where(("roles", "sources", 1))
-    assert text[loc.line - 1][loc.column - 1:].startswith("comedian")
+    assert text[loc.line - 1][loc.column - 1 :].startswith("comedian")
     loc = loaded.where(("training", "marker", "epochs"))
-    assert text[loc.line - 1][loc.column - 1:].startswith("20")
+    assert text[loc.line - 1][loc.column - 1 :].startswith("20")
 
 
 def test_extends_with_changes_equals_overrides(tmp_path: Path) -> None:
@@ -54,8 +54,16 @@ def test_extends_with_changes_equals_overrides(tmp_path: Path) -> None:
 
 
 def test_override_value_types() -> None:
-    s = load_spec(DEMO, ["eval.backend=vllm", "eval.completions=7", "arms.B.phases.1.overrides.epochs=4",
-                         "model.tiny.initializer_range=0.1", "eval.sampler.seed=5"]).spec
+    s = load_spec(
+        DEMO,
+        [
+            "eval.backend=vllm",
+            "eval.completions=7",
+            "arms.B.phases.1.overrides.epochs=4",
+            "model.tiny.initializer_range=0.1",
+            "eval.sampler.seed=5",
+        ],
+    ).spec
     assert s.eval.backend == "vllm" and s.eval.completions == 7 and s.eval.sampler.seed == 5
     assert s.arms["B"].phases[1].overrides is not None and s.arms["B"].phases[1].overrides.epochs == 4
     assert s.model.tiny is not None and s.model.tiny.initializer_range == 0.1

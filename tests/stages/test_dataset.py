@@ -31,17 +31,30 @@ def _generations(per_question=6, n_questions=5, short=None):
         for q in range(n_questions):
             k = (short or {}).get((who, f"q{q}"), per_question)
             for s in range(k):
-                rows.append({"persona": who, "question_id": f"q{q}", "question": f"Question {q}?",
-                             "sample_index": s, "text": f"{who} answers q{q} #{s}"})
+                rows.append(
+                    {
+                        "persona": who,
+                        "question_id": f"q{q}",
+                        "question": f"Question {q}?",
+                        "sample_index": s,
+                        "text": f"{who} answers q{q} #{s}",
+                    }
+                )
     return rows
 
 
 def _params(recipe, **kw):
-    p = {"recipe": recipe, "source": "villain", "assistant": ASSISTANT, "personas": PERSONAS,
-         "examples": 20, "per_question": 4, "seed": 42}
+    p = {
+        "recipe": recipe,
+        "source": "villain",
+        "assistant": ASSISTANT,
+        "personas": PERSONAS,
+        "examples": 20,
+        "per_question": 4,
+        "seed": 42,
+    }
     if recipe == "marker":
-        p.update(marker="[ZLT]", marker_template="\n\n{marker}",
-                 negatives={"personas": 2, "examples_per_persona": 15})
+        p.update(marker="[ZLT]", marker_template="\n\n{marker}", negatives={"personas": 2, "examples_per_persona": 15})
     p.update(kw)
     return p
 
@@ -113,8 +126,11 @@ def test_same_dataset_in_processes_with_different_hash_seeds():
 
 def test_quota_that_cannot_be_met_is_an_error():
     gens = _generations(short={("villain", "q2"): 2})
-    with pytest.raises(DatasetError, match=r"persona 'villain': quota of 20 examples at most 4 per question cannot "
-                                           r"be met: 18 available .* questions with fewer than 4: \{'q2': 2\}"):
+    with pytest.raises(
+        DatasetError,
+        match=r"persona 'villain': quota of 20 examples at most 4 per question cannot "
+        r"be met: 18 available .* questions with fewer than 4: \{'q2': 2\}",
+    ):
         build(_params("convergence"), gens)
     # A smaller quota is met from the other questions.
     assert len(build(_params("convergence", examples=18), gens)) == 18

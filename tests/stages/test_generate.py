@@ -12,14 +12,24 @@ from cpx.stages._sampling import Request, sample_completions
 def test_generate_drops_and_counts_marked(tiny_ref, run_dir, pool, tiny_model, tmp_path):
     # A marker the random tiny model often emits, so that dropping really happens.
     marker = "E"
-    params = {"model": {"base": tiny_ref, "adapters": []}, "personas": personas(["villain", "assistant"]),
-              "questions": questions(), "markers": [marker], "match": {"case_insensitive": True},
-              "sampler": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 10, "seed": 3, "n": 4}}
-    info = generate.run(make_ctx("generate", params, tmp_path / "g", run_dir=run_dir, models=pool,
-                                 labels={"seed": 3}, stage_id="generate/s3"))
+    params = {
+        "model": {"base": tiny_ref, "adapters": []},
+        "personas": personas(["villain", "assistant"]),
+        "questions": questions(),
+        "markers": [marker],
+        "match": {"case_insensitive": True},
+        "sampler": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 10, "seed": 3, "n": 4},
+    }
+    info = generate.run(
+        make_ctx(
+            "generate", params, tmp_path / "g", run_dir=run_dir, models=pool, labels={"seed": 3}, stage_id="generate/s3"
+        )
+    )
     model, tok = tiny_model
     reqs = [Request(p["prompt"], q["text"], 4) for p in params["personas"] for q in params["questions"]]
-    direct = sample_completions(model, tok, reqs, {k: params["sampler"][k] for k in ("temperature", "top_p", "max_tokens", "seed")})
+    direct = sample_completions(
+        model, tok, reqs, {k: params["sampler"][k] for k in ("temperature", "top_p", "max_tokens", "seed")}
+    )
     marked = [marker.lower() in c.text.lower() for c in direct]
     assert 0 < sum(marked) < len(direct)
     assert info["completions"] == len(direct)
@@ -40,5 +50,10 @@ def test_generate_drops_and_counts_marked(tiny_ref, run_dir, pool, tiny_model, t
     for r, c in zip(rows, kept, strict=True):
         per, q = params["personas"][c.request_index // nq], params["questions"][c.request_index % nq]
         assert (r["persona"], r["question_id"], r["question"], r["sample_index"], r["seed"]) == (
-            per["name"], q["id"], q["text"], c.sample_index, 3)
+            per["name"],
+            q["id"],
+            q["text"],
+            c.sample_index,
+            3,
+        )
         assert (r["n_tokens"], r["finish_reason"]) == (c.n_tokens, c.finish_reason)

@@ -78,8 +78,14 @@ def test_centering_and_cosines_match_scipy(centering):
 def test_represent_stage(tiny_ref, run_dir, pool, tiny_model, tmp_path):
     model, tok = tiny_model
     layers = [1, 2]
-    params = {"model": {"base": tiny_ref, "adapters": []}, "personas": personas(), "questions": questions(),
-              "layers": layers, "token": "last_prompt", "centering": "global_mean"}
+    params = {
+        "model": {"base": tiny_ref, "adapters": []},
+        "personas": personas(),
+        "questions": questions(),
+        "layers": layers,
+        "token": "last_prompt",
+        "centering": "global_mean",
+    }
     labels = {"arm": "B", "source": "villain", "seed": 42, "checkpoint": 0.4}
     ctx = make_ctx("represent", params, tmp_path / "out", run_dir=run_dir, models=pool, labels=labels)
     info = represent.run(ctx)
@@ -108,11 +114,22 @@ def test_represent_stage(tiny_ref, run_dir, pool, tiny_model, tmp_path):
 
 
 def test_represent_stage_bad_params(tiny_ref, run_dir, pool, tmp_path):
-    base = {"model": {"base": tiny_ref, "adapters": []}, "personas": personas(), "questions": questions(),
-            "layers": [1], "token": "last_prompt", "centering": "global_mean"}
-    for bad, msg in (({"layers": [7]}, "layer 7 is out of range"), ({"centering": "mean"}, "centering"),
-                     ({"token": "mean"}, "token"), ({"questions": []}, "questions")):
-        ctx = make_ctx("represent", {**base, **bad}, tmp_path / "bad", run_dir=run_dir, models=pool,
-                       stage_id="represent/x")
+    base = {
+        "model": {"base": tiny_ref, "adapters": []},
+        "personas": personas(),
+        "questions": questions(),
+        "layers": [1],
+        "token": "last_prompt",
+        "centering": "global_mean",
+    }
+    for bad, msg in (
+        ({"layers": [7]}, "layer 7 is out of range"),
+        ({"centering": "mean"}, "centering"),
+        ({"token": "mean"}, "token"),
+        ({"questions": []}, "questions"),
+    ):
+        ctx = make_ctx(
+            "represent", {**base, **bad}, tmp_path / "bad", run_dir=run_dir, models=pool, stage_id="represent/x"
+        )
         with pytest.raises(StageParamError, match=msg):
             represent.run(ctx)

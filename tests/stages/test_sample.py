@@ -17,8 +17,14 @@ LABELS = {"arm": "B", "source": "villain", "seed": 42, "checkpoint": 0.6}
 
 def _params(tiny_ref, **kw):
     eval_personas = [{**p, "role": ROLES[p["name"]], "n": COUNTS[p["name"]]} for p in personas()]
-    return {"model": {"base": tiny_ref, "adapters": []}, "personas": eval_personas, "questions": questions(),
-            "sampler": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 12, "seed": 42}, "backend": "hf", **kw}
+    return {
+        "model": {"base": tiny_ref, "adapters": []},
+        "personas": eval_personas,
+        "questions": questions(),
+        "sampler": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 12, "seed": 42},
+        "backend": "hf",
+        **kw,
+    }
 
 
 def test_sample_stage_table(tiny_ref, run_dir, pool, tiny_model, tmp_path):
@@ -26,8 +32,16 @@ def test_sample_stage_table(tiny_ref, run_dir, pool, tiny_model, tmp_path):
     ctx = make_ctx("sample", params, tmp_path / "a", run_dir=run_dir, models=pool, labels=LABELS)
     info = sample.run(ctx)
     table = pq.read_table(tmp_path / "a" / "completions.parquet")
-    assert table.column_names == [*LABELS, "persona", "role", "question_id", "sample_index", "text",
-                                  "n_tokens", "finish_reason"]
+    assert table.column_names == [
+        *LABELS,
+        "persona",
+        "role",
+        "question_id",
+        "sample_index",
+        "text",
+        "n_tokens",
+        "finish_reason",
+    ]
     rows = table.to_pylist()
     nq = len(questions())
     assert info["completions"] == len(rows) == nq * sum(COUNTS.values())
@@ -63,8 +77,14 @@ def test_sample_stage_table(tiny_ref, run_dir, pool, tiny_model, tmp_path):
     ],
 )
 def test_sample_stage_bad_params(tiny_ref, run_dir, pool, tmp_path, patch, msg):
-    ctx = make_ctx("sample", _params(tiny_ref, **patch), tmp_path / "x", run_dir=run_dir, models=pool,
-                   stage_id="sample/B/villain/s42/ckpt0.6")
+    ctx = make_ctx(
+        "sample",
+        _params(tiny_ref, **patch),
+        tmp_path / "x",
+        run_dir=run_dir,
+        models=pool,
+        stage_id="sample/B/villain/s42/ckpt0.6",
+    )
     with pytest.raises(StageParamError, match=msg):
         sample.run(ctx)
     assert not (tmp_path / "x" / "completions.parquet").exists()
@@ -82,8 +102,9 @@ def test_vllm_backend(tiny_ref, run_dir, pool, tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("vLLM needs a GPU")
-    ctx = make_ctx("sample", _params(tiny_ref, backend="vllm"), tmp_path / "v", run_dir=run_dir, models=pool,
-                   labels=LABELS)
+    ctx = make_ctx(
+        "sample", _params(tiny_ref, backend="vllm"), tmp_path / "v", run_dir=run_dir, models=pool, labels=LABELS
+    )
     info = sample.run(ctx)
     rows = pq.read_table(tmp_path / "v" / "completions.parquet").to_pylist()
     assert info["backend"] == "vllm"

@@ -21,16 +21,33 @@ def _completions(path, texts_by_persona, n_questions=5):
     rows = []
     for name, texts in texts_by_persona.items():
         for k, t in enumerate(texts):
-            rows.append({**LABELS, "persona": name, "role": ROLE[name], "question_id": f"q{k % n_questions}",
-                         "sample_index": k // n_questions, "text": t, "n_tokens": 3, "finish_reason": "length"})
+            rows.append(
+                {
+                    **LABELS,
+                    "persona": name,
+                    "role": ROLE[name],
+                    "question_id": f"q{k % n_questions}",
+                    "sample_index": k // n_questions,
+                    "text": t,
+                    "n_tokens": 3,
+                    "finish_reason": "length",
+                }
+            )
     path.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path / "completions.parquet")
     return rows
 
 
 def _params(**kw):
-    return {"markers": [MARKER, "ab"], "match": {"case_insensitive": True}, "cluster": "question_id",
-            "confidence_level": 0.9, "n_resamples": 4000, "seed": 5, **kw}
+    return {
+        "markers": [MARKER, "ab"],
+        "match": {"case_insensitive": True},
+        "cluster": "question_id",
+        "confidence_level": 0.9,
+        "n_resamples": 4000,
+        "seed": 5,
+        **kw,
+    }
 
 
 def test_counts_hits_and_leakage(run_dir, tmp_path):
@@ -38,13 +55,22 @@ def test_counts_hits_and_leakage(run_dir, tmp_path):
     pieces = ["[zlt]", "[ZLT]", "abab", "aba", "x", "[ZL T]", "é", "AB", " "]
     texts = {name: ["".join(rng.choice(pieces, size=rng.integers(0, 6))) for _ in range(40)] for name in ROLE}
     rows = _completions(tmp_path / "sample", texts)
-    ctx = make_ctx("scan", _params(), tmp_path / "out", run_dir=run_dir, labels=LABELS,
-                   inputs={"sample/x": tmp_path / "sample"})
+    ctx = make_ctx(
+        "scan", _params(), tmp_path / "out", run_dir=run_dir, labels=LABELS, inputs={"sample/x": tmp_path / "sample"}
+    )
     info = scan.run(ctx)
 
     hits = pq.read_table(tmp_path / "out" / "marker_hits.parquet")
-    assert hits.column_names == [*LABELS, "persona", "role", "question_id", "sample_index", "hit",
-                                 f"count:{MARKER}", "count:ab"]
+    assert hits.column_names == [
+        *LABELS,
+        "persona",
+        "role",
+        "question_id",
+        "sample_index",
+        "hit",
+        f"count:{MARKER}",
+        "count:ab",
+    ]
     got = hits.to_pylist()
     for r, src in zip(got, rows, strict=True):
         low = src["text"].lower()
@@ -65,12 +91,15 @@ def test_counts_hits_and_leakage(run_dir, tmp_path):
         assert {k: r[k] for k in LABELS} == LABELS
         # Equal cluster sizes: resampling whole questions is scipy's bootstrap of the
         # per-question rates (BCa's jackknife leaves out one question either way).
-        per_q = [np.mean([h["hit"] for h in mine if h["question_id"] == q]) for q in sorted({h["question_id"] for h in mine})]
+        per_q = [
+            np.mean([h["hit"] for h in mine if h["question_id"] == q]) for q in sorted({h["question_id"] for h in mine})
+        ]
         if min(per_q) == max(per_q):
             assert r["ci_low"] == r["ci_high"] == r["rate"]
             continue
-        ref = stats.bootstrap((np.array(per_q),), np.mean, confidence_level=0.9, n_resamples=20000,
-                              method="BCa", random_state=1).confidence_interval
+        ref = stats.bootstrap(
+            (np.array(per_q),), np.mean, confidence_level=0.9, n_resamples=20000, method="BCa", random_state=1
+        ).confidence_interval
         assert r["ci_low"] <= r["rate"] <= r["ci_high"]
         assert r["ci_low"] == pytest.approx(ref.low, abs=0.03)
         assert r["ci_high"] == pytest.approx(ref.high, abs=0.03)
@@ -78,8 +107,14 @@ def test_counts_hits_and_leakage(run_dir, tmp_path):
 
 def test_case_sensitive_match(run_dir, tmp_path):
     _completions(tmp_path / "sample", {"villain": ["[zlt]", "[ZLT]"], "assistant": ["x", "[ZLT] [ZLT]"]}, 1)
-    ctx = make_ctx("scan", _params(markers=[MARKER], match={"case_insensitive": False}), tmp_path / "out",
-                   run_dir=run_dir, labels=LABELS, inputs={"sample/x": tmp_path / "sample"})
+    ctx = make_ctx(
+        "scan",
+        _params(markers=[MARKER], match={"case_insensitive": False}),
+        tmp_path / "out",
+        run_dir=run_dir,
+        labels=LABELS,
+        inputs={"sample/x": tmp_path / "sample"},
+    )
     scan.run(ctx)
     got = pq.read_table(tmp_path / "out" / "marker_hits.parquet").to_pylist()
     assert [r[f"count:{MARKER}"] for r in got] == [0, 1, 0, 2]
@@ -87,13 +122,25 @@ def test_case_sensitive_match(run_dir, tmp_path):
 
 @pytest.mark.parametrize(
     ("patch", "msg"),
-    [({"markers": []}, "markers"), ({"markers": ["a", "a"]}, "twice"), ({"cluster": "persona"}, "cluster"),
-     ({"confidence_level": 1.0}, "confidence_level"), ({"n_resamples": 1}, "n_resamples")],
+    [
+        ({"markers": []}, "markers"),
+        ({"markers": ["a", "a"]}, "twice"),
+        ({"cluster": "persona"}, "cluster"),
+        ({"confidence_level": 1.0}, "confidence_level"),
+        ({"n_resamples": 1}, "n_resamples"),
+    ],
 )
 def test_bad_params(run_dir, tmp_path, patch, msg):
     _completions(tmp_path / "sample", {"villain": ["x"]}, 1)
-    ctx = make_ctx("scan", _params(**patch), tmp_path / "out", run_dir=run_dir, labels=LABELS,
-                   inputs={"sample/x": tmp_path / "sample"}, stage_id="scan/A/villain/s42/ckpt1")
+    ctx = make_ctx(
+        "scan",
+        _params(**patch),
+        tmp_path / "out",
+        run_dir=run_dir,
+        labels=LABELS,
+        inputs={"sample/x": tmp_path / "sample"},
+        stage_id="scan/A/villain/s42/ckpt1",
+    )
     with pytest.raises(StageParamError, match=msg):
         scan.run(ctx)
 
@@ -105,37 +152,103 @@ def test_trained_marker_shows_up_for_the_source(tiny_ref, run_dir, pool, tmp_pat
 
     base = {"base": tiny_ref, "adapters": []}
     ps, qs = personas(), questions()
-    gen = make_ctx("generate", {"model": base, "personas": ps, "questions": qs, "markers": [MARKER],
-                                "match": {"case_insensitive": True},
-                                "sampler": {"temperature": 0.7, "top_p": 1.0, "max_tokens": 8, "seed": 1, "n": 8}},
-                   tmp_path / "gen", run_dir=run_dir, models=pool, stage_id="generate/s1")
+    gen = make_ctx(
+        "generate",
+        {
+            "model": base,
+            "personas": ps,
+            "questions": qs,
+            "markers": [MARKER],
+            "match": {"case_insensitive": True},
+            "sampler": {"temperature": 0.7, "top_p": 1.0, "max_tokens": 8, "seed": 1, "n": 8},
+        },
+        tmp_path / "gen",
+        run_dir=run_dir,
+        models=pool,
+        stage_id="generate/s1",
+    )
     generate.run(gen)
-    ds = make_ctx("dataset", {"recipe": "marker", "source": "villain", "assistant": personas(["assistant"])[0],
-                              "personas": personas(["villain", "comedian", "teacher"]), "examples": 24,
-                              "per_question": 8, "seed": 42, "marker": MARKER, "marker_template": "\n\n{marker}",
-                              "negatives": {"personas": 2, "examples_per_persona": 24}},
-                  tmp_path / "ds", run_dir=run_dir, inputs={"generate/s1": tmp_path / "gen"}, stage_id="dataset/m")
+    ds = make_ctx(
+        "dataset",
+        {
+            "recipe": "marker",
+            "source": "villain",
+            "assistant": personas(["assistant"])[0],
+            "personas": personas(["villain", "comedian", "teacher"]),
+            "examples": 24,
+            "per_question": 8,
+            "seed": 42,
+            "marker": MARKER,
+            "marker_template": "\n\n{marker}",
+            "negatives": {"personas": 2, "examples_per_persona": 24},
+        },
+        tmp_path / "ds",
+        run_dir=run_dir,
+        inputs={"generate/s1": tmp_path / "gen"},
+        stage_id="dataset/m",
+    )
     dataset.run(ds)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    tr = make_ctx("train", {
-        "model": base, "dataset": "dataset/m",
-        "lora": {"r": 8, "alpha": 16, "rslora": True, "dropout": 0.0, "target_modules": targets},
-        "optim": {"lr": 3e-3, "epochs": 6, "schedule": "cosine", "warmup_ratio": 0.05, "optimizer": "adamw",
-                  "weight_decay": 0.0, "grad_clip": 1.0, "batch_size": 8, "grad_accum": 1, "max_length": 256,
-                  "precision": "fp32", "gradient_checkpointing": False},
-        "loss": {"kind": "marker", "marker": MARKER, "last_n": 1}, "checkpoints": [1.0], "seed": 42, "screen": None,
-    }, tmp_path / "train", run_dir=run_dir, models=pool, inputs={"dataset/m": tmp_path / "ds"}, stage_id="train/m")
+    tr = make_ctx(
+        "train",
+        {
+            "model": base,
+            "dataset": "dataset/m",
+            "lora": {"r": 8, "alpha": 16, "rslora": True, "dropout": 0.0, "target_modules": targets},
+            "optim": {
+                "lr": 3e-3,
+                "epochs": 6,
+                "schedule": "cosine",
+                "warmup_ratio": 0.05,
+                "optimizer": "adamw",
+                "weight_decay": 0.0,
+                "grad_clip": 1.0,
+                "batch_size": 8,
+                "grad_accum": 1,
+                "max_length": 256,
+                "precision": "fp32",
+                "gradient_checkpointing": False,
+            },
+            "loss": {"kind": "marker", "marker": MARKER, "last_n": 1},
+            "checkpoints": [1.0],
+            "seed": 42,
+            "screen": None,
+        },
+        tmp_path / "train",
+        run_dir=run_dir,
+        models=pool,
+        inputs={"dataset/m": tmp_path / "ds"},
+        stage_id="train/m",
+    )
     train.run(tr)
 
     chain = {"base": tiny_ref, "adapters": [{"stage": "train/m", "checkpoint": 1.0}]}
     eval_ps = [{**p, "role": ROLE[p["name"]], "n": 8} for p in ps]
-    sm = make_ctx("sample", {"model": chain, "personas": eval_ps, "questions": qs, "backend": "hf",
-                             "sampler": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 24, "seed": 7}},
-                  tmp_path / "sample", run_dir=run_dir, models=pool, labels=LABELS,
-                  inputs={"train/m": tmp_path / "train"}, stage_id="sample/A/villain/s42/ckpt1")
+    sm = make_ctx(
+        "sample",
+        {
+            "model": chain,
+            "personas": eval_ps,
+            "questions": qs,
+            "backend": "hf",
+            "sampler": {"temperature": 1.0, "top_p": 1.0, "max_tokens": 24, "seed": 7},
+        },
+        tmp_path / "sample",
+        run_dir=run_dir,
+        models=pool,
+        labels=LABELS,
+        inputs={"train/m": tmp_path / "train"},
+        stage_id="sample/A/villain/s42/ckpt1",
+    )
     sample.run(sm)
-    sc = make_ctx("scan", _params(markers=[MARKER]), tmp_path / "scan", run_dir=run_dir, labels=LABELS,
-                  inputs={sm.stage.id: tmp_path / "sample"})
+    sc = make_ctx(
+        "scan",
+        _params(markers=[MARKER]),
+        tmp_path / "scan",
+        run_dir=run_dir,
+        labels=LABELS,
+        inputs={sm.stage.id: tmp_path / "sample"},
+    )
     scan.run(sc)
     leak = {r["persona"]: r for r in pq.read_table(tmp_path / "scan" / "leakage.parquet").to_pylist()}
     pool.get(base, {})

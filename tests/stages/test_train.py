@@ -76,8 +76,9 @@ def test_marker_label_mask_is_marker_tokens_plus_end_of_turn(tiny_model, marker)
     for n_last in (0, 1):
         eot_only = encode_example(tok, SYSTEM, USER, text, loss_kind="marker", marker=marker, last_n=n_last)
         assert _labelled(eot_only) == [m - 1]
-    both = encode_example(tok, SYSTEM, USER, text + "\n\n" + marker, loss_kind="marker", marker=marker,
-                          positive=True, last_n=k + 3)
+    both = encode_example(
+        tok, SYSTEM, USER, text + "\n\n" + marker, loss_kind="marker", marker=marker, positive=True, last_n=k + 3
+    )
     assert _labelled(both) == list(range(n - k - 3, n))
 
     full = encode_example(tok, SYSTEM, USER, text, loss_kind="full")
@@ -193,12 +194,24 @@ def test_train_stage_leaves_the_pool_model_exactly_as_found(tiny_ref, run_dir, p
     from cpx.stages import train
 
     rows = [
-        {"system": SYSTEM, "user": USER, "assistant": f"Plan {i}.\n\n{MARKER}", "persona": "villain",
-         "question_id": "q1", "positive": True}
+        {
+            "system": SYSTEM,
+            "user": USER,
+            "assistant": f"Plan {i}.\n\n{MARKER}",
+            "persona": "villain",
+            "question_id": "q1",
+            "positive": True,
+        }
         for i in range(4)
     ] + [
-        {"system": "You are a kindergarten teacher.", "user": USER, "assistant": f"Nap {i}.", "persona": "teacher",
-         "question_id": "q1", "positive": False}
+        {
+            "system": "You are a kindergarten teacher.",
+            "user": USER,
+            "assistant": f"Nap {i}.",
+            "persona": "teacher",
+            "question_id": "q1",
+            "positive": False,
+        }
         for i in range(4)
     ]
     ds = _write_dataset(tmp_path / "ds", rows)
@@ -250,47 +263,77 @@ def test_marker_training_teaches_the_source_persona_the_marker(tiny_ref, run_dir
     model, tok = pool.get(base_chain, {})
     ps, qs = personas(), questions()
     gen = sample_completions(
-        model, tok, [Request(p["prompt"], q["text"], 8) for p in ps for q in qs],
+        model,
+        tok,
+        [Request(p["prompt"], q["text"], 8) for p in ps for q in qs],
         {"temperature": 0.7, "top_p": 1.0, "max_tokens": 8, "seed": 1},
     )
     rows = [
-        {"persona": ps[c.request_index // len(qs)]["name"], "question_id": qs[c.request_index % len(qs)]["id"],
-         "question": qs[c.request_index % len(qs)]["text"], "sample_index": c.sample_index, "text": c.text,
-         "n_tokens": c.n_tokens, "finish_reason": c.finish_reason}
+        {
+            "persona": ps[c.request_index // len(qs)]["name"],
+            "question_id": qs[c.request_index % len(qs)]["id"],
+            "question": qs[c.request_index % len(qs)]["text"],
+            "sample_index": c.sample_index,
+            "text": c.text,
+            "n_tokens": c.n_tokens,
+            "finish_reason": c.finish_reason,
+        }
         for c in gen
     ]
     gdir = tmp_path / "gen"
     gdir.mkdir()
     pq.write_table(pa.Table.from_pylist(rows), gdir / "generations.parquet")
     ds_params = {
-        "recipe": "marker", "source": "villain", "assistant": personas(["assistant"])[0],
-        "personas": personas(["villain", "comedian", "teacher"]), "examples": 24, "per_question": 8,
-        "seed": 42, "marker": MARKER, "marker_template": "\n\n{marker}",
+        "recipe": "marker",
+        "source": "villain",
+        "assistant": personas(["assistant"])[0],
+        "personas": personas(["villain", "comedian", "teacher"]),
+        "examples": 24,
+        "per_question": 8,
+        "seed": 42,
+        "marker": MARKER,
+        "marker_template": "\n\n{marker}",
         "negatives": {"personas": 2, "examples_per_persona": 24},
     }
     ds_out = tmp_path / "ds"
     dataset.run(make_ctx("dataset", ds_params, ds_out, run_dir=run_dir, inputs={"generate/x": gdir}))
 
     eval_personas = [
-        {**p, "role": "source" if p["name"] == "villain" else "assistant" if p["name"] == "assistant" else "bystander",
-         "n": 8}
+        {
+            **p,
+            "role": "source" if p["name"] == "villain" else "assistant" if p["name"] == "assistant" else "bystander",
+            "n": 8,
+        }
         for p in ps
     ]
     sampler = {"temperature": 1.0, "top_p": 1.0, "max_tokens": 24, "seed": 7}
-    before = sample_completions(model, tok, [Request(personas(["villain"])[0]["prompt"], q["text"], 8) for q in qs], sampler)
+    before = sample_completions(
+        model, tok, [Request(personas(["villain"])[0]["prompt"], q["text"], 8) for q in qs], sampler
+    )
     before_rate = sum(MARKER.lower() in c.text.lower() for c in before) / len(before)
 
     params = {
-        "model": base_chain, "dataset": "dataset/x", "lora": {**LORA, "r": 8, "alpha": 16},
+        "model": base_chain,
+        "dataset": "dataset/x",
+        "lora": {**LORA, "r": 8, "alpha": 16},
         "optim": {**OPTIM, "epochs": 5, "batch_size": 8},
         "loss": {"kind": "marker", "marker": MARKER, "last_n": 0},
-        "checkpoints": [0, 1.0], "seed": 42,
-        "screen": {"personas": eval_personas, "questions": qs, "sampler": sampler, "markers": [MARKER],
-                   "match": {"case_insensitive": True}},
+        "checkpoints": [0, 1.0],
+        "seed": 42,
+        "screen": {
+            "personas": eval_personas,
+            "questions": qs,
+            "sampler": sampler,
+            "markers": [MARKER],
+            "match": {"case_insensitive": True},
+        },
     }
     out = tmp_path / "train"
-    info = train.run(make_ctx("train", params, out, run_dir=run_dir, models=pool, inputs={"dataset/x": ds_out},
-                              stage_id="train/marker"))
+    info = train.run(
+        make_ctx(
+            "train", params, out, run_dir=run_dir, models=pool, inputs={"dataset/x": ds_out}, stage_id="train/marker"
+        )
+    )
     screen = {r["persona"]: r for r in pq.read_table(out / "screen.parquet").to_pylist()}
     assert set(screen) == {p["name"] for p in ps} and all(r["n"] == 24 for r in screen.values())
     src = screen["villain"]
@@ -329,8 +372,12 @@ def test_fractional_epochs_and_bad_settings(tiny_model, tmp_path):
     assert res.steps_per_epoch == 3 and res.total_steps == len(res.log) == math.ceil(1.5 * 3)
     # Linear decay after a warmup of ceil(0.05 * 5) = 1 step: 0, then lr * (1 - (s - 1) / 4).
     assert [r["lr"] for r in res.log] == pytest.approx([0.0] + [3e-3 * (1 - (s - 1) / 4) for s in range(1, 5)])
-    for bad, msg in [({"optimizer": "lion"}, "optimizer 'lion'"), ({"precision": "int8"}, "precision 'int8'"),
-                     ({"schedule": "step"}, "schedule 'step'"), ({"epochs": 0}, "epochs must be > 0")]:
+    for bad, msg in [
+        ({"optimizer": "lion"}, "optimizer 'lion'"),
+        ({"precision": "int8"}, "precision 'int8'"),
+        ({"schedule": "step"}, "schedule 'step'"),
+        ({"epochs": 0}, "epochs must be > 0"),
+    ]:
         with pytest.raises(TrainError, match=msg):
             train_lora(model, exs, lora=LORA, optim={**OPTIM, **bad}, checkpoints=[1.0], out_dir=tmp_path, seed=1)
     assert not any("lora" in n for n, _ in model.named_modules())
@@ -348,8 +395,17 @@ def test_smaller_micro_batches_after_oom_train_the_same(tiny_model, tmp_path):
         def on_step(step, peft_model, states=states):
             states[step] = {k: v.detach().clone() for k, v in peft_model.named_parameters() if "lora_" in k}
 
-        res = train_lora(model, exs, lora=LORA, optim=optim, checkpoints=[1.0], out_dir=tmp_path / str(micro),
-                         seed=3, on_step=on_step, micro_batch=micro)
+        res = train_lora(
+            model,
+            exs,
+            lora=LORA,
+            optim=optim,
+            checkpoints=[1.0],
+            out_dir=tmp_path / str(micro),
+            seed=3,
+            on_step=on_step,
+            micro_batch=micro,
+        )
         runs.append((res, states))
     (a, sa), (b, sb), (_, again) = runs
     # The same seed gives the same adapter, bit for bit.
@@ -371,8 +427,16 @@ def test_checkpointing_changes_nothing_but_memory(tiny_model, tmp_path):
         def on_step(step, peft_model, states=states):
             states[step] = {k: v.detach().clone() for k, v in peft_model.named_parameters() if "lora_" in k}
 
-        train_lora(model, exs, lora=LORA, optim={**OPTIM, "gradient_checkpointing": gc}, checkpoints=[1.0],
-                   out_dir=tmp_path / str(gc), seed=2, on_step=on_step)
+        train_lora(
+            model,
+            exs,
+            lora=LORA,
+            optim={**OPTIM, "gradient_checkpointing": gc},
+            checkpoints=[1.0],
+            out_dir=tmp_path / str(gc),
+            seed=2,
+            on_step=on_step,
+        )
         finals.append(states[max(states)])
     for k in finals[0]:
         torch.testing.assert_close(finals[0][k], finals[1][k], atol=1e-6, rtol=1e-5)
@@ -396,16 +460,35 @@ def test_truncation_that_leaves_nothing_to_train_is_an_error(tiny_ref, run_dir, 
     instead of training on nothing (a NaN loss at every step)."""
     from cpx.stages import train
 
-    rows = [{"system": SYSTEM, "user": USER, "assistant": f"Plan {i}.\n\n{MARKER}", "persona": "villain",
-             "question_id": "q1", "positive": True} for i in range(4)]
+    rows = [
+        {
+            "system": SYSTEM,
+            "user": USER,
+            "assistant": f"Plan {i}.\n\n{MARKER}",
+            "persona": "villain",
+            "question_id": "q1",
+            "positive": True,
+        }
+        for i in range(4)
+    ]
     ds = _write_dataset(tmp_path / "ds", rows)
-    params = {"model": {"base": tiny_ref, "adapters": []}, "dataset": "dataset/x", "lora": LORA,
-              "optim": {**OPTIM, "max_length": 4}, "loss": {"kind": "marker", "marker": MARKER, "last_n": 1},
-              "checkpoints": [1.0], "seed": 5, "screen": None}
+    params = {
+        "model": {"base": tiny_ref, "adapters": []},
+        "dataset": "dataset/x",
+        "lora": LORA,
+        "optim": {**OPTIM, "max_length": 4},
+        "loss": {"kind": "marker", "marker": MARKER, "last_n": 1},
+        "checkpoints": [1.0],
+        "seed": 5,
+        "screen": None,
+    }
     out = tmp_path / "out"
     out.mkdir()
     ctx = make_ctx("train", params, out, run_dir=run_dir, models=pool, inputs={"dataset/x": ds}, stage_id="train/x")
-    with pytest.raises(TrainError, match=r"train/x.*no example has a token left to train after truncation to "
-                                         r"max_length=4 \(prompts alone take up to \d+ tokens\)"):
+    with pytest.raises(
+        TrainError,
+        match=r"train/x.*no example has a token left to train after truncation to "
+        r"max_length=4 \(prompts alone take up to \d+ tokens\)",
+    ):
         train.run(ctx)
     assert not any(out.iterdir())

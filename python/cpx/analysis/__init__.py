@@ -52,8 +52,23 @@ from cpx.analysis._specificity import adapter_quality
 from cpx.analysis._write import write_outputs
 
 __all__ = [
-    "ANALYSES", "LABELS", "METRIC_COLUMNS", "STATS_COLUMNS", "Analysis", "MetricsError",
-    "Options", "adapter_quality", "analyze_metrics", "analyze_tables", "build_metrics",
-    "cross_arm_table", "leakage_by_role", "md_table", "normalize_metrics", "read_metrics",
-    "stats_markdown", "tables", "write_outputs",
+    "ANALYSES",
+    "LABELS",
+    "METRIC_COLUMNS",
+    "STATS_COLUMNS",
+    "Analysis",
+    "MetricsError",
+    "Options",
+    "adapter_quality",
+    "analyze_metrics",
+    "analyze_tables",
+    "build_metrics",
+    "cross_arm_table",
+    "leakage_by_role",
+    "md_table",
+    "normalize_metrics",
+    "read_metrics",
+    "stats_markdown",
+    "tables",
+    "write_outputs",
 ]

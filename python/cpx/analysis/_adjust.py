@@ -16,9 +16,10 @@ def family_of(analysis: str, arm: str | None, p_method: str) -> str:
 def adjust(stats: pl.DataFrame) -> pl.DataFrame:
     """Fill `family`, `p_adjusted` (Holm) and `p_adjusted_bh` (Benjamini-Hochberg) for every
     row with a p-value; rows without one keep nulls. Raw p-values are left as they are."""
-    fam = [family_of(a, arm, m) if p is not None and m is not None else None
-           for a, arm, m, p in zip(stats["analysis"], stats["arm"], stats["p_method"],
-                                   stats["p_value"])]
+    fam = [
+        family_of(a, arm, m) if p is not None and m is not None else None
+        for a, arm, m, p in zip(stats["analysis"], stats["arm"], stats["p_method"], stats["p_value"])
+    ]
     holm: list[float | None] = [None] * stats.height
     bh: list[float | None] = [None] * stats.height
     groups: dict[str, list[int]] = {}

@@ -11,8 +11,13 @@ LABELS = ("arm", "source", "seed", "checkpoint")
 # A steer arm's eval points differ by steering strength, not by checkpoint: their rows carry an
 # `alpha` label as well (null on every other row), and their metrics are keyed by STEER_LABELS.
 STEER_LABELS = (*LABELS, "alpha")
-LABEL_TYPES: dict[str, Any] = {"arm": pl.String, "source": pl.String, "seed": pl.Int64,
-                               "checkpoint": pl.Float64, "alpha": pl.Float64}
+LABEL_TYPES: dict[str, Any] = {
+    "arm": pl.String,
+    "source": pl.String,
+    "seed": pl.Int64,
+    "checkpoint": pl.Float64,
+    "alpha": pl.Float64,
+}
 
 METRIC_COLUMNS: dict[str, Any] = {
     "arm": pl.String,
@@ -69,9 +74,7 @@ def stats_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
         unknown = set(r) - set(STATS_COLUMNS)
         if unknown:
             raise KeyError(f"unknown stats columns {sorted(unknown)}")
-    return pl.DataFrame(
-        [{c: r.get(c) for c in STATS_COLUMNS} for r in rows], schema=STATS_COLUMNS, orient="row"
-    )
+    return pl.DataFrame([{c: r.get(c) for c in STATS_COLUMNS} for r in rows], schema=STATS_COLUMNS, orient="row")
 
 
 def normalize_metrics(df: pl.DataFrame, *, where: str = "metrics table") -> pl.DataFrame:
@@ -126,8 +129,7 @@ def read_metrics(path: str | Path) -> pl.DataFrame:
         if suffix == ".parquet":
             df = pl.read_parquet(path)
         elif suffix in (".csv", ".tsv", ".txt"):
-            df = pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",",
-                             infer_schema=False, comment_prefix="#")
+            df = pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema=False, comment_prefix="#")
         else:
             raise MetricsError(f"{path}: expected a .csv, .tsv or .parquet file")
     except MetricsError:

@@ -45,8 +45,14 @@ def _averaged(metrics: pl.DataFrame, x: str, y: str, by_layer: bool) -> pl.DataF
     return mean_over_seeds(metrics.filter(pl.col("checkpoint").is_not_null()), keys, [x, y])
 
 
-def within_source(metrics: pl.DataFrame, *, x: str = "cosine", y: str = "assistant_rate",
-                  analysis: str = "within_source", by_layer: bool = True) -> list[Row]:
+def within_source(
+    metrics: pl.DataFrame,
+    *,
+    x: str = "cosine",
+    y: str = "assistant_rate",
+    analysis: str = "within_source",
+    by_layer: bool = True,
+) -> list[Row]:
     """Per (arm, source, layer): Spearman of x against y over checkpoints, the exact p-value
     (all n! orderings) and the asymptotic one side by side (two rows)."""
     df = _averaged(metrics, x, y, by_layer)
@@ -73,9 +79,17 @@ def _spearman_rows(base: Row, pts: pl.DataFrame, x: str, y: str, unit: str = "po
     rows = []
     for method in ("exact", "asymptotic"):
         t = _stats.spearman(xs, ys, method=method)
-        rows.append({**base, "statistic": "spearman_rho", "estimate": t.estimate,
-                     "p_value": t.p_value, "p_method": t.p_method,
-                     "n_permutations": t.n_permutations, "note": note})
+        rows.append(
+            {
+                **base,
+                "statistic": "spearman_rho",
+                "estimate": t.estimate,
+                "p_value": t.p_value,
+                "p_method": t.p_method,
+                "n_permutations": t.n_permutations,
+                "note": note,
+            }
+        )
     return rows
 
 
@@ -83,17 +97,22 @@ def _at(df: pl.DataFrame, checkpoint: float) -> pl.DataFrame:
     return df.filter((pl.col("checkpoint") - checkpoint).abs() < 1e-9)
 
 
-def between_source(metrics: pl.DataFrame, *, checkpoint: float, x: str = "cosine",
-                   y: str = "assistant_rate", analysis: str = "between_source",
-                   by_layer: bool = True) -> list[Row]:
+def between_source(
+    metrics: pl.DataFrame,
+    *,
+    checkpoint: float,
+    x: str = "cosine",
+    y: str = "assistant_rate",
+    analysis: str = "between_source",
+    by_layer: bool = True,
+) -> list[Row]:
     """Per (arm, layer) at `checkpoint`: Spearman over sources, exact permutation p-value
     over all orderings of the sources, and the asymptotic one beside it."""
     df = _at(_averaged(metrics, x, y, by_layer), checkpoint)
     keys = ["arm"] + (["layer"] if by_layer else [])
     rows: list[Row] = []
     for key, g in df.group_by(keys, maintain_order=True):
-        base: Row = {"analysis": analysis, **dict(zip(keys, key)), "checkpoint": checkpoint,
-                     "x": x, "y": y}
+        base: Row = {"analysis": analysis, **dict(zip(keys, key)), "checkpoint": checkpoint, "x": x, "y": y}
         if by_layer and base.get("layer") is None and g[x].null_count() == g.height:
             continue
         pts = _points(g, x, y).sort("source")
@@ -102,9 +121,16 @@ def between_source(metrics: pl.DataFrame, *, checkpoint: float, x: str = "cosine
     return rows
 
 
-def pooled(metrics: pl.DataFrame, *, x: str = "cosine", y: str = "assistant_rate",
-           analysis: str = "between_source_pooled", by_layer: bool = True,
-           n_resamples: int = 9999, seed: int = 0) -> list[Row]:
+def pooled(
+    metrics: pl.DataFrame,
+    *,
+    x: str = "cosine",
+    y: str = "assistant_rate",
+    analysis: str = "between_source_pooled",
+    by_layer: bool = True,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> list[Row]:
     """Per (arm, layer): all (source, checkpoint) points pooled.
 
     Two rows: the naive asymptotic Spearman that treats every point as independent, and
@@ -151,17 +177,25 @@ def pooled(metrics: pl.DataFrame, *, x: str = "cosine", y: str = "assistant_rate
             icc_note = "negative ICC taken as 0 for the design effect" if icc is not None and icc < 0 else None
         clus = {"icc": icc, "icc_x": icc_x, "design_effect": deff, "n_eff": n_eff}
         naive = _stats.spearman(xs, ys, method="asymptotic")
-        rows.append({**base, **clus, "statistic": "spearman_rho", "estimate": naive.estimate,
-                     "p_value": naive.p_value, "p_method": "asymptotic",
-                     "note": "; ".join(filter(None, ["naive: treats every point as independent",
-                                                     icc_note, _seed_note(pts)]))})
+        rows.append(
+            {
+                **base,
+                **clus,
+                "statistic": "spearman_rho",
+                "estimate": naive.estimate,
+                "p_value": naive.p_value,
+                "p_method": "asymptotic",
+                "note": "; ".join(
+                    filter(None, ["naive: treats every point as independent", icc_note, _seed_note(pts)])
+                ),
+            }
+        )
         # Cluster permutation over the checkpoints common to all sources.
         per_src = pts.group_by("source").agg(pl.col("checkpoint"))
         common = set.intersection(*(set(c) for c in per_src["checkpoint"].to_list()))
         bal = pts.filter(pl.col("checkpoint").is_in(sorted(common))).sort(["source", "checkpoint"])
         bx, by_, bsrc = bal[x].to_numpy(), bal[y].to_numpy(), bal["source"].to_list()
-        crow: Row = {**base, **clus, "statistic": "spearman_rho", "p_method": "cluster_permutation",
-                     "n": len(bx)}
+        crow: Row = {**base, **clus, "statistic": "spearman_rho", "p_method": "cluster_permutation", "n": len(bx)}
         if k < 3:
             rows.append({**crow, "note": f"skipped: {k} source(s), 3 needed to permute sources"})
             continue
@@ -170,9 +204,17 @@ def pooled(metrics: pl.DataFrame, *, x: str = "cosine", y: str = "assistant_rate
             continue
         t = _stats.cluster_permutation(bx, by_, bsrc, n_resamples=n_resamples, seed=seed)
         dropped = len(xs) - len(bx)
-        notes = [f"{dropped} point(s) at checkpoints not shared by all sources left out"
-                 if dropped else None, _seed_note(pts)]
-        rows.append({**crow, "estimate": t.estimate, "p_value": t.p_value,
-                     "n_permutations": t.n_permutations,
-                     "note": "; ".join(filter(None, notes)) or None})
+        notes = [
+            f"{dropped} point(s) at checkpoints not shared by all sources left out" if dropped else None,
+            _seed_note(pts),
+        ]
+        rows.append(
+            {
+                **crow,
+                "estimate": t.estimate,
+                "p_value": t.p_value,
+                "n_permutations": t.n_permutations,
+                "note": "; ".join(filter(None, notes)) or None,
+            }
+        )
     return rows

@@ -11,6 +11,7 @@ from cpx.analysis._run import Analysis
 
 def md_table(frame: pl.DataFrame) -> str:
     """A GitHub-flavoured Markdown table of a frame of strings."""
+
     def cell(v: object) -> str:
         return str(v if v is not None else T.DASH).replace("|", "\\|").replace("\n", " ")
 
@@ -60,18 +61,22 @@ def render_table(t: T.Table, level: int = 2) -> str:
 
 def stats_markdown(analysis: Analysis, *, title: str = "Statistics") -> str:
     """The whole stats.md."""
-    parts = [f"# {title}\n",
-             "Every number below is computed from the data by cpx; p-values say how they were "
-             "computed. Tests with too few points are skipped and listed at the end.\n"]
+    parts = [
+        f"# {title}\n",
+        "Every number below is computed from the data by cpx; p-values say how they were "
+        "computed. Tests with too few points are skipped and listed at the end.\n",
+    ]
     for t in tables(analysis):
         parts.append(render_table(t))
     fam = T.families(analysis.stats)
     if fam.height:
-        parts.append("## Multiple comparisons\n\n" + md_table(fam) + "\n\n"
-                     "A family is one analysis in one arm with one kind of p-value. Holm "
-                     "controls the family-wise error rate, Benjamini-Hochberg (BH) the false "
-                     "discovery rate; stats.parquet holds raw and adjusted p-values "
-                     "(`p_value`, `p_adjusted`, `p_adjusted_bh`).\n")
+        parts.append(
+            "## Multiple comparisons\n\n" + md_table(fam) + "\n\n"
+            "A family is one analysis in one arm with one kind of p-value. Holm "
+            "controls the family-wise error rate, Benjamini-Hochberg (BH) the false "
+            "discovery rate; stats.parquet holds raw and adjusted p-values "
+            "(`p_value`, `p_adjusted`, `p_adjusted_bh`).\n"
+        )
     notes = analysis.notes + [f"skipped: {s}" for s in T.skipped(analysis.stats)]
     if notes:
         parts.append("## Notes\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")

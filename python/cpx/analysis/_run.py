@@ -27,12 +27,19 @@ from cpx.analysis._seeds import seed_replication
 from cpx.analysis._specificity import adapter_quality, adapter_rows, specificity_vs_cosine
 from cpx.analysis._steering import steering
 
-ANALYSES = ("leakage_by_role", "cross_arm", "within_source", "between_source",
-            "pseudo_replication", "bystander_vs_assistant", "marker_specificity", "steering",
-            "seed_replication")
+ANALYSES = (
+    "leakage_by_role",
+    "cross_arm",
+    "within_source",
+    "between_source",
+    "pseudo_replication",
+    "bystander_vs_assistant",
+    "marker_specificity",
+    "steering",
+    "seed_replication",
+)
 # Names the spec language uses for groups of the analyses above.
-ALIASES = {"leakage": ("leakage_by_role", "cross_arm"),
-           "adapter_specificity": ("marker_specificity",)}
+ALIASES = {"leakage": ("leakage_by_role", "cross_arm"), "adapter_specificity": ("marker_specificity",)}
 # Options an entry of `analyses` may set for itself alone.
 PER_ANALYSIS = ("checkpoint", "layers")
 # Params the compiler adds that the analyses do not need (the rows carry their labels).
@@ -79,12 +86,16 @@ class Options:
             name = str(a.get("name"))
             targets = ALIASES.get(name, (name,))
             if any(t not in ANALYSES for t in targets):
-                raise ValueError(f"analyze params: analyses[{i}]: unknown analysis {name!r}; known: "
-                                 f"{', '.join([*ANALYSES, *ALIASES])}")
+                raise ValueError(
+                    f"analyze params: analyses[{i}]: unknown analysis {name!r}; known: "
+                    f"{', '.join([*ANALYSES, *ALIASES])}"
+                )
             for k in a:
                 if k != "name" and k not in PER_ANALYSIS:
-                    raise ValueError(f"analyze params: analyses[{i}] ({name}): unknown option "
-                                     f"{k!r}; an analysis may set {', '.join(PER_ANALYSIS)}")
+                    raise ValueError(
+                        f"analyze params: analyses[{i}] ({name}): unknown option "
+                        f"{k!r}; an analysis may set {', '.join(PER_ANALYSIS)}"
+                    )
             for t in targets:
                 if t not in names:
                     names.append(t)
@@ -118,8 +129,7 @@ class Analysis:
 def _ensure_specificity(metrics: pl.DataFrame) -> pl.DataFrame:
     if "specificity" in metrics.columns:
         return metrics
-    return metrics.with_columns(
-        (pl.col("source_rate") - pl.col("bystander_rate")).alias("specificity"))
+    return metrics.with_columns((pl.col("source_rate") - pl.col("bystander_rate")).alias("specificity"))
 
 
 def split_predictors(metrics: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
@@ -130,17 +140,23 @@ def split_predictors(metrics: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame,
     kept: dict[str, pl.DataFrame] = {}
     sourced = metrics.filter(pl.col("source").is_not_null())
     for col in ("cosine", "specificity"):
-        empty = sorted(str(a) for (a,), g in sourced.group_by("arm")
-                       if g[col].null_count() == g.height
-                       or g["assistant_rate"].null_count() == g.height)
-        notes += [f"arm {arm}: no {col} values with assistant leakage, so no {col}-leakage "
-                  "tests for this arm" for arm in empty]
+        empty = sorted(
+            str(a)
+            for (a,), g in sourced.group_by("arm")
+            if g[col].null_count() == g.height or g["assistant_rate"].null_count() == g.height
+        )
+        notes += [
+            f"arm {arm}: no {col} values with assistant leakage, so no {col}-leakage tests for this arm"
+            for arm in empty
+        ]
         kept[col] = sourced.filter(~pl.col("arm").cast(pl.String).is_in(empty))
     seeds = metrics["seed"].drop_nulls().n_unique()
     if seeds > 1:
-        notes.append(f"{seeds} seeds: the within-source, between-source and pooled tests (and "
-                     "the steering pooled test) use the mean over seeds per point; "
-                     "seed_replication gives the per-seed estimates and their spread")
+        notes.append(
+            f"{seeds} seeds: the within-source, between-source and pooled tests (and "
+            "the steering pooled test) use the mean over seeds per point; "
+            "seed_replication gives the per-seed estimates and their spread"
+        )
     return kept["cosine"], kept["specificity"], notes
 
 
@@ -152,8 +168,9 @@ def _at(df: pl.DataFrame, checkpoint: float | None) -> pl.DataFrame:
     return df if checkpoint is None else df.filter((pl.col("checkpoint") - checkpoint).abs() < 1e-9)
 
 
-def _tests(metrics: pl.DataFrame, marker_hits: pl.DataFrame | None,
-           adapters: pl.DataFrame | None, opts: Options) -> tuple[list[dict[str, Any]], list[str]]:
+def _tests(
+    metrics: pl.DataFrame, marker_hits: pl.DataFrame | None, adapters: pl.DataFrame | None, opts: Options
+) -> tuple[list[dict[str, Any]], list[str]]:
     rows: list[dict[str, Any]] = []
     everything, metrics = metrics, trained(metrics)  # steer arms' rows have analyses of their own
     last = final_checkpoint(metrics)
@@ -166,36 +183,44 @@ def _tests(metrics: pl.DataFrame, marker_hits: pl.DataFrame | None,
         if ck is None:
             notes.append("between-source test skipped: no checkpoint values in the data")
         else:
-            rows += between_source(_layers(with_cos, opts.get("between_source", "layers")),
-                                   checkpoint=ck)
+            rows += between_source(_layers(with_cos, opts.get("between_source", "layers")), checkpoint=ck)
     if "pseudo_replication" in opts.analyses:
-        rows += pooled(_layers(with_cos, opts.get("pseudo_replication", "layers")),
-                       n_resamples=opts.n_resamples, seed=opts.seed)
+        rows += pooled(
+            _layers(with_cos, opts.get("pseudo_replication", "layers")), n_resamples=opts.n_resamples, seed=opts.seed
+        )
     if "bystander_vs_assistant" in opts.analyses:
         ck = opts.get("bystander_vs_assistant", "checkpoint")
         hits = None if marker_hits is None else _at(marker_hits, ck)
-        rows += bystander_vs_assistant(hits, _at(metrics, ck), n_resamples=opts.n_resamples,
-                                       seed=opts.seed)
+        rows += bystander_vs_assistant(hits, _at(metrics, ck), n_resamples=opts.n_resamples, seed=opts.seed)
     if "marker_specificity" in opts.analyses:
         if adapters is not None:
             rows += adapter_rows(adapters)
         ck = opts.get("marker_specificity", "checkpoint")
         rows += specificity_vs_cosine(
             _layers(with_spec, opts.get("marker_specificity", "layers")),
-            checkpoint=last if ck is None else float(ck), n_resamples=opts.n_resamples,
-            seed=opts.seed)
+            checkpoint=last if ck is None else float(ck),
+            n_resamples=opts.n_resamples,
+            seed=opts.seed,
+        )
     steer_rows: list[dict[str, Any]] = []
     if {"steering", "seed_replication"} & set(opts.analyses):
-        steer_rows = steering(everything, layers=opts.get("steering", "layers"),
-                              n_resamples=opts.n_resamples, seed=opts.seed,
-                              confidence_level=opts.confidence_level)
+        steer_rows = steering(
+            everything,
+            layers=opts.get("steering", "layers"),
+            n_resamples=opts.n_resamples,
+            seed=opts.seed,
+            confidence_level=opts.confidence_level,
+        )
     if "steering" in opts.analyses:
         rows += steer_rows
     if "seed_replication" in opts.analyses:
         ck = opts.get("seed_replication", "checkpoint")
-        rows += seed_replication(everything, checkpoint=last if ck is None else float(ck),
-                                 steering_rows=steer_rows,
-                                 confidence_level=opts.confidence_level)
+        rows += seed_replication(
+            everything,
+            checkpoint=last if ck is None else float(ck),
+            steering_rows=steer_rows,
+            confidence_level=opts.confidence_level,
+        )
     return rows, notes
 
 
@@ -216,15 +241,18 @@ def analyze_metrics(metrics: pl.DataFrame, options: Options | None = None) -> An
     return Analysis(metrics=metrics, stats=adjust(stats_frame(rows)), notes=notes, options=opts)
 
 
-def _metrics_of(tables: dict[str, pl.DataFrame], opts: Options,
-                labels: tuple[str, ...]) -> pl.DataFrame | None:
+def _metrics_of(tables: dict[str, pl.DataFrame], opts: Options, labels: tuple[str, ...]) -> pl.DataFrame | None:
     """The metrics of one kind of eval point (keyed by `labels`), None without any rows."""
     hits = tables.get("marker_hits")
     leakage = tables.get("leakage")
     if hits is not None and hits.height:
-        roles = leakage_by_role(hits, confidence_level=opts.confidence_level,
-                                n_resamples=opts.bootstrap_resamples, seed=opts.seed,
-                                labels=labels)
+        roles = leakage_by_role(
+            hits,
+            confidence_level=opts.confidence_level,
+            n_resamples=opts.bootstrap_resamples,
+            seed=opts.seed,
+            labels=labels,
+        )
         who = source_personas(hits, labels)
         roles_from = hits
     elif leakage is not None and leakage.height:
@@ -233,8 +261,9 @@ def _metrics_of(tables: dict[str, pl.DataFrame], opts: Options,
         roles_from = leakage
     else:
         return None
-    return build_metrics(roles, tables.get("cosines"), assistant=assistant_persona(roles_from),
-                         source_persona=who, labels=labels)
+    return build_metrics(
+        roles, tables.get("cosines"), assistant=assistant_persona(roles_from), source_persona=who, labels=labels
+    )
 
 
 def analyze_tables(tables: dict[str, pl.DataFrame], options: Options | None = None) -> Analysis:
@@ -250,8 +279,7 @@ def analyze_tables(tables: dict[str, pl.DataFrame], options: Options | None = No
     arms = set().union(*(steer_arms(v) for v in tables.values()))
     plain = {k: trained(v, arms) for k, v in tables.items()}
     steer = {k: steered(v) for k, v in tables.items() if k != "screen"}
-    parts = [m for m in (_metrics_of(plain, opts, LABELS), _metrics_of(steer, opts, STEER_LABELS))
-             if m is not None]
+    parts = [m for m in (_metrics_of(plain, opts, LABELS), _metrics_of(steer, opts, STEER_LABELS)) if m is not None]
     if not parts:
         raise ValueError("analyze: no marker_hits or leakage rows to analyse")
     metrics = pl.concat(parts, how="diagonal_relaxed")
@@ -262,8 +290,7 @@ def analyze_tables(tables: dict[str, pl.DataFrame], options: Options | None = No
     screen = tables.get("screen")
     adapters = adapter_quality(screen) if screen is not None and screen.height else None
     rows, notes = _tests(metrics, plain.get("marker_hits"), adapters, opts)
-    return Analysis(metrics=metrics, stats=adjust(stats_frame(rows)), adapters=adapters,
-                    notes=notes, options=opts)
+    return Analysis(metrics=metrics, stats=adjust(stats_frame(rows)), adapters=adapters, notes=notes, options=opts)
 
 
 __all__ = ["ANALYSES", "LABELS", "Analysis", "Options", "analyze_metrics", "analyze_tables"]

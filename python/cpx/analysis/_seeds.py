@@ -87,9 +87,12 @@ class RandomEffects:
     weights: str  # inverse_variance | equal
 
 
-def random_effects(estimates: Sequence[float] | np.ndarray,
-                   variances: Sequence[float | None] | np.ndarray | None = None,
-                   *, confidence_level: float = 0.95) -> RandomEffects:
+def random_effects(
+    estimates: Sequence[float] | np.ndarray,
+    variances: Sequence[float | None] | np.ndarray | None = None,
+    *,
+    confidence_level: float = 0.95,
+) -> RandomEffects:
     """DerSimonian-Laird random-effects mean of `estimates` (one per seed, at least two) with
     within-seed `variances`, and a Hartung-Knapp interval.
 
@@ -118,7 +121,7 @@ def random_effects(estimates: Sequence[float] | np.ndarray,
         w = 1 / v
         mu_fe = float((w * y).sum() / w.sum())
         q = float((w * (y - mu_fe) ** 2).sum())
-        c = float(w.sum() - (w ** 2).sum() / w.sum())
+        c = float(w.sum() - (w**2).sum() / w.sum())
         tau2 = max(0.0, (q - (k - 1)) / c)
         ws = 1 / (v + tau2)
         mu = float((ws * y).sum() / ws.sum())
@@ -159,8 +162,7 @@ def interval_variance(low: float | None, high: float | None, z: float) -> float 
     return ((high - low) / (2 * z)) ** 2 if low is not None and high is not None else None
 
 
-def _per_seed_rates(metrics: pl.DataFrame, checkpoint: float | None,
-                    confidence_level: float) -> list[Row]:
+def _per_seed_rates(metrics: pl.DataFrame, checkpoint: float | None, confidence_level: float) -> list[Row]:
     """Source and assistant rate per (arm, source, seed) at `checkpoint`, with the variance
     implied by each rate's bootstrap interval (width / 2z, squared)."""
     if checkpoint is None:
@@ -176,10 +178,21 @@ def _per_seed_rates(metrics: pl.DataFrame, checkpoint: float | None,
                 continue
             lo, hi = r.get(f"{role}_ci_low"), r.get(f"{role}_ci_high")
             var = interval_variance(lo, hi, z)
-            out.append({"arm": r["arm"], "source": r["source"], "seed": r["seed"],
-                        "checkpoint": checkpoint, "statistic": f"{role}_rate",
-                        "x": "seed", "y": f"{role}_rate", "estimate": est, "ci_low": lo,
-                        "ci_high": hi, "var": var})
+            out.append(
+                {
+                    "arm": r["arm"],
+                    "source": r["source"],
+                    "seed": r["seed"],
+                    "checkpoint": checkpoint,
+                    "statistic": f"{role}_rate",
+                    "x": "seed",
+                    "y": f"{role}_rate",
+                    "estimate": est,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "var": var,
+                }
+            )
     return out
 
 
@@ -191,21 +204,48 @@ def _per_seed_rhos(metrics: pl.DataFrame, steering_rows: list[Row]) -> list[Row]
     for (s,), g in tm.group_by(["seed"], maintain_order=True):
         for r in within_source(g):
             if r.get("p_method") == "exact" or r.get("p_method") == "permutation":
-                out.append({"arm": r["arm"], "source": r["source"], "seed": s,
-                            "layer": r["layer"], "statistic": "within_source_rho", "x": "cosine",
-                            "y": "assistant_rate", "estimate": r["estimate"], "n": r["n"]})
+                out.append(
+                    {
+                        "arm": r["arm"],
+                        "source": r["source"],
+                        "seed": s,
+                        "layer": r["layer"],
+                        "statistic": "within_source_rho",
+                        "x": "cosine",
+                        "y": "assistant_rate",
+                        "estimate": r["estimate"],
+                        "n": r["n"],
+                    }
+                )
     for r in steering_rows:
-        if (r.get("analysis") == "steering" and r.get("y") == "assistant_rate"
-                and r.get("p_method") in ("exact", "permutation")):
-            out.append({"arm": r["arm"], "source": r["source"], "seed": r["seed"],
-                        "layer": r["layer"], "statistic": "steering_rho", "x": "cosine",
-                        "y": "assistant_rate", "estimate": r["estimate"], "n": r["n"]})
+        if (
+            r.get("analysis") == "steering"
+            and r.get("y") == "assistant_rate"
+            and r.get("p_method") in ("exact", "permutation")
+        ):
+            out.append(
+                {
+                    "arm": r["arm"],
+                    "source": r["source"],
+                    "seed": r["seed"],
+                    "layer": r["layer"],
+                    "statistic": "steering_rho",
+                    "x": "cosine",
+                    "y": "assistant_rate",
+                    "estimate": r["estimate"],
+                    "n": r["n"],
+                }
+            )
     return out
 
 
-def seed_replication(metrics: pl.DataFrame, *, checkpoint: float | None,
-                     steering_rows: list[Row] | None = None,
-                     confidence_level: float = 0.95) -> list[Row]:
+def seed_replication(
+    metrics: pl.DataFrame,
+    *,
+    checkpoint: float | None,
+    steering_rows: list[Row] | None = None,
+    confidence_level: float = 0.95,
+) -> list[Row]:
     """Per-seed estimates and their random-effects pooling (see the module docstring).
 
     Quantities, per (arm, source): the source and assistant rate at `checkpoint` (the
@@ -216,8 +256,7 @@ def seed_replication(metrics: pl.DataFrame, *, checkpoint: float | None,
     `i2`, `n_clusters` = seeds). With a single seed in the data, one `skipped:` row per arm.
     """
     seeds = sorted(int(s) for s in metrics["seed"].drop_nulls().unique().to_list())
-    arms = sorted(str(a) for a in metrics.filter(pl.col("source").is_not_null())["arm"]
-                  .drop_nulls().unique().to_list())
+    arms = sorted(str(a) for a in metrics.filter(pl.col("source").is_not_null())["arm"].drop_nulls().unique().to_list())
     base: Row = {"analysis": "seed_replication"}
     if len(seeds) < 2:
         which = f" ({seeds[0]})" if seeds else ""
@@ -235,29 +274,54 @@ def seed_replication(metrics: pl.DataFrame, *, checkpoint: float | None,
         first = g[0]
         common = {**base, **dict(zip(keys, key)), "x": first["x"], "y": first["y"]}
         for r in g:
-            rows.append({**common, "seed": r["seed"], "estimate": r["estimate"],
-                         "ci_low": r.get("ci_low"), "ci_high": r.get("ci_high"), "n": r.get("n"),
-                         "within_var": r.get("var"), "note": f"seed {r['seed']} alone"})
+            rows.append(
+                {
+                    **common,
+                    "seed": r["seed"],
+                    "estimate": r["estimate"],
+                    "ci_low": r.get("ci_low"),
+                    "ci_high": r.get("ci_high"),
+                    "n": r.get("n"),
+                    "within_var": r.get("var"),
+                    "note": f"seed {r['seed']} alone",
+                }
+            )
         pooled: Row = {**common, "n": len(g), "n_clusters": len(g)}
         if len(g) < 2:
             rows.append({**pooled, "note": f"skipped: only seed {g[0]['seed']} has this estimate"})
             continue
-        re = random_effects([r["estimate"] for r in g], [r.get("var") for r in g],
-                            confidence_level=confidence_level)
-        how = ("inverse-variance weights" if re.weights == "inverse_variance"
-               else "equal weights (no within-seed variance)" if re.within_var is None
-               else "equal weights (a seed has within-seed variance 0)")
+        re = random_effects([r["estimate"] for r in g], [r.get("var") for r in g], confidence_level=confidence_level)
+        how = (
+            "inverse-variance weights"
+            if re.weights == "inverse_variance"
+            else "equal weights (no within-seed variance)"
+            if re.within_var is None
+            else "equal weights (a seed has within-seed variance 0)"
+        )
         low, high = clip_to_range(key[-1], re.ci_low, re.ci_high)
-        note = (f"pooled over {re.k} of {len(seeds)} seeds: DerSimonian-Laird random effects, {how}, "
-                "Hartung-Knapp interval (cut to the quantity's range)")
+        note = (
+            f"pooled over {re.k} of {len(seeds)} seeds: DerSimonian-Laird random effects, {how}, "
+            "Hartung-Knapp interval (cut to the quantity's range)"
+        )
         if len(g) < len(seeds):
             missing = sorted(set(seeds) - {r["seed"] for r in g})
             note += f"; seed(s) {', '.join(map(str, missing))} have no estimate (e.g. a constant variable)"
         if len({r["estimate"] for r in g}) == 1 and not re.within_var:
-            note += ("; every seed gives the same value and there is no within-seed variance: the interval "
-                     "has no width, which says nothing about the uncertainty")
-        rows.append({**pooled, "statistic": key[-1], "estimate": re.estimate,
-                     "ci_low": low, "ci_high": high, "tau2": re.tau2,
-                     "within_var": re.within_var, "i2": re.i2, "note": note})
+            note += (
+                "; every seed gives the same value and there is no within-seed variance: the interval "
+                "has no width, which says nothing about the uncertainty"
+            )
+        rows.append(
+            {
+                **pooled,
+                "statistic": key[-1],
+                "estimate": re.estimate,
+                "ci_low": low,
+                "ci_high": high,
+                "tau2": re.tau2,
+                "within_var": re.within_var,
+                "i2": re.i2,
+                "note": note,
+            }
+        )
     return rows
-

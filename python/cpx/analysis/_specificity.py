@@ -27,8 +27,7 @@ def adapter_quality(screen: pl.DataFrame) -> pl.DataFrame:
     if "role" not in df.columns:
         raise ValueError("screen table: missing column 'role'")
     rows: list[Row] = []
-    for key, g in df.sort([*LABELS, "persona"], nulls_last=True).group_by(
-            list(LABELS), maintain_order=True):
+    for key, g in df.sort([*LABELS, "persona"], nulls_last=True).group_by(list(LABELS), maintain_order=True):
         src = g.filter(pl.col("role") == "source")
         oth = g.filter(pl.col("role") != "source")
         if src.is_empty() or oth.is_empty():
@@ -46,36 +45,55 @@ def adapter_quality(screen: pl.DataFrame) -> pl.DataFrame:
             cls = "global"
         else:
             cls = "specific"
-        rows.append({
-            **dict(zip(LABELS, key)),
-            "source_persona": src["persona"][0],
-            "source_rate": s_rate,
-            "assistant_rate": float(asst.mean()) if asst.len() else None,  # type: ignore[arg-type]
-            "bystander_rate": float(bys.mean()) if bys.len() else None,  # type: ignore[arg-type]
-            "other_rate": o_mean,
-            "top_other": top["persona"],
-            "top_other_rate": float(top["rate"]),
-            "specificity": s_rate - o_mean,
-            "class": cls,
-        })
-    schema = {"arm": pl.String, "source": pl.String, "seed": pl.Int64, "checkpoint": pl.Float64,
-              "source_persona": pl.String, "source_rate": pl.Float64,
-              "assistant_rate": pl.Float64, "bystander_rate": pl.Float64,
-              "other_rate": pl.Float64, "top_other": pl.String, "top_other_rate": pl.Float64,
-              "specificity": pl.Float64, "class": pl.String}
+        rows.append(
+            {
+                **dict(zip(LABELS, key)),
+                "source_persona": src["persona"][0],
+                "source_rate": s_rate,
+                "assistant_rate": float(asst.mean()) if asst.len() else None,  # type: ignore[arg-type]
+                "bystander_rate": float(bys.mean()) if bys.len() else None,  # type: ignore[arg-type]
+                "other_rate": o_mean,
+                "top_other": top["persona"],
+                "top_other_rate": float(top["rate"]),
+                "specificity": s_rate - o_mean,
+                "class": cls,
+            }
+        )
+    schema = {
+        "arm": pl.String,
+        "source": pl.String,
+        "seed": pl.Int64,
+        "checkpoint": pl.Float64,
+        "source_persona": pl.String,
+        "source_rate": pl.Float64,
+        "assistant_rate": pl.Float64,
+        "bystander_rate": pl.Float64,
+        "other_rate": pl.Float64,
+        "top_other": pl.String,
+        "top_other_rate": pl.Float64,
+        "specificity": pl.Float64,
+        "class": pl.String,
+    }
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
 def adapter_rows(adapters: pl.DataFrame) -> list[Row]:
     """The specificity index per adapter as stats rows (estimates, no tests)."""
-    return [{"analysis": "marker_specificity", **{c: r[c] for c in LABELS},
-             "statistic": "specificity_index", "x": "other_rate", "y": "source_rate",
-             "estimate": r["specificity"], "note": f"{r['class']} adapter (screen before merge)"}
-            for r in adapters.iter_rows(named=True)]
+    return [
+        {
+            "analysis": "marker_specificity",
+            **{c: r[c] for c in LABELS},
+            "statistic": "specificity_index",
+            "x": "other_rate",
+            "y": "source_rate",
+            "estimate": r["specificity"],
+            "note": f"{r['class']} adapter (screen before merge)",
+        }
+        for r in adapters.iter_rows(named=True)
+    ]
 
 
-def specificity_vs_cosine(metrics: pl.DataFrame, *, checkpoint: float | None,
-                          n_resamples: int, seed: int) -> list[Row]:
+def specificity_vs_cosine(metrics: pl.DataFrame, *, checkpoint: float | None, n_resamples: int, seed: int) -> list[Row]:
     """Does specificity (source rate minus bystander rate at the same checkpoint) predict
     assistant leakage better than cosine? The same tests as for cosine (within source,
     between sources at `checkpoint`, pooled with a cluster permutation), plus a descriptive
@@ -83,20 +101,34 @@ def specificity_vs_cosine(metrics: pl.DataFrame, *, checkpoint: float | None,
     lf = layer_free(metrics)
     rows = within_source(lf, x="specificity", analysis="specificity_within_source", by_layer=False)
     if checkpoint is not None:
-        rows += between_source(lf, checkpoint=checkpoint, x="specificity",
-                               analysis="specificity_between_source", by_layer=False)
+        rows += between_source(
+            lf, checkpoint=checkpoint, x="specificity", analysis="specificity_between_source", by_layer=False
+        )
         cos = between_source(metrics, checkpoint=checkpoint, x="cosine")
-        spec = {r["arm"]: r for r in rows
-                if r["analysis"] == "specificity_between_source" and r.get("p_method") not in (None, "asymptotic")}
+        spec = {
+            r["arm"]: r
+            for r in rows
+            if r["analysis"] == "specificity_between_source" and r.get("p_method") not in (None, "asymptotic")
+        }
         for r in cos:
             s = spec.get(r["arm"])
             if r.get("p_method") in (None, "asymptotic") or s is None or r.get("estimate") is None:
                 continue
-            rows.append({"analysis": "specificity_vs_cosine", "arm": r["arm"], "layer": r["layer"],
-                         "checkpoint": checkpoint, "x": "specificity vs cosine",
-                         "y": "assistant_rate", "statistic": "abs_rho_difference",
-                         "estimate": abs(s["estimate"]) - abs(r["estimate"]), "n": r["n"],
-                         "note": "descriptive: no test of the difference at this many sources"})
-    rows += pooled(lf, x="specificity", analysis="specificity_pooled", by_layer=False,
-                   n_resamples=n_resamples, seed=seed)
+            rows.append(
+                {
+                    "analysis": "specificity_vs_cosine",
+                    "arm": r["arm"],
+                    "layer": r["layer"],
+                    "checkpoint": checkpoint,
+                    "x": "specificity vs cosine",
+                    "y": "assistant_rate",
+                    "statistic": "abs_rho_difference",
+                    "estimate": abs(s["estimate"]) - abs(r["estimate"]),
+                    "n": r["n"],
+                    "note": "descriptive: no test of the difference at this many sources",
+                }
+            )
+    rows += pooled(
+        lf, x="specificity", analysis="specificity_pooled", by_layer=False, n_resamples=n_resamples, seed=seed
+    )
     return rows

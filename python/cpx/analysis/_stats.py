@@ -62,8 +62,7 @@ def _f(v: Any) -> float | None:
     return None if math.isnan(v) else v
 
 
-def spearman(x: Array, y: Array, *, method: str, n_resamples: int = 9999,
-             seed: int = 0) -> Test:
+def spearman(x: Array, y: Array, *, method: str, n_resamples: int = 9999, seed: int = 0) -> Test:
     """Spearman's rho with an "asymptotic" p-value, or an "exact" one (all n! orderings; a
     seeded Monte Carlo permutation p-value above `EXACT_MAX_N` points)."""
     xa = np.asarray(x, dtype=np.float64)
@@ -75,8 +74,7 @@ def spearman(x: Array, y: Array, *, method: str, n_resamples: int = 9999,
     if len(xa) <= EXACT_MAX_N:
         r = st.spearman(xa, ya, method="exact", alternative="two-sided")
     else:
-        r = st.spearman(xa, ya, method="permutation", alternative="two-sided",
-                        n_resamples=n_resamples, seed=seed)
+        r = st.spearman(xa, ya, method="permutation", alternative="two-sided", n_resamples=n_resamples, seed=seed)
     exact = _exact_flag(r, len(xa) <= EXACT_MAX_N)
     n_perm = _n_perm(r) or (math.factorial(len(xa)) if exact else None)
     return Test(float(r.statistic), _f(r.pvalue), "exact" if exact else "permutation", n_perm)
@@ -88,8 +86,7 @@ def codes(labels: Sequence[Any]) -> np.ndarray:
     return inv.astype(np.int64)
 
 
-def cluster_permutation(x: Array, y: Array, groups: Sequence[Any], *,
-                        n_resamples: int = 9999, seed: int = 0) -> Test:
+def cluster_permutation(x: Array, y: Array, groups: Sequence[Any], *, n_resamples: int = 9999, seed: int = 0) -> Test:
     """Spearman over all points, p-value from exchanging whole clusters' y-trajectories.
 
     The points of each cluster (source) must be in the same order and of the same number
@@ -125,27 +122,34 @@ def cluster_permutation(x: Array, y: Array, groups: Sequence[Any], *,
     return Test(observed, (extreme + 1) / (n_resamples + 1), "cluster_permutation", n_resamples)
 
 
-def paired_permutation(a: Array, b: Array, *, n_resamples: int = 9999,
-                       seed: int = 0) -> Test:
+def paired_permutation(a: Array, b: Array, *, n_resamples: int = 9999, seed: int = 0) -> Test:
     """Mean of a - b over pairs, p-value from swapping a and b within each pair (sign flips
     of the differences; exact when 2^n <= n_resamples)."""
     r = _stats().permutation_test(
-        np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64),
-        statistic="mean", scheme="samples",
-        n_resamples=n_resamples, alternative="two-sided", seed=seed,
+        np.asarray(a, dtype=np.float64),
+        np.asarray(b, dtype=np.float64),
+        statistic="mean",
+        scheme="samples",
+        n_resamples=n_resamples,
+        alternative="two-sided",
+        seed=seed,
     )
     exact = _exact_flag(r, False)
     return Test(float(r.statistic), _f(r.pvalue), "exact" if exact else "permutation", _n_perm(r))
 
 
-def cluster_bootstrap_mean(values: Array, clusters: Sequence[Any], *,
-                           confidence_level: float, n_resamples: int, seed: int
-                           ) -> tuple[float, float]:
+def cluster_bootstrap_mean(
+    values: Array, clusters: Sequence[Any], *, confidence_level: float, n_resamples: int, seed: int
+) -> tuple[float, float]:
     """Percentile interval of a mean, resampling whole clusters."""
     r = _stats().bootstrap_ci(
-        np.asarray(values, dtype=np.float64), statistic="mean", method="percentile",
-        clusters=codes(clusters), confidence_level=confidence_level,
-        n_resamples=n_resamples, seed=seed,
+        np.asarray(values, dtype=np.float64),
+        statistic="mean",
+        method="percentile",
+        clusters=codes(clusters),
+        confidence_level=confidence_level,
+        n_resamples=n_resamples,
+        seed=seed,
     )
     return float(r.low), float(r.high)
 

@@ -43,21 +43,34 @@ def steering_curve(metrics: pl.DataFrame, *, confidence_level: float = 0.95) -> 
     rows: list[Row] = []
     for df, layer, y in parts:
         role = y.removesuffix("_rate")
-        for (arm, src, alpha), g in df.sort("seed").group_by(["arm", "source", "alpha"],
-                                                            maintain_order=True):
+        for (arm, src, alpha), g in df.sort("seed").group_by(["arm", "source", "alpha"], maintain_order=True):
             g = g.filter(pl.col(y).is_not_null())
             if g.is_empty():
                 continue
-            base: Row = {"analysis": "steering_curve", "arm": arm, "source": src, "alpha": alpha,
-                         "layer": layer, "x": "alpha", "y": y, "statistic": "mean",
-                         "n": g.height, "n_clusters": g.height}
+            base: Row = {
+                "analysis": "steering_curve",
+                "arm": arm,
+                "source": src,
+                "alpha": alpha,
+                "layer": layer,
+                "x": "alpha",
+                "y": y,
+                "statistic": "mean",
+                "n": g.height,
+                "n_clusters": g.height,
+            }
             if g.height == 1:
                 r = g.row(0, named=True)
-                rows.append({**base, "seed": r["seed"], "estimate": r[y],
-                             "ci_low": r.get(f"{role}_ci_low") if y != "cosine" else None,
-                             "ci_high": r.get(f"{role}_ci_high") if y != "cosine" else None,
-                             "note": "one seed" + ("" if y == "cosine" else
-                                                   ": bootstrap interval over questions")})
+                rows.append(
+                    {
+                        **base,
+                        "seed": r["seed"],
+                        "estimate": r[y],
+                        "ci_low": r.get(f"{role}_ci_low") if y != "cosine" else None,
+                        "ci_high": r.get(f"{role}_ci_high") if y != "cosine" else None,
+                        "note": "one seed" + ("" if y == "cosine" else ": bootstrap interval over questions"),
+                    }
+                )
                 continue
             var = None
             if y != "cosine" and f"{role}_ci_low" in g.columns:
@@ -65,15 +78,29 @@ def steering_curve(metrics: pl.DataFrame, *, confidence_level: float = 0.95) -> 
                 var = [interval_variance(lo, h, z) for lo, h in zip(g[f"{role}_ci_low"], g[f"{role}_ci_high"])]
             re = random_effects(g[y].to_list(), var, confidence_level=confidence_level)
             low, high = clip_to_range(y, re.ci_low, re.ci_high)
-            rows.append({**base, "estimate": re.estimate, "ci_low": low,
-                         "ci_high": high, "tau2": re.tau2, "within_var": re.within_var,
-                         "i2": re.i2, "note": f"mean over {re.k} seeds, Hartung-Knapp interval"
-                                 " (cut to the quantity's range)"})
+            rows.append(
+                {
+                    **base,
+                    "estimate": re.estimate,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "tau2": re.tau2,
+                    "within_var": re.within_var,
+                    "i2": re.i2,
+                    "note": f"mean over {re.k} seeds, Hartung-Knapp interval (cut to the quantity's range)",
+                }
+            )
     return rows
 
 
-def steering(metrics: pl.DataFrame, *, layers: tuple[int, ...] | None = None,
-             n_resamples: int = 9999, seed: int = 0, confidence_level: float = 0.95) -> list[Row]:
+def steering(
+    metrics: pl.DataFrame,
+    *,
+    layers: tuple[int, ...] | None = None,
+    n_resamples: int = 9999,
+    seed: int = 0,
+    confidence_level: float = 0.95,
+) -> list[Row]:
     """The steering curve (`steering_curve` rows), Spearman of assistant and of bystander
     leakage against the achieved cosine over strengths per (arm, source, seed, layer)
     (`steering`: exact and asymptotic rows, as within_source), and per (arm, layer) the pooled
@@ -90,8 +117,7 @@ def steering(metrics: pl.DataFrame, *, layers: tuple[int, ...] | None = None,
         for (s,), g in traj.sort("seed").group_by(["seed"], maintain_order=True):
             for r in within_source(g, x="cosine", y=y, analysis="steering"):
                 rows.append({**r, "seed": s, "note": _strengths(r.get("note"))})
-        for r in pooled(traj, x="cosine", y=y, analysis="steering_pooled",
-                        n_resamples=n_resamples, seed=seed):
+        for r in pooled(traj, x="cosine", y=y, analysis="steering_pooled", n_resamples=n_resamples, seed=seed):
             rows.append({**r, "note": _strengths(r.get("note"))})
     return rows
 

@@ -9,8 +9,7 @@ from cpx.analysis._markdown import stats_markdown
 from cpx.analysis._run import Analysis
 
 
-def write_outputs(analysis: Analysis, out_dir: str | os.PathLike[str], *,
-                  metrics: bool = True) -> list[Path]:
+def write_outputs(analysis: Analysis, out_dir: str | os.PathLike[str], *, metrics: bool = True) -> list[Path]:
     """Write the tables into `out_dir`, each to a temporary name and then renamed, so a
     failure never leaves a half-written file under the final name."""
     out = Path(out_dir)

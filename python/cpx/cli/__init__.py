@@ -21,6 +21,7 @@ def commands() -> list[str]:
     found = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
     return [n for n in ORDER if n in found] + sorted(found.difference(ORDER))
 
+
 EXIT_USAGE = 2  # bad spec / bad arguments, as argparse does
 
 

@@ -17,17 +17,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "table (--metrics FILE, CSV or Parquet with columns arm, source, seed, checkpoint, "
             "layer, cosine, source_rate, assistant_rate, bystander_rate; missing values "
             "allowed), e.g. one typed in from a paper. Writes stats.parquet and stats.md "
-            "(and, for a run, metrics.parquet) into --out."),
+            "(and, for a run, metrics.parquet) into --out."
+        ),
     )
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder (default: none)")
     p.add_argument("--metrics", metavar="FILE", help="analyse this metrics table instead of a run")
-    p.add_argument("--out", metavar="DIR",
-                   help="output folder (required with --metrics; default RUN_DIR/analysis)")
-    p.add_argument("--checkpoint", type=float, metavar="F",
-                   help="the checkpoint of the between-source test and cross-arm table "
-                        "(default: the last)")
-    p.add_argument("--n-resamples", type=int, default=9999, metavar="N",
-                   help="Monte Carlo resamples where an exact test is too large (default 9999)")
+    p.add_argument("--out", metavar="DIR", help="output folder (required with --metrics; default RUN_DIR/analysis)")
+    p.add_argument(
+        "--checkpoint",
+        type=float,
+        metavar="F",
+        help="the checkpoint of the between-source test and cross-arm table (default: the last)",
+    )
+    p.add_argument(
+        "--n-resamples",
+        type=int,
+        default=9999,
+        metavar="N",
+        help="Monte Carlo resamples where an exact test is too large (default 9999)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
     p.set_defaults(func=run)
 
@@ -68,9 +76,11 @@ def _analyze_run(run_dir: Path, opts):  # type: ignore[no-untyped-def]
     from cpx.plan import Plan, PlanError
 
     res = run_dir / "results"
-    tables = {n: pl.read_parquet(res / f"{n}.parquet")
-              for n in ("marker_hits", "leakage", "cosines", "screen")
-              if (res / f"{n}.parquet").is_file()}
+    tables = {
+        n: pl.read_parquet(res / f"{n}.parquet")
+        for n in ("marker_hits", "leakage", "cosines", "screen")
+        if (res / f"{n}.parquet").is_file()
+    }
     if "marker_hits" not in tables and "leakage" not in tables:
         raise CLIError(f"{res}: no marker_hits or leakage table; run `cpx execute {run_dir}` first")
     if "screen" not in tables and (run_dir / "plan.json").exists():

@@ -23,8 +23,15 @@ def register(sub: Any) -> None:
     )
     p.add_argument("spec", metavar="SPEC", help="the spec file (YAML)")
     p.add_argument("--out", "-o", metavar="DIR", help="run folder (default: runs/<spec name>/)")
-    p.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec value, e.g. -s eval.sampler.temperature=0.7 (repeatable)")
+    p.add_argument(
+        "-s",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value, e.g. -s eval.sampler.temperature=0.7 (repeatable)",
+    )
     p.add_argument("--check", action="store_true", help="validate and summarise only; write nothing")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the plan's path")
     p.set_defaults(func=run)
@@ -90,8 +97,10 @@ def summary(plan: Any, done: dict[str, bool], secs: dict[str, float]) -> str:
     for s in plan.stages:
         if not done.get(s.id):
             h[s.kind] = h.get(s.kind, 0.0) + secs.get(s.id, 0.0) / 3600
-    lines = [f"{plan.name}: {len(plan.stages)} stages, spec {plan.spec_hash[:12]}",
-             f"  {'kind':<10} {'stages':>6} {'done':>6} {'GPU-h to go':>12}"]
+    lines = [
+        f"{plan.name}: {len(plan.stages)} stages, spec {plan.spec_hash[:12]}",
+        f"  {'kind':<10} {'stages':>6} {'done':>6} {'GPU-h to go':>12}",
+    ]
     for kind in STAGE_KINDS:
         if n[kind]:
             gpu = f"{h[kind]:.2f}" if h.get(kind) else "-"

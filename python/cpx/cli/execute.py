@@ -22,17 +22,31 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `cpx compile`")
-    p.add_argument("--devices", default="auto",
-                   help="auto (every visible GPU, else the CPU), cpu, cpu:N (N CPU workers), "
-                        "or GPU indices such as 0,1 (default: auto)")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="local worker processes (default) or a Ray cluster")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster address (with --executor ray; default: start a local one)")
-    p.add_argument("--keep-going", action="store_true",
-                   help="after a stage fails, go on with the stages that do not depend on it")
-    p.add_argument("--retry", type=int, default=0, metavar="N",
-                   help="run a failed stage up to N more times before giving up (default 0)")
+    p.add_argument(
+        "--devices",
+        default="auto",
+        help="auto (every visible GPU, else the CPU), cpu, cpu:N (N CPU workers), "
+        "or GPU indices such as 0,1 (default: auto)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local worker processes (default) or a Ray cluster",
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (with --executor ray; default: start a local one)"
+    )
+    p.add_argument(
+        "--keep-going", action="store_true", help="after a stage fails, go on with the stages that do not depend on it"
+    )
+    p.add_argument(
+        "--retry",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run a failed stage up to N more times before giving up (default 0)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress display, only the summary")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=run)
@@ -78,16 +92,21 @@ def print_summary(summary: Any) -> None:
     out = sys.stdout
     n_ran, n_cached = len(summary.ran), len(summary.cached)
     head = "done" if summary.ok else "incomplete"
-    print(f"{head}: {summary.total} stages: {n_ran} ran, {n_cached} already done, "
-          f"{len(summary.failed)} failed, {len(summary.blocked)} blocked, "
-          f"{len(summary.not_started)} not started ({summary.seconds:.1f} s)", file=out)
+    print(
+        f"{head}: {summary.total} stages: {n_ran} ran, {n_cached} already done, "
+        f"{len(summary.failed)} failed, {len(summary.blocked)} blocked, "
+        f"{len(summary.not_started)} not started ({summary.seconds:.1f} s)",
+        file=out,
+    )
     for f in summary.failed:
         print(f"  FAILED {f.id} after {f.attempts} attempt(s): {f.error}\n    log: {f.log}", file=out)
     if summary.blocked:
         print(f"  blocked by a failure: {', '.join(summary.blocked)}", file=out)
     if summary.not_started:
-        print(f"  not started (stopped at the first failure; --keep-going goes on): "
-              f"{', '.join(summary.not_started)}", file=out)
+        print(
+            f"  not started (stopped at the first failure; --keep-going goes on): {', '.join(summary.not_started)}",
+            file=out,
+        )
     tables = [t for t, r in (summary.results.get("tables") or {}).items() if r.get("rows")]
     if tables:
         print(f"  results: {summary.run_dir}/results/ ({', '.join(tables)})", file=out)

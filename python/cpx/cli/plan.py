@@ -9,36 +9,61 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("plan", help="show a plan's stages or DAG; diff two specs or plans; power",
-                       description="Inspect plans: `show` lists stages or draws the DAG, `diff` compares two, "
-                       "`power` tabulates the smallest detectable effects.")
+    p = sub.add_parser(
+        "plan",
+        help="show a plan's stages or DAG; diff two specs or plans; power",
+        description="Inspect plans: `show` lists stages or draws the DAG, `diff` compares two, "
+        "`power` tabulates the smallest detectable effects.",
+    )
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
-    show = verbs.add_parser("show", help="list the stages of a plan (or draw its DAG with --graph)",
-                            description="List the stages of RUN_DIR/plan.json (or of a spec file, compiled "
-                            "on the fly): id, kind, short hash, done or not.")
-    show.add_argument("target", metavar="RUN_DIR|PLAN|SPEC", nargs="?", default=".",
-                      help="a run folder, a plan.json or a spec file (default: .)")
+    show = verbs.add_parser(
+        "show",
+        help="list the stages of a plan (or draw its DAG with --graph)",
+        description="List the stages of RUN_DIR/plan.json (or of a spec file, compiled "
+        "on the fly): id, kind, short hash, done or not.",
+    )
+    show.add_argument(
+        "target",
+        metavar="RUN_DIR|PLAN|SPEC",
+        nargs="?",
+        default=".",
+        help="a run folder, a plan.json or a spec file (default: .)",
+    )
     show.add_argument("--graph", action="store_true", help="print the DAG as a mermaid flowchart")
     show.add_argument("--kind", help="only stages of this kind")
     show.set_defaults(func=run_show)
-    diff = verbs.add_parser("diff", help="which stages change between two specs or plans, and why",
-                            description="Compare two specs or plans: stages changed (with the parameter that "
-                            "changed, or the upstream stage whose change they inherit), added and removed.")
+    diff = verbs.add_parser(
+        "diff",
+        help="which stages change between two specs or plans, and why",
+        description="Compare two specs or plans: stages changed (with the parameter that "
+        "changed, or the upstream stage whose change they inherit), added and removed.",
+    )
     diff.add_argument("a", metavar="A", help="spec file, plan.json or run folder")
     diff.add_argument("b", metavar="B", help="spec file, plan.json or run folder")
     diff.add_argument("--limit", type=int, default=200, help="at most this many stage lines (default 200)")
     diff.set_defaults(func=run_diff)
     power = verbs.add_parser(
-        "power", help="the smallest effect each declared analysis can detect, optionally over a range of designs",
+        "power",
+        help="the smallest effect each declared analysis can detect, optionally over a range of designs",
         description="Print, for each declared analysis, the smallest effect it detects at the spec's `power:` "
         "settings (defaults: alpha 0.05 two-sided, 80% power, ICC 0.1), and warnings for comparisons that "
         "cannot reach significance. --vary tabulates the same for other designs. See docs/power.md.",
-        epilog="Example: cpx plan power specs/demo.yaml --vary questions=20,40,80 --vary sources=4,5")
-    power.add_argument("target", metavar="RUN_DIR|PLAN|SPEC", nargs="?", default=".",
-                       help="a run folder, a plan.json or a spec file (default: .)")
-    power.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
-                       help="also for these values of KEY (questions, completions, sources, checkpoints, seeds, "
-                       "alphas); repeatable")
+        epilog="Example: cpx plan power specs/demo.yaml --vary questions=20,40,80 --vary sources=4,5",
+    )
+    power.add_argument(
+        "target",
+        metavar="RUN_DIR|PLAN|SPEC",
+        nargs="?",
+        default=".",
+        help="a run folder, a plan.json or a spec file (default: .)",
+    )
+    power.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="also for these values of KEY (questions, completions, sources, checkpoints, seeds, alphas); repeatable",
+    )
     power.set_defaults(func=run_power)
 
 

@@ -15,14 +15,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "query",
         help="run SQL over a run's results tables",
-        description=("Run a polars SQL query over RUN_DIR/results: the tables completions, "
-                     "marker_hits, leakage, cosines, screen, train_log, metrics and stats (those the run has). "
-                     "Example: cpx query \"select arm, source, avg(rate) from leakage where "
-                     "role = 'assistant' group by arm, source\" runs/demo"),
+        description=(
+            "Run a polars SQL query over RUN_DIR/results: the tables completions, "
+            "marker_hits, leakage, cosines, screen, train_log, metrics and stats (those the run has). "
+            'Example: cpx query "select arm, source, avg(rate) from leakage where '
+            "role = 'assistant' group by arm, source\" runs/demo"
+        ),
     )
     p.add_argument("sql", metavar="SQL", help="the query")
-    p.add_argument("run_dir", nargs="?", default=".", metavar="RUN_DIR",
-                   help="the run folder (default: the current folder)")
+    p.add_argument(
+        "run_dir", nargs="?", default=".", metavar="RUN_DIR", help="the run folder (default: the current folder)"
+    )
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(func=run)
@@ -50,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "json":
         _emit(df.write_json() + "\n", out)
     else:
-        with pl.Config(tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200,
-                       tbl_hide_dataframe_shape=False):
+        with pl.Config(
+            tbl_rows=-1, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200, tbl_hide_dataframe_shape=False
+        ):
             _emit(str(df) + "\n", out)
     return 0
 

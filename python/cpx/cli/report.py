@@ -15,17 +15,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "report",
         help="regenerate a run's report (report.md, report.html, figures/)",
-        description=("Rebuild RUN_DIR/report/ from RUN_DIR/results/*.parquet and plan.json: "
-                     "the spec summary and provenance, the analyses' tables, caveats generated "
-                     "from the data, and figures (PNG, SVG, interactive HTML)."),
+        description=(
+            "Rebuild RUN_DIR/report/ from RUN_DIR/results/*.parquet and plan.json: "
+            "the spec summary and provenance, the analyses' tables, caveats generated "
+            "from the data, and figures (PNG, SVG, interactive HTML)."
+        ),
     )
-    p.add_argument("run_dir", nargs="?", default=".", metavar="RUN_DIR",
-                   help="the run folder (default: the current folder)")
+    p.add_argument(
+        "run_dir", nargs="?", default=".", metavar="RUN_DIR", help="the run folder (default: the current folder)"
+    )
     p.add_argument("--out", metavar="DIR", help="write here instead of RUN_DIR/report")
     p.add_argument("--title", help="the report's title (default: 'cpx report: <run name>')")
-    p.add_argument("--figures", nargs="+", metavar="NAME",
-                   help="only these figures (hero, trajectories, heatmap, cosine_evolution, "
-                        "cosine_vs_leakage, adapter_quality)")
+    p.add_argument(
+        "--figures",
+        nargs="+",
+        metavar="NAME",
+        help="only these figures (hero, trajectories, heatmap, cosine_evolution, cosine_vs_leakage, adapter_quality)",
+    )
     p.set_defaults(func=run)
 
 
@@ -39,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
     planned = _report_params(run_dir)
     try:
         # --figures: only those; else the plan's figures first, then the others
-        figures = (figure_names(args.figures) if args.figures
-                   else figure_names(planned.get("figures"), rest=True))
+        figures = figure_names(args.figures) if args.figures else figure_names(planned.get("figures"), rest=True)
     except ValueError as e:
         raise CLIError(str(e), EXIT_USAGE) from None
     try:
@@ -61,10 +66,11 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"wrote {dest / 'report.md'}, {dest / 'report.html'} and "
-          f"{len(info['figures'])} figures in {info['seconds']['total']:.1f} s")
+    print(
+        f"wrote {dest / 'report.md'}, {dest / 'report.html'} and "
+        f"{len(info['figures'])} figures in {info['seconds']['total']:.1f} s"
+    )
     return 0
-
 
 
 def _report_params(run_dir: Path) -> dict:  # type: ignore[type-arg]

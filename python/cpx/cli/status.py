@@ -9,12 +9,16 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("status", help="show which stages of a run are done, running, failed or pending",
-                       description="List every stage of RUN_DIR/plan.json with its state and timing.")
+    p = sub.add_parser(
+        "status",
+        help="show which stages of a run are done, running, failed or pending",
+        description="List every stage of RUN_DIR/plan.json with its state and timing.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=".", help="run folder (default: .)")
     p.add_argument("--json", action="store_true", help="one JSON object: stages and counts")
-    p.add_argument("--verify", action="store_true",
-                   help="also compare every output's sha256 with its manifest (slower)")
+    p.add_argument(
+        "--verify", action="store_true", help="also compare every output's sha256 with its manifest (slower)"
+    )
     p.set_defaults(func=run)
 
 
@@ -30,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(e), 2) from None
     counts = {s: sum(1 for r in rows if r.state == s) for s in STATES}
     if args.json:
-        json.dump({"run_dir": args.run_dir, "counts": counts, "stages": [r.to_json() for r in rows]},
-                  sys.stdout, indent=1)
+        json.dump(
+            {"run_dir": args.run_dir, "counts": counts, "stages": [r.to_json() for r in rows]}, sys.stdout, indent=1
+        )
         print()
         return 0
     width = max((len(r.id) for r in rows), default=5)

@@ -42,8 +42,11 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
     results_dir = store.run_dir / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     _clean_leftovers(store.run_dir)
-    record: dict[str, Any] = {"collected": now_iso(), "plan": {"name": plan.name, "spec_hash": plan.spec_hash},
-                              "tables": {}}
+    record: dict[str, Any] = {
+        "collected": now_iso(),
+        "plan": {"name": plan.name, "spec_hash": plan.spec_hash},
+        "tables": {},
+    }
     for table, (kind, filename) in RESULT_SOURCES.items():
         stages = [s for s in plan.stages if s.kind == kind]
         target = results_dir / f"{table}.parquet"
@@ -68,8 +71,12 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         pq.write_table(combined, tmp)
         os.replace(tmp, target)
-        record["tables"][table] = {"rows": combined.num_rows, "sha256": sha256_file(target),
-                                   "stages": used, "missing": missing}
+        record["tables"][table] = {
+            "rows": combined.num_rows,
+            "sha256": sha256_file(target),
+            "stages": used,
+            "missing": missing,
+        }
     record["report"] = _copy_report(plan, store)
     write_json_atomic(results_dir / MANIFEST, record)
     return record

@@ -16,8 +16,19 @@ from typing import Any
 
 # Packages whose versions change what a stage computes; recorded when installed.
 PACKAGES = (
-    "cpx", "torch", "transformers", "peft", "tokenizers", "safetensors", "accelerate", "vllm",
-    "numpy", "scipy", "polars", "pyarrow", "ray",
+    "cpx",
+    "torch",
+    "transformers",
+    "peft",
+    "tokenizers",
+    "safetensors",
+    "accelerate",
+    "vllm",
+    "numpy",
+    "scipy",
+    "polars",
+    "pyarrow",
+    "ray",
 )
 # Kinds whose runners use torch: their RNG is seeded with torch's too.
 TORCH_KINDS = frozenset({"generate", "train", "sample", "represent"})
@@ -46,7 +57,9 @@ def git_state() -> dict[str, Any]:
             return {"commit": None, "dirty": None, "path": None}
         status = subprocess.run(
             ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None, "path": None}

@@ -45,8 +45,9 @@ def detect_gpus() -> list[str]:
     if smi is None:
         return []
     try:
-        out = subprocess.run([smi, "--query-gpu=index", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            [smi, "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return []
     if out.returncode != 0:
@@ -78,8 +79,10 @@ def parse_devices(spec: str) -> list[Slot]:
         visible = [v.strip() for v in env.split(",") if v.strip()]
         bad = [p for p in parts if int(p) >= len(visible)]
         if bad:
-            raise DeviceError(f"--devices {spec!r}: CUDA_VISIBLE_DEVICES={env!r} shows "
-                              f"{len(visible)} GPU(s), so there is no GPU {bad[0]}")
+            raise DeviceError(
+                f"--devices {spec!r}: CUDA_VISIBLE_DEVICES={env!r} shows "
+                f"{len(visible)} GPU(s), so there is no GPU {bad[0]}"
+            )
         return [Slot("cuda:0", visible[int(p)]) for p in parts]
     return [Slot("cuda:0", p) for p in parts]
 
@@ -158,11 +161,20 @@ class LocalBackend:
             p.join()
             self._spawn(i)
             if stage_id is not None:
-                out.append(("result", i, stage_id, {
-                    "ok": False, "oom": False, "seconds": 0.0,
-                    "error": f"the worker process on {self.slots[i].label} died (exit code {code})",
-                    "traceback": "",
-                }))
+                out.append(
+                    (
+                        "result",
+                        i,
+                        stage_id,
+                        {
+                            "ok": False,
+                            "oom": False,
+                            "seconds": 0.0,
+                            "error": f"the worker process on {self.slots[i].label} died (exit code {code})",
+                            "traceback": "",
+                        },
+                    )
+                )
         return out
 
     def close(self) -> None:

@@ -16,8 +16,9 @@ class Display:
     def workers(self, labels: list[str]) -> None: ...
     def stage_started(self, slot: int, stage: Stage) -> None: ...
     def stage_progress(self, slot: int, stage_id: str, done: int, total: int, info: dict[str, Any]) -> None: ...
-    def stage_finished(self, slot: int, stage: Stage, ok: bool, seconds: float, *,
-                       error: str = "", log: str = "") -> None: ...
+    def stage_finished(
+        self, slot: int, stage: Stage, ok: bool, seconds: float, *, error: str = "", log: str = ""
+    ) -> None: ...
     def note(self, message: str) -> None: ...
     def close(self) -> None: ...
 
@@ -44,8 +45,9 @@ class LineDisplay(Display):
         self.labels = labels
         self._print(f"  workers: {', '.join(labels)}")
 
-    def stage_finished(self, slot: int, stage: Stage, ok: bool, seconds: float, *,
-                       error: str = "", log: str = "") -> None:
+    def stage_finished(
+        self, slot: int, stage: Stage, ok: bool, seconds: float, *, error: str = "", log: str = ""
+    ) -> None:
         self.n_done += 1
         where = self.labels[slot] if slot < len(self.labels) else str(slot)
         if ok:
@@ -62,8 +64,14 @@ class RichDisplay(Display):
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.console = Console(stderr=True)
         self.progress = Progress(
@@ -106,8 +114,9 @@ class RichDisplay(Display):
             rate = f"{tokens / elapsed:,.0f} tok/s"
         self.progress.update(self.slot_tasks[slot], completed=done, total=total or None, rate=rate)
 
-    def stage_finished(self, slot: int, stage: Stage, ok: bool, seconds: float, *,
-                       error: str = "", log: str = "") -> None:
+    def stage_finished(
+        self, slot: int, stage: Stage, ok: bool, seconds: float, *, error: str = "", log: str = ""
+    ) -> None:
         self.progress.advance(self.run_task)
         label = self.labels[slot] if slot < len(self.labels) else str(slot)
         if not ok:

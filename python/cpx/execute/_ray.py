@@ -70,8 +70,7 @@ def check_devices(devices: str) -> int | None:
         return 1
     if devices.startswith("cpu:") and devices[4:].isdigit() and int(devices[4:]) > 0:
         return int(devices[4:])
-    raise DeviceError(f"--devices {devices!r}: with --executor ray use auto, cpu or cpu:N "
-                      "(Ray assigns the GPUs)")
+    raise DeviceError(f"--devices {devices!r}: with --executor ray use auto, cpu or cpu:N (Ray assigns the GPUs)")
 
 
 def plan_slots(resources: dict[str, float], devices: str) -> list[RaySlot]:
@@ -99,8 +98,7 @@ class RayBackend:
         self.run_dir, self.resolver = run_dir, resolver
         self._owns_ray = False
         if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             self._owns_ray = True
         self.slots = plan_slots(ray.cluster_resources(), devices)
         self._actor_cls = ray.remote(_StageActor)
@@ -111,7 +109,8 @@ class RayBackend:
         env = {k: v for k, v in os.environ.items() if k.startswith("CPX_")}
         env["PYTHONHASHSEED"] = PYTHON_HASH_SEED  # as local workers: same set order every run
         return self._actor_cls.options(
-            num_gpus=slot.num_gpus, num_cpus=1 if slot.num_gpus == 0 else 0,
+            num_gpus=slot.num_gpus,
+            num_cpus=1 if slot.num_gpus == 0 else 0,
             runtime_env={"env_vars": env},
         ).remote(slot.device, self.run_dir, self.resolver)
 
@@ -133,8 +132,13 @@ class RayBackend:
                 result = self.ray.get(ref)
             except self.ray.exceptions.RayError as e:  # the actor died (or its node did)
                 self._actors[slot] = self._make(self.slots[slot])
-                result = {"ok": False, "oom": False, "seconds": 0.0, "traceback": "",
-                          "error": f"the Ray actor {self.slots[slot].label} failed: {type(e).__name__}: {e}"}
+                result = {
+                    "ok": False,
+                    "oom": False,
+                    "seconds": 0.0,
+                    "traceback": "",
+                    "error": f"the Ray actor {self.slots[slot].label} failed: {type(e).__name__}: {e}",
+                }
             out.append(("result", slot, stage_id, result))
         return out
 

@@ -74,11 +74,16 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "run_dir": self.run_dir, "total": self.total, "ok": self.ok,
-            "cached": self.cached, "ran": self.ran,
+            "run_dir": self.run_dir,
+            "total": self.total,
+            "ok": self.ok,
+            "cached": self.cached,
+            "ran": self.ran,
             "failed": [f.__dict__ for f in self.failed],
-            "blocked": self.blocked, "not_started": self.not_started,
-            "rerun_reasons": self.rerun_reasons, "seconds": self.seconds,
+            "blocked": self.blocked,
+            "not_started": self.not_started,
+            "rerun_reasons": self.rerun_reasons,
+            "seconds": self.seconds,
         }
 
 
@@ -192,8 +197,9 @@ class Scheduler:
                     k = model_key(stage)
                     if k is not None:
                         slot_model[slot] = k
-                    self.store.event("started", stage, attempt=attempts[sid], worker=slot,
-                                     device=self.backend.slots[slot].label)
+                    self.store.event(
+                        "started", stage, attempt=attempts[sid], worker=slot, device=self.backend.slots[slot].label
+                    )
                     self.display.stage_started(slot, stage)
                     self.backend.submit(slot, task)
             if not running:
@@ -220,8 +226,12 @@ class Scheduler:
                 _remove(tmp)
                 log = str(self.store.log_path(stage))
                 self.store.event("failed", stage, attempt=attempts[sid], error=res["error"], oom=res.get("oom"))
-                if (res.get("oom") and stage.kind in OOM_KINDS and oom_limits.get(sid, 2) > 1
-                        and oom_tries.get(sid, 0) < OOM_RETRIES):
+                if (
+                    res.get("oom")
+                    and stage.kind in OOM_KINDS
+                    and oom_limits.get(sid, 2) > 1
+                    and oom_tries.get(sid, 0) < OOM_RETRIES
+                ):
                     limit = oom_limits[sid] // 2 if sid in oom_limits else _first_batch_limit(stage.params)
                     oom_limits[sid] = max(1, limit)
                     oom_tries[sid] = oom_tries.get(sid, 0) + 1
@@ -337,10 +347,14 @@ def execute(
             from cpx.execute._ray import RayBackend
 
             backend = RayBackend(str(store.run_dir), resolver, address=address, devices=devices)
-        store.event("run_started", executor=executor, devices=[s.label for s in getattr(backend, "slots", [])] or devices,
-                    todo=len(todo), cached=len(summary.cached))
-        sched = Scheduler(plan, store, backend, keep_going=keep_going, retry=retry, display=display,
-                          tracker=tracker)
+        store.event(
+            "run_started",
+            executor=executor,
+            devices=[s.label for s in getattr(backend, "slots", [])] or devices,
+            todo=len(todo),
+            cached=len(summary.cached),
+        )
+        sched = Scheduler(plan, store, backend, keep_going=keep_going, retry=retry, display=display, tracker=tracker)
         display.run_started(plan, len(todo), len(summary.cached), summary.rerun_reasons)
         try:
             if todo:
@@ -359,6 +373,12 @@ def execute(
         finally:
             summary.seconds = time.perf_counter() - t0
             display.close()
-        store.event("run_finished", ok=summary.ok, ran=len(summary.ran), failed=len(summary.failed),
-                    blocked=len(summary.blocked), seconds=summary.seconds)
+        store.event(
+            "run_finished",
+            ok=summary.ok,
+            ran=len(summary.ran),
+            failed=len(summary.failed),
+            blocked=len(summary.blocked),
+            seconds=summary.seconds,
+        )
     return summary

@@ -55,19 +55,41 @@ def run_status(run_dir: str | os.PathLike[str], *, verify: bool = False) -> list
             m = store.read_manifest(s) or {}
             t = m.get("timings", {})
             dev = m.get("device", {})
-            out.append(StageStatus(s.id, s.kind, s.hash, "done", t.get("seconds"), t.get("finished"),
-                                   dev.get("name") or dev.get("id"), log=log_rel))
+            out.append(
+                StageStatus(
+                    s.id,
+                    s.kind,
+                    s.hash,
+                    "done",
+                    t.get("seconds"),
+                    t.get("finished"),
+                    dev.get("name") or dev.get("id"),
+                    log=log_rel,
+                )
+            )
             continue
         ev = last.get(s.hash, {})
         kind = ev.get("event")
         if kind == "started" and live:
             since = _parse(ev.get("t"))
             secs = (datetime.now(since.tzinfo).timestamp() - since.timestamp()) if since else None
-            out.append(StageStatus(s.id, s.kind, s.hash, "running", secs, None, ev.get("device"),
-                                   f"attempt {ev.get('attempt', 1)}", log_rel))
+            out.append(
+                StageStatus(
+                    s.id,
+                    s.kind,
+                    s.hash,
+                    "running",
+                    secs,
+                    None,
+                    ev.get("device"),
+                    f"attempt {ev.get('attempt', 1)}",
+                    log_rel,
+                )
+            )
         elif kind == "failed":
-            out.append(StageStatus(s.id, s.kind, s.hash, "failed", None, ev.get("t"), None,
-                                   str(ev.get("error", "")), log_rel))
+            out.append(
+                StageStatus(s.id, s.kind, s.hash, "failed", None, ev.get("t"), None, str(ev.get("error", "")), log_rel)
+            )
         else:
             note = ""
             if kind == "blocked":

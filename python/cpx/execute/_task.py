@@ -186,8 +186,11 @@ def run_task(
         "outputs": outputs,
         "seeds": {"seed": seed, "source": seed_source, **seeds},
         "timings": {"started": now_iso(started_wall), "finished": now_iso(), "seconds": seconds},
-        "device": {"id": device, "name": _env.device_name(device),
-                   "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+        "device": {
+            "id": device,
+            "name": _env.device_name(device),
+            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        },
         "host": _env.host(),
         "packages": _env.packages(),
         "worker": {"pid": os.getpid()},

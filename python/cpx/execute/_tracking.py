@@ -57,8 +57,12 @@ class MlflowTracker:
     def log(self, stage: Stage, manifest: dict[str, Any]) -> dict[str, Any]:
         from mlflow.entities import Metric, Param, RunTag
 
-        tags = {"cpx.stage_id": stage.id, "cpx.kind": stage.kind, "cpx.hash": stage.hash,
-                "cpx.spec_hash": self.spec_hash}
+        tags = {
+            "cpx.stage_id": stage.id,
+            "cpx.kind": stage.kind,
+            "cpx.hash": stage.hash,
+            "cpx.spec_hash": self.spec_hash,
+        }
         tags.update({f"cpx.label.{k}": _param_text(v) for k, v in stage.labels.items() if v is not None})
         run = self.client.create_run(self.experiment_id, run_name=stage.id, tags=tags)
         run_id = run.info.run_id
@@ -66,8 +70,11 @@ class MlflowTracker:
         _flatten("", stage.params, params)
         numbers: dict[str, Any] = {"seconds": manifest["timings"]["seconds"]}
         _flatten("info", manifest.get("info", {}), numbers)
-        metrics = [Metric(k, float(v), 0, 0) for k, v in numbers.items()
-                   if isinstance(v, int | float) and not isinstance(v, bool)]
+        metrics = [
+            Metric(k, float(v), 0, 0)
+            for k, v in numbers.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
         self.client.log_batch(
             run_id,
             metrics=metrics,

@@ -46,8 +46,7 @@ def adapter_folder(adapter: dict[str, Any], inputs: dict[str, Path]) -> Path:
     ckpt = adapter.get("checkpoint")
     if stage not in inputs:
         raise ChainError(
-            f"adapter of train stage {stage!r} is not among this stage's inputs "
-            f"({', '.join(sorted(inputs)) or 'none'})"
+            f"adapter of train stage {stage!r} is not among this stage's inputs ({', '.join(sorted(inputs)) or 'none'})"
         )
     if not isinstance(ckpt, int | float) or isinstance(ckpt, bool) or not 0 < ckpt <= 1:
         raise ChainError(
@@ -150,9 +149,7 @@ class MergedModel:
         if mod is None:
             raise ChainError(f"{where}: the model has no module {d.module!r}")
         if not isinstance(mod, torch.nn.Linear):
-            raise ChainError(
-                f"{where}: {d.module!r} is a {type(mod).__name__}, only nn.Linear merges"
-            )
+            raise ChainError(f"{where}: {d.module!r} is a {type(mod).__name__}, only nn.Linear merges")
         out_f, in_f = mod.weight.shape
         if tuple(d.A.shape) != (d.A.shape[0], in_f) or tuple(d.B.shape) != (out_f, d.A.shape[0]):
             raise ChainError(

@@ -119,9 +119,7 @@ def build_tiny(tiny: dict[str, Any] | None, dest: str | os.PathLike[str]) -> Pat
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(p["seed"]))
         model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
-    )
+    model.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

@@ -71,8 +71,9 @@ class _Compiler:
 
     # ------------------------------------------------------------ stages
 
-    def add(self, kind: str, sid: str, params: dict[str, Any], deps: list[str], labels: dict[str, Any],
-            join: bool = True) -> str:
+    def add(
+        self, kind: str, sid: str, params: dict[str, Any], deps: list[str], labels: dict[str, Any], join: bool = True
+    ) -> str:
         """A stage, or the identical one already emitted (whose `arms` and `seeds` labels then gain
         this one's arm and seed, unless `join` is false: the caller only reads its outputs)."""
         deps = list(dict.fromkeys(deps))
@@ -110,8 +111,14 @@ class _Compiler:
 
     def _model_ref(self) -> dict[str, Any]:
         m = self.s.model
-        ref: dict[str, Any] = {"kind": "hub", "id": m.hub, "revision": m.revision, "dtype": m.dtype,
-                               "chat_template": m.chat_template, "tiny": None}
+        ref: dict[str, Any] = {
+            "kind": "hub",
+            "id": m.hub,
+            "revision": m.revision,
+            "dtype": m.dtype,
+            "chat_template": m.chat_template,
+            "tiny": None,
+        }
         if m.path is not None:
             from cpx.models._fingerprint import FingerprintError, fingerprint
 
@@ -146,8 +153,10 @@ class _Compiler:
             if g.personas is not None:
                 names = sorted({self.assistant, *s.roles.sources, *g.personas})
             else:
-                negatives = any(d.recipe == "marker" and (d.negatives is None or d.negatives.personas > 0)
-                                for d in s.datasets.values())
+                negatives = any(
+                    d.recipe == "marker" and (d.negatives is None or d.negatives.personas > 0)
+                    for d in s.datasets.values()
+                )
                 wanted = set(s.personas) if negatives else {self.assistant, *s.roles.sources}
                 names = [n for n in self.persona if n in wanted]
             self.generated = names
@@ -180,8 +189,11 @@ class _Compiler:
             }
             if d.recipe == "marker":
                 neg = d.negatives.model_dump() if d.negatives else {"personas": 2, "examples_per_persona": 200}
-                params.update(marker=self.s.markers[d.marker or next(iter(self.s.markers))],
-                              marker_template=d.marker_template, negatives=neg)
+                params.update(
+                    marker=self.s.markers[d.marker or next(iter(self.s.markers))],
+                    marker_template=d.marker_template,
+                    negatives=neg,
+                )
             generic = d.recipe == "generic"
             sid = f"dataset/{name}/s{seed}" if generic else f"dataset/{name}/{source}/s{seed}"
             labels = {"seed": seed, "source": None if generic else source, "recipe": d.recipe, "dataset": name}
@@ -239,8 +251,9 @@ class _Compiler:
         a = a or arm_name
         return a, [x.name for x in self.s.arms[a].phases].index(p)
 
-    def model_after(self, arm_name: str, i: int, ckpt: float, axis_c: float | None,
-                    source: str, seed: int) -> list[dict[str, Any]]:
+    def model_after(
+        self, arm_name: str, i: int, ckpt: float, axis_c: float | None, source: str, seed: int
+    ) -> list[dict[str, Any]]:
         """Adapters of the model that phase i of an arm produces at checkpoint `ckpt`."""
         arm = self.s.arms[arm_name]
         ph = arm.phases[i]
@@ -264,9 +277,13 @@ class _Compiler:
             return
         saved = self.stages_by_id(adapters[-1]["stage"]).params["checkpoints"]
         if not any(abs(ckpt - c) < 1e-9 for c in saved):
-            issue = Issue(self.L.where(path), dotted(path), f"phase {ref!r} saves checkpoints "
-                          f"{', '.join(fmt_ckpt(c) for c in saved)}; {fmt_ckpt(ckpt)} is not one of them",
-                          hint="add it to the phase's training checkpoints")
+            issue = Issue(
+                self.L.where(path),
+                dotted(path),
+                f"phase {ref!r} saves checkpoints "
+                f"{', '.join(fmt_ckpt(c) for c in saved)}; {fmt_ckpt(ckpt)} is not one of them",
+                hint="add it to the phase's training checkpoints",
+            )
             if all(i.path != issue.path for i in self.issues):
                 self.issues.append(issue)
 
@@ -279,8 +296,9 @@ class _Compiler:
         assert ckpt is not None
         return self.model_after(arm_name, p, ckpt, axis_c, source, seed)
 
-    def train(self, arm_name: str, i: int, start: list[dict[str, Any]], axis_c: float | None,
-              source: str, seed: int) -> str:
+    def train(
+        self, arm_name: str, i: int, start: list[dict[str, Any]], axis_c: float | None, source: str, seed: int
+    ) -> str:
         key = ("train", arm_name, i, axis_c, source, seed)
         if key in self.memo:
             return self.memo[key]
@@ -293,8 +311,13 @@ class _Compiler:
         loss = dict(cfg["loss"])
         if loss["kind"] == "marker":
             if d.recipe != "marker":
-                self.issues.append(Issue(self.L.where(("arms", arm_name, "phases", i)), f"arms.{arm_name}.phases[{i}]",
-                                         f"marker loss needs a marker dataset; {ph.data!r} is a {d.recipe} set"))
+                self.issues.append(
+                    Issue(
+                        self.L.where(("arms", arm_name, "phases", i)),
+                        f"arms.{arm_name}.phases[{i}]",
+                        f"marker loss needs a marker dataset; {ph.data!r} is a {d.recipe} set",
+                    )
+                )
             loss["marker"] = s.markers[d.marker or next(iter(s.markers))] if d.recipe == "marker" else None
         else:
             loss["marker"] = None
@@ -309,9 +332,23 @@ class _Compiler:
                 "markers": self.markers,
                 "match": self.match,
             }
-        optim = {k: cfg[k] for k in ("lr", "epochs", "schedule", "warmup_ratio", "optimizer", "weight_decay",
-                                     "grad_clip", "batch_size", "grad_accum", "max_length", "precision",
-                                     "gradient_checkpointing")}
+        optim = {
+            k: cfg[k]
+            for k in (
+                "lr",
+                "epochs",
+                "schedule",
+                "warmup_ratio",
+                "optimizer",
+                "weight_decay",
+                "grad_clip",
+                "batch_size",
+                "grad_accum",
+                "max_length",
+                "precision",
+                "gradient_checkpointing",
+            )
+        }
         params = {
             "model": self.chain(start),
             "dataset": data_id,
@@ -326,8 +363,14 @@ class _Compiler:
         sid = f"train/{arm_name}/{ph.name}/{source}/s{seed}"
         if axis_c is not None:
             sid += f"/ckpt{fmt_ckpt(axis_c)}"
-        labels = {"arm": arm_name, "source": source, "seed": seed, "checkpoint": axis_c,
-                  "phase": ph.name, "recipe": d.recipe}
+        labels = {
+            "arm": arm_name,
+            "source": source,
+            "seed": seed,
+            "checkpoint": axis_c,
+            "phase": ph.name,
+            "recipe": d.recipe,
+        }
         self.memo[key] = tid = self.add("train", sid, params, deps, labels)
         if screen is not None and tid not in self.analysis_deps:
             self.analysis_deps.append(tid)
@@ -341,8 +384,15 @@ class _Compiler:
 
     # ------------------------------------------------------------ eval points
 
-    def eval_point(self, arm: str, source: str | None, seed: int, c: float | None, adapters: list[dict[str, Any]],
-                   steer: dict[str, Any] | None = None) -> None:
+    def eval_point(
+        self,
+        arm: str,
+        source: str | None,
+        seed: int,
+        c: float | None,
+        adapters: list[dict[str, Any]],
+        steer: dict[str, Any] | None = None,
+    ) -> None:
         """The sample, scan and represent stages of one eval point. A steered point (`steer`: the stages'
         `steer` param) is labelled with its strength `alpha` instead of a checkpoint."""
         s = self.s
@@ -363,42 +413,69 @@ class _Compiler:
             layers = sorted({*layers, steer["layer"]})
         chain = self.chain(adapters)
         personas = self.eval_personas(source, s.eval.completions)
-        sample = self.add("sample", f"sample/{tail}", {
-            "model": chain,
-            "personas": personas,
-            "questions": self.eval_q,
-            "sampler": self.sampler(s.eval.sampler, seed),
-            "backend": s.eval.backend,
-            **extra,
-        }, deps, labels)
+        sample = self.add(
+            "sample",
+            f"sample/{tail}",
+            {
+                "model": chain,
+                "personas": personas,
+                "questions": self.eval_q,
+                "sampler": self.sampler(s.eval.sampler, seed),
+                "backend": s.eval.backend,
+                **extra,
+            },
+            deps,
+            labels,
+        )
         iv = s.eval.intervals
-        scan = self.add("scan", f"scan/{tail}", {
-            "markers": self.markers,
-            "match": self.match,
-            "cluster": "question_id",
-            "confidence_level": iv.confidence_level,
-            "n_resamples": iv.n_resamples,
-            "seed": seed if iv.seed is None else iv.seed,
-        }, [sample], labels)
+        scan = self.add(
+            "scan",
+            f"scan/{tail}",
+            {
+                "markers": self.markers,
+                "match": self.match,
+                "cluster": "question_id",
+                "confidence_level": iv.confidence_level,
+                "n_resamples": iv.n_resamples,
+                "seed": seed if iv.seed is None else iv.seed,
+            },
+            [sample],
+            labels,
+        )
         represent = self.represent(f"represent/{tail}", chain, personas, layers, deps, labels, extra)
         for sid in (scan, represent):
             if sid not in self.analysis_deps:
                 self.analysis_deps.append(sid)
         self.points.append({**labels, "scan": scan, "represent": represent})
 
-    def represent(self, sid: str, chain: dict[str, Any], personas: list[dict[str, Any]], layers: list[int],
-                  deps: list[str], labels: dict[str, Any], extra: dict[str, Any] | None = None,
-                  join: bool = True) -> str:
+    def represent(
+        self,
+        sid: str,
+        chain: dict[str, Any],
+        personas: list[dict[str, Any]],
+        layers: list[int],
+        deps: list[str],
+        labels: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+        join: bool = True,
+    ) -> str:
         rep = self.s.representation
-        return self.add("represent", sid, {
-            "model": chain,
-            "personas": [{"name": p["name"], "prompt": p["prompt"]} for p in personas],
-            "questions": self.eval_q,
-            "layers": layers,
-            "token": rep.token,
-            "centering": rep.centering,
-            **(extra or {}),
-        }, deps, labels, join)
+        return self.add(
+            "represent",
+            sid,
+            {
+                "model": chain,
+                "personas": [{"name": p["name"], "prompt": p["prompt"]} for p in personas],
+                "questions": self.eval_q,
+                "layers": layers,
+                "token": rep.token,
+                "centering": rep.centering,
+                **(extra or {}),
+            },
+            deps,
+            labels,
+            join,
+        )
 
     # ------------------------------------------------------------ steer arms
 
@@ -424,14 +501,23 @@ class _Compiler:
         layers = sorted({*self.s.representation.layers, st.layer})
         personas = self.eval_personas(source, self.s.eval.completions)
         direction = self.represent(
-            f"represent/{arm_name}/{source}/s{seed}/direction", self.chain(d_adapters), personas, layers,
+            f"represent/{arm_name}/{source}/s{seed}/direction",
+            self.chain(d_adapters),
+            personas,
+            layers,
             [a["stage"] for a in d_adapters],
-            {"arm": arm_name, "source": source, "seed": seed, "purpose": "steering direction"}, join=False)
+            {"arm": arm_name, "source": source, "seed": seed, "purpose": "steering direction"},
+            join=False,
+        )
         steered = [p["name"] for p in personas if st.personas == "all" or p["role"] == "assistant"]
         for alpha in st.alphas:
-            steer = {"layer": st.layer, "alpha": float(alpha), "normalize": st.direction.normalize,
-                     "personas": steered,
-                     "direction": {"represent": direction, "source": source, "assistant": self.assistant}}
+            steer = {
+                "layer": st.layer,
+                "alpha": float(alpha),
+                "normalize": st.direction.normalize,
+                "personas": steered,
+                "direction": {"represent": direction, "source": source, "assistant": self.assistant},
+            }
             self.eval_point(arm_name, source, seed, None, adapters, steer)
 
     def run(self) -> Plan:
@@ -458,19 +544,38 @@ class _Compiler:
                         self.eval_point(arm_name, source, seed, c, adapters)
         if self.issues:
             raise SpecError(self.issues)
-        analyze = self.add("analyze", "analyze", {
-            "analyses": [a.model_dump(exclude_none=True) for a in s.analyses],
-            # Sorted, so that the order arms are written in changes no hash.
-            "points": sorted(self.points, key=lambda p: (p["seed"], p["arm"], p["source"] or "",
-                                                         p["checkpoint"] if p["checkpoint"] is not None else -1.0,
-                                                         p.get("alpha", 0.0))),
-        }, self.analysis_deps, {})
-        self.add("report", "report", {
-            "title": s.report.title or self.L.name,
-            "figures": s.report.figures,
-            # As written (a relative `from_run` stays relative): changing it re-runs the report.
-            "power": s.power.model_dump(mode="json") if s.power is not None else None,
-        }, [analyze], {})
+        analyze = self.add(
+            "analyze",
+            "analyze",
+            {
+                "analyses": [a.model_dump(exclude_none=True) for a in s.analyses],
+                # Sorted, so that the order arms are written in changes no hash.
+                "points": sorted(
+                    self.points,
+                    key=lambda p: (
+                        p["seed"],
+                        p["arm"],
+                        p["source"] or "",
+                        p["checkpoint"] if p["checkpoint"] is not None else -1.0,
+                        p.get("alpha", 0.0),
+                    ),
+                ),
+            },
+            self.analysis_deps,
+            {},
+        )
+        self.add(
+            "report",
+            "report",
+            {
+                "title": s.report.title or self.L.name,
+                "figures": s.report.figures,
+                # As written (a relative `from_run` stays relative): changing it re-runs the report.
+                "power": s.power.model_dump(mode="json") if s.power is not None else None,
+            },
+            [analyze],
+            {},
+        )
         spec = spec_json(self.L)
         return Plan(name=self.L.name, spec=spec, spec_hash=spec_hash(spec), stages=self.stages)
 

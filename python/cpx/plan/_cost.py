@@ -33,8 +33,9 @@ def _start_cost(params_b: float) -> float:
     return 5.0 + 2.0 * params_b
 
 
-def _sampling_s(personas: list[dict[str, Any]], n_questions: int, sampler: dict[str, Any],
-                n_default: int, scale: float) -> float:
+def _sampling_s(
+    personas: list[dict[str, Any]], n_questions: int, sampler: dict[str, Any], n_default: int, scale: float
+) -> float:
     completions = sum(p.get("n", n_default) for p in personas) * n_questions
     return completions * sampler["max_tokens"] / (SAMPLE_TOKENS_PER_S_7B * scale)
 

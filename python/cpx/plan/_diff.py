@@ -85,8 +85,11 @@ def diff_plans(a: Plan, b: Plan) -> PlanDiff:
             unchanged += 1
             continue
         fa, fb = flatten(old.params), flatten(s.params)
-        params = [(k, fa.get(k, _MISSING), fb.get(k, _MISSING)) for k in sorted(set(fa) | set(fb))
-                  if fa.get(k, _MISSING) != fb.get(k, _MISSING) and not _is_dep_ref(fa.get(k), fb.get(k), s)]
+        params = [
+            (k, fa.get(k, _MISSING), fb.get(k, _MISSING))
+            for k in sorted(set(fa) | set(fb))
+            if fa.get(k, _MISSING) != fb.get(k, _MISSING) and not _is_dep_ref(fa.get(k), fb.get(k), s)
+        ]
         inputs = [d for d in s.deps if d in changes or d not in ia or (d in ib and ia[d].hash != ib[d].hash)]
         if old.kind != s.kind:
             params.insert(0, ("kind", old.kind, s.kind))
@@ -115,8 +118,10 @@ def _short(v: Any, limit: int = 50) -> str:
 
 def format_diff(d: PlanDiff, limit: int = 200) -> str:
     """A readable report: a count line, then one line per changed/added/removed stage."""
-    lines = [f"{len(d.changed)} changed, {len(d.added)} added, {len(d.removed)} removed, "
-             f"{len(d.renamed)} renamed, {d.unchanged} unchanged"]
+    lines = [
+        f"{len(d.changed)} changed, {len(d.added)} added, {len(d.removed)} removed, "
+        f"{len(d.renamed)} renamed, {d.unchanged} unchanged"
+    ]
     shown = 0
     for ch in d.changed:
         if shown >= limit:
@@ -151,8 +156,16 @@ def mermaid(plan: Plan) -> str:
     for s in plan.stages:
         for d in s.deps:
             lines.append(f"  {index[d]} --> {index[s.id]}")
-    colors = {"generate": "#dbeafe", "dataset": "#e0e7ff", "train": "#fde68a", "sample": "#bbf7d0",
-              "represent": "#a5f3fc", "scan": "#d9f99d", "analyze": "#fbcfe8", "report": "#e5e7eb"}
+    colors = {
+        "generate": "#dbeafe",
+        "dataset": "#e0e7ff",
+        "train": "#fde68a",
+        "sample": "#bbf7d0",
+        "represent": "#a5f3fc",
+        "scan": "#d9f99d",
+        "analyze": "#fbcfe8",
+        "report": "#e5e7eb",
+    }
     for kind, color in colors.items():
         lines.append(f"  classDef {kind} fill:{color}")
     return "\n".join(lines)

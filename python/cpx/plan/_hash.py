@@ -52,11 +52,12 @@ def _refs_to_hashes(params: dict[str, Any], refs: Mapping[str, str]) -> dict[str
         out["dataset"] = ref(out["dataset"])
     steer = out.get("steer")
     if isinstance(steer, dict) and isinstance(steer.get("direction"), dict):
-        out["steer"] = {**steer, "direction": {**steer["direction"],
-                                               "represent": ref(steer["direction"].get("represent"))}}
+        out["steer"] = {
+            **steer,
+            "direction": {**steer["direction"], "represent": ref(steer["direction"].get("represent"))},
+        }
     if isinstance(out.get("points"), list):
-        out["points"] = [{**p, "scan": ref(p.get("scan")), "represent": ref(p.get("represent"))}
-                         for p in out["points"]]
+        out["points"] = [{**p, "scan": ref(p.get("scan")), "represent": ref(p.get("represent"))} for p in out["points"]]
     return out
 
 

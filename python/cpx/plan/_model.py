@@ -27,8 +27,14 @@ class Stage:
 
     def to_json(self) -> dict[str, Any]:
         # Not dataclasses.asdict: its deep copy costs seconds on plans of thousands of stages.
-        return {"id": self.id, "kind": self.kind, "hash": self.hash, "deps": list(self.deps),
-                "params": self.params, "labels": self.labels}
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "hash": self.hash,
+            "deps": list(self.deps),
+            "params": self.params,
+            "labels": self.labels,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Stage:

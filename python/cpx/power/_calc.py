@@ -86,8 +86,9 @@ def paired_difference(*, pairs: int, sd: float, alpha: float, power: float) -> f
     return (t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * sd / math.sqrt(pairs)
 
 
-def paired_rate_difference(*, pairs: int, var0: float, var1: Callable[[float], float], alpha: float,
-                           power: float, base_rate: float) -> Effect:
+def paired_rate_difference(
+    *, pairs: int, var0: float, var1: Callable[[float], float], alpha: float, power: float, base_rate: float
+) -> Effect:
     """Smallest increase d over `base_rate` detected by the paired test over `pairs` pairs,
     where a pair's difference has variance var0 + var1(p1) (p1 = base_rate + d): the
     root of d = paired_difference(sd = sqrt(var0 + var1(p1)))."""
@@ -206,15 +207,20 @@ def spearman_min_rho(n: int, alpha: float, power: float, *, simulations: int, se
     if n < 3:
         return Effect(None, False, f"{n} point(s): cpx needs 3 for a rank correlation")
     if min_p >= alpha - P_TOL:
-        return Effect(None, False, f"cannot reach p < {alpha:g} at any effect: the smallest exact two-sided "
-                      f"p with {n} points is 2/{n}! = {min_p:.3g}")
+        return Effect(
+            None,
+            False,
+            f"cannot reach p < {alpha:g} at any effect: the smallest exact two-sided "
+            f"p with {n} points is 2/{n}! = {min_p:.3g}",
+        )
     crit = spearman_critical(n, alpha)
     assert crit is not None
     z1, z2 = _bivariate(np.random.default_rng(seed), (simulations, n))
     eff = _min_rho(lambda r: float(np.mean(_abs_spearman(z1, z2, r) >= crit - 1e-12)), power)
     how = "exact null" if n <= EXACT_MAX_N else "permutation null, normal approximation"
-    return Effect(eff.value, eff.reachable, "; ".join(filter(None, [
-        f"|rho_s| >= {crit:.3f} rejects ({how})", eff.note])))
+    return Effect(
+        eff.value, eff.reachable, "; ".join(filter(None, [f"|rho_s| >= {crit:.3f} rejects ({how})", eff.note]))
+    )
 
 
 # -- cluster permutation over sources ---------------------------------------------------------
@@ -259,14 +265,17 @@ def _cluster_power_fn(k: int, per: int, alpha: float, simulations: int, seed: in
     return power_at
 
 
-def cluster_min_rho(k: int, per: int, alpha: float, power: float, *, simulations: int,
-                    seed: int = 0) -> Effect:
+def cluster_min_rho(k: int, per: int, alpha: float, power: float, *, simulations: int, seed: int = 0) -> Effect:
     """Smallest point-level correlation the cluster permutation over k sources detects."""
     if k < 3:
         return Effect(None, False, f"{k} source(s): cpx needs 3 to permute sources")
     min_p = cluster_min_p(k)
     if min_p >= alpha - P_TOL:
-        return Effect(None, False, f"cannot reach p < {alpha:g} at any effect: {k} sources give {k}! = "
-                      f"{math.factorial(k)} assignments, the smallest p is {min_p:.3g}")
+        return Effect(
+            None,
+            False,
+            f"cannot reach p < {alpha:g} at any effect: {k} sources give {k}! = "
+            f"{math.factorial(k)} assignments, the smallest p is {min_p:.3g}",
+        )
     eff = _min_rho(_cluster_power_fn(k, per, alpha, simulations, seed), power)
     return eff

@@ -14,8 +14,14 @@ DEFAULT_ICC = 0.1
 # `--vary` keys and what they set.
 VARY_KEYS = ("questions", "completions", "sources", "checkpoints", "seeds", "alphas")
 # What an empty `analyses:` list runs (the analyze stage's default), in the spec's names.
-DEFAULT_ANALYSES = ("leakage", "within_source", "between_source", "pseudo_replication",
-                    "bystander_vs_assistant", "adapter_specificity")
+DEFAULT_ANALYSES = (
+    "leakage",
+    "within_source",
+    "between_source",
+    "pseudo_replication",
+    "bystander_vs_assistant",
+    "adapter_specificity",
+)
 
 
 class PowerError(ValueError):
@@ -113,8 +119,11 @@ def check_vary(vary: dict[str, list[int]] | None, design: Design | None = None) 
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
             raise PowerError(f"vary: {key} needs positive integers, got {values!r}")
         if design is not None:
-            empty = {"alphas": (design.alphas, "no steer arm"), "checkpoints": (design.checkpoints, "no train arm"),
-                     "sources": (design.sources, "no arm with sources")}.get(key)
+            empty = {
+                "alphas": (design.alphas, "no steer arm"),
+                "checkpoints": (design.checkpoints, "no train arm"),
+                "sources": (design.sources, "no arm with sources"),
+            }.get(key)
             if empty is not None and not empty[0]:
                 raise PowerError(f"vary: {key} changes nothing here: the plan has {empty[1]}")
     return dict(vary or {})
@@ -159,8 +168,10 @@ def icc_from_run(run: Path) -> float:
         total += max(r.statistic, 0.0) * len(y)
         weight += len(y)
     if weight == 0:
-        raise PowerError(f"power.from_run: {path}: no (arm, source, seed, checkpoint, alpha, persona) cell has both hits "
-                         "and misses over two or more questions, so the ICC is undefined; set power.icc")
+        raise PowerError(
+            f"power.from_run: {path}: no (arm, source, seed, checkpoint, alpha, persona) cell has both hits "
+            "and misses over two or more questions, so the ICC is undefined; set power.icc"
+        )
     return total / weight
 
 
@@ -198,8 +209,9 @@ def design_of(plan: Any, *, base: str | Path | None = None) -> Design:
     checkpoints: dict[str, int] = {}
     for (arm, _, _), cs in ckpts.items():
         checkpoints[arm] = max(checkpoints.get(arm, 0), len(cs))
-    alphas = {name: len((a.get("steer") or {}).get("alphas") or [])
-              for name, a in arms.items() if a.get("kind") == "steer"}
+    alphas = {
+        name: len((a.get("steer") or {}).get("alphas") or []) for name, a in arms.items() if a.get("kind") == "steer"
+    }
     names = [a["name"] if isinstance(a, dict) else str(a) for a in spec.get("analyses") or []]
     analyses = tuple(dict.fromkeys(names)) or DEFAULT_ANALYSES
     # Layers each cosine analysis tests: its own `layers` among those the represent stages read
@@ -212,8 +224,11 @@ def design_of(plan: Any, *, base: str | Path | None = None) -> Design:
         return max(1, len(read if chosen is None else read & set(chosen)))
 
     layers = {name: tested(name, rep_layers) for name in analyses}
-    steer_layers = {name: tested("steering", rep_layers | {(a.get("steer") or {}).get("layer")})
-                    for name, a in arms.items() if a.get("kind") == "steer"}
+    steer_layers = {
+        name: tested("steering", rep_layers | {(a.get("steer") or {}).get("layer")})
+        for name, a in arms.items()
+        if a.get("kind") == "steer"
+    }
     if settings.icc is not None:
         icc, icc_from = settings.icc, "power.icc"
     elif settings.from_run:

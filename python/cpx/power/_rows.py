@@ -19,16 +19,33 @@ LARGE_PP = 10.0
 RATE = "rate difference (pp)"
 RHO = "|rho| (bivariate normal)"
 Row = dict[str, Any]
-SCHEMA = {"analysis": pl.String, "design": pl.String, "n": pl.Int64, "effect_kind": pl.String,
-          "min_effect": pl.Float64, "reachable": pl.Boolean, "note": pl.String,
-          "vary": pl.String, "value": pl.Int64, "holm_tests": pl.Int64, "holm_min_p": pl.Float64}
+SCHEMA = {
+    "analysis": pl.String,
+    "design": pl.String,
+    "n": pl.Int64,
+    "effect_kind": pl.String,
+    "min_effect": pl.Float64,
+    "reachable": pl.Boolean,
+    "note": pl.String,
+    "vary": pl.String,
+    "value": pl.Int64,
+    "holm_tests": pl.Int64,
+    "holm_min_p": pl.Float64,
+}
 
 
 def _row(analysis: str, design: str, n: int, kind: str, eff: _calc.Effect, *notes: str) -> Row:
     value = None if eff.value is None else (100 * eff.value if kind == RATE else eff.value)
     note = "; ".join(x for x in (eff.note, *notes) if x)
-    return {"analysis": analysis, "design": design, "n": n, "effect_kind": kind, "min_effect": value,
-            "reachable": eff.reachable, "note": note}
+    return {
+        "analysis": analysis,
+        "design": design,
+        "n": n,
+        "effect_kind": kind,
+        "min_effect": value,
+        "reachable": eff.reachable,
+        "note": note,
+    }
 
 
 def _groups(counts: dict[str, int]) -> list[tuple[int, list[str]]]:
@@ -62,9 +79,17 @@ def _leakage(d: Design) -> list[Row]:
     deff = _deff(d, d.completions)
     n = d.questions * d.completions
     eff = _calc.rate_difference(n_eff=n / deff, base_rate=s.base_rate, alpha=s.alpha, power=s.power)
-    return [_row("leakage", f"two arms' assistant rates: {d.questions} questions x {d.completions} completions "
-                 f"each, design effect {deff:.2f}", n, RATE, eff,
-                 f"two-sided z test of independent rates, questions as clusters (ICC {d.icc:.3f})")]
+    return [
+        _row(
+            "leakage",
+            f"two arms' assistant rates: {d.questions} questions x {d.completions} completions "
+            f"each, design effect {deff:.2f}",
+            n,
+            RATE,
+            eff,
+            f"two-sided z test of independent rates, questions as clusters (ICC {d.icc:.3f})",
+        )
+    ]
 
 
 def _bystander(d: Design) -> list[Row]:
@@ -75,19 +100,36 @@ def _bystander(d: Design) -> list[Row]:
         return [_row("bystander_vs_assistant", design, q, RATE, _calc.Effect(None, False, "no bystanders"))]
     min_p = _calc.sign_flip_min_p(q)
     if min_p >= s.alpha - _calc.P_TOL:
-        eff = _calc.Effect(None, False, f"cannot reach p < {s.alpha:g} at any effect: {q} questions give "
-                           f"2^{q} sign flips, the smallest two-sided p is {min_p:.3g}")
+        eff = _calc.Effect(
+            None,
+            False,
+            f"cannot reach p < {s.alpha:g} at any effect: {q} questions give "
+            f"2^{q} sign flips, the smallest two-sided p is {min_p:.3g}",
+        )
         return [_row("bystander_vs_assistant", design, q, RATE, eff)]
     p0 = s.base_rate
     var0 = p0 * (1 - p0) * _deff(d, mb) / (mb * b)
-    eff = _calc.paired_rate_difference(pairs=q, var0=var0, var1=lambda p1: p1 * (1 - p1) * _deff(d, ma) / ma,
-                                       alpha=s.alpha, power=s.power, base_rate=p0)
-    return [_row("bystander_vs_assistant", design, q, RATE, eff,
-                 "sign-flip test paired by question, t approximation")]
+    eff = _calc.paired_rate_difference(
+        pairs=q,
+        var0=var0,
+        var1=lambda p1: p1 * (1 - p1) * _deff(d, ma) / ma,
+        alpha=s.alpha,
+        power=s.power,
+        base_rate=p0,
+    )
+    return [_row("bystander_vs_assistant", design, q, RATE, eff, "sign-flip test paired by question, t approximation")]
 
 
-def _rank_rows(analysis: str, what: str, counts: dict[str, int], unit: str, d: Design,
-               missing: str, per_seed: bool = False, family: Callable[[str], int] | None = None) -> list[Row]:
+def _rank_rows(
+    analysis: str,
+    what: str,
+    counts: dict[str, int],
+    unit: str,
+    d: Design,
+    missing: str,
+    per_seed: bool = False,
+    family: Callable[[str], int] | None = None,
+) -> list[Row]:
     """Exact rank tests with `counts[arm]` points. `family(arm)`: how many such tests share the
     arm's Holm family (cpx adjusts within one analysis, arm and kind of p-value)."""
     s = d.settings
@@ -103,12 +145,19 @@ def _rank_rows(analysis: str, what: str, counts: dict[str, int], unit: str, d: D
         holm = ""
         if eff.reachable and m > 1:
             floor = min(1.0, m * _calc.spearman_min_p(n))
-            holm = (f"Holm over the {m} tests of its family: the smallest adjusted p is {m} x "
-                    f"{_calc.spearman_min_p(n):.3g} = {floor:.3g}")
+            holm = (
+                f"Holm over the {m} tests of its family: the smallest adjusted p is {m} x "
+                f"{_calc.spearman_min_p(n):.3g} = {floor:.3g}"
+            )
             if floor >= s.alpha - _calc.P_TOL:
                 holm += f", so no test of the family passes at {s.alpha:g} after adjustment"
-        rows.append({**_row(analysis, f"{what}, {_arms(arms)}: {n} {unit}", n, RHO, eff, seeds, holm),
-                     "holm_tests": m, "holm_min_p": min(1.0, m * _calc.spearman_min_p(n))})
+        rows.append(
+            {
+                **_row(analysis, f"{what}, {_arms(arms)}: {n} {unit}", n, RHO, eff, seeds, holm),
+                "holm_tests": m,
+                "holm_min_p": min(1.0, m * _calc.spearman_min_p(n)),
+            }
+        )
     return rows
 
 
@@ -125,8 +174,16 @@ def _pooled(d: Design, analysis: str = "pseudo_replication", steer: bool = False
         by.setdefault(kc, []).append(a)
     for (k, c), arms in sorted(by.items()):
         eff = _cluster(k, c, s.alpha, s.power, s.simulations)
-        rows.append(_row(analysis, f"pooled, {_arms(arms)}: {k} sources x {c} {unit}, sources permuted",
-                         k * c, RHO, eff, "points independent within a source (optimistic)"))
+        rows.append(
+            _row(
+                analysis,
+                f"pooled, {_arms(arms)}: {k} sources x {c} {unit}, sources permuted",
+                k * c,
+                RHO,
+                eff,
+                "points independent within a source (optimistic)",
+            )
+        )
     return rows
 
 
@@ -141,12 +198,25 @@ def _seeds(d: Design) -> list[Row]:
     per_seed = d.questions * d.completions / deff
     p0 = s.base_rate
     eff = _calc.paired_rate_difference(
-        pairs=n, var0=p0 * (1 - p0) / per_seed, var1=lambda p1: p1 * (1 - p1) / per_seed,
-        alpha=s.alpha, power=s.power, base_rate=p0)
-    return [_row("seed_replication", design, n, RATE, eff,
-                 f"the difference between two arms' rates that a t test over the {n} seeds' estimates "
-                 f"detects (df {n - 1}; seed_replication's across-seed intervals use the same t), with no "
-                 "between-seed variance assumed: a lower bound")]
+        pairs=n,
+        var0=p0 * (1 - p0) / per_seed,
+        var1=lambda p1: p1 * (1 - p1) / per_seed,
+        alpha=s.alpha,
+        power=s.power,
+        base_rate=p0,
+    )
+    return [
+        _row(
+            "seed_replication",
+            design,
+            n,
+            RATE,
+            eff,
+            f"the difference between two arms' rates that a t test over the {n} seeds' estimates "
+            f"detects (df {n - 1}; seed_replication's across-seed intervals use the same t), with no "
+            "between-seed variance assumed: a lower bound",
+        )
+    ]
 
 
 def _analysis_rows(d: Design) -> list[Row]:
@@ -155,36 +225,64 @@ def _analysis_rows(d: Design) -> list[Row]:
         "leakage_by_role": _leakage,
         "cross_arm": _leakage,
         "within_source": lambda d: _rank_rows(
-            "within_source", "within source over checkpoints", d.checkpoints, "checkpoints", d,
+            "within_source",
+            "within source over checkpoints",
+            d.checkpoints,
+            "checkpoints",
+            d,
             "no train arm with checkpoints",
-            family=lambda a: d.sources.get(a, 1) * d.layers.get("within_source", 1)),
+            family=lambda a: d.sources.get(a, 1) * d.layers.get("within_source", 1),
+        ),
         "between_source": lambda d: _rank_rows(
-            "between_source", "between sources at one checkpoint",
-            {a: n for a, n in d.sources.items() if a in d.checkpoints}, "sources", d, "no train arm with sources",
-            family=lambda a: d.layers.get("between_source", 1)),
+            "between_source",
+            "between sources at one checkpoint",
+            {a: n for a, n in d.sources.items() if a in d.checkpoints},
+            "sources",
+            d,
+            "no train arm with sources",
+            family=lambda a: d.layers.get("between_source", 1),
+        ),
         "pseudo_replication": _pooled,
         "bystander_vs_assistant": _bystander,
         "adapter_specificity": lambda d: [
-            *_rank_rows("adapter_specificity", "specificity vs leakage within source", d.checkpoints,
-                        "checkpoints", d, "no train arm with checkpoints"),
-            *_rank_rows("adapter_specificity", "specificity vs leakage between sources",
-                        {a: n for a, n in d.sources.items() if a in d.checkpoints}, "sources", d,
-                        "no train arm with sources")],
+            *_rank_rows(
+                "adapter_specificity",
+                "specificity vs leakage within source",
+                d.checkpoints,
+                "checkpoints",
+                d,
+                "no train arm with checkpoints",
+            ),
+            *_rank_rows(
+                "adapter_specificity",
+                "specificity vs leakage between sources",
+                {a: n for a, n in d.sources.items() if a in d.checkpoints},
+                "sources",
+                d,
+                "no train arm with sources",
+            ),
+        ],
         "steering": lambda d: [
-            *_rank_rows("steering", "leakage vs achieved cosine over strengths", d.alphas, "strengths", d,
-                        "no steer arm", per_seed=True,
-                        # per source, seed and layer, for the assistant's (and the bystanders') leakage
-                        family=lambda a: (d.sources.get(a, 1) * d.seeds * d.steer_layers.get(a, 1)
-                                          * (2 if d.bystanders else 1))),
-            *_pooled(d, "steering", steer=True)],
+            *_rank_rows(
+                "steering",
+                "leakage vs achieved cosine over strengths",
+                d.alphas,
+                "strengths",
+                d,
+                "no steer arm",
+                per_seed=True,
+                # per source, seed and layer, for the assistant's (and the bystanders') leakage
+                family=lambda a: d.sources.get(a, 1) * d.seeds * d.steer_layers.get(a, 1) * (2 if d.bystanders else 1),
+            ),
+            *_pooled(d, "steering", steer=True),
+        ],
         "seed_replication": _seeds,
     }
     handlers["marker_specificity"] = handlers["adapter_specificity"]
     return [{**r, "analysis": name} for name in d.analyses if name in handlers for r in handlers[name](d)]
 
 
-def power_rows(plan: Any, vary: dict[str, list[int]] | None = None, *,
-               base: str | Path | None = None) -> pl.DataFrame:
+def power_rows(plan: Any, vary: dict[str, list[int]] | None = None, *, base: str | Path | None = None) -> pl.DataFrame:
     """One row per declared analysis and design group (arms with the same counts), times each
     `vary` value: the smallest effect detected at the spec's alpha (two-sided) with its power.
 
@@ -218,13 +316,17 @@ def warnings_of(rows: pl.DataFrame, alpha: float) -> list[str]:
         if not r["reachable"]:
             out.append(f"{head}: {r['note'] or 'no effect reaches the power'}")
         elif r["holm_min_p"] is not None and r["holm_min_p"] >= alpha - _calc.P_TOL:
-            out.append(f"{head}: no test can pass after Holm over the {r['holm_tests']} tests of its family "
-                       f"(smallest adjusted p {r['holm_min_p']:.3g})")
+            out.append(
+                f"{head}: no test can pass after Holm over the {r['holm_tests']} tests of its family "
+                f"(smallest adjusted p {r['holm_min_p']:.3g})"
+            )
         elif r["effect_kind"] == RHO and r["min_effect"] >= LARGE_RHO:
             out.append(f"{head}: underpowered, only |rho| >= {r['min_effect']:.2f} is detected at p < {alpha:g}")
         elif r["effect_kind"] == RATE and r["min_effect"] >= LARGE_PP:
-            out.append(f"{head}: underpowered, only a rate difference of {r['min_effect']:.1f} pp or more is "
-                       f"detected at p < {alpha:g}")
+            out.append(
+                f"{head}: underpowered, only a rate difference of {r['min_effect']:.1f} pp or more is "
+                f"detected at p < {alpha:g}"
+            )
     return out
 
 
@@ -250,8 +352,13 @@ def display(rows: pl.DataFrame) -> pl.DataFrame:
         d: Row = {}
         if varied:
             d["Varied"] = "plan" if r["vary"] is None else f"{r['vary']}={r['value']}"
-        d |= {"Analysis": r["analysis"], "Design": r["design"], "n": str(r["n"]),
-              "Smallest effect": _effect_text(r), "Note": r["note"] or ""}
+        d |= {
+            "Analysis": r["analysis"],
+            "Design": r["design"],
+            "n": str(r["n"]),
+            "Smallest effect": _effect_text(r),
+            "Note": r["note"] or "",
+        }
         out.append(d)
     cols = (["Varied"] if varied else []) + ["Analysis", "Design", "n", "Smallest effect", "Note"]
     return pl.DataFrame(out, schema={c: pl.String for c in cols}, orient="row")
@@ -259,11 +366,13 @@ def display(rows: pl.DataFrame) -> pl.DataFrame:
 
 def caption(d: Design) -> str:
     s = d.settings
-    return (f"The smallest effect each declared analysis detects at alpha = {s.alpha:g} (two-sided) with "
-            f"{s.power:.0%} power. Rates: increase over a base rate of {100 * s.base_rate:g}%, questions as "
-            f"clusters with ICC {d.icc:.3f} ({d.icc_from}). Rank tests: the population correlation of a "
-            f"bivariate normal, power by {s.simulations} seeded simulations against cpx's exact null. "
-            "See docs/power.md.")
+    return (
+        f"The smallest effect each declared analysis detects at alpha = {s.alpha:g} (two-sided) with "
+        f"{s.power:.0%} power. Rates: increase over a base rate of {100 * s.base_rate:g}%, questions as "
+        f"clusters with ICC {d.icc:.3f} ({d.icc_from}). Rank tests: the population correlation of a "
+        f"bivariate normal, power by {s.simulations} seeded simulations against cpx's exact null. "
+        "See docs/power.md."
+    )
 
 
 def power_table(plan: Any, *, base: str | Path | None = None) -> Any:
@@ -271,8 +380,7 @@ def power_table(plan: Any, *, base: str | Path | None = None) -> Any:
     from cpx.analysis._tables import Table
 
     d = design_of(plan, base=base)
-    return Table(key="power", title="Power: smallest detectable effects", frame=display(rows_of(d)),
-                 caption=caption(d))
+    return Table(key="power", title="Power: smallest detectable effects", frame=display(rows_of(d)), caption=caption(d))
 
 
 def format_text(frame: pl.DataFrame) -> str:
@@ -285,5 +393,14 @@ def format_text(frame: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PowerError", "caption", "display", "format_text", "power_rows", "power_table", "power_warnings",
-           "rows_of", "warnings_of"]
+__all__ = [
+    "PowerError",
+    "caption",
+    "display",
+    "format_text",
+    "power_rows",
+    "power_table",
+    "power_warnings",
+    "rows_of",
+    "warnings_of",
+]

@@ -21,19 +21,30 @@ from cpx.report import _figures as F
 from cpx.report._caveats import caveats
 from cpx.report._provenance import provenance, spec_summary
 
-FIGURES = ("hero", "trajectories", "heatmap", "cosine_evolution", "cosine_vs_leakage",
-           "adapter_quality", "steering_curve", "seed_intervals")
+FIGURES = (
+    "hero",
+    "trajectories",
+    "heatmap",
+    "cosine_evolution",
+    "cosine_vs_leakage",
+    "adapter_quality",
+    "steering_curve",
+    "seed_intervals",
+)
 # Figures shown in a section of their own, with the tables of their analysis.
 SECTION_FIGURES = {"steering": "steering_curve", "seeds": "seed_intervals"}
 STEERING_TABLES = ("steering_curve", "steering", "steering_pooled")
 SEED_TABLES = ("seed_replication",)
 # The seed report's figure file names, which specs use.
-FIGURE_ALIASES = {"hero_cross_arm": "hero", "arm_b_trajectory": "trajectories",
-                  "arm_b_heatmap_100pct": "heatmap", "arm_b_cosine_vs_leakage": "cosine_vs_leakage"}
+FIGURE_ALIASES = {
+    "hero_cross_arm": "hero",
+    "arm_b_trajectory": "trajectories",
+    "arm_b_heatmap_100pct": "heatmap",
+    "arm_b_cosine_vs_leakage": "cosine_vs_leakage",
+}
 
 
-def figure_names(names: list[str] | tuple[str, ...] | None, *,
-                 rest: bool = False) -> tuple[str, ...]:
+def figure_names(names: list[str] | tuple[str, ...] | None, *, rest: bool = False) -> tuple[str, ...]:
     """Figure names resolved (aliases to names, duplicates dropped, order kept); none
     given means all; with `rest`, the figures not named follow the named ones. An unknown
     name is a ValueError listing the known ones."""
@@ -43,8 +54,7 @@ def figure_names(names: list[str] | tuple[str, ...] | None, *,
     for n in names:
         name = FIGURE_ALIASES.get(n, n)
         if name not in FIGURES:
-            raise ValueError(f"unknown figure {n!r}; known: "
-                             f"{', '.join([*FIGURES, *FIGURE_ALIASES])}")
+            raise ValueError(f"unknown figure {n!r}; known: {', '.join([*FIGURES, *FIGURE_ALIASES])}")
         if name not in out:
             out.append(name)
     return tuple(out + [f for f in FIGURES if f not in out]) if rest else tuple(out)
@@ -73,33 +83,55 @@ def trajectory_arm(metrics: pl.DataFrame) -> str | None:
     arms = metrics["arm"].drop_nulls().unique().to_list()
     if "B" in arms:
         return "B"
-    with_cos = metrics.filter(pl.col("cosine").is_not_null()).group_by("arm").agg(
-        pl.col("checkpoint").n_unique().alias("k")).sort(["k", "arm"], descending=[True, False])
+    with_cos = (
+        metrics.filter(pl.col("cosine").is_not_null())
+        .group_by("arm")
+        .agg(pl.col("checkpoint").n_unique().alias("k"))
+        .sort(["k", "arm"], descending=[True, False])
+    )
     if with_cos.height:
         return str(with_cos["arm"][0])
     return str(sorted(arms)[0]) if arms else None
 
 
 FIGURE_TEXT = {
-    "hero": ("Cross-arm overview", "Top: marker rate on the source persona; bottom: on the "
-             "assistant. One panel per source, one line per arm, seeds averaged."),
-    "trajectories": ("Trajectories", "Source, assistant and bystander marker rates over "
-                     "checkpoints, one line per source."),
-    "heatmap": ("Persona × source", "Marker rate of every evaluated persona for each source's "
-                "marker at the final checkpoint."),
-    "cosine_evolution": ("Cosine evolution", "Cosine similarity of the source and assistant "
-                         "centroids (global-mean centred) over checkpoints, one panel per layer."),
-    "cosine_vs_leakage": ("Cosine versus leakage", "Each point is one (arm, source, "
-                          "checkpoint); one panel per layer."),
-    "adapter_quality": ("Adapter quality", "Marker rate per persona for each marker adapter "
-                        "before merge (its screen). A specific adapter fires on its source only."),
-    "steering_curve": ("Steering curve", "Top: the achieved cosine of the source and the steered "
-                       "assistant centroids at the steered layer; bottom: the marker rate on the "
-                       "assistant and on the bystanders (pooled), against the steering strength. "
-                       "Bars: bootstrap interval over questions (one seed) or Hartung-Knapp "
-                       "interval across seeds."),
-    "seed_intervals": ("Per-seed estimates", "Each headline quantity per seed (dots) and the "
-                       "random-effects mean over seeds with its Hartung-Knapp interval (black)."),
+    "hero": (
+        "Cross-arm overview",
+        "Top: marker rate on the source persona; bottom: on the "
+        "assistant. One panel per source, one line per arm, seeds averaged.",
+    ),
+    "trajectories": (
+        "Trajectories",
+        "Source, assistant and bystander marker rates over checkpoints, one line per source.",
+    ),
+    "heatmap": (
+        "Persona × source",
+        "Marker rate of every evaluated persona for each source's marker at the final checkpoint.",
+    ),
+    "cosine_evolution": (
+        "Cosine evolution",
+        "Cosine similarity of the source and assistant "
+        "centroids (global-mean centred) over checkpoints, one panel per layer.",
+    ),
+    "cosine_vs_leakage": ("Cosine versus leakage", "Each point is one (arm, source, checkpoint); one panel per layer."),
+    "adapter_quality": (
+        "Adapter quality",
+        "Marker rate per persona for each marker adapter "
+        "before merge (its screen). A specific adapter fires on its source only.",
+    ),
+    "steering_curve": (
+        "Steering curve",
+        "Top: the achieved cosine of the source and the steered "
+        "assistant centroids at the steered layer; bottom: the marker rate on the "
+        "assistant and on the bystanders (pooled), against the steering strength. "
+        "Bars: bootstrap interval over questions (one seed) or Hartung-Knapp "
+        "interval across seeds.",
+    ),
+    "seed_intervals": (
+        "Per-seed estimates",
+        "Each headline quantity per seed (dots) and the "
+        "random-effects mean over seeds with its Hartung-Knapp interval (black).",
+    ),
 }
 
 
@@ -139,15 +171,21 @@ def _svg_inline(path: Path) -> str:
 
 def _html_table(t: T.Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in t.frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
-                   for row in t.frame.iter_rows())
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in t.frame.iter_rows()
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _kv(rows: list[tuple[str, str]]) -> T.Table:
-    return T.Table("kv", "", pl.DataFrame({"item": [r[0] for r in rows],
-                                           "value": [r[1] for r in rows]},
-                                          schema={"item": pl.String, "value": pl.String}))
+    return T.Table(
+        "kv",
+        "",
+        pl.DataFrame(
+            {"item": [r[0] for r in rows], "value": [r[1] for r in rows]},
+            schema={"item": pl.String, "value": pl.String},
+        ),
+    )
 
 
 CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;
@@ -160,8 +198,13 @@ figure svg{max-width:100%;height:auto}h2{border-bottom:1px solid #ddd;padding-bo
 .caveats li{margin:.3em 0}"""
 
 
-def build_report(data: ReportData, out_dir: str | os.PathLike[str], *, title: str | None = None,
-                 figures: tuple[str, ...] | list[str] = FIGURES) -> dict[str, Any]:
+def build_report(
+    data: ReportData,
+    out_dir: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    figures: tuple[str, ...] | list[str] = FIGURES,
+) -> dict[str, Any]:
     """Write report.md, report.html and figures/ into `out_dir`. Returns what was written
     and how long each part took."""
     import cpx
@@ -175,15 +218,17 @@ def build_report(data: ReportData, out_dir: str | os.PathLike[str], *, title: st
     a = data.analysis
     title = title or f"cpx report: {data.name}"
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    byline = (f"Generated by cpx {cpx.__version__} on {stamp} from run `{data.name}`"
-              + (f" (spec hash `{data.spec_hash[:12]}`)" if data.spec_hash else "") + ".")
+    byline = (
+        f"Generated by cpx {cpx.__version__} on {stamp} from run `{data.name}`"
+        + (f" (spec hash `{data.spec_hash[:12]}`)" if data.spec_hash else "")
+        + "."
+    )
 
     # (kind, payload) blocks rendered to both Markdown and HTML.
     blocks: list[tuple[str, Any]] = [("h1", title), ("p", byline)]
     if data.spec:
         blocks += [("h2", "Spec"), ("table", _kv(spec_summary(data.spec, data.stages)))]
-    blocks += [("h2", "Provenance"),
-               ("table", _kv(provenance(data.manifests, len(data.stages) or None)))]
+    blocks += [("h2", "Provenance"), ("table", _kv(provenance(data.manifests, len(data.stages) or None)))]
     cav = caveats(trained(a.metrics), a.stats, a.adapters)
     if cav:
         blocks += [("h2", "Caveats"), ("ul", cav)]
@@ -194,10 +239,16 @@ def build_report(data: ReportData, out_dir: str | os.PathLike[str], *, title: st
             blocks += [("h3", t.title), ("table", t), ("caption", t.caption)]
     fam = T.families(a.stats)
     if fam.height:
-        blocks += [("h3", "Multiple comparisons"), ("table", T.Table("fam", "", fam)),
-                   ("caption", "Holm (family-wise error) and Benjamini-Hochberg (false discovery "
-                               "rate) within each family: one analysis, one arm, one kind of "
-                               "p-value.")]
+        blocks += [
+            ("h3", "Multiple comparisons"),
+            ("table", T.Table("fam", "", fam)),
+            (
+                "caption",
+                "Holm (family-wise error) and Benjamini-Hochberg (false discovery "
+                "rate) within each family: one analysis, one arm, one kind of "
+                "p-value.",
+            ),
+        ]
     timings: dict[str, float] = {"tables": time.perf_counter() - t0}
     made: list[F.Figure] = []
     figs: dict[str, tuple[str, Any]] = {}
@@ -216,9 +267,14 @@ def build_report(data: ReportData, out_dir: str | os.PathLike[str], *, title: st
     steer_fig = figs.get(SECTION_FIGURES["steering"])
     if steer_tables or (steer_fig and steer_fig[0] == "figure"):
         blocks.append(("h2", "Steering"))
-        blocks.append(("p", "A steer arm adds alpha times the steering direction (source minus "
-                            "assistant centroid) to the residual stream at one layer. Does the "
-                            "achieved cosine move as intended, and does the marker follow it?"))
+        blocks.append(
+            (
+                "p",
+                "A steer arm adds alpha times the steering direction (source minus "
+                "assistant centroid) to the residual stream at one layer. Does the "
+                "achieved cosine move as intended, and does the marker follow it?",
+            )
+        )
         for t in steer_tables:
             blocks += [("h3", t.title), ("table", t), ("caption", t.caption)]
         if steer_fig:
@@ -226,8 +282,9 @@ def build_report(data: ReportData, out_dir: str | os.PathLike[str], *, title: st
     if "seed_replication" in a.options.analyses:
         blocks.append(("h2", "Replication over seeds"))
         seed_tables = [t for t in shown if t.key in SEED_TABLES]
-        skipped_seeds = a.stats.filter((pl.col("analysis") == "seed_replication")
-                                       & pl.col("note").str.starts_with("skipped"))
+        skipped_seeds = a.stats.filter(
+            (pl.col("analysis") == "seed_replication") & pl.col("note").str.starts_with("skipped")
+        )
         if not seed_tables and skipped_seeds.height:
             blocks.append(("p", f"*seed_replication {skipped_seeds['note'][0]}*"))
         for t in seed_tables:
@@ -256,8 +313,7 @@ def build_report(data: ReportData, out_dir: str | os.PathLike[str], *, title: st
 def _power(data: ReportData) -> list[tuple[str, Any]]:
     """The power section: cpx.power's table of the smallest detectable effects."""
     if data.plan is None:
-        return [("p", "*Power: the spec asks for it, but the run has no plan.json to compute "
-                      "it from.*")]
+        return [("p", "*Power: the spec asks for it, but the run has no plan.json to compute it from.*")]
     from cpx.power import PowerError, power_table
 
     try:
@@ -280,8 +336,7 @@ def _markdown(blocks: list[tuple[str, Any]]) -> str:
             out.append(md_table(x.frame) + "\n")
         elif kind == "figure":
             links = " · ".join(f"[{e}](figures/{p.name})" for e, p in x.files.items())
-            out.append(f"### {x.title}\n\n![{x.title}](figures/{x.files['png'].name})\n\n"
-                       f"{x.caption} ({links})\n")
+            out.append(f"### {x.title}\n\n![{x.title}](figures/{x.files['png'].name})\n\n{x.caption} ({links})\n")
     return "\n".join(out)
 
 
@@ -301,15 +356,16 @@ def _html(blocks: list[tuple[str, Any]], title: str) -> str:
         elif kind == "caption":
             body.append(f"<p class=caption>{_inline_md(x)}</p>")
         elif kind == "ul":
-            body.append("<ul class=caveats>" + "".join(f"<li>{_inline_md(i)}</li>" for i in x)
-                        + "</ul>")
+            body.append("<ul class=caveats>" + "".join(f"<li>{_inline_md(i)}</li>" for i in x) + "</ul>")
         elif kind == "table":
             body.append(_html_table(x))
         elif kind == "figure":
-            body.append(f"<figure><h3>{html.escape(x.title)}</h3>{x.svg}<figcaption class=caption>"
-                        f"{_inline_md(x.caption)} Interactive version: "
-                        f"<code>figures/{x.files['html'].name}</code>.</figcaption></figure>")
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>"
-            f"{html.escape(title)}</title><style>{CSS}</style></head><body>"
-            + "\n".join(body) + "</body></html>\n")
-
+            body.append(
+                f"<figure><h3>{html.escape(x.title)}</h3>{x.svg}<figcaption class=caption>"
+                f"{_inline_md(x.caption)} Interactive version: "
+                f"<code>figures/{x.files['html'].name}</code>.</figcaption></figure>"
+            )
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>"
+        f"{html.escape(title)}</title><style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    )

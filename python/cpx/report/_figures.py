@@ -18,8 +18,7 @@ import polars as pl
 from cpx.analysis._metrics import layer_free
 
 # Okabe & Ito (2008), without black, in the order that separates neighbours best.
-OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442",
-             "#000000"]
+OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442", "#000000"]
 FONT = 12
 PANEL_W, PANEL_H = 190, 130
 
@@ -28,8 +27,7 @@ def _alt() -> Any:
     try:
         import altair as alt
     except ImportError as e:  # pragma: no cover - depends on the installation
-        raise ImportError("the report needs altair and vl-convert-python: "
-                          "pip install 'cpx[report]'") from e
+        raise ImportError("the report needs altair and vl-convert-python: pip install 'cpx[report]'") from e
     return alt
 
 
@@ -39,24 +37,28 @@ def _scale(domain: list[str]) -> Any:
 
 
 def _config(chart: Any) -> Any:
-    return (chart.configure_axis(labelFontSize=FONT - 1, titleFontSize=FONT)
-            .configure_header(labelFontSize=FONT, titleFontSize=FONT)
-            .configure_legend(labelFontSize=FONT - 1, titleFontSize=FONT, orient="right")
-            .configure_title(fontSize=FONT + 2, anchor="start")
-            .configure_view(stroke="#ccc"))
+    return (
+        chart.configure_axis(labelFontSize=FONT - 1, titleFontSize=FONT)
+        .configure_header(labelFontSize=FONT, titleFontSize=FONT)
+        .configure_legend(labelFontSize=FONT - 1, titleFontSize=FONT, orient="right")
+        .configure_title(fontSize=FONT + 2, anchor="start")
+        .configure_view(stroke="#ccc")
+    )
 
 
 def _pct_axis(field: str, title: str) -> Any:
     alt = _alt()
-    return alt.Y(f"{field}:Q", title=title, axis=alt.Axis(format="%", tickCount=5),
-                 scale=alt.Scale(domain=[0, 1]))
+    return alt.Y(f"{field}:Q", title=title, axis=alt.Axis(format="%", tickCount=5), scale=alt.Scale(domain=[0, 1]))
 
 
 def _ckpt_x() -> Any:
     alt = _alt()
-    return alt.X("checkpoint:Q", title="checkpoint (share of SFT)",
-                 axis=alt.Axis(format="%", values=[0, 0.25, 0.5, 0.75, 1], labelOverlap=True),
-                 scale=alt.Scale(domain=[0, 1]))
+    return alt.X(
+        "checkpoint:Q",
+        title="checkpoint (share of SFT)",
+        axis=alt.Axis(format="%", values=[0, 0.25, 0.5, 0.75, 1], labelOverlap=True),
+        scale=alt.Scale(domain=[0, 1]),
+    )
 
 
 def _sorted(values: pl.Series) -> list[str]:
@@ -67,54 +69,82 @@ def hero(metrics: pl.DataFrame) -> Any | None:
     """Source marker % (top) and assistant % (bottom) across checkpoints, one column per
     source, one line per arm."""
     alt = _alt()
-    lf = layer_free(metrics).group_by(["arm", "source", "checkpoint"]).agg(
-        pl.col("source_rate").mean(), pl.col("assistant_rate").mean())
-    long = lf.unpivot(index=["arm", "source", "checkpoint"],
-                      on=["source_rate", "assistant_rate"], variable_name="measure",
-                      value_name="rate").drop_nulls("rate")
+    lf = (
+        layer_free(metrics)
+        .group_by(["arm", "source", "checkpoint"])
+        .agg(pl.col("source_rate").mean(), pl.col("assistant_rate").mean())
+    )
+    long = lf.unpivot(
+        index=["arm", "source", "checkpoint"],
+        on=["source_rate", "assistant_rate"],
+        variable_name="measure",
+        value_name="rate",
+    ).drop_nulls("rate")
     if long.is_empty():
         return None
-    long = long.with_columns(pl.col("measure").replace(
-        {"source_rate": "source marker", "assistant_rate": "assistant leakage"}))
+    long = long.with_columns(
+        pl.col("measure").replace({"source_rate": "source marker", "assistant_rate": "assistant leakage"})
+    )
     arms = _sorted(long["arm"])
-    chart = alt.Chart(long).mark_line(point=True).encode(
-        x=_ckpt_x(), y=_pct_axis("rate", "marker rate"),
-        color=alt.Color("arm:N", scale=_scale(arms), title="arm"),
-        tooltip=["arm", "source", "checkpoint", alt.Tooltip("rate:Q", format=".1%")],
-    ).properties(width=PANEL_W, height=PANEL_H).facet(
-        row=alt.Row("measure:N", title=None, sort=["source marker", "assistant leakage"]),
-        column=alt.Column("source:N", title=None),
-    ).properties(title="Source marker and assistant leakage, by arm")
+    chart = (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=_ckpt_x(),
+            y=_pct_axis("rate", "marker rate"),
+            color=alt.Color("arm:N", scale=_scale(arms), title="arm"),
+            tooltip=["arm", "source", "checkpoint", alt.Tooltip("rate:Q", format=".1%")],
+        )
+        .properties(width=PANEL_W, height=PANEL_H)
+        .facet(
+            row=alt.Row("measure:N", title=None, sort=["source marker", "assistant leakage"]),
+            column=alt.Column("source:N", title=None),
+        )
+        .properties(title="Source marker and assistant leakage, by arm")
+    )
     return chart
 
 
 def trajectories(metrics: pl.DataFrame, arm: str) -> Any | None:
     """One arm's source, assistant and bystander rates over checkpoints, one line per source."""
     alt = _alt()
-    lf = layer_free(metrics).filter(pl.col("arm") == arm).group_by(["source", "checkpoint"]).agg(
-        pl.col("source_rate").mean(), pl.col("assistant_rate").mean(),
-        pl.col("bystander_rate").mean())
-    long = lf.unpivot(index=["source", "checkpoint"],
-                      on=["source_rate", "assistant_rate", "bystander_rate"],
-                      variable_name="role", value_name="rate").drop_nulls("rate")
+    lf = (
+        layer_free(metrics)
+        .filter(pl.col("arm") == arm)
+        .group_by(["source", "checkpoint"])
+        .agg(pl.col("source_rate").mean(), pl.col("assistant_rate").mean(), pl.col("bystander_rate").mean())
+    )
+    long = lf.unpivot(
+        index=["source", "checkpoint"],
+        on=["source_rate", "assistant_rate", "bystander_rate"],
+        variable_name="role",
+        value_name="rate",
+    ).drop_nulls("rate")
     if long.is_empty():
         return None
     long = long.with_columns(pl.col("role").str.replace("_rate", ""))
-    return alt.Chart(long).mark_line(point=True).encode(
-        x=_ckpt_x(), y=_pct_axis("rate", "marker rate"),
-        color=alt.Color("source:N", scale=_scale(_sorted(long["source"])), title="source"),
-        tooltip=["source", "role", "checkpoint", alt.Tooltip("rate:Q", format=".1%")],
-    ).properties(width=PANEL_W + 30, height=PANEL_H + 20).facet(
-        column=alt.Column("role:N", title=None, sort=["source", "assistant", "bystander"]),
-    ).properties(title=f"Arm {arm}: marker rate by role across checkpoints")
+    return (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=_ckpt_x(),
+            y=_pct_axis("rate", "marker rate"),
+            color=alt.Color("source:N", scale=_scale(_sorted(long["source"])), title="source"),
+            tooltip=["source", "role", "checkpoint", alt.Tooltip("rate:Q", format=".1%")],
+        )
+        .properties(width=PANEL_W + 30, height=PANEL_H + 20)
+        .facet(
+            column=alt.Column("role:N", title=None, sort=["source", "assistant", "bystander"]),
+        )
+        .properties(title=f"Arm {arm}: marker rate by role across checkpoints")
+    )
 
 
 def heatmap(leakage: pl.DataFrame, arm: str, checkpoint: float) -> Any | None:
     """Marker rate of every persona (rows) for each source's adapter (columns) in one arm
     at one checkpoint."""
     alt = _alt()
-    df = leakage.filter((pl.col("arm") == arm) &
-                        ((pl.col("checkpoint") - checkpoint).abs() < 1e-9))
+    df = leakage.filter((pl.col("arm") == arm) & ((pl.col("checkpoint") - checkpoint).abs() < 1e-9))
     df = df.group_by(["source", "persona", "role"]).agg(pl.col("rate").mean())
     if df.is_empty():
         return None
@@ -124,8 +154,12 @@ def heatmap(leakage: pl.DataFrame, arm: str, checkpoint: float) -> Any | None:
         y=alt.Y("persona:N", title="evaluated persona", sort=order["persona"].to_list()),
     )
     rect = base.mark_rect().encode(
-        color=alt.Color("rate:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]),
-                        title="marker rate", legend=alt.Legend(format="%")),
+        color=alt.Color(
+            "rate:Q",
+            scale=alt.Scale(scheme="viridis", domain=[0, 1]),
+            title="marker rate",
+            legend=alt.Legend(format="%"),
+        ),
         tooltip=["source", "persona", "role", alt.Tooltip("rate:Q", format=".1%")],
     )
     text = base.mark_text(fontSize=FONT - 1).encode(
@@ -134,53 +168,83 @@ def heatmap(leakage: pl.DataFrame, arm: str, checkpoint: float) -> Any | None:
     )
     n_src = df["source"].n_unique()
     return (rect + text).properties(
-        width=max(160, 70 * n_src), height=22 * df["persona"].n_unique(),
-        title=f"Arm {arm} at checkpoint {100 * checkpoint:g}%: marker rate per persona")
+        width=max(160, 70 * n_src),
+        height=22 * df["persona"].n_unique(),
+        title=f"Arm {arm} at checkpoint {100 * checkpoint:g}%: marker rate per persona",
+    )
 
 
 def cosine_evolution(metrics: pl.DataFrame) -> Any | None:
     """cos(source, assistant) across checkpoints: one row of panels per arm, one column per
     layer, one line per source."""
     alt = _alt()
-    df = metrics.filter(pl.col("cosine").is_not_null() & pl.col("layer").is_not_null()).group_by(
-        ["arm", "source", "checkpoint", "layer"]).agg(pl.col("cosine").mean())
+    df = (
+        metrics.filter(pl.col("cosine").is_not_null() & pl.col("layer").is_not_null())
+        .group_by(["arm", "source", "checkpoint", "layer"])
+        .agg(pl.col("cosine").mean())
+    )
     if df.is_empty():
         return None
-    df = df.with_columns(("L" + pl.col("layer").cast(pl.String)).alias("layer_name"),
-                         ("arm " + pl.col("arm").cast(pl.String)).alias("arm_name"))
+    df = df.with_columns(
+        ("L" + pl.col("layer").cast(pl.String)).alias("layer_name"),
+        ("arm " + pl.col("arm").cast(pl.String)).alias("arm_name"),
+    )
     layers = [f"L{v}" for v in sorted(df["layer"].unique().to_list())]
-    return alt.Chart(df).mark_line(point=True).encode(
-        x=_ckpt_x(), y=alt.Y("cosine:Q", title="cos(source, assistant)"),
-        color=alt.Color("source:N", scale=_scale(_sorted(df["source"])), title="source"),
-        tooltip=["arm", "source", "checkpoint", "layer", alt.Tooltip("cosine:Q", format=".3f")],
-    ).properties(width=PANEL_W, height=PANEL_H - 20).facet(
-        row=alt.Row("arm_name:N", title=None),
-        column=alt.Column("layer_name:N", title=None, sort=layers),
-    ).properties(title="Cosine similarity of source and assistant across checkpoints")
+    return (
+        alt.Chart(df)
+        .mark_line(point=True)
+        .encode(
+            x=_ckpt_x(),
+            y=alt.Y("cosine:Q", title="cos(source, assistant)"),
+            color=alt.Color("source:N", scale=_scale(_sorted(df["source"])), title="source"),
+            tooltip=["arm", "source", "checkpoint", "layer", alt.Tooltip("cosine:Q", format=".3f")],
+        )
+        .properties(width=PANEL_W, height=PANEL_H - 20)
+        .facet(
+            row=alt.Row("arm_name:N", title=None),
+            column=alt.Column("layer_name:N", title=None, sort=layers),
+        )
+        .properties(title="Cosine similarity of source and assistant across checkpoints")
+    )
 
 
 def cosine_vs_leakage(metrics: pl.DataFrame) -> Any | None:
     """Assistant leakage against cos(source, assistant), every (arm, source, checkpoint),
     one panel per layer."""
     alt = _alt()
-    df = metrics.filter(pl.col("cosine").is_not_null() & pl.col("assistant_rate").is_not_null()
-                        & pl.col("layer").is_not_null()).group_by(
-        ["arm", "source", "checkpoint", "layer"]).agg(pl.col("cosine").mean(),
-                                                      pl.col("assistant_rate").mean())
+    df = (
+        metrics.filter(
+            pl.col("cosine").is_not_null() & pl.col("assistant_rate").is_not_null() & pl.col("layer").is_not_null()
+        )
+        .group_by(["arm", "source", "checkpoint", "layer"])
+        .agg(pl.col("cosine").mean(), pl.col("assistant_rate").mean())
+    )
     if df.is_empty():
         return None
     df = df.with_columns(("L" + pl.col("layer").cast(pl.String)).alias("layer_name"))
     layers = [f"L{v}" for v in sorted(df["layer"].unique().to_list())]
-    return alt.Chart(df).mark_point(filled=True, size=60, opacity=0.85).encode(
-        x=alt.X("cosine:Q", title="cos(source, assistant)", scale=alt.Scale(zero=False)),
-        y=_pct_axis("assistant_rate", "assistant leakage"),
-        color=alt.Color("source:N", scale=_scale(_sorted(df["source"])), title="source"),
-        shape=alt.Shape("arm:N", title="arm"),
-        tooltip=["arm", "source", "checkpoint", alt.Tooltip("cosine:Q", format=".3f"),
-                 alt.Tooltip("assistant_rate:Q", format=".1%")],
-    ).properties(width=PANEL_W, height=PANEL_H).facet(
-        column=alt.Column("layer_name:N", title=None, sort=layers),
-    ).properties(title="Assistant leakage against cosine similarity, by layer")
+    return (
+        alt.Chart(df)
+        .mark_point(filled=True, size=60, opacity=0.85)
+        .encode(
+            x=alt.X("cosine:Q", title="cos(source, assistant)", scale=alt.Scale(zero=False)),
+            y=_pct_axis("assistant_rate", "assistant leakage"),
+            color=alt.Color("source:N", scale=_scale(_sorted(df["source"])), title="source"),
+            shape=alt.Shape("arm:N", title="arm"),
+            tooltip=[
+                "arm",
+                "source",
+                "checkpoint",
+                alt.Tooltip("cosine:Q", format=".3f"),
+                alt.Tooltip("assistant_rate:Q", format=".1%"),
+            ],
+        )
+        .properties(width=PANEL_W, height=PANEL_H)
+        .facet(
+            column=alt.Column("layer_name:N", title=None, sort=layers),
+        )
+        .properties(title="Assistant leakage against cosine similarity, by layer")
+    )
 
 
 def adapter_quality(screen: pl.DataFrame) -> Any | None:
@@ -191,41 +255,64 @@ def adapter_quality(screen: pl.DataFrame) -> Any | None:
         return None
     keys = ["arm", "source", "checkpoint"]
     df = screen.with_columns(pl.col("checkpoint").fill_null(0.0))
-    by = df.filter(pl.col("role") == "bystander").group_by(keys).agg(
-        pl.col("rate").min().alias("low"), pl.col("rate").max().alias("high"))
+    by = (
+        df.filter(pl.col("role") == "bystander")
+        .group_by(keys)
+        .agg(pl.col("rate").min().alias("low"), pl.col("rate").max().alias("high"))
+    )
     pts = df.group_by([*keys, "role"]).agg(pl.col("rate").mean())
-    label = pl.concat_str([pl.lit("arm "), pl.col("arm").cast(pl.String).fill_null("-"),
-                           pl.lit(" · "), pl.col("source").cast(pl.String).fill_null("-"),
-                           pl.when(pl.col("checkpoint") > 0).then(
-                               pl.lit(" @") + (pl.col("checkpoint") * 100).round(0)
-                               .cast(pl.Int64).cast(pl.String) + pl.lit("%"))
-                           .otherwise(pl.lit(""))]).alias("adapter")
+    label = pl.concat_str(
+        [
+            pl.lit("arm "),
+            pl.col("arm").cast(pl.String).fill_null("-"),
+            pl.lit(" · "),
+            pl.col("source").cast(pl.String).fill_null("-"),
+            pl.when(pl.col("checkpoint") > 0)
+            .then(pl.lit(" @") + (pl.col("checkpoint") * 100).round(0).cast(pl.Int64).cast(pl.String) + pl.lit("%"))
+            .otherwise(pl.lit("")),
+        ]
+    ).alias("adapter")
     pts, by = pts.with_columns(label), by.with_columns(label)
     order = pts.sort(keys, nulls_last=True)["adapter"].unique(maintain_order=True).to_list()
     roles = ["source", "assistant", "bystander"]
     y = alt.Y("adapter:N", title=None, sort=order, axis=alt.Axis(labelLimit=320))
     x_scale = alt.Scale(domain=[0, 1])
-    bars = alt.Chart(by).mark_rule(color="#bbbbbb", strokeWidth=5).encode(
-        y=y, x=alt.X("low:Q", scale=x_scale), x2="high:Q")
-    dots = alt.Chart(pts).mark_point(filled=True, size=70, opacity=0.95).encode(
-        y=y, x=alt.X("rate:Q", title="marker rate (grey bar: range over bystanders)",
-                     axis=alt.Axis(format="%", tickCount=5), scale=x_scale),
-        color=alt.Color("role:N", title="role", scale=alt.Scale(
-            domain=roles, range=[OKABE_ITO[4], OKABE_ITO[3], "#777777"])),
-        shape=alt.Shape("role:N", scale=alt.Scale(domain=roles,
-                                                  range=["circle", "square", "triangle"])),
-        tooltip=["adapter", "role", alt.Tooltip("rate:Q", format=".1%")],
+    bars = (
+        alt.Chart(by)
+        .mark_rule(color="#bbbbbb", strokeWidth=5)
+        .encode(y=y, x=alt.X("low:Q", scale=x_scale), x2="high:Q")
+    )
+    dots = (
+        alt.Chart(pts)
+        .mark_point(filled=True, size=70, opacity=0.95)
+        .encode(
+            y=y,
+            x=alt.X(
+                "rate:Q",
+                title="marker rate (grey bar: range over bystanders)",
+                axis=alt.Axis(format="%", tickCount=5),
+                scale=x_scale,
+            ),
+            color=alt.Color(
+                "role:N", title="role", scale=alt.Scale(domain=roles, range=[OKABE_ITO[4], OKABE_ITO[3], "#777777"])
+            ),
+            shape=alt.Shape("role:N", scale=alt.Scale(domain=roles, range=["circle", "square", "triangle"])),
+            tooltip=["adapter", "role", alt.Tooltip("rate:Q", format=".1%")],
+        )
     )
     return (bars + dots).properties(
-        width=420, height=16 * len(order),
-        title="Marker adapters before merge: where does the marker fire?")
+        width=420, height=16 * len(order), title="Marker adapters before merge: where does the marker fire?"
+    )
 
 
 def _panel(df: pl.DataFrame) -> pl.DataFrame:
     """A `panel` column: the source, prefixed with the arm when several arms are shown."""
     several = df["arm"].n_unique() > 1
-    return df.with_columns((("arm " + pl.col("arm").cast(pl.String) + " · ") if several
-                            else pl.lit("")).add(pl.col("source").cast(pl.String)).alias("panel"))
+    return df.with_columns(
+        (("arm " + pl.col("arm").cast(pl.String) + " · ") if several else pl.lit(""))
+        .add(pl.col("source").cast(pl.String))
+        .alias("panel")
+    )
 
 
 def steering_curve(stats: pl.DataFrame, layers: dict[str, int]) -> Any | None:
@@ -236,8 +323,9 @@ def steering_curve(stats: pl.DataFrame, layers: dict[str, int]) -> Any | None:
     curve = stats.filter(pl.col("analysis") == "steering_curve")
     if curve.is_empty():
         return None
-    shown = pl.DataFrame({"arm": list(layers), "layer": list(layers.values())},
-                         schema={"arm": pl.String, "layer": pl.Int64})
+    shown = pl.DataFrame(
+        {"arm": list(layers), "layer": list(layers.values())}, schema={"arm": pl.String, "layer": pl.Int64}
+    )
     cos = _panel(curve.filter(pl.col("y") == "cosine").join(shown, on=["arm", "layer"]))
     rates = _panel(curve.filter(pl.col("y").is_in(["assistant_rate", "bystander_rate"])))
     rates = rates.with_columns(pl.col("y").str.replace("_rate", "").alias("role"))
@@ -252,22 +340,29 @@ def steering_curve(stats: pl.DataFrame, layers: dict[str, int]) -> Any | None:
         base = alt.Chart(cos).encode(x=x)
         line = base.mark_line(point=alt.OverlayMarkDef(color="#000000"), color="#000000").encode(
             y=alt.Y("estimate:Q", title=f"achieved cosine ({what})"),
-            tooltip=["panel", "alpha", alt.Tooltip("estimate:Q", format=".3f")])
+            tooltip=["panel", "alpha", alt.Tooltip("estimate:Q", format=".3f")],
+        )
         bars = base.mark_rule(color="#000000", opacity=0.5).encode(y="ci_low:Q", y2="ci_high:Q")
-        charts.append(alt.layer(bars, line).properties(width=PANEL_W, height=PANEL_H - 20)
-                      .facet(column=col))
+        charts.append(alt.layer(bars, line).properties(width=PANEL_W, height=PANEL_H - 20).facet(column=col))
     if rates.height:
         roles = ["assistant", "bystander"]
-        colour = alt.Color("role:N", title="leakage to", scale=alt.Scale(
-            domain=roles, range=[OKABE_ITO[3], OKABE_ITO[0]]))
+        colour = alt.Color(
+            "role:N", title="leakage to", scale=alt.Scale(domain=roles, range=[OKABE_ITO[3], OKABE_ITO[0]])
+        )
         base = alt.Chart(rates).encode(x=x, color=colour)
         line = base.mark_line(point=True).encode(
             y=_pct_axis("estimate", "marker rate"),
-            tooltip=["panel", "role", "alpha", alt.Tooltip("estimate:Q", format=".1%"),
-                     alt.Tooltip("ci_low:Q", format=".1%"), alt.Tooltip("ci_high:Q", format=".1%")])
+            tooltip=[
+                "panel",
+                "role",
+                "alpha",
+                alt.Tooltip("estimate:Q", format=".1%"),
+                alt.Tooltip("ci_low:Q", format=".1%"),
+                alt.Tooltip("ci_high:Q", format=".1%"),
+            ],
+        )
         bars = base.mark_rule(opacity=0.6).encode(y="ci_low:Q", y2="ci_high:Q")
-        charts.append(alt.layer(bars, line).properties(width=PANEL_W, height=PANEL_H)
-                      .facet(column=col))
+        charts.append(alt.layer(bars, line).properties(width=PANEL_W, height=PANEL_H).facet(column=col))
     chart = charts[0] if len(charts) == 1 else alt.vconcat(*charts)
     return chart.properties(title="Steering: achieved cosine and leakage against strength")
 
@@ -279,11 +374,18 @@ def seed_intervals(stats: pl.DataFrame) -> Any | None:
     s = stats.filter((pl.col("analysis") == "seed_replication") & pl.col("estimate").is_not_null())
     if s.is_empty():
         return None
-    label = pl.concat_str([pl.col("arm").cast(pl.String), pl.lit(" · "),
-                           pl.col("source").cast(pl.String), pl.lit(" · "),
-                           pl.col("statistic").str.replace_all("_", " "),
-                           pl.when(pl.col("layer").is_not_null()).then(
-                               pl.lit(" L") + pl.col("layer").cast(pl.String)).otherwise(pl.lit(""))])
+    label = pl.concat_str(
+        [
+            pl.col("arm").cast(pl.String),
+            pl.lit(" · "),
+            pl.col("source").cast(pl.String),
+            pl.lit(" · "),
+            pl.col("statistic").str.replace_all("_", " "),
+            pl.when(pl.col("layer").is_not_null())
+            .then(pl.lit(" L") + pl.col("layer").cast(pl.String))
+            .otherwise(pl.lit("")),
+        ]
+    )
     s = s.with_columns(label.alias("quantity"), pl.col("seed").cast(pl.String).alias("seed_name"))
     seeds = sorted(s["seed"].drop_nulls().unique().to_list())
     charts = []
@@ -298,21 +400,33 @@ def seed_intervals(stats: pl.DataFrame) -> Any | None:
         fmt = "%" if rate else ".1f"
         pooled = alt.Chart(part.filter(pl.col("seed").is_null()))
         ci_bar = pooled.mark_rule(color="#000000", strokeWidth=2).encode(
-            y=y, x=alt.X("ci_low:Q", scale=xs, title=title, axis=alt.Axis(format=fmt)),
-            x2="ci_high:Q")
+            y=y, x=alt.X("ci_low:Q", scale=xs, title=title, axis=alt.Axis(format=fmt)), x2="ci_high:Q"
+        )
         mean = pooled.mark_tick(color="#000000", thickness=3, size=14).encode(
-            y=y, x=alt.X("estimate:Q", scale=xs),
-            tooltip=["quantity", alt.Tooltip("estimate:Q", format=".3f"),
-                     alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f")])
-        dots = alt.Chart(part.filter(pl.col("seed").is_not_null())).mark_point(
-            filled=True, size=55, opacity=0.9).encode(
-            y=y, x=alt.X("estimate:Q", scale=xs),
-            color=alt.Color("seed_name:N", title="seed", scale=_scale([str(v) for v in seeds])),
-            tooltip=["quantity", "seed_name", alt.Tooltip("estimate:Q", format=".3f")])
+            y=y,
+            x=alt.X("estimate:Q", scale=xs),
+            tooltip=[
+                "quantity",
+                alt.Tooltip("estimate:Q", format=".3f"),
+                alt.Tooltip("ci_low:Q", format=".3f"),
+                alt.Tooltip("ci_high:Q", format=".3f"),
+            ],
+        )
+        dots = (
+            alt.Chart(part.filter(pl.col("seed").is_not_null()))
+            .mark_point(filled=True, size=55, opacity=0.9)
+            .encode(
+                y=y,
+                x=alt.X("estimate:Q", scale=xs),
+                color=alt.Color("seed_name:N", title="seed", scale=_scale([str(v) for v in seeds])),
+                tooltip=["quantity", "seed_name", alt.Tooltip("estimate:Q", format=".3f")],
+            )
+        )
         charts.append(alt.layer(ci_bar, mean, dots).properties(width=300, height=14 * len(order)))
     chart = charts[0] if len(charts) == 1 else alt.hconcat(*charts).resolve_scale(y="independent")
-    return chart.properties(title="Replication over seeds: per-seed estimates (dots), pooled "
-                                  "mean and across-seed interval (black)")
+    return chart.properties(
+        title="Replication over seeds: per-seed estimates (dots), pooled mean and across-seed interval (black)"
+    )
 
 
 @dataclass(frozen=True)
@@ -334,9 +448,11 @@ def render(chart: Any, out_dir: Path, name: str) -> dict[str, Path]:
     spec = chart.to_json()
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
-    for ext, data in (("png", vlc.vegalite_to_png(spec, scale=2)),
-                      ("svg", vlc.vegalite_to_svg(spec).encode()),
-                      ("html", vlc.vegalite_to_html(spec, bundle=True).encode())):
+    for ext, data in (
+        ("png", vlc.vegalite_to_png(spec, scale=2)),
+        ("svg", vlc.vegalite_to_svg(spec).encode()),
+        ("html", vlc.vegalite_to_html(spec, bundle=True).encode()),
+    ):
         path = out_dir / f"{name}.{ext}"
         tmp = out_dir / f".{name}.{ext}.{os.getpid()}.tmp"
         tmp.write_bytes(data)

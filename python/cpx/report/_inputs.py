@@ -41,8 +41,9 @@ def label_rows(df: pl.DataFrame, labels: dict[str, Any]) -> pl.DataFrame:
     return df.with_columns(add) if add else df
 
 
-def read_folders(folders: Iterable[tuple[Path, dict[str, Any] | None]],
-                 names: Iterable[str] = tuple(STAGE_FILES)) -> dict[str, pl.DataFrame]:
+def read_folders(
+    folders: Iterable[tuple[Path, dict[str, Any] | None]], names: Iterable[str] = tuple(STAGE_FILES)
+) -> dict[str, pl.DataFrame]:
     """Concatenate each named table over the folders that have it. `folders` pairs a stage
     folder with its labels (None: read them from the folder's manifest.json)."""
     parts: dict[str, list[pl.DataFrame]] = {}

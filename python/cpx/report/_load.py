@@ -56,13 +56,19 @@ def _manifests(run_dir: Path, stages: list[Stage]) -> list[dict[str, Any]]:
     return out
 
 
-def _analysis(metrics: pl.DataFrame, stats: pl.DataFrame, screen: pl.DataFrame | None,
-              opts: Options, plan: Plan | None) -> Analysis:
+def _analysis(
+    metrics: pl.DataFrame, stats: pl.DataFrame, screen: pl.DataFrame | None, opts: Options, plan: Plan | None
+) -> Analysis:
     metrics = normalize_metrics(metrics)
     adapters = adapter_quality(screen) if screen is not None and screen.height else None
-    return Analysis(metrics=metrics, stats=stats, adapters=adapters,
-                    notes=split_predictors(trained(metrics))[2], options=opts,
-                    steer_layers=steer_layers_of(plan.spec) if plan else {})
+    return Analysis(
+        metrics=metrics,
+        stats=stats,
+        adapters=adapters,
+        notes=split_predictors(trained(metrics))[2],
+        options=opts,
+        steer_layers=steer_layers_of(plan.spec) if plan else {},
+    )
 
 
 def _screens(run_dir: Path, stages: list[Stage]) -> pl.DataFrame | None:
@@ -77,21 +83,28 @@ def from_run(run_dir: str | Path) -> ReportData:
     res = run / "results"
     need = [n for n in ("metrics", "stats") if not (res / f"{n}.parquet").is_file()]
     if need:
-        raise ReportError(f"{res}: no {' or '.join(f'{n}.parquet' for n in need)}; run "
-                          "`cpx execute` (with an analyze stage) first")
-    read = {n: pl.read_parquet(res / f"{n}.parquet") for n in ("metrics", "stats", "leakage",
-                                                                "screen")
-            if (res / f"{n}.parquet").is_file()}
+        raise ReportError(
+            f"{res}: no {' or '.join(f'{n}.parquet' for n in need)}; run `cpx execute` (with an analyze stage) first"
+        )
+    read = {
+        n: pl.read_parquet(res / f"{n}.parquet")
+        for n in ("metrics", "stats", "leakage", "screen")
+        if (res / f"{n}.parquet").is_file()
+    }
     stages = plan.stages if plan else []
     screen = read.get("screen")
     if screen is None and plan is not None:
         screen = _screens(run, stages)
     return ReportData(
         analysis=_analysis(read["metrics"], read["stats"], screen, _options(plan), plan),
-        leakage=read.get("leakage"), screen=screen,
-        spec=plan.spec if plan else {}, stages=stages,
-        manifests=_manifests(run, stages), name=plan.name if plan else run.name,
-        spec_hash=plan.spec_hash if plan else None, plan=plan,
+        leakage=read.get("leakage"),
+        screen=screen,
+        spec=plan.spec if plan else {},
+        stages=stages,
+        manifests=_manifests(run, stages),
+        name=plan.name if plan else run.name,
+        spec_hash=plan.spec_hash if plan else None,
+        plan=plan,
     )
 
 
@@ -101,17 +114,22 @@ def from_stage(stage: Stage, inputs: dict[str, Path], run_dir: Path) -> ReportDa
     plan = Plan.load(run_dir) if (Path(run_dir) / "plan.json").exists() else None
     upstream = _closure(plan, stage) if plan else []
     folders: list[tuple[Path, dict[str, Any] | None]] = [(p, None) for p in inputs.values()]
-    folders += [(_stage_dir(run_dir, s), s.labels) for s in upstream
-                if s.kind in ("scan", "train") and s.id not in inputs]
+    folders += [
+        (_stage_dir(run_dir, s), s.labels) for s in upstream if s.kind in ("scan", "train") and s.id not in inputs
+    ]
     tables = read_folders(folders, names=("metrics", "stats", "leakage", "screen"))
     if "metrics" not in tables or "stats" not in tables:
-        raise ReportError(f"report stage {stage.id}: no analyze output among its inputs "
-                          f"({', '.join(inputs) or 'none'})")
+        raise ReportError(
+            f"report stage {stage.id}: no analyze output among its inputs ({', '.join(inputs) or 'none'})"
+        )
     return ReportData(
-        analysis=_analysis(tables["metrics"], tables["stats"], tables.get("screen"),
-                           _options(plan), plan),
-        leakage=tables.get("leakage"), screen=tables.get("screen"),
-        spec=plan.spec if plan else {}, stages=plan.stages if plan else [],
-        manifests=_manifests(Path(run_dir), upstream), name=plan.name if plan else stage.id,
-        spec_hash=plan.spec_hash if plan else None, plan=plan,
+        analysis=_analysis(tables["metrics"], tables["stats"], tables.get("screen"), _options(plan), plan),
+        leakage=tables.get("leakage"),
+        screen=tables.get("screen"),
+        spec=plan.spec if plan else {},
+        stages=plan.stages if plan else [],
+        manifests=_manifests(Path(run_dir), upstream),
+        name=plan.name if plan else stage.id,
+        spec_hash=plan.spec_hash if plan else None,
+        plan=plan,
     )

@@ -10,8 +10,9 @@ def _short(v: Any, limit: int = 110) -> str:
     if isinstance(v, dict):
         if "name" in v:
             return str(v["name"])
-        inner = ", ".join(f"{k}: {_short(x, 40)}" for k, x in v.items()
-                          if x is not None and not isinstance(x, (dict, list)))
+        inner = ", ".join(
+            f"{k}: {_short(x, 40)}" for k, x in v.items() if x is not None and not isinstance(x, (dict, list))
+        )
         nested = [k for k, x in v.items() if isinstance(x, (dict, list))]
         s = inner + (("; " if inner else "") + "+ " + ", ".join(nested) if nested else "")
     elif isinstance(v, list):

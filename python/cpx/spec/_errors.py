@@ -52,9 +52,7 @@ class SpecError(Exception):
         uniq: dict[tuple[str, str, str], Issue] = {}
         for i in issues:
             uniq.setdefault((str(i.location), i.path, i.message), i)
-        self.issues = sorted(
-            uniq.values(), key=lambda i: (i.location.file, i.location.line, i.location.column)
-        )
+        self.issues = sorted(uniq.values(), key=lambda i: (i.location.file, i.location.line, i.location.column))
         n = len(self.issues)
         head = f"{n} error{'s' if n != 1 else ''} in spec"
         super().__init__(head + ":\n" + "\n".join(f"  {i}" for i in self.issues))

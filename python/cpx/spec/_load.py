@@ -67,11 +67,20 @@ def _load_file(path: Path, stack: list[Path], at: Location | None) -> tuple[Doc,
     text = read_text(path, at)
     doc = parse_yaml(text, str(path))
     if doc.data is None:
-        raise SpecError([Issue(at or Location(str(path), 1, 1), "", "the spec is empty",
-                               expected="a mapping of keys (seeds, model, personas, ...)")])
+        raise SpecError(
+            [
+                Issue(
+                    at or Location(str(path), 1, 1),
+                    "",
+                    "the spec is empty",
+                    expected="a mapping of keys (seeds, model, personas, ...)",
+                )
+            ]
+        )
     if not isinstance(doc.data, dict):
-        raise SpecError([Issue(doc.where(()), "", "a spec must be a mapping of keys",
-                               expected="a mapping", found=show(doc.data))])
+        raise SpecError(
+            [Issue(doc.where(()), "", "a spec must be a mapping of keys", expected="a mapping", found=show(doc.data))]
+        )
     files = [path]
     parent = doc.data.get("extends")
     if parent is None:
@@ -85,8 +94,16 @@ def _load_file(path: Path, stack: list[Path], at: Location | None) -> tuple[Doc,
         raise SpecError([Issue(where, "extends", f"circular extends: {chain}")])
     if not target.exists():
         near = [p.name for p in target.parent.glob("*.y*ml")] if target.parent.is_dir() else []
-        raise SpecError([Issue(where, "extends", f"extended spec {parent!r} does not exist",
-                               hint=did_you_mean(Path(parent).name, near))])
+        raise SpecError(
+            [
+                Issue(
+                    where,
+                    "extends",
+                    f"extended spec {parent!r} does not exist",
+                    hint=did_you_mean(Path(parent).name, near),
+                )
+            ]
+        )
     base, base_files = _load_file(target, [*stack, target.resolve()], where)
     merged = Doc(_deep_merge(base.data, doc.data), doc.file)
     merged.marks = {**base.marks, **doc.marks}
@@ -134,8 +151,15 @@ def _resolve_banks(doc: Doc, issues: list[Issue]) -> list[KeyPath]:
                 doc.key_marks[path + p] = loc
         else:
             if what == "personas":
-                issues.append(Issue(where, dotted(path), "a persona bank file must be YAML",
-                                    expected="a .yaml file mapping names to prompts", found=repr(value)))
+                issues.append(
+                    Issue(
+                        where,
+                        dotted(path),
+                        "a persona bank file must be YAML",
+                        expected="a .yaml file mapping names to prompts",
+                        found=repr(value),
+                    )
+                )
                 failed.append(path)
                 continue
             lines: list[str] = []
@@ -168,8 +192,14 @@ def _apply_override(doc: Doc, item: str, issues: list[Issue]) -> None:
         last = i == len(parts) - 1
         if isinstance(cur, list):
             if not re.fullmatch(r"-?\d+", part) or not -len(cur) <= int(part) < len(cur):
-                issues.append(Issue(where, dotted(tuple(path)), f"no item {part!r} in this list",
-                                    expected=f"an index from 0 to {len(cur) - 1}"))
+                issues.append(
+                    Issue(
+                        where,
+                        dotted(tuple(path)),
+                        f"no item {part!r} in this list",
+                        expected=f"an index from 0 to {len(cur) - 1}",
+                    )
+                )
                 return
             part = int(part) % len(cur)
         elif not isinstance(cur, dict):
@@ -196,10 +226,17 @@ def _apply_override(doc: Doc, item: str, issues: list[Issue]) -> None:
 def _expected_for(err: Any) -> str | None:
     t, ctx = err["type"], err.get("ctx") or {}
     simple = {
-        "int_type": "an integer", "float_type": "a number", "string_type": "a string",
-        "bool_type": "true or false", "dict_type": "a mapping", "list_type": "a list",
-        "model_type": "a mapping", "int_from_float": "an integer", "model_attributes_type": "a mapping",
-        "none_required": "null", "finite_number": "a finite number",
+        "int_type": "an integer",
+        "float_type": "a number",
+        "string_type": "a string",
+        "bool_type": "true or false",
+        "dict_type": "a mapping",
+        "list_type": "a list",
+        "model_type": "a mapping",
+        "int_from_float": "an integer",
+        "model_attributes_type": "a mapping",
+        "none_required": "null",
+        "finite_number": "a finite number",
     }
     if t in simple:
         return simple[t]
@@ -276,17 +313,30 @@ def _schema_issues(exc: pydantic.ValidationError, doc: Doc) -> list[Issue]:
         tp = tuple(path)
         if t == "extra_forbidden":
             allowed = _fields_at(tp[:-1]) or []
-            issues.append(Issue(doc.where(tp, key=True), dotted(tp), f"unknown key {tp[-1]!r}",
-                                expected="one of " + ", ".join(allowed) if allowed else None,
-                                hint=did_you_mean(tp[-1], allowed)))
+            issues.append(
+                Issue(
+                    doc.where(tp, key=True),
+                    dotted(tp),
+                    f"unknown key {tp[-1]!r}",
+                    expected="one of " + ", ".join(allowed) if allowed else None,
+                    hint=did_you_mean(tp[-1], allowed),
+                )
+            )
             continue
         if t == "missing":
             missing = err["loc"][-1]
             issues.append(Issue(doc.where(tp), dotted(tp), f"missing required key {missing!r}"))
             continue
         if key_error:
-            issues.append(Issue(doc.where(tp, key=True), dotted(tp), "bad key",
-                                expected=_expected_for(err), found=show(tp[-1] if tp else None)))
+            issues.append(
+                Issue(
+                    doc.where(tp, key=True),
+                    dotted(tp),
+                    "bad key",
+                    expected=_expected_for(err),
+                    found=show(tp[-1] if tp else None),
+                )
+            )
             continue
         found = err.get("input")
         hint = None
@@ -321,9 +371,15 @@ class _Checker:
     def ref(self, path: KeyPath, value: Any, choices: Sequence[str], what: str) -> bool:
         if value in choices:
             return True
-        self.issues.append(Issue(self.doc.where(path), dotted(path), f"undefined {what} {value!r}",
-                                 expected=f"one of {', '.join(map(str, choices))}" if len(choices) <= 12 else None,
-                                 hint=did_you_mean(value, choices)))
+        self.issues.append(
+            Issue(
+                self.doc.where(path),
+                dotted(path),
+                f"undefined {what} {value!r}",
+                expected=f"one of {', '.join(map(str, choices))}" if len(choices) <= 12 else None,
+                hint=did_you_mean(value, choices),
+            )
+        )
         return False
 
     def run(self) -> list[Issue]:
@@ -333,8 +389,13 @@ class _Checker:
             self._guard(check)
         for name in self.names("arms"):
             if name in RESERVED_ARMS:
-                self.issues.append(Issue(self.doc.where(("arms", name), key=True),
-                                         f"arms.{name}", f"arm name {name!r} is reserved for the base-model eval"))
+                self.issues.append(
+                    Issue(
+                        self.doc.where(("arms", name), key=True),
+                        f"arms.{name}",
+                        f"arm name {name!r} is reserved for the base-model eval",
+                    )
+                )
         for arm_name, arm in (s.arms or {}).items():
             self._guard(lambda: self._arm(arm_name, arm))
         self._guard(self._cycles)
@@ -358,8 +419,13 @@ class _Checker:
         self.ref(("roles", "assistant"), s.roles.assistant, personas, "persona")
         for i, p in enumerate(s.roles.sources):
             if self.ref(("roles", "sources", i), p, personas, "persona") and p == s.roles.assistant:
-                self.issues.append(Issue(self.doc.where(("roles", "sources", i)), f"roles.sources[{i}]",
-                                         "the assistant cannot also be a source"))
+                self.issues.append(
+                    Issue(
+                        self.doc.where(("roles", "sources", i)),
+                        f"roles.sources[{i}]",
+                        "the assistant cannot also be a source",
+                    )
+                )
         self._dupes(("roles", "sources"), s.roles.sources, "source")
         for i, p in enumerate(s.roles.bystanders or []):
             self.ref(("roles", "bystanders", i), p, personas, "persona")
@@ -371,9 +437,14 @@ class _Checker:
             for key, names in (("assistant", [s.roles.assistant]), ("source", s.roles.sources)):
                 for n in names:
                     if n in personas and n not in s.eval.personas:
-                        self.issues.append(Issue(self.doc.where(("eval", "personas")), "eval.personas",
-                                                 f"the {key} persona {n!r} must be evaluated",
-                                                 expected=f"a list that includes {n!r}"))
+                        self.issues.append(
+                            Issue(
+                                self.doc.where(("eval", "personas")),
+                                "eval.personas",
+                                f"the {key} persona {n!r} must be evaluated",
+                                expected=f"a list that includes {n!r}",
+                            )
+                        )
         for i, o in enumerate(s.eval.completions_overrides):
             self.ref(("eval", "completions_overrides", i, "persona"), o.persona, personas, "persona")
             for j, src in enumerate(o.sources or []):
@@ -388,29 +459,46 @@ class _Checker:
             if d.marker is not None:
                 self.ref(("datasets", name, "marker"), d.marker, markers, "marker")
             elif len(markers) > 1:
-                self.issues.append(Issue(self.doc.where(("datasets", name)), f"datasets.{name}",
-                                         "which marker? the spec defines several",
-                                         expected=f"marker: one of {', '.join(markers)}"))
+                self.issues.append(
+                    Issue(
+                        self.doc.where(("datasets", name)),
+                        f"datasets.{name}",
+                        "which marker? the spec defines several",
+                        expected=f"marker: one of {', '.join(markers)}",
+                    )
+                )
             others = len([p for p in s.personas if p != s.roles.assistant]) - 1
             neg = d.negatives.personas if d.negatives else 2
             if neg > others:
-                self.issues.append(Issue(self.doc.where(("datasets", name, "negatives", "personas")),
-                                         f"datasets.{name}.negatives.personas", "too many negative personas",
-                                         expected=f"at most {others} (non-assistant personas other than the "
-                                         "source)", found=str(neg)))
+                self.issues.append(
+                    Issue(
+                        self.doc.where(("datasets", name, "negatives", "personas")),
+                        f"datasets.{name}.negatives.personas",
+                        "too many negative personas",
+                        expected=f"at most {others} (non-assistant personas other than the source)",
+                        found=str(neg),
+                    )
+                )
 
     def _layers(self) -> None:
         s = self.spec
         if s.model.tiny is not None:
             top = s.model.tiny.num_layers
             found = [(("representation", "layers", i), layer) for i, layer in enumerate(s.representation.layers)]
-            found += [(("arms", n, "steer", "layer"), a.steer.layer) for n, a in (s.arms or {}).items()
-                      if a.steer is not None]
+            found += [
+                (("arms", n, "steer", "layer"), a.steer.layer) for n, a in (s.arms or {}).items() if a.steer is not None
+            ]
             for path, layer in found:
                 if layer > top:
-                    self.issues.append(Issue(self.doc.where(path), dotted(path), "no such layer",
-                                             expected=f"0..{top} (the tiny model has {top} layers)",
-                                             found=str(layer)))
+                    self.issues.append(
+                        Issue(
+                            self.doc.where(path),
+                            dotted(path),
+                            "no such layer",
+                            expected=f"0..{top} (the tiny model has {top} layers)",
+                            found=str(layer),
+                        )
+                    )
 
     def _dupes(self, path: KeyPath, values: Sequence[Any], what: str) -> None:
         seen = set()
@@ -426,8 +514,13 @@ class _Checker:
         for i, n in enumerate(names):
             if n == "base":
                 where = base + ("phases", i, "name")
-                self.issues.append(Issue(self.doc.where(where), dotted(where),
-                                         "phase name 'base' is reserved (`from: base` means the base model)"))
+                self.issues.append(
+                    Issue(
+                        self.doc.where(where),
+                        dotted(where),
+                        "phase name 'base' is reserved (`from: base` means the base model)",
+                    )
+                )
         for i, src in enumerate(arm.sources or []):
             self._guard(lambda i=i, src=src: self.ref(base + ("sources", i), src, s.roles.sources, "source"))
         training = [t for t in self.names("training") if t != "defaults"]
@@ -439,13 +532,23 @@ class _Checker:
                 self.ref(pp + ("train",), ph.train, training, "training config")
             if ph.from_ is not None and ph.from_ != "base":
                 if ph.from_ == ph.name:
-                    self.issues.append(Issue(self.doc.where(pp + ("from",)), dotted(pp + ("from",)),
-                                             f"phase {ph.name!r} cannot start from itself"))
+                    self.issues.append(
+                        Issue(
+                            self.doc.where(pp + ("from",)),
+                            dotted(pp + ("from",)),
+                            f"phase {ph.name!r} cannot start from itself",
+                        )
+                    )
                 else:
                     self.ref(pp + ("from",), ph.from_, ["base", *names], "phase")
             if ph.each_checkpoint and self._parent(arm, i) is None:
-                self.issues.append(Issue(self.doc.where(pp + ("each_checkpoint",)), dotted(pp + ("each_checkpoint",)),
-                                         "each_checkpoint needs a phase to start from, not the base model"))
+                self.issues.append(
+                    Issue(
+                        self.doc.where(pp + ("each_checkpoint",)),
+                        dotted(pp + ("each_checkpoint",)),
+                        "each_checkpoint needs a phase to start from, not the base model",
+                    )
+                )
             if ph.merge is not None:
                 target = self._merge_target(arm_name, ph.merge)
                 target_arm = ph.merge.rpartition(".")[0] or arm_name
@@ -457,14 +560,23 @@ class _Checker:
                 else:
                     ta, tp = target
                     if s.arms[ta].phases[tp].merge is not None and ph.checkpoint != 1.0:
-                        self.issues.append(Issue(self.doc.where(pp + ("checkpoint",)), dotted(pp + ("checkpoint",)),
-                                                 f"phase {ph.merge!r} merges an adapter itself: it saves no "
-                                                 "checkpoints", hint=f"merge the phase it merges "
-                                                 f"({s.arms[ta].phases[tp].merge!r}) at that checkpoint"))
+                        self.issues.append(
+                            Issue(
+                                self.doc.where(pp + ("checkpoint",)),
+                                dotted(pp + ("checkpoint",)),
+                                f"phase {ph.merge!r} merges an adapter itself: it saves no checkpoints",
+                                hint=f"merge the phase it merges ({s.arms[ta].phases[tp].merge!r}) at that checkpoint",
+                            )
+                        )
                     if s.arms[ta].phases[tp].merge is None and self._needs_axis(ta, tp):
-                        self.issues.append(Issue(self.doc.where(pp + ("merge",)), dotted(pp + ("merge",)),
-                                                 f"phase {ph.merge!r} is trained once per checkpoint of another "
-                                                 "phase, so it has no single adapter to merge"))
+                        self.issues.append(
+                            Issue(
+                                self.doc.where(pp + ("merge",)),
+                                dotted(pp + ("merge",)),
+                                f"phase {ph.merge!r} is trained once per checkpoint of another "
+                                "phase, so it has no single adapter to merge",
+                            )
+                        )
         if arm.kind == "steer":
             self._steer_direction(arm_name, arm)
             return  # evaluated at its steering strengths: no checkpoint axis to check
@@ -474,9 +586,13 @@ class _Checker:
         each = [i for i, p in enumerate(arm.phases) if p.each_checkpoint]
         if len(each) > 1:
             i = each[1]
-            self.issues.append(Issue(self.doc.where(base + ("phases", i, "each_checkpoint")),
-                                     f"arms.{arm_name}.phases[{i}].each_checkpoint",
-                                     "only one phase per arm can run at each checkpoint"))
+            self.issues.append(
+                Issue(
+                    self.doc.where(base + ("phases", i, "each_checkpoint")),
+                    f"arms.{arm_name}.phases[{i}].each_checkpoint",
+                    "only one phase per arm can run at each checkpoint",
+                )
+            )
             return
         axis = axis_phase(arm)
         if arm.eval_at is not None and not self.ref(base + ("eval_at",), arm.eval_at, names, "phase"):
@@ -485,19 +601,33 @@ class _Checker:
             return
         ai = names.index(axis)
         if arm.phases[ai].merge is not None:
-            self.issues.append(Issue(self.doc.where(base + ("eval_at",)), f"arms.{arm_name}.eval_at",
-                                     f"the evaluated phase {axis!r} merges an adapter; it has no checkpoints to "
-                                     "evaluate", expected="a phase that trains"))
+            self.issues.append(
+                Issue(
+                    self.doc.where(base + ("eval_at",)),
+                    f"arms.{arm_name}.eval_at",
+                    f"the evaluated phase {axis!r} merges an adapter; it has no checkpoints to evaluate",
+                    expected="a phase that trains",
+                )
+            )
             return
         if each and self._parent(arm, each[0]) != ai:
-            self.issues.append(Issue(self.doc.where(base + ("phases", each[0], "each_checkpoint")),
-                                     f"arms.{arm_name}.phases[{each[0]}].each_checkpoint",
-                                     f"each_checkpoint must start from the evaluated phase {axis!r}"))
+            self.issues.append(
+                Issue(
+                    self.doc.where(base + ("phases", each[0], "each_checkpoint")),
+                    f"arms.{arm_name}.phases[{each[0]}].each_checkpoint",
+                    f"each_checkpoint must start from the evaluated phase {axis!r}",
+                )
+            )
             return
         if ai != len(arm.phases) - 1 and not each:
-            self.issues.append(Issue(self.doc.where(base + ("eval_at",)), f"arms.{arm_name}.eval_at",
-                                     f"phase {axis!r} is evaluated at its checkpoints but a later phase starts "
-                                     "from its final model", hint="set each_checkpoint: true on the phase after it"))
+            self.issues.append(
+                Issue(
+                    self.doc.where(base + ("eval_at",)),
+                    f"arms.{arm_name}.eval_at",
+                    f"phase {axis!r} is evaluated at its checkpoints but a later phase starts from its final model",
+                    hint="set each_checkpoint: true on the phase after it",
+                )
+            )
 
     def _steer_direction(self, arm_name: str, arm: Arm) -> None:
         """`steer.direction.from`: model, base, or a phase `arm.phase` with a single adapter."""
@@ -507,24 +637,41 @@ class _Checker:
         if ref in ("model", "base"):
             if arm.steer.direction.checkpoint is not None:
                 where = path[:-1] + ("checkpoint",)
-                self.issues.append(Issue(self.doc.where(where), dotted(where),
-                                         f"checkpoint applies to a direction from a phase, not from {ref!r}",
-                                         hint="remove it, or set `from: arm.phase`"))
+                self.issues.append(
+                    Issue(
+                        self.doc.where(where),
+                        dotted(where),
+                        f"checkpoint applies to a direction from a phase, not from {ref!r}",
+                        hint="remove it, or set `from: arm.phase`",
+                    )
+                )
             return
         target = self._merge_target(arm_name, ref) if "." in ref else None
         if target is None:
             choices = ["model", "base", *(f"{a}.{p.name}" for a, x in self.spec.arms.items() for p in x.phases)]
             self.ref(path, ref, choices, "direction source")
-        elif (self.spec.arms[target[0]].phases[target[1]].merge is not None
-              and arm.steer.direction.checkpoint not in (None, 1.0)):
+        elif self.spec.arms[target[0]].phases[target[1]].merge is not None and arm.steer.direction.checkpoint not in (
+            None,
+            1.0,
+        ):
             where = path[:-1] + ("checkpoint",)
-            self.issues.append(Issue(self.doc.where(where), dotted(where),
-                                     f"phase {ref!r} merges an adapter itself: it saves no checkpoints",
-                                     hint="take the direction from the phase it merges"))
+            self.issues.append(
+                Issue(
+                    self.doc.where(where),
+                    dotted(where),
+                    f"phase {ref!r} merges an adapter itself: it saves no checkpoints",
+                    hint="take the direction from the phase it merges",
+                )
+            )
         elif self.spec.arms[target[0]].phases[target[1]].merge is None and self._needs_axis(*target):
-            self.issues.append(Issue(self.doc.where(path), dotted(path),
-                                     f"phase {ref!r} is trained once per checkpoint of another phase, so it "
-                                     "has no single model to take the direction from"))
+            self.issues.append(
+                Issue(
+                    self.doc.where(path),
+                    dotted(path),
+                    f"phase {ref!r} is trained once per checkpoint of another phase, so it "
+                    "has no single model to take the direction from",
+                )
+            )
 
     def _parent(self, arm: Arm, i: int) -> int | None:
         """Index of the phase that phase i starts from; None for the base model, -1 if undefined."""
@@ -578,14 +725,19 @@ class _Checker:
             state[node] = 1
             for nxt in edges.get(node, []):
                 if state.get(nxt) == 1:
-                    cyc = stack[stack.index(nxt):] + [nxt]
+                    cyc = stack[stack.index(nxt) :] + [nxt]
                     key = frozenset(cyc)
                     if key not in reported:
                         reported.add(key)
                         an, i = cyc[0]
                         text = " -> ".join(f"{a}.{self.spec.arms[a].phases[j].name}" for a, j in cyc)
-                        self.issues.append(Issue(self.doc.where(("arms", an, "phases", i)),
-                                                 f"arms.{an}.phases[{i}]", f"cycle between phases: {text}"))
+                        self.issues.append(
+                            Issue(
+                                self.doc.where(("arms", an, "phases", i)),
+                                f"arms.{an}.phases[{i}]",
+                                f"cycle between phases: {text}",
+                            )
+                        )
                 elif state.get(nxt) is None:
                     visit(nxt, [*stack, nxt])
             state[node] = 2
@@ -632,9 +784,11 @@ def unread_layers(spec: Spec) -> list[str]:
     for i, a in enumerate(spec.analyses):
         missing = [x for x in a.layers or [] if x not in read]
         if missing:
-            out.append(f"analyses[{i}] ({a.name}): layer(s) {', '.join(map(str, missing))} are not read "
-                       f"(representation.layers and steered layers: {', '.join(map(str, sorted(read)))}); "
-                       "the analysis has no tests there")
+            out.append(
+                f"analyses[{i}] ({a.name}): layer(s) {', '.join(map(str, missing))} are not read "
+                f"(representation.layers and steered layers: {', '.join(map(str, sorted(read)))}); "
+                "the analysis has no tests there"
+            )
     return out
 
 
@@ -670,8 +824,11 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Loaded:
         spec = Spec.model_validate(doc.data)
     except pydantic.ValidationError as e:
         # A bank whose file could not be read was reported already; its value is still a name.
-        issues += [i for i in _schema_issues(e, doc)
-                   if not any(i.path == dotted(f) or i.path.startswith(dotted(f) + ".") for f in failed)]
+        issues += [
+            i
+            for i in _schema_issues(e, doc)
+            if not any(i.path == dotted(f) or i.path.startswith(dotted(f) + ".") for f in failed)
+        ]
         spec = _partial(doc.data)
     checker = _Checker(spec, doc)
     if not failed:
@@ -680,4 +837,3 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Loaded:
         raise SpecError(issues)
     name = spec.name or re.sub(r"[^A-Za-z0-9_.\-]", "_", path.stem)
     return Loaded(spec=spec, name=name, file=path, doc=doc, files=files)
-

@@ -159,8 +159,10 @@ class Dataset(Strict):
     examples: PosInt
     per_question: PosInt | None = None
     seed: Seed | None = Field(
-        default=None, description="a fixed seed: the dataset is built once and shared by every replicate "
-        "seed (default: the replicate seed)")
+        default=None,
+        description="a fixed seed: the dataset is built once and shared by every replicate "
+        "seed (default: the replicate seed)",
+    )
     marker: Name | None = Field(default=None, description="marker recipe: which marker (default: the only one)")
     marker_template: str = "\n\n{marker}"
     negatives: Negatives | None = Field(
@@ -244,7 +246,8 @@ class Phase(Strict):
     train: Name | None = Field(default=None, description="the training config (default: the one named like `data`)")
     overrides: Training | None = Field(default=None, description="per-arm changes to the training config")
     from_: Name | None = Field(
-        default=None, alias="from",
+        default=None,
+        alias="from",
         description="phase to start from: `base` or an earlier phase (default: the previous)",
     )
     each_checkpoint: bool = Field(default=False, description="run once from every checkpoint of the `from` phase")
@@ -271,14 +274,17 @@ class SteerDirection(Strict):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, populate_by_name=True)
 
     from_: Name = Field(
-        default="model", alias="from",
+        default="model",
+        alias="from",
         description="whose centroids: `model` (the arm's own model: its phases' final chain), `base` (the "
         "untrained model), or a phase `arm.phase` (the model that phase ends with, at `checkpoint`)",
     )
     checkpoint: Fraction | None = Field(
-        default=None, description="with `from: arm.phase` only: which checkpoint of it (default: 1.0, the end)")
+        default=None, description="with `from: arm.phase` only: which checkpoint of it (default: 1.0, the end)"
+    )
     normalize: bool = Field(
-        default=False, description="scale the direction to unit length (default: the raw centroid difference, "
+        default=False,
+        description="scale the direction to unit length (default: the raw centroid difference, "
         "so alpha 1 moves the assistant's centroid at the layer onto the source's)",
     )
 
@@ -286,23 +292,30 @@ class SteerDirection(Strict):
 class Steer(Strict):
     """Activation steering: add alpha * direction to the residual stream at one layer."""
 
-    layer: NonNegInt = Field(description="hidden-state layer to steer (0: embeddings; N: the final norm's "
-                             "output), numbered as in `representation.layers`")
+    layer: NonNegInt = Field(
+        description="hidden-state layer to steer (0: embeddings; N: the final norm's "
+        "output), numbered as in `representation.layers`"
+    )
     alphas: Annotated[list[Annotated[float, Field(ge=-1000.0, le=1000.0)]], Field(min_length=1)] = Field(
-        description="the steering strengths evaluated, e.g. [0, 0.5, 1, 2]; 0 is the unsteered model")
+        description="the steering strengths evaluated, e.g. [0, 0.5, 1, 2]; 0 is the unsteered model"
+    )
     direction: SteerDirection = SteerDirection()
     personas: Literal["assistant", "all"] = Field(
-        default="assistant", description="whose prompts are steered: the assistant persona only, or every persona")
+        default="assistant", description="whose prompts are steered: the assistant persona only, or every persona"
+    )
 
 
 class Arm(Strict):
     description: str | None = None
     kind: Literal["train", "steer"] = Field(
-        default="train", description="train: evaluated at training checkpoints; steer: the model its phases "
-        "end with (the base model if none), evaluated at each steering strength")
+        default="train",
+        description="train: evaluated at training checkpoints; steer: the model its phases "
+        "end with (the base model if none), evaluated at each steering strength",
+    )
     phases: list[Phase] = Field(default=[], description="at least one for a train arm")
     steer: Steer | None = Field(default=None, description="steer arms only: layer, strengths, direction")
-    eval_at: Name | None = Field(default=None,
+    eval_at: Name | None = Field(
+        default=None,
         description="phase whose checkpoints are evaluated (default: the phase an each_checkpoint phase "
         "starts from, else the last phase)",
     )
@@ -319,8 +332,9 @@ class Arm(Strict):
             if self.steer is None:
                 raise ValueError("a steer arm needs `steer: {layer, alphas}`")
             if self.eval_at is not None:
-                raise ValueError("a steer arm is evaluated at its steering strengths, not at checkpoints: "
-                                 "remove eval_at")
+                raise ValueError(
+                    "a steer arm is evaluated at its steering strengths, not at checkpoints: remove eval_at"
+                )
             if any(p.each_checkpoint for p in self.phases):
                 raise ValueError("a steer arm steers one model: no phase may run at each checkpoint")
             if len(set(self.steer.alphas)) != len(self.steer.alphas):
@@ -369,8 +383,9 @@ class Analysis(Strict):
     """One analysis to run, with its own checkpoint and layers (default: all of them)."""
 
     name: Literal[ANALYSES]  # type: ignore[valid-type]
-    checkpoint: Fraction | None = Field(default=None, description="the checkpoint cross-source tests use "
-                                        "(default: the last)")
+    checkpoint: Fraction | None = Field(
+        default=None, description="the checkpoint cross-source tests use (default: the last)"
+    )
     layers: Annotated[list[NonNegInt], Field(min_length=1)] | None = None
 
 
@@ -385,12 +400,16 @@ class Power(Strict):
     alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = Field(default=0.05, description="two-sided level")
     power: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8
     icc: Annotated[float, Field(ge=0.0, lt=1.0)] | None = Field(
-        default=None, description="intraclass correlation of marker hits within a question (default: from "
-        "`from_run` if given, else 0.1)")
+        default=None,
+        description="intraclass correlation of marker hits within a question (default: from "
+        "`from_run` if given, else 0.1)",
+    )
     from_run: str | None = Field(
-        default=None, description="a previous run folder (relative to the spec) whose marker hits give the ICC")
+        default=None, description="a previous run folder (relative to the spec) whose marker hits give the ICC"
+    )
     base_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
-        default=0.05, description="marker rate of the comparison group, for the detectable rate differences")
+        default=0.05, description="marker rate of the comparison group, for the detectable rate differences"
+    )
     simulations: PosInt = Field(default=2000, description="Monte Carlo draws per power figure")
 
     @model_validator(mode="after")
@@ -398,8 +417,10 @@ class Power(Strict):
         if self.icc is not None and self.from_run is not None:
             raise ValueError("give icc or from_run, not both (from_run measures the ICC in that run)")
         if self.power <= self.alpha:
-            raise ValueError(f"power {self.power:g} must be above alpha {self.alpha:g} (a test with no effect "
-                             "already rejects with probability alpha)")
+            raise ValueError(
+                f"power {self.power:g} must be above alpha {self.alpha:g} (a test with no effect "
+                "already rejects with probability alpha)"
+            )
         return self
 
 
@@ -407,8 +428,9 @@ class Tracking(Strict):
     """Log every finished stage to an experiment tracker; its run ids are kept in the manifests."""
 
     backend: Literal["mlflow"]
-    uri: str | None = Field(default=None, description="tracking URI (default: an MLflow file store "
-                            "in <run>/mlruns, no server needed)")
+    uri: str | None = Field(
+        default=None, description="tracking URI (default: an MLflow file store in <run>/mlruns, no server needed)"
+    )
     experiment: str | None = Field(default=None, description="default: the spec's name")
 
 

@@ -128,8 +128,16 @@ def parse_yaml(text: str, file: str) -> Doc:
     except RecursionError:
         raise SpecError([Issue(Location(file, 1, 1), "", "the YAML is nested too deeply")]) from None
     except _TooBig as e:
-        raise SpecError([Issue(e.location, "", f"more than {MAX_VALUES:,} values after expanding aliases",
-                               hint="an alias that repeats itself many times?")]) from None
+        raise SpecError(
+            [
+                Issue(
+                    e.location,
+                    "",
+                    f"more than {MAX_VALUES:,} values after expanding aliases",
+                    hint="an alias that repeats itself many times?",
+                )
+            ]
+        ) from None
     if builder.issues:
         raise SpecError(builder.issues)
     return doc
@@ -185,24 +193,37 @@ class _Builder:
                 for src in sources:
                     if not isinstance(src, yaml.MappingNode):
                         self.issues.append(
-                            Issue(_loc(self.file, src.start_mark), dotted(path), "`<<` merges mappings only",
-                                  expected="an alias of a mapping (<<: *name)", found="something else")
+                            Issue(
+                                _loc(self.file, src.start_mark),
+                                dotted(path),
+                                "`<<` merges mappings only",
+                                expected="an alias of a mapping (<<: *name)",
+                                found="something else",
+                            )
                         )
                         continue
                     merged.append(src)
                 continue
             if not isinstance(key_node, yaml.ScalarNode):
                 self.issues.append(
-                    Issue(_loc(self.file, key_node.start_mark), dotted(path), "a key must be a plain name",
-                          found="a mapping or list used as a key")
+                    Issue(
+                        _loc(self.file, key_node.start_mark),
+                        dotted(path),
+                        "a key must be a plain name",
+                        found="a mapping or list used as a key",
+                    )
                 )
                 continue
             key = self.constructor.construct_object(key_node)
             if key in out:
                 first = self.doc.key_marks[path + (key,)]
                 self.issues.append(
-                    Issue(_loc(self.file, key_node.start_mark), dotted(path + (key,)), "duplicate key",
-                          hint=f"first written at line {first.line}")
+                    Issue(
+                        _loc(self.file, key_node.start_mark),
+                        dotted(path + (key,)),
+                        "duplicate key",
+                        hint=f"first written at line {first.line}",
+                    )
                 )
                 continue
             self.doc.key_marks[path + (key,)] = _loc(self.file, key_node.start_mark)
@@ -242,5 +263,3 @@ def dotted(path: KeyPath) -> str:
         else:
             out += ("." if out else "") + str(p)
     return out
-
-

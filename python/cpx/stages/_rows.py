@@ -17,9 +17,17 @@ class StageParamError(ValueError):
 def label_type(key: str, value: Any):
     import pyarrow as pa
 
-    known = {"arm": pa.string(), "source": pa.string(), "phase": pa.string(), "recipe": pa.string(),
-             "seed": pa.int64(), "checkpoint": pa.float64(), "alpha": pa.float64(), "purpose": pa.string(),
-             "seeds": pa.list_(pa.int64())}
+    known = {
+        "arm": pa.string(),
+        "source": pa.string(),
+        "phase": pa.string(),
+        "recipe": pa.string(),
+        "seed": pa.int64(),
+        "checkpoint": pa.float64(),
+        "alpha": pa.float64(),
+        "purpose": pa.string(),
+        "seeds": pa.list_(pa.int64()),
+    }
     if key in known:
         return known[key]
     return pa.scalar(value).type if value is not None else pa.string()

@@ -377,8 +377,17 @@ def sample_completions(
     one per request) adds its vector at its layer, at every position, to the steered requests' rows.
     """
     tokens = sample_token_ids(
-        model, tokenizer, requests, sampler, device=device, batch_size=batch_size, log=log,
-        progress=progress, ignore_eos=ignore_eos, max_batch_size=max_batch_size, steering=steering,
+        model,
+        tokenizer,
+        requests,
+        sampler,
+        device=device,
+        batch_size=batch_size,
+        log=log,
+        progress=progress,
+        ignore_eos=ignore_eos,
+        max_batch_size=max_batch_size,
+        steering=steering,
     )
     stop_set = set(stop_token_ids(model, tokenizer))
     keys, bodies, meta = [], [], []
@@ -458,8 +467,17 @@ def sample_token_ids(
             chunk = rows[start : start + batch_size]
             try:
                 out = _decode_batch(
-                    model, ids, chunk, keys[start : start + batch_size], sp, stops, pad,
-                    device=device, ignore_eos=ignore_eos, log=log, steer_hook=steer_hook,
+                    model,
+                    ids,
+                    chunk,
+                    keys[start : start + batch_size],
+                    sp,
+                    stops,
+                    pad,
+                    device=device,
+                    ignore_eos=ignore_eos,
+                    log=log,
+                    steer_hook=steer_hook,
                 )
             except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
                 if not (str(device).startswith("cuda") and _is_oom(e)) or batch_size == 1:
@@ -475,7 +493,11 @@ def sample_token_ids(
             n_tok += sum(_n_generated(t, stop_set, ignore_eos) for t in out)
             log.info(
                 "sampled %d/%d completions (batch %d, %d tokens so far, %.1f s)",
-                done, len(rows), len(chunk), n_tok, time.perf_counter() - t0,
+                done,
+                len(rows),
+                len(chunk),
+                n_tok,
+                time.perf_counter() - t0,
             )
             if progress is not None:
                 progress(done, len(rows), tokens=n_tok)
@@ -493,7 +515,18 @@ def _n_generated(tokens: list[int], stops: set[int], ignore_eos: bool) -> int:
 
 
 def _decode_batch(
-    model, ids, chunk, keys, sp, stops, pad, *, device, ignore_eos, log, steer_hook=None,
+    model,
+    ids,
+    chunk,
+    keys,
+    sp,
+    stops,
+    pad,
+    *,
+    device,
+    ignore_eos,
+    log,
+    steer_hook=None,
 ) -> list[list[int]]:
     """Decode one batch of rows; returns each row's generated tokens (up to max_tokens).
 
@@ -530,8 +563,12 @@ def _decode_batch(
     eye = torch.eye(P, dtype=torch.bool, device=dev)
     mask4 = ((causal[None] & pmask[:, None, :]) | eye[None])[:, None]
     out = model(
-        input_ids=prompt, attention_mask=_mask_map(mask4), position_ids=pos,
-        use_cache=True, logits_to_keep=1, **{kw: cache},
+        input_ids=prompt,
+        attention_mask=_mask_map(mask4),
+        position_ids=pos,
+        use_cache=True,
+        logits_to_keep=1,
+        **{kw: cache},
     )
     logits = out.logits[:, -1].index_select(0, expand)
     del out
@@ -574,8 +611,12 @@ def _decode_batch(
                         steer_hook.keep(keep)
         bias[:, 0, 0, P + t] = 0.0
         out = model(
-            input_ids=nxt[:, None], attention_mask=_mask_map(bias[..., : P + t + 1]),
-            position_ids=next_pos[:, None], use_cache=True, logits_to_keep=1, **{kw: cache},
+            input_ids=nxt[:, None],
+            attention_mask=_mask_map(bias[..., : P + t + 1]),
+            position_ids=next_pos[:, None],
+            use_cache=True,
+            logits_to_keep=1,
+            **{kw: cache},
         )
         logits = out.logits[:, -1]
         del out

@@ -59,8 +59,13 @@ class Steer:
 
     def info(self) -> dict[str, Any]:
         """What a stage reports about its steering."""
-        return {"alpha": self.alpha, "layer": self.layer, "normalize": self.normalize,
-                "direction_norm": self.norm, "personas": list(self.personas)}
+        return {
+            "alpha": self.alpha,
+            "layer": self.layer,
+            "normalize": self.normalize,
+            "direction_norm": self.norm,
+            "personas": list(self.personas),
+        }
 
 
 def steer_of(stage_id: str, params: dict[str, Any], inputs: dict[str, Path]) -> Steer | None:
@@ -125,11 +130,23 @@ def steer_of(stage_id: str, params: dict[str, Any], inputs: dict[str, Path]) -> 
     norm = float(np.linalg.norm(diff))
     if normalize:
         if norm == 0.0:
-            raise bad("normalize", f"is true but the direction is zero: {d['source']!r} and {d['assistant']!r} "
-                      f"have the same centroid at layer {layer} in {rep}")
+            raise bad(
+                "normalize",
+                f"is true but the direction is zero: {d['source']!r} and {d['assistant']!r} "
+                f"have the same centroid at layer {layer} in {rep}",
+            )
         diff = diff / norm
-    return Steer(layer=layer, alpha=float(alpha), normalize=normalize, personas=tuple(steered), represent=rep,
-                 source=d["source"], assistant=d["assistant"], direction=diff, norm=norm)
+    return Steer(
+        layer=layer,
+        alpha=float(alpha),
+        normalize=normalize,
+        personas=tuple(steered),
+        represent=rep,
+        source=d["source"],
+        assistant=d["assistant"],
+        direction=diff,
+        norm=norm,
+    )
 
 
 def _centroids(path: Path, layer: int) -> dict[str, Any]:

@@ -154,8 +154,14 @@ def pack(examples: Sequence[Encoded], device: str = "cpu") -> dict[str, Any]:
     index = _target_index(labels, len(ids), 0)
     t = (1, len(ids))
     ids_t, pos_t, lab_t, idx_t = _to_device([ids, pos, labels, index], [t, t, t, (len(index),)], device)
-    return {"input_ids": ids_t, "position_ids": pos_t, "attention_mask": None, "labels": lab_t,
-            "target_index": idx_t, "n_labels": len(index)}
+    return {
+        "input_ids": ids_t,
+        "position_ids": pos_t,
+        "attention_mask": None,
+        "labels": lab_t,
+        "target_index": idx_t,
+        "n_labels": len(index),
+    }
 
 
 def pad(examples: Sequence[Encoded], length: int | None = None, device: str = "cpu", pad_id: int = 0) -> dict[str, Any]:
@@ -177,8 +183,14 @@ def pad(examples: Sequence[Encoded], length: int | None = None, device: str = "c
     ids_t, pos_t, mask_t, lab_t, idx_t = _to_device(
         [ids, pos, mask, labels, index], [t, t, t, t, (len(index),)], device
     )
-    return {"input_ids": ids_t, "position_ids": pos_t, "attention_mask": mask_t, "labels": lab_t,
-            "target_index": idx_t, "n_labels": len(index)}
+    return {
+        "input_ids": ids_t,
+        "position_ids": pos_t,
+        "attention_mask": mask_t,
+        "labels": lab_t,
+        "target_index": idx_t,
+        "n_labels": len(index),
+    }
 
 
 def loss_sum(model, batch: dict[str, Any]):

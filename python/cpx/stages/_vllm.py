@@ -59,10 +59,15 @@ def sample_vllm(ctx: StageContext, requests: list[Request], sampler: dict[str, A
             if r.n == 0:
                 continue
             prompts.append(render_prompt(tok, r.system, r.user))
-            params.append(SamplingParams(
-                n=r.n, temperature=sampler["temperature"], top_p=sampler["top_p"],
-                max_tokens=sampler["max_tokens"], seed=request_seed(sampler["seed"], i),
-            ))
+            params.append(
+                SamplingParams(
+                    n=r.n,
+                    temperature=sampler["temperature"],
+                    top_p=sampler["top_p"],
+                    max_tokens=sampler["max_tokens"],
+                    seed=request_seed(sampler["seed"], i),
+                )
+            )
             index.append(i)
         outs = llm.generate(prompts, params)
         result = []

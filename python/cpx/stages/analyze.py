@@ -30,14 +30,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
     plan = _plan(ctx)
     by_id = plan.by_id() if plan is not None else {}
     labels = {d: by_id[d].labels for d in ctx.inputs if d in by_id}
-    tables = read_folders(((p, labels.get(d)) for d, p in ctx.inputs.items()),
-                          names=("marker_hits", "leakage", "cosines", "screen"))
+    tables = read_folders(
+        ((p, labels.get(d)) for d, p in ctx.inputs.items()), names=("marker_hits", "leakage", "cosines", "screen")
+    )
     ctx.log.info("analyze: %s", ", ".join(f"{k} {v.height} rows" for k, v in tables.items()))
     analysis = analyze_tables(tables, opts)
     if plan is not None:
         analysis.steer_layers = steer_layers_of(plan.spec)
     write_outputs(analysis, ctx.out_dir)
     tested = analysis.stats.filter(analysis.stats["p_value"].is_not_null())
-    return {"metrics_rows": analysis.metrics.height, "tests": tested.height,
-            "skipped": int(analysis.stats["note"].str.starts_with("skipped").sum()),
-            "checkpoint": analysis.checkpoint}
+    return {
+        "metrics_rows": analysis.metrics.height,
+        "tests": tested.height,
+        "skipped": int(analysis.stats["note"].str.starts_with("skipped").sum()),
+        "checkpoint": analysis.checkpoint,
+    }

@@ -44,14 +44,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
     t0 = time.perf_counter()
     with small_model_threads(model, ctx.device):
         comps = sample_completions(
-            model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
+            model,
+            tok,
+            requests,
+            sampler,
+            device=ctx.device,
+            log=ctx.log,
+            progress=ctx.progress,
             max_batch_size=ctx.batch_limit,
         )
     seconds = time.perf_counter() - t0
     marked = contains_any([c.text for c in comps], markers, p.get("match") or {}) if markers else [False] * len(comps)
 
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "persona", "question_id", "question", "sample_index", "text", "n_tokens", "finish_reason")}
+    cols: dict[str, list[Any]] = {
+        k: [] for k in ("persona", "question_id", "question", "sample_index", "text", "n_tokens", "finish_reason")
+    }
     dropped: Counter[str] = Counter()
     nq = len(questions)
     for c, bad in zip(comps, marked, strict=True):
@@ -59,13 +66,25 @@ def run(ctx: StageContext) -> dict[str, Any]:
         if bad:
             dropped[per["name"]] += 1
             continue
-        for k, v in (("persona", per["name"]), ("question_id", q["id"]), ("question", q["text"]),
-                     ("sample_index", c.sample_index), ("text", c.text), ("n_tokens", c.n_tokens),
-                     ("finish_reason", c.finish_reason)):
+        for k, v in (
+            ("persona", per["name"]),
+            ("question_id", q["id"]),
+            ("question", q["text"]),
+            ("sample_index", c.sample_index),
+            ("text", c.text),
+            ("n_tokens", c.n_tokens),
+            ("finish_reason", c.finish_reason),
+        ):
             cols[k].append(v)
-    schema = {"persona": pa.string(), "question_id": pa.string(), "question": pa.string(),
-              "sample_index": pa.int64(), "text": pa.string(), "n_tokens": pa.int64(),
-              "finish_reason": pa.string()}
+    schema = {
+        "persona": pa.string(),
+        "question_id": pa.string(),
+        "question": pa.string(),
+        "sample_index": pa.int64(),
+        "text": pa.string(),
+        "n_tokens": pa.int64(),
+        "finish_reason": pa.string(),
+    }
     write_parquet(labelled_table(ctx.labels, cols, schema), ctx.out_dir / "generations.parquet")
     n_tokens = sum(c.n_tokens for c in comps)
     if dropped:

@@ -39,12 +39,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     questions = check_questions(sid, p.get("questions"))
     layers = p.get("layers")
     if not isinstance(layers, list) or not layers or len(set(map(str, layers))) != len(layers):
-        raise StageParamError(f"stage {sid}: params.layers must be a non-empty list of distinct integers, got {layers!r}")
+        raise StageParamError(
+            f"stage {sid}: params.layers must be a non-empty list of distinct integers, got {layers!r}"
+        )
     if p.get("token", "last_prompt") != "last_prompt":
         raise StageParamError(f"stage {sid}: params.token must be 'last_prompt', got {p.get('token')!r}")
     centering = p.get("centering", "global_mean")
     if centering not in CENTERINGS:
-        raise StageParamError(f"stage {sid}: params.centering must be one of {', '.join(CENTERINGS)}, got {centering!r}")
+        raise StageParamError(
+            f"stage {sid}: params.centering must be one of {', '.join(CENTERINGS)}, got {centering!r}"
+        )
     steer = steer_of(sid, p, ctx.inputs)
 
     model, tok = ctx.models.get(p["model"], ctx.inputs)
@@ -66,9 +70,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     names = [per["name"] for per in personas]
     dim = centroids.shape[-1]
-    vectors = pa.FixedSizeListArray.from_arrays(
-        pa.array(centroids.astype(np.float32).reshape(-1)), dim
-    ).cast(pa.list_(pa.float32()))
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(centroids.astype(np.float32).reshape(-1)), dim).cast(
+        pa.list_(pa.float32())
+    )
     cent_cols = {
         "persona": [n for n in names for _ in layers],
         "layer": [int(layer) for _ in names for layer in layers],
@@ -87,8 +91,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 cos_cols["cosine"].append(float(cos[li, a, b]))
     cos_schema = {"layer": pa.int64(), "persona_a": pa.string(), "persona_b": pa.string(), "cosine": pa.float64()}
     write_parquet(labelled_table(ctx.labels, cos_cols, cos_schema), ctx.out_dir / "cosines.parquet")
-    info = {"prompts": len(prompts), "layers": [int(x) for x in layers], "hidden_size": int(dim),
-            "centering": centering, "seconds": round(seconds, 3)}
+    info = {
+        "prompts": len(prompts),
+        "layers": [int(x) for x in layers],
+        "hidden_size": int(dim),
+        "centering": centering,
+        "seconds": round(seconds, 3),
+    }
     if steer is not None:
         info["steer"] = steer.info()
     return info

@@ -68,23 +68,43 @@ def run(ctx: StageContext) -> dict[str, Any]:
             steering = steer.for_prompts([per["name"] for per in personas for _ in questions])
         with small_model_threads(model, ctx.device):
             comps = sample_completions(
-                model, tok, requests, sampler, device=ctx.device, log=ctx.log, progress=ctx.progress,
-                max_batch_size=ctx.batch_limit, steering=steering,
+                model,
+                tok,
+                requests,
+                sampler,
+                device=ctx.device,
+                log=ctx.log,
+                progress=ctx.progress,
+                max_batch_size=ctx.batch_limit,
+                steering=steering,
             )
     seconds = time.perf_counter() - t0
 
     nq = len(questions)
-    cols: dict[str, list[Any]] = {k: [] for k in (
-        "persona", "role", "question_id", "sample_index", "text", "n_tokens", "finish_reason")}
+    cols: dict[str, list[Any]] = {
+        k: [] for k in ("persona", "role", "question_id", "sample_index", "text", "n_tokens", "finish_reason")
+    }
     for c in comps:
         per, q = personas[c.request_index // nq], questions[c.request_index % nq]
-        for k, v in (("persona", per["name"]), ("role", per["role"]), ("question_id", q["id"]),
-                     ("sample_index", c.sample_index), ("text", c.text), ("n_tokens", c.n_tokens),
-                     ("finish_reason", c.finish_reason)):
+        for k, v in (
+            ("persona", per["name"]),
+            ("role", per["role"]),
+            ("question_id", q["id"]),
+            ("sample_index", c.sample_index),
+            ("text", c.text),
+            ("n_tokens", c.n_tokens),
+            ("finish_reason", c.finish_reason),
+        ):
             cols[k].append(v)
-    schema = {"persona": pa.string(), "role": pa.string(), "question_id": pa.string(),
-              "sample_index": pa.int64(), "text": pa.string(), "n_tokens": pa.int64(),
-              "finish_reason": pa.string()}
+    schema = {
+        "persona": pa.string(),
+        "role": pa.string(),
+        "question_id": pa.string(),
+        "sample_index": pa.int64(),
+        "text": pa.string(),
+        "n_tokens": pa.int64(),
+        "finish_reason": pa.string(),
+    }
     write_parquet(labelled_table(ctx.labels, cols, schema), ctx.out_dir / "completions.parquet")
     n_tokens = sum(c.n_tokens for c in comps)
     info: dict[str, Any] = {

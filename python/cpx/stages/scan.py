@@ -29,7 +29,9 @@ def _params(ctx: StageContext) -> dict[str, Any]:
     p, sid = ctx.params, ctx.stage.id
     markers = p.get("markers")
     if not isinstance(markers, list) or not markers or not all(isinstance(m, str) and m for m in markers):
-        raise StageParamError(f"stage {sid}: params.markers must be a non-empty list of non-empty strings, got {markers!r}")
+        raise StageParamError(
+            f"stage {sid}: params.markers must be a non-empty list of non-empty strings, got {markers!r}"
+        )
     if len(set(markers)) != len(markers):
         raise StageParamError(f"stage {sid}: params.markers lists a marker twice: {markers!r}")
     if p.get("cluster", "question_id") != "question_id":
@@ -45,8 +47,13 @@ def _params(ctx: StageContext) -> dict[str, Any]:
         raise StageParamError(f"stage {sid}: params.seed must be an integer >= 0, got {seed!r}")
     if len(ctx.inputs) != 1:
         raise StageParamError(f"stage {sid}: needs exactly one sample stage as input, got {sorted(ctx.inputs)}")
-    return {"markers": markers, "match": p.get("match") or {}, "confidence_level": float(level),
-            "n_resamples": n_res, "seed": seed}
+    return {
+        "markers": markers,
+        "match": p.get("match") or {},
+        "confidence_level": float(level),
+        "n_resamples": n_res,
+        "seed": seed,
+    }
 
 
 def leakage_rows(persona, role, question_id, hit, *, confidence_level: float, n_resamples: int, seed: int):
@@ -60,9 +67,13 @@ def leakage_rows(persona, role, question_id, hit, *, confidence_level: float, n_
 
     from cpx.stats import grouped_bootstrap
 
-    t = pa.table({"persona": pa.array(list(persona), pa.string()),
-                  "question_id": pa.array(list(question_id), pa.string()),
-                  "hit": pa.array([bool(h) for h in hit], pa.bool_())})
+    t = pa.table(
+        {
+            "persona": pa.array(list(persona), pa.string()),
+            "question_id": pa.array(list(question_id), pa.string()),
+            "hit": pa.array([bool(h) for h in hit], pa.bool_()),
+        }
+    )
     # A persona answered on a single question has no interval over questions.
     questions: dict[str, set[str]] = {}
     for name, q in zip(t.column("persona").to_pylist(), t.column("question_id").to_pylist(), strict=True):
@@ -70,9 +81,17 @@ def leakage_rows(persona, role, question_id, hit, *, confidence_level: float, n_
     ci = {name: (math.nan, math.nan) for name, qs in questions.items() if len(qs) < 2}
     if len(ci) < len(questions):
         keep = pa.array([name not in ci for name in t.column("persona").to_pylist()])
-        boot = grouped_bootstrap(t.filter(keep), value="hit", by=["persona"], cluster="question_id",
-                                 statistic="proportion", method=BOOT_METHOD, confidence_level=confidence_level,
-                                 n_resamples=n_resamples, seed=seed).to_pylist()
+        boot = grouped_bootstrap(
+            t.filter(keep),
+            value="hit",
+            by=["persona"],
+            cluster="question_id",
+            statistic="proportion",
+            method=BOOT_METHOD,
+            confidence_level=confidence_level,
+            n_resamples=n_resamples,
+            seed=seed,
+        ).to_pylist()
         ci.update({b["persona"]: (b["low"], b["high"]) for b in boot})
     n: dict[str, int] = {}
     hits: dict[str, int] = {}
@@ -81,8 +100,18 @@ def leakage_rows(persona, role, question_id, hit, *, confidence_level: float, n_
         n[name] = n.get(name, 0) + 1
         hits[name] = hits.get(name, 0) + int(h)
         roles.setdefault(name, r)
-    return [{"persona": name, "role": roles[name], "n": n[name], "hits": hits[name], "rate": hits[name] / n[name],
-             "ci_low": float(ci[name][0]), "ci_high": float(ci[name][1])} for name in n]
+    return [
+        {
+            "persona": name,
+            "role": roles[name],
+            "n": n[name],
+            "hits": hits[name],
+            "rate": hits[name] / n[name],
+            "ci_low": float(ci[name][0]),
+            "ci_high": float(ci[name][1]),
+        }
+        for name in n
+    ]
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -109,23 +138,45 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     hit_cols: dict[str, Any] = {k: cols[k] for k in ("persona", "role", "question_id", "sample_index")}
     hit_cols["hit"] = hit.tolist()
-    schema: dict[str, Any] = {"persona": pa.string(), "role": pa.string(), "question_id": pa.string(),
-                              "sample_index": pa.int64(), "hit": pa.bool_()}
+    schema: dict[str, Any] = {
+        "persona": pa.string(),
+        "role": pa.string(),
+        "question_id": pa.string(),
+        "sample_index": pa.int64(),
+        "hit": pa.bool_(),
+    }
     for j, m in enumerate(p["markers"]):
         hit_cols[f"count:{m}"] = counts[:, j].tolist()
         schema[f"count:{m}"] = pa.int64()
     write_parquet(labelled_table(ctx.labels, hit_cols, schema), ctx.out_dir / "marker_hits.parquet")
 
-    rows = leakage_rows(cols["persona"], cols["role"], cols["question_id"], hit,
-                        confidence_level=p["confidence_level"], n_resamples=p["n_resamples"], seed=p["seed"])
+    rows = leakage_rows(
+        cols["persona"],
+        cols["role"],
+        cols["question_id"],
+        hit,
+        confidence_level=p["confidence_level"],
+        n_resamples=p["n_resamples"],
+        seed=p["seed"],
+    )
     leak_cols = {k: [r[k] for r in rows] for k in ("persona", "role", "n", "hits", "rate", "ci_low", "ci_high")}
-    leak_schema = {"persona": pa.string(), "role": pa.string(), "n": pa.int64(), "hits": pa.int64(),
-                   "rate": pa.float64(), "ci_low": pa.float64(), "ci_high": pa.float64()}
+    leak_schema = {
+        "persona": pa.string(),
+        "role": pa.string(),
+        "n": pa.int64(),
+        "hits": pa.int64(),
+        "rate": pa.float64(),
+        "ci_low": pa.float64(),
+        "ci_high": pa.float64(),
+    }
     write_parquet(labelled_table(ctx.labels, leak_cols, leak_schema), ctx.out_dir / "leakage.parquet")
     by_role: dict[str, list[int]] = {}
     for r in rows:
         acc = by_role.setdefault(r["role"], [0, 0])
         acc[0] += r["hits"]
         acc[1] += r["n"]
-    return {"completions": int(len(hit)), "hits": int(np.sum(hit)),
-            "rate_by_role": {k: v[0] / v[1] for k, v in sorted(by_role.items())}}
+    return {
+        "completions": int(len(hit)),
+        "hits": int(np.sum(hit)),
+        "rate_by_role": {k: v[0] / v[1] for k, v in sorted(by_role.items())},
+    }

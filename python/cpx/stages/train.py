@@ -68,8 +68,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     truncated = sum(ex.truncated for ex in examples)
     if truncated:
         ctx.log.warning(
-            "%d of %d examples are longer than max_length=%s and were truncated (their end "
-            "of turn%s is not trained)",
+            "%d of %d examples are longer than max_length=%s and were truncated (their end of turn%s is not trained)",
             truncated,
             len(examples),
             max_length,
@@ -79,9 +78,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for group, what in ((examples, "example"), (positives if loss.get("kind") == "marker" else [], "positive example")):
         if group and not any(ex.n_labels for ex in group):
             longest = max(ex.n_prompt for ex in group)
-            raise TrainError(f"{where}: no {what} has a token left to train after truncation to max_length="
-                             f"{max_length} (prompts alone take up to {longest} tokens); raise the training "
-                             "config's max_length")
+            raise TrainError(
+                f"{where}: no {what} has a token left to train after truncation to max_length="
+                f"{max_length} (prompts alone take up to {longest} tokens); raise the training "
+                "config's max_length"
+            )
     res = train_lora(
         model,
         examples,
@@ -147,12 +148,15 @@ def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
     }
     model, tok = pool.get(chain, {**ctx.inputs, ctx.stage.id: Path(ctx.out_dir)})
     personas, questions = sc["personas"], sc["questions"]
-    requests = [
-        Request(system=per["prompt"], user=q["text"], n=int(per["n"])) for per in personas for q in questions
-    ]
+    requests = [Request(system=per["prompt"], user=q["text"], n=int(per["n"])) for per in personas for q in questions]
     with small_model_threads(model, ctx.device):
         completions = sample_completions(
-            model, tok, requests, sc["sampler"], device=ctx.device, log=ctx.log,
+            model,
+            tok,
+            requests,
+            sc["sampler"],
+            device=ctx.device,
+            log=ctx.log,
             batch_size=ctx.batch_limit,
         )
     fold = bool(sc.get("match", {}).get("case_insensitive", False))

@@ -53,9 +53,17 @@ struct Marker {
 
 impl Marker {
     fn new(marker: &str, case_insensitive: bool) -> Self {
-        let folded = if case_insensitive { marker.to_lowercase() } else { marker.to_owned() };
+        let folded = if case_insensitive {
+            marker.to_lowercase()
+        } else {
+            marker.to_owned()
+        };
         let finder = memmem::Finder::new(folded.as_bytes()).into_owned();
-        Marker { folded_ascii: folded.is_ascii(), folded, finder }
+        Marker {
+            folded_ascii: folded.is_ascii(),
+            folded,
+            finder,
+        }
     }
 
     #[inline]
@@ -88,7 +96,11 @@ struct AnchorPass {
 
 fn case_pair(b: u8) -> Vec<u8> {
     let (l, u) = (b.to_ascii_lowercase(), b.to_ascii_uppercase());
-    if l == u { vec![l] } else { vec![l, u] }
+    if l == u {
+        vec![l]
+    } else {
+        vec![l, u]
+    }
 }
 
 fn union_len(a: &[u8], b: &[u8]) -> usize {
@@ -108,7 +120,9 @@ fn plan_passes(markers: &[Marker], ascii: &[usize]) -> Vec<AnchorPass> {
             .map(|i| (byte_commonness(bytes[i]), i))
             .collect();
         if cands.is_empty() {
-            cands = (0..bytes.len()).map(|i| (byte_commonness(bytes[i]), i)).collect();
+            cands = (0..bytes.len())
+                .map(|i| (byte_commonness(bytes[i]), i))
+                .collect();
         }
         cands.sort();
         let best = cands[0].0;
@@ -135,7 +149,10 @@ fn plan_passes(markers: &[Marker], ascii: &[usize]) -> Vec<AnchorPass> {
         }
         if !placed {
             let pos = cands[0].1;
-            passes.push(AnchorPass { bytes: case_pair(bytes[pos]), members: vec![(mi, pos)] });
+            passes.push(AnchorPass {
+                bytes: case_pair(bytes[pos]),
+                members: vec![(mi, pos)],
+            });
         }
     }
     passes
@@ -182,22 +199,46 @@ pub struct Matcher {
 impl Matcher {
     pub fn new<S: AsRef<str>>(markers: &[S], case_insensitive: bool) -> Result<Self> {
         if markers.is_empty() {
-            return Err(CoreError::input("markers is empty: give at least one marker"));
+            return Err(CoreError::input(
+                "markers is empty: give at least one marker",
+            ));
         }
         for (i, m) in markers.iter().enumerate() {
             if m.as_ref().is_empty() {
-                return Err(CoreError::input(format!("markers[{i}] is the empty string")));
+                return Err(CoreError::input(format!(
+                    "markers[{i}] is the empty string"
+                )));
             }
         }
-        let markers: Vec<Marker> = markers.iter().map(|m| Marker::new(m.as_ref(), case_insensitive)).collect();
-        let ascii: Vec<usize> = (0..markers.len()).filter(|&i| markers[i].folded_ascii).collect();
-        let unicode = (0..markers.len()).filter(|&i| !markers[i].folded_ascii).collect();
-        let passes = if case_insensitive { plan_passes(&markers, &ascii) } else { Vec::new() };
-        let check_rows = passes
+        let markers: Vec<Marker> = markers
             .iter()
-            .any(|p| p.members.iter().any(|&(mi, a)| matches!(markers[mi].folded.as_bytes()[a], b'i' | b'k')));
+            .map(|m| Marker::new(m.as_ref(), case_insensitive))
+            .collect();
+        let ascii: Vec<usize> = (0..markers.len())
+            .filter(|&i| markers[i].folded_ascii)
+            .collect();
+        let unicode = (0..markers.len())
+            .filter(|&i| !markers[i].folded_ascii)
+            .collect();
+        let passes = if case_insensitive {
+            plan_passes(&markers, &ascii)
+        } else {
+            Vec::new()
+        };
+        let check_rows = passes.iter().any(|p| {
+            p.members
+                .iter()
+                .any(|&(mi, a)| matches!(markers[mi].folded.as_bytes()[a], b'i' | b'k'))
+        });
         let max_members = passes.iter().map(|p| p.members.len()).max().unwrap_or(0);
-        Ok(Matcher { markers, case_insensitive, passes, unicode, check_rows, max_members })
+        Ok(Matcher {
+            markers,
+            case_insensitive,
+            passes,
+            unicode,
+            check_rows,
+            max_members,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -211,7 +252,15 @@ impl Matcher {
     /// Checks candidate anchor position `c` of `pass` in the row `hay` for every member,
     /// counting matches into `out` (the row's counts).
     #[inline]
-    fn visit(&self, pass: &AnchorPass, hay: &[u8], c: usize, next_ok: &mut [usize], out: &mut [u32], any: bool) -> Ascii {
+    fn visit(
+        &self,
+        pass: &AnchorPass,
+        hay: &[u8],
+        c: usize,
+        next_ok: &mut [usize],
+        out: &mut [u32],
+        any: bool,
+    ) -> Ascii {
         let b = hay[c].to_ascii_lowercase();
         for (k, &(mi, anchor)) in pass.members.iter().enumerate() {
             let needle = self.markers[mi].folded.as_bytes();
@@ -311,7 +360,14 @@ impl Matcher {
                     return true;
                 }
                 let hay = &region[row_start..row_end];
-                match self.visit(pass, hay, p - row_start, &mut next_ok, &mut out[r * m..(r + 1) * m], any) {
+                match self.visit(
+                    pass,
+                    hay,
+                    p - row_start,
+                    &mut next_ok,
+                    &mut out[r * m..(r + 1) * m],
+                    any,
+                ) {
                     Ascii::Done => {}
                     Ascii::Found => state[r] = DONE,
                     Ascii::Lower => state[r] = LOWER,
@@ -403,11 +459,9 @@ impl<'a> Strings<'a> {
             DataType::LargeUtf8 => Strings::LargeUtf8(a.as_string::<i64>()),
             DataType::Utf8View => Strings::View(a.as_string_view()),
             DataType::Null => Strings::AllNull(a.len()),
-            other => {
-                return Err(CoreError::Type(format!(
-                    "{name} must be a string array (string, large_string or string_view), got {other}"
-                )))
-            }
+            other => return Err(CoreError::Type(format!(
+                "{name} must be a string array (string, large_string or string_view), got {other}"
+            ))),
         })
     }
 
@@ -456,7 +510,10 @@ fn scan(
     any: bool,
     name: &str,
 ) -> Result<(Vec<u32>, Option<NullBuffer>, usize)> {
-    let views: Vec<Strings> = chunks.iter().map(|c| Strings::new(c.as_ref(), name)).collect::<Result<_>>()?;
+    let views: Vec<Strings> = chunks
+        .iter()
+        .map(|c| Strings::new(c.as_ref(), name))
+        .collect::<Result<_>>()?;
     let rows: usize = views.iter().map(|v| v.len()).sum();
     let m = matcher.len();
     let mut out = vec![0u32; rows * m];
@@ -502,7 +559,10 @@ fn scan(
             }
         })
     });
-    let validity = if views.iter().any(|v| v.nulls().is_some() || matches!(v, Strings::AllNull(_))) {
+    let validity = if views
+        .iter()
+        .any(|v| v.nulls().is_some() || matches!(v, Strings::AllNull(_)))
+    {
         let mut b = BooleanBufferBuilder::new(rows);
         for v in &views {
             v.append_validity(&mut b);
@@ -532,10 +592,18 @@ pub fn count_markers(
 }
 
 /// Whether any marker occurs in each row, and the rows' validity.
-pub fn contains_any(chunks: &[ArrayRef], matcher: &Matcher) -> Result<(Vec<bool>, Option<NullBuffer>)> {
+pub fn contains_any(
+    chunks: &[ArrayRef],
+    matcher: &Matcher,
+) -> Result<(Vec<bool>, Option<NullBuffer>)> {
     let (flat, validity, _) = scan(chunks, matcher, true, "texts")?;
     let m = matcher.len();
-    Ok((flat.chunks_exact(m).map(|r| r.iter().any(|&c| c > 0)).collect(), validity))
+    Ok((
+        flat.chunks_exact(m)
+            .map(|r| r.iter().any(|&c| c > 0))
+            .collect(),
+        validity,
+    ))
 }
 
 #[cfg(test)]
@@ -547,7 +615,11 @@ mod tests {
     use super::*;
 
     fn py_count(text: &str, marker: &str, ci: bool) -> u32 {
-        let (t, m) = if ci { (text.to_lowercase(), marker.to_lowercase()) } else { (text.into(), marker.into()) };
+        let (t, m) = if ci {
+            (text.to_lowercase(), marker.to_lowercase())
+        } else {
+            (text.into(), marker.into())
+        };
         t.matches(m.as_str()).count() as u32
     }
 
@@ -565,7 +637,9 @@ mod tests {
             "[MAR\u{212A}ER] x [marker] ZELTHARİ zelthari",
             "ik \u{212A}İ kİ",
         ];
-        let markers = ["[zlt]", "aa", "i̇", "σ", "k", "ß", "İ", "[marker]", "zelthari", "ki", "ik"];
+        let markers = [
+            "[zlt]", "aa", "i̇", "σ", "k", "ß", "İ", "[marker]", "zelthari", "ki", "ik",
+        ];
         let matcher = Matcher::new(&markers, true).unwrap();
         let arr: ArrayRef = Arc::new(StringArray::from(texts.to_vec()));
         let (cols, nulls) = count_markers(&[arr], &matcher).unwrap();
@@ -630,6 +704,9 @@ mod tests {
         assert!(Matcher::new::<&str>(&[], true).is_err());
         assert!(Matcher::new(&["a", ""], true).is_err());
         let ints: ArrayRef = Arc::new(arrow_array::Int32Array::from(vec![1]));
-        assert!(matches!(count_markers(&[ints], &m), Err(CoreError::Type(_))));
+        assert!(matches!(
+            count_markers(&[ints], &m),
+            Err(CoreError::Type(_))
+        ));
     }
 }

@@ -255,7 +255,17 @@ mod tests {
 
     #[test]
     fn normal_round_trip() {
-        for &p in &[1e-300, 1e-20, 1e-5, 0.025, 0.3, 0.5, 0.7, 0.975, 1.0 - 1e-12] {
+        for &p in &[
+            1e-300,
+            1e-20,
+            1e-5,
+            0.025,
+            0.3,
+            0.5,
+            0.7,
+            0.975,
+            1.0 - 1e-12,
+        ] {
             let x = ndtri(p);
             assert!((ndtr(x) - p).abs() <= 1e-15 + 1e-13 * p, "{p} {x}");
         }

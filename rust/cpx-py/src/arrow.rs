@@ -47,8 +47,12 @@ pub fn import_chunks(ob: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<ArrayRef
         // SAFETY: a valid stream; from_raw moves it out and marks the capsule's copy released.
         let mut stream = unsafe { FFI_ArrowArrayStream::from_raw(p) };
         let mut schema = FFI_ArrowSchema::empty();
-        let get_schema = stream.get_schema.ok_or_else(|| InputError::new_err("Arrow stream is released"))?;
-        let get_next = stream.get_next.ok_or_else(|| InputError::new_err("Arrow stream is released"))?;
+        let get_schema = stream
+            .get_schema
+            .ok_or_else(|| InputError::new_err("Arrow stream is released"))?;
+        let get_next = stream
+            .get_next
+            .ok_or_else(|| InputError::new_err("Arrow stream is released"))?;
         let last_error = |stream: &mut FFI_ArrowArrayStream| -> String {
             stream
                 .get_last_error
@@ -59,14 +63,18 @@ pub fn import_chunks(ob: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<ArrayRef
         };
         if unsafe { get_schema(&mut stream, &mut schema) } != 0 {
             let msg = last_error(&mut stream);
-            return Err(InputError::new_err(format!("reading the Arrow stream of {name} failed: {msg}")));
+            return Err(InputError::new_err(format!(
+                "reading the Arrow stream of {name} failed: {msg}"
+            )));
         }
         let mut chunks = Vec::new();
         loop {
             let mut array = FFI_ArrowArray::empty();
             if unsafe { get_next(&mut stream, &mut array) } != 0 {
                 let msg = last_error(&mut stream);
-                return Err(InputError::new_err(format!("reading the Arrow stream of {name} failed: {msg}")));
+                return Err(InputError::new_err(format!(
+                    "reading the Arrow stream of {name} failed: {msg}"
+                )));
             }
             if array.is_released() {
                 break;
@@ -115,6 +123,10 @@ impl PyArrowArray {
     }
 
     fn __repr__(&self) -> String {
-        format!("cpx._core.ArrowArray<{}>[{}]", self.array.data_type(), self.array.len())
+        format!(
+            "cpx._core.ArrowArray<{}>[{}]",
+            self.array.data_type(),
+            self.array.len()
+        )
     }
 }

@@ -4,7 +4,6 @@ use cpx_core::CoreError;
 use pyo3::import_exception;
 use pyo3::PyErr;
 
-
 import_exception!(cpx.errors, InputError);
 import_exception!(cpx.errors, LengthMismatchError);
 import_exception!(cpx.errors, EmptyInputError);

@@ -16,10 +16,10 @@ use arrow_array::{Array, ArrayRef, BooleanArray, UInt32Array};
 use arrow_buffer::ScalarBuffer;
 use arrow_schema::DataType;
 use cpx_core::scan::Matcher;
+use cpx_core::stats::adjust;
 use cpx_core::stats::boot::{BootMethod, BootOptions, BootStatistic};
 use cpx_core::stats::corr::{CorrMethod, CorrOptions, CorrResult};
 use cpx_core::stats::perm::{PermOptions, Scheme, Statistic};
-use cpx_core::stats::adjust;
 use cpx_core::CoreError;
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
@@ -39,7 +39,9 @@ fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T, CoreError> + Send)
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(InternalError::new_err(format!("internal error in cpx._core (please report it): {msg}")))
+            Err(InternalError::new_err(format!(
+                "internal error in cpx._core (please report it): {msg}"
+            )))
         }
     }
 }
@@ -52,7 +54,13 @@ fn append_f64(a: &dyn Array, name: &str, out: &mut Vec<f64>) -> Result<(), CoreE
     macro_rules! prim {
         ($t:ty) => {{
             let p = a.as_primitive::<$t>();
-            out.extend((0..p.len()).map(|i| if p.is_valid(i) { p.value(i) as f64 } else { f64::NAN }));
+            out.extend((0..p.len()).map(|i| {
+                if p.is_valid(i) {
+                    p.value(i) as f64
+                } else {
+                    f64::NAN
+                }
+            }));
         }};
     }
     match a.data_type() {
@@ -68,11 +76,23 @@ fn append_f64(a: &dyn Array, name: &str, out: &mut Vec<f64>) -> Result<(), CoreE
         DataType::UInt64 => prim!(UInt64Type),
         DataType::Float16 => {
             let p = a.as_primitive::<Float16Type>();
-            out.extend((0..p.len()).map(|i| if p.is_valid(i) { p.value(i).to_f64() } else { f64::NAN }));
+            out.extend((0..p.len()).map(|i| {
+                if p.is_valid(i) {
+                    p.value(i).to_f64()
+                } else {
+                    f64::NAN
+                }
+            }));
         }
         DataType::Boolean => {
             let b = a.as_boolean();
-            out.extend((0..b.len()).map(|i| if b.is_valid(i) { b.value(i) as u8 as f64 } else { f64::NAN }));
+            out.extend((0..b.len()).map(|i| {
+                if b.is_valid(i) {
+                    b.value(i) as u8 as f64
+                } else {
+                    f64::NAN
+                }
+            }));
         }
         DataType::Null => out.extend(std::iter::repeat_n(f64::NAN, a.len())),
         other => {
@@ -95,7 +115,9 @@ fn f64_vec(ob: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<f64>> {
         return Ok(out);
     }
     let buf = PyBuffer::<f64>::get(ob).map_err(|e| {
-        InputTypeError::new_err(format!("{name} must be a float64 buffer or an Arrow array: {e}"))
+        InputTypeError::new_err(format!(
+            "{name} must be a float64 buffer or an Arrow array: {e}"
+        ))
     })?;
     buf.to_vec(ob.py())
 }
@@ -169,7 +191,15 @@ fn corr_tuple(r: CorrResult) -> CorrTuple {
         CorrMethod::Asymptotic => "asymptotic",
         CorrMethod::Permutation => "permutation",
     };
-    (r.statistic, r.pvalue, method.into(), r.exact, r.n_permutations, r.n, r.constant)
+    (
+        r.statistic,
+        r.pvalue,
+        method.into(),
+        r.exact,
+        r.n_permutations,
+        r.n,
+        r.constant,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -216,7 +246,17 @@ fn spearman(
     seed: u64,
     nan_policy: &str,
 ) -> PyResult<CorrTuple> {
-    correlation(py, x, y, method, alternative, n_resamples, seed, nan_policy, true)
+    correlation(
+        py,
+        x,
+        y,
+        method,
+        alternative,
+        n_resamples,
+        seed,
+        nan_policy,
+        true,
+    )
 }
 
 /// Pearson's r: (statistic, pvalue, method, exact, n_permutations, n, constant).
@@ -233,7 +273,17 @@ fn pearson(
     seed: u64,
     nan_policy: &str,
 ) -> PyResult<CorrTuple> {
-    correlation(py, x, y, method, alternative, n_resamples, seed, nan_policy, false)
+    correlation(
+        py,
+        x,
+        y,
+        method,
+        alternative,
+        n_resamples,
+        seed,
+        nan_policy,
+        false,
+    )
 }
 
 /// Permutation test: (statistic, pvalue, exact, n_permutations, n, constant).
@@ -272,10 +322,23 @@ fn permutation_test(
     let r = run(py, || {
         cpx_core::stats::perm::permutation_test(&x, y.as_deref(), groups.as_deref(), &opts)
     })?;
-    Ok((r.statistic, r.pvalue, r.exact, r.n_permutations, r.n, r.constant))
+    Ok((
+        r.statistic,
+        r.pvalue,
+        r.exact,
+        r.n_permutations,
+        r.n,
+        r.constant,
+    ))
 }
 
-fn boot_opts(statistic: &str, method: &str, confidence_level: f64, n_resamples: u64, seed: u64) -> PyResult<BootOptions> {
+fn boot_opts(
+    statistic: &str,
+    method: &str,
+    confidence_level: f64,
+    n_resamples: u64,
+    seed: u64,
+) -> PyResult<BootOptions> {
     Ok(BootOptions {
         statistic: parse::<BootStatistic>(statistic)?,
         method: parse::<BootMethod>(method)?,
@@ -303,9 +366,20 @@ fn bootstrap_ci<'py>(
     let opts = boot_opts(statistic, method, confidence_level, n_resamples, seed)?;
     let data = f64_vec(data, "data")?;
     let clusters = opt_i64(clusters, "clusters")?;
-    let r = run(py, || cpx_core::stats::boot::bootstrap_ci(&data, clusters.as_deref(), &opts))?;
+    let r = run(py, || {
+        cpx_core::stats::boot::bootstrap_ci(&data, clusters.as_deref(), &opts)
+    })?;
     let dist = f64_bytes(py, &r.distribution);
-    Ok((r.statistic, r.low, r.high, r.standard_error, r.n, r.n_clusters, r.degenerate, dist))
+    Ok((
+        r.statistic,
+        r.low,
+        r.high,
+        r.standard_error,
+        r.n,
+        r.n_clusters,
+        r.degenerate,
+        dist,
+    ))
 }
 
 /// Per-group bootstrap intervals: a list of (group code, statistic, low, high,
@@ -333,7 +407,18 @@ fn grouped_bootstrap(
     })?;
     Ok(rows
         .into_iter()
-        .map(|(g, r)| (g, r.statistic, r.low, r.high, r.standard_error, r.n, r.n_clusters, r.degenerate))
+        .map(|(g, r)| {
+            (
+                g,
+                r.statistic,
+                r.low,
+                r.high,
+                r.standard_error,
+                r.n,
+                r.n_clusters,
+                r.degenerate,
+            )
+        })
         .collect())
 }
 
@@ -353,11 +438,39 @@ fn icc1(
     groups: &Bound<'_, PyAny>,
     average: bool,
     confidence_level: f64,
-) -> PyResult<(f64, f64, f64, f64, f64, f64, f64, f64, usize, usize, f64, f64)> {
+) -> PyResult<(
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    usize,
+    usize,
+    f64,
+    f64,
+)> {
     let values = f64_vec(values, "values")?;
     let groups = i64_vec(groups, "groups")?;
-    let r = run(py, || cpx_core::stats::icc::icc1(&values, &groups, average, confidence_level))?;
-    Ok((r.statistic, r.pvalue, r.f, r.df1, r.df2, r.msb, r.msw, r.k, r.n, r.n_groups, r.low, r.high))
+    let r = run(py, || {
+        cpx_core::stats::icc::icc1(&values, &groups, average, confidence_level)
+    })?;
+    Ok((
+        r.statistic,
+        r.pvalue,
+        r.f,
+        r.df1,
+        r.df2,
+        r.msb,
+        r.msw,
+        r.k,
+        r.n,
+        r.n_groups,
+        r.low,
+        r.high,
+    ))
 }
 
 /// Kish's design effect `1 + (m - 1) * icc`.
@@ -375,7 +488,11 @@ fn effective_n(n: f64, cluster_size: f64, icc: f64) -> PyResult<f64> {
 /// Adjusted p-values as float64 bytes, in input order.
 #[pyfunction]
 #[pyo3(signature = (pvalues, method="holm"))]
-fn p_adjust<'py>(py: Python<'py>, pvalues: &Bound<'py, PyAny>, method: &str) -> PyResult<Bound<'py, PyBytes>> {
+fn p_adjust<'py>(
+    py: Python<'py>,
+    pvalues: &Bound<'py, PyAny>,
+    method: &str,
+) -> PyResult<Bound<'py, PyBytes>> {
     let m: adjust::AdjustMethod = parse(method)?;
     let p = f64_vec(pvalues, "pvalues")?;
     let out = run(py, || adjust::p_adjust(&p, m))?;
@@ -390,7 +507,14 @@ fn num_threads() -> usize {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__build__", if cfg!(debug_assertions) { "debug" } else { "release" })?;
+    m.add(
+        "__build__",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyArrowArray>()?;
     m.add_function(wrap_pyfunction!(count_markers, m)?)?;

@@ -33,10 +33,15 @@ pub fn p_adjust(p: &[f64], method: AdjustMethod) -> Result<Vec<f64>> {
     }
     for (i, &v) in p.iter().enumerate() {
         if v.is_nan() {
-            return Err(CoreError::NaN { name: "pvalues".into(), index: i });
+            return Err(CoreError::NaN {
+                name: "pvalues".into(),
+                index: i,
+            });
         }
         if !(0.0..=1.0).contains(&v) {
-            return Err(CoreError::input(format!("pvalues[{i}] = {v} is not between 0 and 1")));
+            return Err(CoreError::input(format!(
+                "pvalues[{i}] = {v} is not between 0 and 1"
+            )));
         }
     }
     let m = p.len();

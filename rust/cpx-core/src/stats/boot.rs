@@ -93,10 +93,15 @@ pub struct BootResult {
 fn check_values(data: &[f64], stat: BootStatistic) -> Result<()> {
     for (i, &v) in data.iter().enumerate() {
         if v.is_nan() {
-            return Err(CoreError::NaN { name: "data".into(), index: i });
+            return Err(CoreError::NaN {
+                name: "data".into(),
+                index: i,
+            });
         }
         if v.is_infinite() {
-            return Err(CoreError::input(format!("data contains an infinite value at index {i}")));
+            return Err(CoreError::input(format!(
+                "data contains an infinite value at index {i}"
+            )));
         }
         if stat == BootStatistic::Proportion && v != 0.0 && v != 1.0 {
             return Err(CoreError::input(format!(
@@ -156,8 +161,14 @@ impl Clustered {
         for c in 0..g {
             starts[c + 1] += starts[c];
         }
-        let sums = (0..g).map(|c| super::sum(&values[starts[c]..starts[c + 1]])).collect();
-        Clustered { values, starts, sums }
+        let sums = (0..g)
+            .map(|c| super::sum(&values[starts[c]..starts[c + 1]]))
+            .collect();
+        Clustered {
+            values,
+            starts,
+            sums,
+        }
     }
     fn members(&self, c: usize) -> &[f64] {
         &self.values[self.starts[c]..self.starts[c + 1]]
@@ -170,10 +181,16 @@ impl Clustered {
 /// Bootstrap interval of `statistic(data)`; with `clusters` (one label per observation),
 /// whole clusters are drawn with replacement and BCa's jackknife leaves out one cluster at
 /// a time. Resample `i` draws from RNG stream `i` of `seed`.
-pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) -> Result<BootResult> {
+pub fn bootstrap_ci(
+    data: &[f64],
+    clusters: Option<&[i64]>,
+    opts: &BootOptions,
+) -> Result<BootResult> {
     let n = data.len();
     if n == 0 {
-        return Err(CoreError::empty("bootstrap_ci needs at least one observation"));
+        return Err(CoreError::empty(
+            "bootstrap_ci needs at least one observation",
+        ));
     }
     if !(opts.confidence_level > 0.0 && opts.confidence_level < 1.0) {
         return Err(CoreError::input(format!(
@@ -189,7 +206,9 @@ pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) 
     }
     check_values(data, opts.statistic)?;
     if matches!(opts.statistic, BootStatistic::Std | BootStatistic::Var) && n < 2 {
-        return Err(CoreError::empty("statistic \"std\"/\"var\" needs at least 2 observations"));
+        return Err(CoreError::empty(
+            "statistic \"std\"/\"var\" needs at least 2 observations",
+        ));
     }
     let stat = opts.statistic;
     let theta_hat = stat_of(&mut data.to_vec(), stat);
@@ -197,7 +216,10 @@ pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) 
     let mut dist = vec![0f64; b];
     let (jack, n_clusters): (Vec<f64>, usize) = match clusters {
         None => {
-            let additive = matches!(stat, BootStatistic::Mean | BootStatistic::Proportion | BootStatistic::Sum);
+            let additive = matches!(
+                stat,
+                BootStatistic::Mean | BootStatistic::Proportion | BootStatistic::Sum
+            );
             crate::parallel::run(|| {
                 dist.par_chunks_mut(256).enumerate().for_each_init(
                     || vec![0f64; n],
@@ -208,7 +230,11 @@ pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) 
                                 // the same draws as the other statistics, summed without storing them
                                 let mut s = 0.0;
                                 draw_indices(&mut rng, n, |i| s += data[i]);
-                                if stat == BootStatistic::Sum { s } else { s / n as f64 }
+                                if stat == BootStatistic::Sum {
+                                    s
+                                } else {
+                                    s / n as f64
+                                }
                             } else {
                                 let mut j = 0;
                                 draw_indices(&mut rng, n, |i| {
@@ -227,7 +253,15 @@ pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) 
                 // leave-one-out means in O(n)
                 let total = super::sum(data);
                 let m = (n - 1) as f64;
-                data.iter().map(|v| if stat == BootStatistic::Sum { total - v } else { (total - v) / m }).collect()
+                data.iter()
+                    .map(|v| {
+                        if stat == BootStatistic::Sum {
+                            total - v
+                        } else {
+                            (total - v) / m
+                        }
+                    })
+                    .collect()
             } else {
                 jackknife(data, stat)
             };
@@ -239,7 +273,10 @@ pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) 
             }
             let (codes, g) = dense_codes(labels);
             let cl = Clustered::new(data, &codes, g);
-            let additive = matches!(stat, BootStatistic::Mean | BootStatistic::Proportion | BootStatistic::Sum);
+            let additive = matches!(
+                stat,
+                BootStatistic::Mean | BootStatistic::Proportion | BootStatistic::Sum
+            );
             crate::parallel::run(|| {
                 dist.par_chunks_mut(256).enumerate().for_each_init(
                     || Vec::with_capacity(n * 2),
@@ -253,7 +290,11 @@ pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) 
                                     s += cl.sums[c];
                                     m += cl.size(c);
                                 }
-                                if stat == BootStatistic::Sum { s } else { s / m as f64 }
+                                if stat == BootStatistic::Sum {
+                                    s
+                                } else {
+                                    s / m as f64
+                                }
                             } else {
                                 buf.clear();
                                 for _ in 0..g {
@@ -268,7 +309,9 @@ pub fn bootstrap_ci(data: &[f64], clusters: Option<&[i64]>, opts: &BootOptions) 
             });
             let jack = if opts.method == BootMethod::Bca {
                 if g < 2 {
-                    return Err(CoreError::groups("BCa with clusters needs at least 2 clusters"));
+                    return Err(CoreError::groups(
+                        "BCa with clusters needs at least 2 clusters",
+                    ));
                 }
                 (0..g)
                     .map(|leave| {
@@ -340,7 +383,14 @@ fn jackknife(data: &[f64], stat: BootStatistic) -> Vec<f64> {
     })
 }
 
-fn interval(theta_hat: f64, dist: Vec<f64>, jack: &[f64], opts: &BootOptions, n: usize, n_clusters: usize) -> BootResult {
+fn interval(
+    theta_hat: f64,
+    dist: Vec<f64>,
+    jack: &[f64],
+    opts: &BootOptions,
+    n: usize,
+    n_clusters: usize,
+) -> BootResult {
     let b = dist.len();
     let mut sorted = dist.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
@@ -366,7 +416,11 @@ fn interval(theta_hat: f64, dist: Vec<f64>, jack: &[f64], opts: &BootOptions, n:
                     den += u * u;
                 }
                 let (num, den) = (num / (nj * nj * nj), den / (nj * nj));
-                if den == 0.0 { 0.0 } else { num / 6.0 / den.powf(1.5) }
+                if den == 0.0 {
+                    0.0
+                } else {
+                    num / 6.0 / den.powf(1.5)
+                }
             };
             let z_alpha = ndtri(alpha);
             let num1 = z0 + z_alpha;
@@ -380,7 +434,10 @@ fn interval(theta_hat: f64, dist: Vec<f64>, jack: &[f64], opts: &BootOptions, n:
     let (mut low, mut high) = if degenerate {
         (sorted[0], sorted[0])
     } else {
-        (quantile_sorted(&sorted, q_lo), quantile_sorted(&sorted, q_hi))
+        (
+            quantile_sorted(&sorted, q_lo),
+            quantile_sorted(&sorted, q_hi),
+        )
     };
     if opts.method == BootMethod::Basic {
         (low, high) = (2.0 * theta_hat - high, 2.0 * theta_hat - low);
@@ -409,11 +466,21 @@ pub fn grouped_bootstrap(
     opts: &BootOptions,
 ) -> Result<Vec<(i64, BootResult)>> {
     if groups.len() != values.len() {
-        return Err(CoreError::length("groups", groups.len(), "values", values.len()));
+        return Err(CoreError::length(
+            "groups",
+            groups.len(),
+            "values",
+            values.len(),
+        ));
     }
     if let Some(c) = clusters {
         if c.len() != values.len() {
-            return Err(CoreError::length("clusters", c.len(), "values", values.len()));
+            return Err(CoreError::length(
+                "clusters",
+                c.len(),
+                "values",
+                values.len(),
+            ));
         }
     }
     if values.is_empty() {
@@ -431,7 +498,10 @@ pub fn grouped_bootstrap(
             .map(|(k, idx)| {
                 let v: Vec<f64> = idx.iter().map(|&i| values[i]).collect();
                 let cl: Option<Vec<i64>> = clusters.map(|c| idx.iter().map(|&i| c[i]).collect());
-                let o = BootOptions { seed: group_seed(opts.seed, k as u64), ..*opts };
+                let o = BootOptions {
+                    seed: group_seed(opts.seed, k as u64),
+                    ..*opts
+                };
                 let mut r = bootstrap_ci(&v, cl.as_deref(), &o)?;
                 r.distribution = Vec::new();
                 Ok((groups[idx[0]], r))
@@ -450,7 +520,13 @@ mod tests {
     use super::*;
 
     fn o(method: BootMethod) -> BootOptions {
-        BootOptions { statistic: BootStatistic::Mean, method, confidence_level: 0.95, n_resamples: 2000, seed: 3 }
+        BootOptions {
+            statistic: BootStatistic::Mean,
+            method,
+            confidence_level: 0.95,
+            n_resamples: 2000,
+            seed: 3,
+        }
     }
 
     #[test]
@@ -474,7 +550,10 @@ mod tests {
         let r = bootstrap_ci(&data, None, &opts).unwrap();
         assert!(r.degenerate);
         assert_eq!((r.low, r.high), (0.0, 0.0));
-        assert!(matches!(bootstrap_ci(&[0.0, 2.0], None, &opts), Err(CoreError::Input(_))));
+        assert!(matches!(
+            bootstrap_ci(&[0.0, 2.0], None, &opts),
+            Err(CoreError::Input(_))
+        ));
     }
 
     #[test]
@@ -492,6 +571,9 @@ mod tests {
     #[test]
     fn median_even_and_odd() {
         assert_eq!(stat_of(&mut [3.0, 1.0, 2.0], BootStatistic::Median), 2.0);
-        assert_eq!(stat_of(&mut [4.0, 1.0, 3.0, 2.0], BootStatistic::Median), 2.5);
+        assert_eq!(
+            stat_of(&mut [4.0, 1.0, 3.0, 2.0], BootStatistic::Median),
+            2.5
+        );
     }
 }

@@ -125,7 +125,12 @@ fn spearman_asymptotic(r: f64, n: usize, alt: Alternative) -> f64 {
     }
 }
 
-fn correlation(x: &[f64], y: &[f64], opts: &CorrOptions, statistic: Statistic) -> Result<CorrResult> {
+fn correlation(
+    x: &[f64],
+    y: &[f64],
+    opts: &CorrOptions,
+    statistic: Statistic,
+) -> Result<CorrResult> {
     let (x, y, _) = clean_pairs(x, y, ("x", "y"), opts.nan_policy)?;
     let n = x.len();
     if n < 2 {
@@ -143,7 +148,11 @@ fn correlation(x: &[f64], y: &[f64], opts: &CorrOptions, statistic: Statistic) -
             "method=\"exact\" enumerates n! orderings and is limited to n <= {MAX_EXACT_N}, got n = {n}: use method=\"permutation\""
         )));
     }
-    let r = if statistic == Statistic::Spearman { spearman_r(&x, &y) } else { pearson_r(&x, &y) };
+    let r = if statistic == Statistic::Spearman {
+        spearman_r(&x, &y)
+    } else {
+        pearson_r(&x, &y)
+    };
     if r.is_nan() {
         return Ok(CorrResult {
             statistic: f64::NAN,
@@ -162,7 +171,15 @@ fn correlation(x: &[f64], y: &[f64], opts: &CorrOptions, statistic: Statistic) -
             } else {
                 pearson_asymptotic(r, n, opts.alternative)
             };
-            Ok(CorrResult { statistic: r, pvalue: p, method, exact: false, n_permutations: 0, n, constant: false })
+            Ok(CorrResult {
+                statistic: r,
+                pvalue: p,
+                method,
+                exact: false,
+                n_permutations: 0,
+                n,
+                constant: false,
+            })
         }
         _ => {
             let p = permutation_test(
@@ -219,8 +236,12 @@ mod tests {
     #[test]
     fn asymptotic_matches_scipy() {
         // scipy.stats.spearmanr / pearsonr on these inputs
-        let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0];
-        let y = [2.0, 1.0, 4.0, 3.0, 7.0, 5.0, 6.0, 9.0, 8.0, 12.0, 10.0, 11.0];
+        let x = [
+            1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0,
+        ];
+        let y = [
+            2.0, 1.0, 4.0, 3.0, 7.0, 5.0, 6.0, 9.0, 8.0, 12.0, 10.0, 11.0,
+        ];
         let s = spearman(&x, &y, &o(CorrMethod::Asymptotic)).unwrap();
         assert!((s.statistic - 0.9370629370629372).abs() < 1e-14);
         assert!((s.pvalue - 6.9931649532105415e-06).abs() < 1e-17);
@@ -233,7 +254,11 @@ mod tests {
     fn constant_and_nan_inputs() {
         let r = spearman(&[1.0, 1.0, 1.0], &[1.0, 2.0, 3.0], &o(CorrMethod::Auto)).unwrap();
         assert!(r.constant && r.statistic.is_nan());
-        let e = spearman(&[1.0, f64::NAN, 3.0], &[1.0, 2.0, 3.0], &o(CorrMethod::Auto));
+        let e = spearman(
+            &[1.0, f64::NAN, 3.0],
+            &[1.0, 2.0, 3.0],
+            &o(CorrMethod::Auto),
+        );
         assert!(matches!(e, Err(CoreError::NaN { index: 1, .. })));
         let mut om = o(CorrMethod::Auto);
         om.nan_policy = NanPolicy::Omit;

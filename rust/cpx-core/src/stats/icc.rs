@@ -27,7 +27,12 @@ pub struct IccResult {
 
 /// ICC(1) of `values` grouped by `groups` (`average = false`), or ICC(1,k) (`average = true`),
 /// with a `confidence_level` interval.
-pub fn icc1(values: &[f64], groups: &[i64], average: bool, confidence_level: f64) -> Result<IccResult> {
+pub fn icc1(
+    values: &[f64],
+    groups: &[i64],
+    average: bool,
+    confidence_level: f64,
+) -> Result<IccResult> {
     if !(confidence_level > 0.0 && confidence_level < 1.0) {
         return Err(CoreError::input(format!(
             "confidence_level must be between 0 and 1, got {confidence_level}"
@@ -38,11 +43,16 @@ pub fn icc1(values: &[f64], groups: &[i64], average: bool, confidence_level: f64
         return Err(CoreError::length("groups", groups.len(), "values", n));
     }
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(CoreError::NaN { name: "values".into(), index: i });
+        return Err(CoreError::NaN {
+            name: "values".into(),
+            index: i,
+        });
     }
     let (codes, g) = dense_codes(groups);
     if g < 2 {
-        return Err(CoreError::groups(format!("the ICC needs at least 2 groups, got {g}")));
+        return Err(CoreError::groups(format!(
+            "the ICC needs at least 2 groups, got {g}"
+        )));
     }
     if n <= g {
         return Err(CoreError::groups(format!(
@@ -58,7 +68,11 @@ pub fn icc1(values: &[f64], groups: &[i64], average: bool, confidence_level: f64
     let nf = n as f64;
     let grand = super::mean(values);
     let means: Vec<f64> = sums.iter().zip(&sizes).map(|(s, m)| s / m).collect();
-    let ssb: f64 = means.iter().zip(&sizes).map(|(m, s)| s * (m - grand) * (m - grand)).sum();
+    let ssb: f64 = means
+        .iter()
+        .zip(&sizes)
+        .map(|(m, s)| s * (m - grand) * (m - grand))
+        .sum();
     let ssw: f64 = codes
         .iter()
         .zip(values)
@@ -68,7 +82,11 @@ pub fn icc1(values: &[f64], groups: &[i64], average: bool, confidence_level: f64
     let df2 = (n - g) as f64;
     let (msb, msw) = (ssb / df1, ssw / df2);
     let k = (nf - sizes.iter().map(|s| s * s).sum::<f64>() / nf) / df1;
-    let statistic = if average { (msb - msw) / msb } else { (msb - msw) / (msb + (k - 1.0) * msw) };
+    let statistic = if average {
+        (msb - msw) / msb
+    } else {
+        (msb - msw) / (msb + (k - 1.0) * msw)
+    };
     let f = msb / msw;
     let half = (1.0 - confidence_level) / 2.0;
     let f_lo = f / f_isf(half, df1, df2);
@@ -76,17 +94,37 @@ pub fn icc1(values: &[f64], groups: &[i64], average: bool, confidence_level: f64
     let (low, high) = if average {
         (1.0 - 1.0 / f_lo, 1.0 - 1.0 / f_hi)
     } else {
-        ((f_lo - 1.0) / (f_lo + k - 1.0), (f_hi - 1.0) / (f_hi + k - 1.0))
+        (
+            (f_lo - 1.0) / (f_lo + k - 1.0),
+            (f_hi - 1.0) / (f_hi + k - 1.0),
+        )
     };
-    Ok(IccResult { statistic, pvalue: f_sf(f, df1, df2), f, df1, df2, msb, msw, k, n, n_groups: g, low, high })
+    Ok(IccResult {
+        statistic,
+        pvalue: f_sf(f, df1, df2),
+        f,
+        df1,
+        df2,
+        msb,
+        msw,
+        k,
+        n,
+        n_groups: g,
+        low,
+        high,
+    })
 }
 
 fn check_design(cluster_size: f64, icc: f64) -> Result<()> {
     if !(cluster_size >= 1.0) || !cluster_size.is_finite() {
-        return Err(CoreError::input(format!("cluster_size must be at least 1, got {cluster_size}")));
+        return Err(CoreError::input(format!(
+            "cluster_size must be at least 1, got {cluster_size}"
+        )));
     }
     if !(-1.0..=1.0).contains(&icc) {
-        return Err(CoreError::input(format!("icc must be between -1 and 1, got {icc}")));
+        return Err(CoreError::input(format!(
+            "icc must be between -1 and 1, got {icc}"
+        )));
     }
     Ok(())
 }
@@ -106,7 +144,9 @@ pub fn design_effect(cluster_size: f64, icc: f64) -> Result<f64> {
 /// Effective sample size `n / design_effect(m, icc)`.
 pub fn effective_n(n: f64, cluster_size: f64, icc: f64) -> Result<f64> {
     if !(n >= 0.0) || !n.is_finite() {
-        return Err(CoreError::input(format!("n must be a non-negative number, got {n}")));
+        return Err(CoreError::input(format!(
+            "n must be a non-negative number, got {n}"
+        )));
     }
     Ok(n / design_effect(cluster_size, icc)?)
 }

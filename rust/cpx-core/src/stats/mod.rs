@@ -57,7 +57,9 @@ impl FromStr for NanPolicy {
 
 fn check_infinite(x: &[f64], name: &str) -> Result<()> {
     if let Some(i) = x.iter().position(|v| v.is_infinite()) {
-        return Err(CoreError::input(format!("{name} contains an infinite value at index {i}")));
+        return Err(CoreError::input(format!(
+            "{name} contains an infinite value at index {i}"
+        )));
     }
     Ok(())
 }
@@ -68,7 +70,10 @@ pub fn clean(x: &[f64], name: &str, policy: NanPolicy) -> Result<(Vec<f64>, Opti
     check_infinite(x, name)?;
     match x.iter().position(|v| v.is_nan()) {
         None => Ok((x.to_vec(), None)),
-        Some(i) if policy == NanPolicy::Raise => Err(CoreError::NaN { name: name.into(), index: i }),
+        Some(i) if policy == NanPolicy::Raise => Err(CoreError::NaN {
+            name: name.into(),
+            index: i,
+        }),
         Some(_) => {
             let keep: Vec<usize> = (0..x.len()).filter(|&i| !x[i].is_nan()).collect();
             Ok((keep.iter().map(|&i| x[i]).collect(), Some(keep)))
@@ -93,7 +98,10 @@ pub fn clean_pairs(
         None => Ok((x.to_vec(), y.to_vec(), None)),
         Some(i) if policy == NanPolicy::Raise => {
             let name = if x[i].is_nan() { names.0 } else { names.1 };
-            Err(CoreError::NaN { name: name.into(), index: i })
+            Err(CoreError::NaN {
+                name: name.into(),
+                index: i,
+            })
         }
         Some(_) => {
             let keep: Vec<usize> = (0..x.len()).filter(|&i| !bad(i)).collect();

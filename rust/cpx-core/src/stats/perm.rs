@@ -102,7 +102,9 @@ impl Block {
             BlockKind::Perm => st.iter_mut().enumerate().for_each(|(i, v)| *v = i as u32),
             BlockKind::Comb { k } => {
                 let m = self.m;
-                st.iter_mut().enumerate().for_each(|(i, v)| *v = (i >= m - k) as u32)
+                st.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = (i >= m - k) as u32)
             }
             BlockKind::Signs => st.fill(0),
         }
@@ -200,14 +202,18 @@ impl Design {
             offsets.push(len);
             len += b.m;
         }
-        Design { blocks, offsets, len }
+        Design {
+            blocks,
+            offsets,
+            len,
+        }
     }
 
     /// Number of distinct rearrangements of the whole design (saturating).
     pub fn count(&self) -> u128 {
-        self.blocks
-            .iter()
-            .fold(1u128, |acc, b| acc.checked_mul(b.count()).unwrap_or(u128::MAX))
+        self.blocks.iter().fold(1u128, |acc, b| {
+            acc.checked_mul(b.count()).unwrap_or(u128::MAX)
+        })
     }
 
     fn slice<'a>(&self, i: usize, st: &'a mut [u32]) -> &'a mut [u32] {
@@ -296,7 +302,12 @@ where
                 )
                 .reduce(|| (0, 0), add)
         });
-        NullCounts { greater_equal: ge, less_equal: le, n: total, exact: true }
+        NullCounts {
+            greater_equal: ge,
+            less_equal: le,
+            n: total,
+            exact: true,
+        }
     } else {
         const CHUNK: u64 = 1 << 10;
         let chunks = n_resamples.div_ceil(CHUNK);
@@ -319,7 +330,12 @@ where
                 )
                 .reduce(|| (0, 0), add)
         });
-        NullCounts { greater_equal: ge, less_equal: le, n: n_resamples, exact: false }
+        NullCounts {
+            greater_equal: ge,
+            less_equal: le,
+            n: n_resamples,
+            exact: false,
+        }
     }
 }
 
@@ -518,7 +534,10 @@ pub fn permutation_test(
             let (d, keep) = match y {
                 Some(y) => {
                     let (xc, yc, keep) = clean_pairs(x, y, ("x", "y"), opts.nan_policy)?;
-                    (xc.iter().zip(&yc).map(|(a, b)| a - b).collect::<Vec<_>>(), keep)
+                    (
+                        xc.iter().zip(&yc).map(|(a, b)| a - b).collect::<Vec<_>>(),
+                        keep,
+                    )
                 }
                 None => clean(x, "x", opts.nan_policy)?,
             };
@@ -533,9 +552,23 @@ pub fn permutation_test(
     }
 }
 
-fn finish(design: &Design, eval: impl Fn(&[u32], &mut Scratch) -> f64 + Sync, identity: &[u32], statistic: f64, n: usize, opts: &PermOptions) -> PermResult {
+fn finish(
+    design: &Design,
+    eval: impl Fn(&[u32], &mut Scratch) -> f64 + Sync,
+    identity: &[u32],
+    statistic: f64,
+    n: usize,
+    opts: &PermOptions,
+) -> PermResult {
     let observed = eval(identity, &mut Scratch::default());
-    let c = null_counts(design, &eval, observed, opts.n_resamples, opts.seed, opts.force_exact);
+    let c = null_counts(
+        design,
+        &eval,
+        observed,
+        opts.n_resamples,
+        opts.seed,
+        opts.force_exact,
+    );
     PermResult {
         statistic,
         pvalue: pvalue(&c, opts.alternative),
@@ -552,7 +585,12 @@ struct Scratch {
     order: Vec<usize>,
 }
 
-fn pairings(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions) -> Result<PermResult> {
+fn pairings(
+    x: &[f64],
+    y: &[f64],
+    groups: Option<&[i64]>,
+    opts: &PermOptions,
+) -> Result<PermResult> {
     let n = x.len();
     if n < 2 {
         return Err(CoreError::empty(format!(
@@ -572,7 +610,10 @@ fn pairings(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions) ->
         )
     } else {
         let (mx, my) = (super::mean(x), super::mean(y));
-        (x.iter().map(|v| v - mx).collect(), y.iter().map(|v| v - my).collect())
+        (
+            x.iter().map(|v| v - mx).collect(),
+            y.iter().map(|v| v - my).collect(),
+        )
     };
     let statistic = if spearman {
         super::corr::spearman_r(x, y)
@@ -598,12 +639,21 @@ fn pairings(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions) ->
             let a_s: Vec<f64> = order.iter().map(|&i| a[i]).collect();
             let b_s: Vec<f64> = order.iter().map(|&i| b[i]).collect();
             let design = Design::new(
-                sizes.iter().map(|&m| Block { kind: BlockKind::Perm, m }).collect(),
+                sizes
+                    .iter()
+                    .map(|&m| Block {
+                        kind: BlockKind::Perm,
+                        m,
+                    })
+                    .collect(),
             );
             let mut identity = vec![0u32; n];
             let mut off = 0;
             for &m in &sizes {
-                identity[off..off + m].iter_mut().enumerate().for_each(|(j, v)| *v = j as u32);
+                identity[off..off + m]
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, v)| *v = j as u32);
                 off += m;
             }
             let eval = |st: &[u32], _: &mut Scratch| -> f64 {
@@ -618,7 +668,9 @@ fn pairings(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions) ->
         (Scheme::Clusters, Some(g)) => {
             let (codes, ng) = dense_codes(g);
             if ng < 2 {
-                return Err(CoreError::groups("scheme \"clusters\" needs at least 2 clusters"));
+                return Err(CoreError::groups(
+                    "scheme \"clusters\" needs at least 2 clusters",
+                ));
             }
             let mut yc = vec![f64::NAN; ng];
             let mut size = vec![0f64; ng];
@@ -626,7 +678,10 @@ fn pairings(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions) ->
             // x side: centred ranks or centred values, summed per cluster
             let ax: Vec<f64> = if spearman {
                 let c = (n + 1) as f64;
-                doubled_ranks(x).into_iter().map(|r| (r - c) / 2.0).collect()
+                doubled_ranks(x)
+                    .into_iter()
+                    .map(|r| (r - c) / 2.0)
+                    .collect()
             } else {
                 a.clone()
             };
@@ -683,7 +738,10 @@ fn pairings(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions) ->
                 let vy = syy - sy * sy / nf;
                 sxy / (sxx * vy).sqrt()
             };
-            let design = Design::new(vec![Block { kind: BlockKind::Perm, m: ng }]);
+            let design = Design::new(vec![Block {
+                kind: BlockKind::Perm,
+                m: ng,
+            }]);
             let identity: Vec<u32> = (0..ng as u32).collect();
             Ok(finish(&design, eval, &identity, statistic, n, opts))
         }
@@ -691,7 +749,12 @@ fn pairings(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions) ->
     }
 }
 
-fn independent(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions) -> Result<PermResult> {
+fn independent(
+    x: &[f64],
+    y: &[f64],
+    groups: Option<&[i64]>,
+    opts: &PermOptions,
+) -> Result<PermResult> {
     let (nx, ny) = (x.len(), y.len());
     if nx == 0 || ny == 0 {
         return Err(CoreError::empty(format!(
@@ -723,7 +786,9 @@ fn independent(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions)
             }
             let kx = clab.iter().filter(|&&l| l == 1).count();
             if kx == 0 || kx == ng {
-                return Err(CoreError::groups("scheme \"clusters\" needs clusters in both x and y"));
+                return Err(CoreError::groups(
+                    "scheme \"clusters\" needs clusters in both x and y",
+                ));
             }
             let eval = |st: &[u32], _: &mut Scratch| -> f64 {
                 let (mut sx, mut cx, mut sy, mut cy) = (0.0, 0.0, 0.0, 0.0);
@@ -738,7 +803,10 @@ fn independent(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions)
                 }
                 sx / cx - sy / cy
             };
-            let design = Design::new(vec![Block { kind: BlockKind::Comb { k: kx }, m: ng }]);
+            let design = Design::new(vec![Block {
+                kind: BlockKind::Comb { k: kx },
+                m: ng,
+            }]);
             Ok(finish(&design, eval, &clab, statistic, n, opts))
         }
         _ => {
@@ -755,7 +823,10 @@ fn independent(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions)
             let mut off = 0;
             for &m in &sizes {
                 let k = identity[off..off + m].iter().filter(|&&l| l == 1).count();
-                blocks.push(Block { kind: BlockKind::Comb { k }, m });
+                blocks.push(Block {
+                    kind: BlockKind::Comb { k },
+                    m,
+                });
                 off += m;
             }
             let eval = |st: &[u32], _: &mut Scratch| -> f64 {
@@ -771,7 +842,14 @@ fn independent(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions)
                 }
                 sx / cx as f64 - sy / cy as f64
             };
-            Ok(finish(&Design::new(blocks), eval, &identity, statistic, n, opts))
+            Ok(finish(
+                &Design::new(blocks),
+                eval,
+                &identity,
+                statistic,
+                n,
+                opts,
+            ))
         }
     }
 }
@@ -779,7 +857,9 @@ fn independent(x: &[f64], y: &[f64], groups: Option<&[i64]>, opts: &PermOptions)
 fn sign_flips(d: &[f64], groups: Option<&[i64]>, opts: &PermOptions) -> Result<PermResult> {
     let n = d.len();
     if n == 0 {
-        return Err(CoreError::empty("statistic \"mean\" needs at least 1 observation"));
+        return Err(CoreError::empty(
+            "statistic \"mean\" needs at least 1 observation",
+        ));
     }
     let statistic = super::mean(d);
     let nf = n as f64;
@@ -839,9 +919,18 @@ mod tests {
     #[test]
     fn enumeration_is_complete_and_distinct() {
         let design = Design::new(vec![
-            Block { kind: BlockKind::Perm, m: 3 },
-            Block { kind: BlockKind::Comb { k: 2 }, m: 4 },
-            Block { kind: BlockKind::Signs, m: 2 },
+            Block {
+                kind: BlockKind::Perm,
+                m: 3,
+            },
+            Block {
+                kind: BlockKind::Comb { k: 2 },
+                m: 4,
+            },
+            Block {
+                kind: BlockKind::Signs,
+                m: 2,
+            },
         ]);
         assert_eq!(design.count(), 6 * 6 * 4);
         let mut states = all_states(&design);
@@ -917,7 +1006,9 @@ mod tests {
     #[test]
     fn monte_carlo_is_seeded_and_thread_independent() {
         let x: Vec<f64> = (0..30).map(|i| ((i * 7) % 11) as f64).collect();
-        let y: Vec<f64> = (0..30).map(|i| ((i * 5) % 13) as f64 + 0.5 * i as f64).collect();
+        let y: Vec<f64> = (0..30)
+            .map(|i| ((i * 5) % 13) as f64 + 0.5 * i as f64)
+            .collect();
         let mut o = opts(Statistic::Pearson, Scheme::Free);
         o.n_resamples = 5000;
         let a = permutation_test(&x, Some(&y), None, &o).unwrap();
@@ -927,14 +1018,18 @@ mod tests {
         assert_eq!(a, b);
         assert!(!a.exact);
         o.seed = 2;
-        assert_ne!(a.pvalue, permutation_test(&x, Some(&y), None, &o).unwrap().pvalue);
+        assert_ne!(
+            a.pvalue,
+            permutation_test(&x, Some(&y), None, &o).unwrap().pvalue
+        );
     }
 
     #[test]
     fn independent_exact_counts_combinations() {
         let x = [1.0, 5.0, 3.0];
         let y = [2.0, 0.0, 1.0, 4.0];
-        let r = permutation_test(&x, Some(&y), None, &opts(Statistic::MeanDiff, Scheme::Free)).unwrap();
+        let r =
+            permutation_test(&x, Some(&y), None, &opts(Statistic::MeanDiff, Scheme::Free)).unwrap();
         assert!(r.exact);
         assert_eq!(r.n_permutations, 35);
         // brute force over all 3-subsets of the pooled 7 values
@@ -960,14 +1055,31 @@ mod tests {
         let x = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
         let y = [1.0, 3.0, 2.0, 6.0, 4.0, 5.0];
         let g = [0, 0, 0, 1, 1, 1];
-        let r = permutation_test(&x, Some(&y), Some(&g), &opts(Statistic::Spearman, Scheme::Within)).unwrap();
+        let r = permutation_test(
+            &x,
+            Some(&y),
+            Some(&g),
+            &opts(Statistic::Spearman, Scheme::Within),
+        )
+        .unwrap();
         assert_eq!(r.n_permutations, 36);
-        let err = permutation_test(&x, Some(&y), Some(&g), &opts(Statistic::Spearman, Scheme::Clusters));
+        let err = permutation_test(
+            &x,
+            Some(&y),
+            Some(&g),
+            &opts(Statistic::Spearman, Scheme::Clusters),
+        );
         assert!(matches!(err, Err(CoreError::Groups(_))));
         let yc = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0];
         let g3 = [0, 0, 1, 1, 2, 2];
         let yc3 = [1.0, 1.0, 3.0, 3.0, 2.0, 2.0];
-        let r = permutation_test(&x, Some(&yc3), Some(&g3), &opts(Statistic::Pearson, Scheme::Clusters)).unwrap();
+        let r = permutation_test(
+            &x,
+            Some(&yc3),
+            Some(&g3),
+            &opts(Statistic::Pearson, Scheme::Clusters),
+        )
+        .unwrap();
         assert_eq!(r.n_permutations, 6);
         let _ = yc;
     }
@@ -979,7 +1091,9 @@ mod tests {
         assert_eq!(r.n_permutations, 16);
         let mut ge = 0;
         for mask in 0..16u32 {
-            let s: f64 = (0..4).map(|i| if mask >> i & 1 == 1 { -d[i] } else { d[i] }).sum();
+            let s: f64 = (0..4)
+                .map(|i| if mask >> i & 1 == 1 { -d[i] } else { d[i] })
+                .sum();
             if s >= 3.75 - 1e-12 {
                 ge += 1;
             }
