@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
     from cpx.execute import run_status
     from cpx.execute._status import STATES
+    from cpx.execute._tracking import offline_runs, upload_hint
     from cpx.plan import PlanError
 
     try:
@@ -35,7 +36,14 @@ def run(args: argparse.Namespace) -> int:
     counts = {s: sum(1 for r in rows if r.state == s) for s in STATES}
     if args.json:
         json.dump(
-            {"run_dir": args.run_dir, "counts": counts, "stages": [r.to_json() for r in rows]}, sys.stdout, indent=1
+            {
+                "run_dir": args.run_dir,
+                "counts": counts,
+                "stages": [r.to_json() for r in rows],
+                "wandb_offline_runs": [str(p) for p in offline_runs(args.run_dir)],
+            },
+            sys.stdout,
+            indent=1,
         )
         print()
         return 0
@@ -45,4 +53,7 @@ def run(args: argparse.Namespace) -> int:
         extra = r.note or (r.device or "")
         print(f"{r.state:<8} {r.id:<{width}} {secs}  {extra}".rstrip())
     print(", ".join(f"{counts[s]} {s}" for s in STATES))
+    hint = upload_hint(args.run_dir)
+    if hint:
+        print(hint)
     return 0
