@@ -149,4 +149,5 @@ def upload_hint(run_dir: Path) -> str | None:
     n = len(offline_runs(run_dir))
     if not n:
         return None
-    return f"W&B: {n} offline run(s) in {Path(run_dir) / 'wandb'}; upload: wandb sync {Path(run_dir) / 'wandb'}/offline-run-*"
+    folder = Path(run_dir) / "wandb"
+    return f"W&B: {n} offline run(s) in {folder}; upload: wandb sync {folder}/offline-run-*"

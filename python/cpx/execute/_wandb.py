@@ -166,10 +166,11 @@ class WandbTracker:
                     dir=str(self.run_dir),
                     settings=settings,
                 )
-            except Exception as e:
+            except Exception as e:  # no network, a bad entity or key, a full disk
+                error = f"the W&B run of {stage.id} could not start ({type(e).__name__}: {e})"
                 if online:
-                    self.broken = f"W&B run for {stage.id} could not start ({type(e).__name__}: {e})"
-                raise
+                    self.broken = error
+                return self._entry(error=error)
             entry = self._entry(run_id=run.id)
             if not online:
                 entry["dir"] = os.path.relpath(run.settings.sync_dir, self.run_dir)
