@@ -23,10 +23,12 @@ import stat
 import tempfile
 from pathlib import Path
 
+from cpx.errors import CpxError
+
 _CHUNK = 1 << 22
 
 
-class FingerprintError(ValueError):
+class FingerprintError(CpxError, ValueError):
     """A model folder that cannot be fingerprinted, with the path and why."""
 
 
