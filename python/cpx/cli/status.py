@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from cpx.cli import _latest as latest
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -14,7 +16,7 @@ def register(sub: Any) -> None:
         help="show which stages of a run are done, running, failed or pending",
         description="List every stage of RUN_DIR/plan.json with its state and timing.",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=".", help="run folder (default: .)")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help=f"run folder ({latest.HELP})")
     p.add_argument("--json", action="store_true", help="one JSON object: stages and counts")
     p.add_argument(
         "--verify", action="store_true", help="also compare every output's sha256 with its manifest (slower)"
@@ -28,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from cpx.execute._status import STATES
     from cpx.plan import PlanError
 
+    args.run_dir = latest.resolve(args.run_dir, "status")
     try:
         rows = run_status(args.run_dir, verify=args.verify)
     except PlanError as e:
