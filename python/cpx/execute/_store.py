@@ -63,11 +63,14 @@ def checksum_tree(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_json_atomic(path: Path, obj: Any, *, fsync: bool = False) -> None:
-    """Write JSON to a temporary file beside `path` and rename it over `path`."""
+def write_json_atomic(path: Path, obj: Any, *, fsync: bool = False, sort_keys: bool = True) -> None:
+    """Write JSON to a temporary file beside `path` and rename it over `path`.
+
+    `sort_keys=False` keeps the order of every mapping (a message whose order matters).
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=str)
+        json.dump(obj, f, indent=1, sort_keys=sort_keys, default=str)
         f.write("\n")
         if fsync:
             f.flush()
