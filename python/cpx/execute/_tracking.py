@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cpx.errors import CpxError
 from cpx.plan import Plan, Stage
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 _MAX_PARAM = 500  # characters of a logged parameter value; the manifest keeps the whole value
 
 
-class TrackingError(Exception):
+class TrackingError(CpxError):
     """A tracking section that cannot be used (say, mlflow is not installed)."""
 
 
