@@ -65,3 +65,17 @@ def test_unknown_backend_is_refused(tmp_path):
     _with_tracking(tmp_path, {"backend": "tensorboard"})
     with pytest.raises(TrackingError, match="unknown tracking backend"):
         execute(tmp_path, resolver=resolve, devices="cpu", quiet=True)
+
+
+def test_a_stage_logged_again_keeps_its_mlflow_run(tmp_path, ledger):
+    plan = _with_tracking(tmp_path, {"backend": "mlflow", "uri": None, "experiment": None})
+    assert execute(tmp_path, resolver=resolve, devices="cpu", quiet=True).ok
+    before = {k: m["tracking"]["run_id"] for k, m in manifests(tmp_path).items()}
+    # Lose an output: the stage runs again and is logged into the run it had, not a new one.
+    (tmp_path / "stages" / "scan" / plan.by_id()["scan/A"].hash / "leakage.parquet").unlink()
+    again = execute(tmp_path, resolver=resolve, devices="cpu", quiet=True)
+    assert again.ok and again.ran == ["scan/A"]
+    assert {k: m["tracking"]["run_id"] for k, m in manifests(tmp_path).items()} == before
+    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(before.values())

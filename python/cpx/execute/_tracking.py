@@ -62,10 +62,45 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
+RUN_EVENT = "tracking_run"  # the event that records a stage's tracker run id, before anything is logged into it
+
+
+class RunIds:
+    """The tracker run each stage of a run folder was (or is being) logged as.
+
+    An id is recorded in the run's event log as soon as it exists, before the stage's manifest
+    is written: a stage logged again (its commit cut short by a kill, or its outputs lost) gets
+    the run it had, from the event log or its old manifest, so a tracker sees one run per stage.
+    """
+
+    def __init__(self, store: Store, backend: str):
+        self.store, self.backend = store, backend
+        self._ids: dict[str, str] | None = None
+
+    def _recorded(self) -> dict[str, str]:
+        if self._ids is None:
+            self._ids = {
+                ev["hash"]: ev["run_id"]
+                for ev in self.store.read_events()
+                if ev.get("event") == RUN_EVENT and ev.get("backend") == self.backend and ev.get("hash")
+            }
+        return self._ids
+
+    def known(self, stage: Stage) -> str | None:
+        old = (self.store.read_manifest(stage) or {}).get("tracking") or {}
+        return self._recorded().get(stage.hash) or (old.get("run_id") if old.get("backend") == self.backend else None)
+
+    def record(self, stage: Stage, run_id: str) -> None:
+        ids = self._recorded()
+        if ids.get(stage.hash) != run_id:
+            ids[stage.hash] = run_id
+            self.store.event(RUN_EVENT, stage, backend=self.backend, run_id=run_id)
+
+
 class MlflowTracker:
     backend = "mlflow"
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path, plan: Plan):
+    def __init__(self, cfg: dict[str, Any], run_dir: Path, plan: Plan, store: Store):
         MlflowClient = require("mlflow.tracking", "mlflow", "mlflow-skinny (or 'cpx[tracking]')").MlflowClient
         self.uri = cfg.get("uri") or (run_dir / "mlruns").resolve().as_uri()
         if self.uri.startswith("file:"):
@@ -76,6 +111,22 @@ class MlflowTracker:
         exp = self.client.get_experiment_by_name(name)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(name)
         self.spec_hash = plan.spec_hash
+        self.ids = RunIds(store, self.backend)
+
+    def _run(self, stage: Stage, tags: dict[str, str]) -> str:
+        """The stage's MLflow run: the one it was logged as before, if MLflow still has it, else a new one."""
+        from mlflow.exceptions import MlflowException
+
+        known = self.ids.known(stage)
+        if known:
+            try:
+                if self.client.get_run(known).info.experiment_id == self.experiment_id:
+                    return known
+            except MlflowException:
+                pass  # deleted since: a new run
+        run_id = self.client.create_run(self.experiment_id, run_name=stage.id, tags=tags).info.run_id
+        self.ids.record(stage, run_id)
+        return run_id
 
     def log(self, stage: Stage, manifest: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         from mlflow.entities import Metric, Param, RunTag
@@ -87,8 +138,7 @@ class MlflowTracker:
             "cpx.spec_hash": self.spec_hash,
         }
         tags.update({f"cpx.label.{k}": _param_text(v) for k, v in stage.labels.items() if v is not None})
-        run = self.client.create_run(self.experiment_id, run_name=stage.id, tags=tags)
-        run_id = run.info.run_id
+        run_id = self._run(stage, tags)
         params: dict[str, Any] = {}
         flatten("", stage.params, params)
         numbers: dict[str, Any] = {"seconds": manifest["timings"]["seconds"]}
@@ -115,7 +165,7 @@ def make_tracker(plan: Plan, run_dir: Path, store: Store) -> Tracker | None:
         return None
     backend = cfg.get("backend")
     if backend == "mlflow":
-        return MlflowTracker(cfg, run_dir, plan)
+        return MlflowTracker(cfg, run_dir, plan, store)
     if backend == "wandb":
         from cpx.execute._wandb import WandbTracker, wandb_mode
 

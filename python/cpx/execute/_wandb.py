@@ -24,13 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cpx.execute._tracking import TrackingError, require
+from cpx.execute._tracking import RunIds, TrackingError, require
 from cpx.plan import Plan, Stage
 
 if TYPE_CHECKING:
     from cpx.execute._store import Store
 
-RUN_EVENT = "tracking_run"  # the event that records a W&B run id before the run is created
 INIT_TIMEOUT = 30.0  # seconds wandb.init may take to reach the server (W&B's own default: 90)
 FINISH_TIMEOUT = 120.0  # seconds run.finish() may spend uploading; the rest stays on disk for `wandb sync`
 _MODES = {"offline": "offline", "dryrun": "offline", "online": "online", "run": "online", "disabled": "disabled"}
@@ -80,7 +79,6 @@ class WandbTracker:
 
     def __init__(self, cfg: dict[str, Any], plan: Plan, store: Store):
         self.wandb = wandb = require("wandb", "wandb", "wandb (or 'cpx[wandb]')")
-        self.store = store
         self.run_dir = store.run_dir
         self.mode = wandb_mode(cfg)
         self.project = cfg.get("project") or plan.name
@@ -90,7 +88,7 @@ class WandbTracker:
         self.plan_name, self.spec_hash = plan.name, plan.spec_hash
         self.init_timeout = _seconds("WANDB_INIT_TIMEOUT", INIT_TIMEOUT)
         self.finish_timeout = _seconds("WANDB_FINISH_TIMEOUT", FINISH_TIMEOUT)
-        self._ids: dict[str, str] | None = None
+        self.ids = RunIds(store, self.backend)
         # Why the later stages are not tried: a run that could not start in online mode.
         self.broken: str | None = None
         if self.mode == "online" and not wandb.login(prompt=False, verify=False):
@@ -104,28 +102,13 @@ class WandbTracker:
         out.update(extra)
         return out
 
-    def _run_id(self, stage: Stage) -> tuple[str, bool]:
-        """The stage's W&B run id and whether it was chosen before (the run may exist)."""
-        if self._ids is None:
-            self._ids = {
-                ev["hash"]: ev["run_id"]
-                for ev in self.store.read_events()
-                if ev.get("event") == RUN_EVENT and ev.get("hash") and ev.get("run_id")
-            }
-        old = (self.store.read_manifest(stage) or {}).get("tracking") or {}
-        known = self._ids.get(stage.hash) or (old.get("run_id") if old.get("backend") == "wandb" else None)
-        if known:
-            return known, True
-        run_id = uuid.uuid4().hex[:16]
-        self._ids[stage.hash] = run_id
-        return run_id, False
-
     def log(self, stage: Stage, manifest: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         if self.broken:
             return self._entry(error=f"not logged: {self.broken}")
         wandb = self.wandb
-        run_id, resumed = self._run_id(stage)
-        self.store.event(RUN_EVENT, stage, backend="wandb", run_id=run_id)  # before the run exists
+        known = self.ids.known(stage)
+        run_id = known or uuid.uuid4().hex[:16]
+        self.ids.record(stage, run_id)  # before the run exists
         online = self.mode == "online"
         settings = wandb.Settings(
             mode=self.mode,
@@ -162,7 +145,7 @@ class WandbTracker:
                     tags=self.tags,
                     config=config,
                     id=run_id,
-                    resume="allow" if resumed else None,
+                    resume="allow" if known else None,
                     dir=str(self.run_dir),
                     settings=settings,
                 )
