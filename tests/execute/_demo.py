@@ -9,7 +9,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from _exec_helpers import HERE, cpx_env, manifests
-
 from cpx.execute import RESULT_TABLES
 
 ROOT = HERE.parents[1]
