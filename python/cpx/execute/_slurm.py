@@ -270,7 +270,9 @@ def cancel_recorded(run_dir: str | os.PathLike[str]) -> list[str]:
     jobs: dict[str, str] = record.get("jobs", {})
     if jobs and shutil.which("squeue") is None:
         return []  # not on the cluster: the workers leave by themselves once the driver is silent
-    states = squeue(list(jobs)) or {}
+    states = squeue(list(jobs))
+    if states is None:
+        return []  # the controller did not answer: keep the record for the next driver
     mine = [j for j, name in jobs.items() if j in states and states[j]["name"] == name]
     _cancel_and_wait([j for j in mine if states[j]["state"] in STOPPING_STATES])
     for d in path.parent.iterdir():
@@ -445,8 +447,11 @@ class SlurmBackend:
             if info:
                 job.node, job.reason = info["node"] or job.node, info["reason"]
             if state in LIVE_STATES:
-                if state != job.state and state == "RUNNING":
-                    job.running_since = time.monotonic()
+                if state != job.state:
+                    if state == "RUNNING":
+                        job.running_since = time.monotonic()
+                    where = f" on {job.node}" if state == "RUNNING" else f" ({job.reason})" if job.reason else ""
+                    out.append(("note", slot, f"worker job {job.id}: {state.lower()}{where}"))
                 job.state = state
                 if (
                     not job.ready
