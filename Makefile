@@ -41,7 +41,7 @@ slurm:
 
 demo: setup
 	$(VENV)/bin/cpx compile specs/demo.yaml --out $(DEMO_RUN)
-	$(VENV)/bin/cpx execute $(DEMO_RUN)
+	$(VENV)/bin/cpx execute
 	@echo "report: $(DEMO_RUN)/report/report.md (and report.html)"
 
 # The seed report's next steps on the tiny model: a steering arm, three seeds, a power section.

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from cpx.cli import EXIT_USAGE, CLIError
+from cpx.cli import _latest as latest
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "(and, for a run, metrics.parquet) into --out."
         ),
     )
-    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a run folder (default: none)")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help=f"a run folder (without --metrics: {latest.HELP})")
     p.add_argument("--metrics", metavar="FILE", help="analyse this metrics table instead of a run")
     p.add_argument("--out", metavar="DIR", help="output folder (required with --metrics; default RUN_DIR/analysis)")
     p.add_argument(
@@ -55,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(str(e), EXIT_USAGE) from None
         written = write_outputs(analysis, args.out, metrics=False)
     else:
-        if not args.run_dir:
-            raise CLIError("give RUN_DIR or --metrics FILE (see cpx analyze --help)", EXIT_USAGE)
+        args.run_dir = latest.resolve(args.run_dir, "analyze")
         analysis = _analyze_run(Path(args.run_dir), opts)
         written = write_outputs(analysis, args.out or Path(args.run_dir) / "analysis")
     s = analysis.stats

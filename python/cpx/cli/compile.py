@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from cpx.cli import _latest as latest
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             plan.save(out / "plan.json")
         except OSError as e:
             raise CLIError(f"cannot write {out / 'plan.json'}: {e.strerror}", 1) from None
+        latest.record(out)
     if args.quiet:
         print(out / "plan.json")
         return 0

@@ -1,4 +1,4 @@
-"""`cpx execute RUN_DIR`: run what is not done of a compiled plan, then collect the results."""
+"""`cpx execute [RUN_DIR]`: run what is not done of a compiled plan, then collect the results."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 from typing import Any
+
+from cpx.cli import _latest as latest
 
 EXIT_LOCKED = 3
 
@@ -27,7 +29,9 @@ def register(sub: Any) -> None:
             "default partition). RUN must be on a filesystem the compute nodes share, at the same path."
         ),
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `cpx compile`")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", nargs="?", help=f"a run folder written by `cpx compile` ({latest.HELP})"
+    )
     p.add_argument(
         "--devices",
         default="auto",
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--retry must be 0 or more, got {args.retry}", 2)
     if args.address and args.executor != "ray":
         raise CLIError("--address only applies with --executor ray", 2)
+    args.run_dir = latest.resolve(args.run_dir, "execute")
     try:
         slurm = slurm_options(args)
         summary = execute(

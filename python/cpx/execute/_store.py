@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
 from cpx.plan import Stage
 
 MANIFEST = "manifest.json"
@@ -77,7 +78,7 @@ def write_json_atomic(path: Path, obj: Any, *, fsync: bool = False, sort_keys: b
     os.replace(tmp, path)
 
 
-class StoreError(Exception):
+class StoreError(CpxError):
     """The store is in a state the executor cannot use (reported with the path)."""
 
 

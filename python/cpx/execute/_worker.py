@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import gc
 import importlib
 import multiprocessing as mp
 import os
@@ -14,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cpx.execute._task import LazyModelPool, Resolver, run_task
+from cpx.execute._task import IdleClock, LazyModelPool, Resolver, free_accelerator_memory, run_task
 
 
 # `module:function` of a resolver to use instead of `cpx.stages.get_runner` (tests, custom kinds).
@@ -98,6 +97,7 @@ def serve(
     def progress(stage_id: str, done: int, total: int, info: dict[str, Any]) -> None:
         put_event(("progress", slot, stage_id, done, total, info))
 
+    clock = IdleClock()
     put_event(("ready", slot, os.getpid()))
     while True:
         task = get_task()
@@ -105,9 +105,14 @@ def serve(
             break
         stage_id = task["stage"]["id"]
         put_event(("started", slot, stage_id))
-        result = run_task(task, resolver=resolver, models=models, device=device, progress=progress)
-        if "torch" in sys.modules:
-            gc.collect()  # tensors of the finished stage caught in cycles: free them before the next
+        result = run_task(
+            task, resolver=resolver, models=models, device=device, progress=progress, idle_before=clock.waited()
+        )
         if annotate is not None:
             annotate(result)
         put_event(("result", slot, stage_id, result))
+        clock.free()
+        if "torch" in sys.modules:
+            # While the scheduler commits: free the finished stage's tensors caught in cycles and
+            # the allocator's cache, so the next stage's batch is sized from truly free memory.
+            free_accelerator_memory()
