@@ -87,6 +87,10 @@ class SlurmCluster:
                 "Debian's slurmctld, slurmd, slurm-client and munge",
                 pytrace=False,
             )
+        if os.geteuid() != 0:
+            pytest.fail(
+                "the test Slurm runs slurmd as root (SlurmUser=root): run the Slurm tests as root", pytrace=False
+            )
         for d in ("state", "spool", "log", "munge"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         (self.root / "munge").chmod(0o755)

@@ -56,8 +56,6 @@ REPLACEABLE = frozenset({"CANCELLED", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DE
 RESERVED_ARGS = frozenset({"job-name", "J", "output", "o", "error", "e", "wrap", "parsable", "array", "a", "requeue"})
 SQUEUE_EVERY = 2.0
 HEARTBEAT_EVERY = 2.0
-# A stage whose worker dies this many times is failed (a stage that kills its node every time).
-MAX_LOST = 3
 # Jobs of one worker slot that end before their worker starts, in a row, before cpx gives up.
 MAX_REPLACEMENTS = 3
 
@@ -169,7 +167,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     unknown = sorted(set(block) - set(_CONFIG_KEYS))
     if unknown:
         raise SlurmError(f"{path}: slurm.{unknown[0]}: unknown key; known keys: {', '.join(_CONFIG_KEYS)}")
-    types = {"workers": int, "gpus_per_worker": int, "ready_timeout": (int, float), "idle_timeout": (int, float)}
+    types: dict[str, type | tuple[type, ...]] = {
+        "workers": int,
+        "gpus_per_worker": int,
+        "ready_timeout": (int, float),
+        "idle_timeout": (int, float),
+    }
     for key, want in types.items():
         if key in block and (isinstance(block[key], bool) or not isinstance(block[key], want)):
             raise SlurmError(f"{path}: slurm.{key}: expected a number, got {block[key]!r}")
