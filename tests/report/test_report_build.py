@@ -19,7 +19,7 @@ PLAIN = tuple(f for f in FIGURES if f not in ("steering_curve", "seed_intervals"
 def _ctx(plan, stage, run, out):
     by = plan.by_id()
     inputs = {d: run / "stages" / by[d].kind / by[d].hash for d in stage.deps}
-    return StageContext(stage=stage, out_dir=out, inputs=inputs, run_dir=run)
+    return StageContext(stage=stage, out_dir=out, inputs=inputs, run_dir=run, plan=plan)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,20 @@ def test_figure_names_and_aliases():
     assert len(figure_names(["arm_b_trajectory"], rest=True)) == len(FIGURES)
     with pytest.raises(ValueError, match="unknown figure 'hero2'.*known: hero"):
         figure_names(["hero2"])
+
+
+def test_report_stage_takes_the_executed_plan_not_plan_json(run):
+    """A plan.json rewritten after the executor loaded its plan changes nothing the stage reports."""
+    import dataclasses
+
+    from cpx.plan import Plan
+    from cpx.report import from_stage
+
+    rundir, _, _, _ = run
+    on_disk = Plan.load(rundir)
+    executed = dataclasses.replace(on_disk, spec_hash="f" * 64, name="executed")
+    report = [s for s in on_disk.stages if s.kind == "report"][-1]
+    by = on_disk.by_id()
+    inputs = {d: rundir / "stages" / by[d].kind / by[d].hash for d in report.deps}
+    data = from_stage(report, inputs, rundir, executed)
+    assert data.spec_hash == "f" * 64 and data.name == "executed" and data.plan is executed

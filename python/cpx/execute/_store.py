@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cpx.plan import Stage
+from cpx.plan import Plan, Stage
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -147,6 +147,18 @@ class Store:
         return Verdict(True)
 
     # -- writing ------------------------------------------------------------------------------
+    def snapshot_plan(self, plan: Plan) -> Path:
+        """`.cpx/plans/<digest>.json`: the plan as this executor loaded it, for its stages to read.
+
+        Named by its content and never rewritten, so a stage reads the plan its executor ran
+        whatever happens to plan.json meanwhile.
+        """
+        text = json.dumps(plan.to_json(), sort_keys=True)
+        path = self.state_dir / "plans" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+        if not path.is_file():
+            plan.save(path)
+        return path
+
     def prepare(self) -> None:
         for d in (self.stages_dir, self.logs_dir, self.state_dir):
             d.mkdir(parents=True, exist_ok=True)

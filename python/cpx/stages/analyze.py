@@ -3,21 +3,9 @@ represent and marker-train stages it depends on (docs/plan-format.md)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from cpx.stages._context import StageContext
-
-
-def _plan(ctx: StageContext) -> Any:
-    """The run's plan, None when there is no plan.json (the input folders' manifests then
-    give the labels)."""
-    from cpx.plan import Plan, PlanError
-
-    try:
-        return Plan.load(Path(ctx.run_dir))
-    except (PlanError, OSError):
-        return None
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -27,7 +15,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from cpx.analysis._steering import steer_layers_of
 
     opts = Options.from_params(ctx.params)
-    plan = _plan(ctx)
+    plan = ctx.plan  # the executor's; without one the input folders' manifests give the labels
     by_id = plan.by_id() if plan is not None else {}
     labels = {d: by_id[d].labels for d in ctx.inputs if d in by_id}
     tables = read_folders(
