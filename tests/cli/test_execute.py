@@ -53,8 +53,11 @@ def test_execute_then_status(tmp_path):
     data = json.loads(st.stdout)
     assert data["counts"] == {"done": 4, "running": 0, "failed": 0, "pending": 0}
     assert all(s["seconds"] is not None for s in data["stages"])
+    assert data["idle"]["stages"] == 4
+    assert data["idle"]["total_seconds"] == round(sum(s["idle_before"] for s in data["stages"]), 3)
     text = cpx("status", str(tmp_path)).stdout.splitlines()
-    assert text[-1] == "4 done, 0 running, 0 failed, 0 pending"
+    assert text[-2] == "4 done, 0 running, 0 failed, 0 pending"
+    assert text[-1].startswith("workers idle before stages: ") and data["idle"]["max_stage"] in text[-1]
     assert text[0].split()[:2] == ["done", "data/a"]
 
 

@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 import cpx
+from cpx.errors import CpxError
 
 # The order `cpx --help` lists commands in; any other command module found here comes after.
 ORDER = ("compile", "execute", "status", "plan", "analyze", "report", "query", "schema")
@@ -25,7 +26,7 @@ def commands() -> list[str]:
 EXIT_USAGE = 2  # bad spec / bad arguments, as argparse does
 
 
-class CLIError(Exception):
+class CLIError(CpxError):
     """An error the CLI reports as one message and an exit code, without a traceback."""
 
     def __init__(self, message: str, code: int = 1):

@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "status",
         help="show which stages of a run are done, running, failed or pending",
-        description="List every stage of RUN_DIR/plan.json with its state and timing.",
+        description="List every stage of RUN_DIR/plan.json with its state and timing, then the counts and "
+        "how long the workers sat idle before the done stages (per kind, and the longest wait).",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help=f"run folder ({latest.HELP})")
     p.add_argument("--json", action="store_true", help="one JSON object: stages and counts")
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
     from cpx.execute import run_status
-    from cpx.execute._status import STATES
+    from cpx.execute._status import STATES, idle_summary
     from cpx.plan import PlanError
 
     args.run_dir = latest.resolve(args.run_dir, "status")
@@ -36,9 +37,12 @@ def run(args: argparse.Namespace) -> int:
     except PlanError as e:
         raise CLIError(str(e), 2) from None
     counts = {s: sum(1 for r in rows if r.state == s) for s in STATES}
+    idle = idle_summary(rows)
     if args.json:
         json.dump(
-            {"run_dir": args.run_dir, "counts": counts, "stages": [r.to_json() for r in rows]}, sys.stdout, indent=1
+            {"run_dir": args.run_dir, "counts": counts, "idle": idle, "stages": [r.to_json() for r in rows]},
+            sys.stdout,
+            indent=1,
         )
         print()
         return 0
@@ -48,4 +52,10 @@ def run(args: argparse.Namespace) -> int:
         extra = r.note or (r.device or "")
         print(f"{r.state:<8} {r.id:<{width}} {secs}  {extra}".rstrip())
     print(", ".join(f"{counts[s]} {s}" for s in STATES))
+    if idle["stages"]:
+        kinds = ", ".join(f"{k} {v:.1f} s" for k, v in idle["by_kind"].items())
+        print(
+            f"workers idle before stages: {idle['total_seconds']:.1f} s in all ({kinds}); "
+            f"longest {idle['max_seconds']:.2f} s before {idle['max_stage']}"
+        )
     return 0

@@ -9,10 +9,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
 from cpx.execute._store import now_iso
 
 
-class RunLocked(Exception):
+class RunLocked(CpxError):
     """Another process is executing this run folder."""
 
 

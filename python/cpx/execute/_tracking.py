@@ -13,12 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
 from cpx.plan import Plan, Stage
 
 _MAX_PARAM = 500  # characters of a logged parameter value; the manifest keeps the whole value
 
 
-class TrackingError(Exception):
+class TrackingError(CpxError):
     """A tracking section that cannot be used (say, mlflow is not installed)."""
 
 

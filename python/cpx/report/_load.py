@@ -13,12 +13,13 @@ from cpx.analysis import Analysis, Options, adapter_quality, normalize_metrics
 from cpx.analysis._metrics import trained
 from cpx.analysis._run import split_predictors
 from cpx.analysis._steering import steer_layers_of
+from cpx.errors import CpxError
 from cpx.plan import Plan, Stage
 from cpx.report._build import ReportData
 from cpx.report._inputs import read_folders
 
 
-class ReportError(Exception):
+class ReportError(CpxError):
     """A report that cannot be made; the message says what is missing and what to run."""
 
 

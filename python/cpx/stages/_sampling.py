@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cpx.errors import CpxError
+
 if TYPE_CHECKING:
     from cpx.stages._steer import Steering
 
@@ -70,7 +72,7 @@ class Completion:
     finish_reason: str
 
 
-class SamplerError(ValueError):
+class SamplerError(CpxError, ValueError):
     """Sampler settings or requests that cannot be sampled, with what is wrong."""
 
 
@@ -336,7 +338,11 @@ def auto_batch_size(model, device: str, capacity: int, n_rows: int) -> int:
     else:
         import torch
 
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        dev = torch.device(device)
+        free, _ = torch.cuda.mem_get_info(dev)
+        # Blocks PyTorch's allocator holds but no tensor uses (a previous stage's cache) are free
+        # to this process: counting them keeps a stale cache from halving the batch.
+        free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
         budget = int(free * 0.85) - (1 << 30)
         cap = max(1, budget // _row_bytes(model, capacity))
     n_batches = max(1, math.ceil(n_rows / cap))

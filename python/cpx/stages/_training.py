@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
 from cpx.models import render_prompt
 
 IGNORE = -100
@@ -40,7 +41,7 @@ OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
-class TrainError(Exception):
+class TrainError(CpxError):
     """Training parameters or data that cannot be used, with what and where."""
 
 
