@@ -12,7 +12,6 @@ from typing import Any
 
 from cpx.execute._worker import worker_main
 
-
 PYTHON_HASH_SEED = "0"
 
 
