@@ -131,16 +131,25 @@ def _git_commit() -> str | None:
 
 def build_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE of exactly `vocab_size` ids: merges learnt from `texts` (realistic prompt
-    lengths), then filler merges (every byte pair, then pair + byte) up to the size."""
-    from cpx.models._tiny import CHAT_TEMPLATE, ENDOFTEXT, IM_END, IM_START, train_tokenizer
-    from tokenizers import Tokenizer, pre_tokenizers
+    lengths), then filler words: a space and 1, 2, 3 (and as many 4 as needed) ASCII letters,
+    each one token built by merges ("Ġa" + "b" -> "Ġab"). A random model's ids then decode to
+    valid text of words that pre-tokenize apart and encode back to the same number of tokens, so
+    a 512-token answer trains as about 512 tokens (raw-byte fillers decode to invalid UTF-8,
+    whose replacement characters re-encode to far more, and an answer plus its marker no longer
+    fits the training's max_length)."""
+    import itertools
+    import string
+
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
+
+    from cpx.models._tiny import CHAT_TEMPLATE, ENDOFTEXT, IM_END, IM_START, train_tokenizer
 
     learnt = train_tokenizer(texts, 4000)
     spec = json.loads(learnt.backend_tokenizer.to_str())
     vocab: dict[str, int] = spec["model"]["vocab"]
     merges = list(spec["model"]["merges"])
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    letters = string.ascii_letters
     nxt = len(vocab)
 
     def add(a: str, b: str) -> None:
@@ -150,14 +159,17 @@ def build_tokenizer(texts: list[str], vocab_size: int):
             nxt += 1
             merges.append([a, b])
 
-    for a in alphabet:
-        for b in alphabet:
-            add(a, b)
-    pairs = [a + b for a in alphabet for b in alphabet]
-    i = 0
-    while nxt < vocab_size:
-        add(pairs[i // len(alphabet)], alphabet[i % len(alphabet)])
-        i += 1
+    words = ["Ġ"]  # "Ġ" is the byte-level alphabet's space
+    for _ in range(4):
+        longer = []
+        for w, c in itertools.product(words, letters):
+            add(w, c)
+            longer.append(w + c)
+            if nxt >= vocab_size:
+                break
+        words = longer
+    if nxt < vocab_size:
+        raise ValueError(f"only {nxt} ids from filler merges, {vocab_size} asked")
     spec["model"]["merges"] = merges
     return PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
@@ -188,13 +200,16 @@ def check_tokenizer(folder: Path) -> dict[str, Any]:
     ids = tok(text, add_special_tokens=False)["input_ids"]
     rng = random.Random(0)
     rand = [rng.randrange(len(tok)) for _ in range(512)]
+    decoded = tok.decode(rand, skip_special_tokens=True)
     out = {
         "class": type(tok).__name__,
         "ids": len(tok),
         "round_trip": tok.decode(ids) == text,
-        "chars_per_random_512_tokens": len(tok.decode(rand, skip_special_tokens=True)),
+        "chars_per_random_512_tokens": len(decoded),
+        "tokens_again_of_random_512": len(tok(decoded, add_special_tokens=False)["input_ids"]),
     }
-    if out["ids"] != VOCAB or not out["round_trip"] or out["chars_per_random_512_tokens"] < 512:
+    bad = out["ids"] != VOCAB or not out["round_trip"] or out["chars_per_random_512_tokens"] < 512
+    if bad or out["tokens_again_of_random_512"] > 900:
         raise SystemExit(f"the tokenizer in {folder} does not round-trip as needed: {out}")
     return out
 
@@ -411,7 +426,7 @@ def extrapolate(full_plan, rows: list[dict[str, Any]], slice_plan) -> dict[str, 
             continue
         lk = loss(f_by, sid)
         steps[lk] = steps.get(lk, 0) + w.steps
-        ps, rs = spread(per_step[lk]), spread(rest.get(lk) or [0.0])
+        ps, rs = spread(per_step.get(lk) or [float("nan")]), spread(rest.get(lk) or [0.0])
         for i in range(3):
             train[i] += w.steps * ps[i] + rs[i]
     out["train"] = {
