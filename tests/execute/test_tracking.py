@@ -3,7 +3,6 @@ file store under the run folder, and its run id is kept in the stage's manifest.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

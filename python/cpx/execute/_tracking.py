@@ -102,5 +102,5 @@ def log_stage(tracker: MlflowTracker | None, stage: Stage, manifest: dict[str, A
         return {}
     try:
         return tracker.log(stage, manifest)
-    except Exception as e:  # a tracker outage must not lose a finished stage
+    except Exception as e:  # noqa: BLE001 - a tracker outage must not lose a finished stage
         return {"backend": "mlflow", "error": f"{type(e).__name__}: {e}"}

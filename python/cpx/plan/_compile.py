@@ -401,6 +401,7 @@ class _Compiler:
         elif steer is not None:
             tail = f"{arm}/{source}/s{seed}/alpha{fmt_ckpt(steer['alpha'])}"
         else:
+            assert c is not None, "an eval point of a trained model names its checkpoint"
             tail = f"{arm}/{source}/s{seed}/ckpt{fmt_ckpt(c)}"
         labels: dict[str, Any] = {"arm": arm, "source": source, "seed": seed, "checkpoint": c}
         deps = [a["stage"] for a in adapters]
