@@ -72,7 +72,7 @@ def _analyze_run(run_dir: Path, opts):  # type: ignore[no-untyped-def]
     import polars as pl
 
     from cpx.analysis import analyze_tables
-    from cpx.report._load import _screens
+    from cpx.report import screens
     from cpx.plan import Plan, PlanError
 
     res = run_dir / "results"
@@ -85,7 +85,7 @@ def _analyze_run(run_dir: Path, opts):  # type: ignore[no-untyped-def]
         raise CLIError(f"{res}: no marker_hits or leakage table; run `cpx execute {run_dir}` first")
     if "screen" not in tables and (run_dir / "plan.json").exists():
         try:
-            screen = _screens(run_dir, Plan.load(run_dir).stages)
+            screen = screens(run_dir, Plan.load(run_dir).stages)
         except PlanError as e:
             raise CLIError(str(e)) from None
         if screen is not None:

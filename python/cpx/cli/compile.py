@@ -39,10 +39,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
-    from cpx.plan._compile import compile_spec, params_b
-    from cpx.plan._cost import count_done, stage_seconds
-    from cpx.spec import SpecError, load_spec
-    from cpx.spec._load import unread_layers
+    from cpx.plan import compile_spec, count_done, params_b, stage_seconds
+    from cpx.spec import SpecError, load_spec, unread_layers
 
     try:
         loaded = load_spec(args.spec, args.overrides)

@@ -85,8 +85,7 @@ def load_any(target: str) -> Any:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from cpx.plan._cost import count_done
-    from cpx.plan._diff import mermaid
+    from cpx.plan import count_done, mermaid
 
     plan = load_any(args.target)
     if args.graph:
@@ -108,7 +107,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    from cpx.plan._diff import diff_plans, format_diff
+    from cpx.plan import diff_plans, format_diff
 
     d = diff_plans(load_any(args.a), load_any(args.b))
     print(format_diff(d, args.limit))

@@ -24,8 +24,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
-    from cpx.execute import run_status
-    from cpx.execute._status import STATES
+    from cpx.execute import STATES, run_status
     from cpx.plan import PlanError
 
     try:

@@ -9,20 +9,24 @@ from cpx.execute._collect import RESULT_SOURCES, RESULT_TABLES, collect_results
 from cpx.execute._lock import RunLock, RunLocked, is_locked
 from cpx.execute._local import DeviceError, parse_devices
 from cpx.execute._scheduler import RunSummary, StageFailure, execute
-from cpx.execute._status import StageStatus, run_status
-from cpx.execute._store import MANIFEST, Store, Verdict
+from cpx.execute._status import STATES, StageStatus, run_status
+from cpx.execute._store import MANIFEST, Store, StoreError, Verdict
+from cpx.execute._tracking import TrackingError
 
 __all__ = [
+    "DeviceError",
     "MANIFEST",
     "RESULT_SOURCES",
     "RESULT_TABLES",
-    "DeviceError",
     "RunLock",
     "RunLocked",
     "RunSummary",
+    "STATES",
     "StageFailure",
     "StageStatus",
     "Store",
+    "StoreError",
+    "TrackingError",
     "Verdict",
     "collect_results",
     "execute",

@@ -22,9 +22,9 @@ def _plan(ctx: StageContext) -> Any:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     from cpx.analysis import Options, analyze_tables, write_outputs
-    from cpx.report._inputs import read_folders
+    from cpx.report import read_folders
 
-    from cpx.analysis._steering import steer_layers_of
+    from cpx.analysis import steer_layers_of
 
     opts = Options.from_params(ctx.params)
     plan = _plan(ctx)
