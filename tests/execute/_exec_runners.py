@@ -128,6 +128,7 @@ def run(ctx: Any) -> dict[str, Any] | None:
         "py_random": py_value,
         "device": ctx.device,
         "models_imported": "cpx.models" in sys.modules,
+        "plan_spec_hash": ctx.plan.spec_hash if ctx.plan is not None else None,
     }
 
 

@@ -125,6 +125,7 @@ class Scheduler:
         self._tracking_notes: set[str] = set()
         self.keep_going, self.retry, self.display = keep_going, retry, display
         self.by_id = plan.by_id()
+        self.plan_path = store.snapshot_plan(plan)
         self.users: dict[str, list[str]] = {s.id: [] for s in plan.stages}
         for s in plan.stages:
             for d in s.deps:
@@ -199,6 +200,7 @@ class Scheduler:
                         "log_path": str(self.store.log_path(stage)),
                         "attempt": attempts[sid],
                         "batch_limit": oom_limits.get(sid),
+                        "plan_path": str(self.plan_path),
                     }
                     running[slot] = (sid, tmp)
                     started_at[sid] = time.perf_counter()
