@@ -137,7 +137,9 @@ def test_kills_and_resumes_make_no_second_run_of_a_finished_stage(tmp_path):
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         kills += 1
-        snapshots.append({k: v["tracking"]["run_id"] for k, v in manifests(run).items()})
+        ms = manifests(run)
+        assert all("run_id" in m["tracking"] for m in ms.values()), [m["tracking"] for m in ms.values()]
+        snapshots.append({k: m["tracking"]["run_id"] for k, m in ms.items()})
     assert kills == 4, "the plan finished before four kills; make it slower"
     r = cpx_run("execute", str(run), "--devices", "cpu:2", "--quiet", timeout=300, CPX_TEST_LEDGER=str(ledger))
     assert r.returncode == 0, r.stderr

@@ -30,7 +30,10 @@ from cpx.plan import Plan, Stage
 if TYPE_CHECKING:
     from cpx.execute._store import Store
 
-INIT_TIMEOUT = 30.0  # seconds wandb.init may take to reach the server (W&B's own default: 90)
+INIT_TIMEOUT = 30.0  # seconds an online wandb.init may take to reach the server (W&B's own default: 90)
+# Offline, init only starts W&B's local service: a slow machine, not a network, is what it waits
+# for, so it keeps W&B's own default (an offline run failed to start under load on a 2-core machine).
+OFFLINE_INIT_TIMEOUT = 90.0
 FINISH_TIMEOUT = 120.0  # seconds run.finish() may spend uploading; the rest stays on disk for `wandb sync`
 _MODES = {"offline": "offline", "dryrun": "offline", "online": "online", "run": "online", "disabled": "disabled"}
 _MAX_TABLE_ROWS = 10_000  # rows of a results table logged as a W&B Table (the Parquet file has them all)
@@ -86,7 +89,9 @@ class WandbTracker:
         self.group = cfg.get("group") or f"{self.run_dir.name}-{plan.spec_hash[:12]}"
         self.tags = list(cfg.get("tags") or [])
         self.plan_name, self.spec_hash = plan.name, plan.spec_hash
-        self.init_timeout = _seconds("WANDB_INIT_TIMEOUT", INIT_TIMEOUT)
+        self.init_timeout = _seconds(
+            "WANDB_INIT_TIMEOUT", INIT_TIMEOUT if self.mode == "online" else OFFLINE_INIT_TIMEOUT
+        )
         self.finish_timeout = _seconds("WANDB_FINISH_TIMEOUT", FINISH_TIMEOUT)
         self.ids = RunIds(store, self.backend)
         # Why the later stages are not tried: a run that could not start in online mode.
