@@ -17,9 +17,9 @@ from cpx._lazy import lazy_exports
 if TYPE_CHECKING:
     from cpx.analysis import MetricsError
     from cpx.cli import CLIError
-    from cpx.execute import DeviceError, RunLocked, StoreError, TrackingError
+    from cpx.execute import DeviceError, RunLocked, SlurmError, StoreError, TrackingError
     from cpx.models import ChainError, FingerprintError, ModelLoadError
-    from cpx.plan import PlanError
+    from cpx.plan import CostError, PlanError
     from cpx.power import PowerError
     from cpx.report import ReportError
     from cpx.results import ResultsError
@@ -73,6 +73,7 @@ __getattr__, __dir__ = lazy_exports(
     {
         "CLIError": "cpx.cli",
         "ChainError": "cpx.models",
+        "CostError": "cpx.plan",
         "DatasetError": "cpx.stages",
         "DeviceError": "cpx.execute",
         "FingerprintError": "cpx.models",
@@ -84,6 +85,7 @@ __getattr__, __dir__ = lazy_exports(
         "ReportError": "cpx.report",
         "ResultsError": "cpx.results",
         "RunLocked": "cpx.execute",
+        "SlurmError": "cpx.execute",
         "SamplerError": "cpx.stages",
         "SpecError": "cpx.spec",
         "StageParamError": "cpx.stages",
@@ -98,6 +100,7 @@ __all__ = [
     "CLIError",
     "ChainError",
     "ConstantInputWarning",
+    "CostError",
     "CpxError",
     "DatasetError",
     "DebugBuildWarning",
@@ -119,6 +122,7 @@ __all__ = [
     "ResultsError",
     "RunLocked",
     "SamplerError",
+    "SlurmError",
     "SpecError",
     "StageParamError",
     "StoreError",

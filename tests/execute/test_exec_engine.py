@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from _exec_runners import ledger_lines, make_plan, resolve
 from _exec_helpers import manifests
-
+from _exec_runners import ledger_lines, make_plan, resolve
 from cpx.execute import RESULT_TABLES, RunLock, RunLocked, Store, execute, run_status
 from cpx.plan import Plan
 
@@ -239,9 +238,8 @@ def test_scheduler_keeps_a_workers_model_loaded(tmp_path, ledger):
 
 def test_the_lock_refuses_a_second_executor(tmp_path, ledger):
     make_plan(tmp_path, diamond())
-    with RunLock(tmp_path):
-        with pytest.raises(RunLocked, match="being executed by another cpx process"):
-            run(tmp_path)
+    with RunLock(tmp_path), pytest.raises(RunLocked, match="being executed by another cpx process"):
+        run(tmp_path)
     assert not (tmp_path / "stages").exists() or not any((tmp_path / "stages").rglob("manifest.json"))
     assert run(tmp_path).ok  # released
 
@@ -294,3 +292,27 @@ def test_rich_display_shows_run_and_worker_bars(tmp_path, ledger, capsys):
     assert "t (0 cached)" in err and " 2/2 " in err
     assert "FAILED boom: RuntimeError: stage boom was told to fail" in err
     assert "cpu: idle" in err
+
+
+def test_the_wait_before_each_stage_is_recorded_and_summarised(tmp_path, ledger):
+    """Two workers: the second finishes `quick` at once and must wait for `slow` (2 s on the
+    first) before it can run `after_b`; that wait is its stage's idle time."""
+    from cpx.execute._status import idle_summary
+
+    stages = [
+        {"id": "slow", "kind": "generate", "params": {"sleep": 2.0}},
+        {"id": "quick", "kind": "generate", "params": {}},
+        {"id": "after_a", "kind": "sample", "deps": ["slow"], "params": {}},
+        {"id": "after_b", "kind": "sample", "deps": ["slow", "quick"], "params": {}},
+    ]
+    make_plan(tmp_path, stages)
+    assert run(tmp_path, devices="cpu:2").ok
+    ms = manifests(tmp_path)
+    idle = {sid: m["timings"]["idle_before_seconds"] for sid, m in ms.items()}
+    assert all(v >= 0 for v in idle.values())
+    assert ms["after_b"]["executor"]["worker"] == ms["quick"]["executor"]["worker"] == 1
+    assert idle["after_b"] >= 0.5 > idle["after_a"]
+    summary = idle_summary(run_status(tmp_path))
+    assert summary["stages"] == 4 and summary["max_stage"] == "after_b"
+    assert summary["total_seconds"] == pytest.approx(sum(idle.values()), abs=0.01)
+    assert summary["by_kind"]["sample"] == pytest.approx(idle["after_a"] + idle["after_b"], abs=0.01)

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
             "stages, executes it with caching and crash-safe resume, and analyses the results "
             "with honest statistics."
         ),
-        epilog="Typical use: cpx compile specs/demo.yaml && cpx execute runs/demo",
+        epilog="Typical use: cpx compile specs/demo.yaml && cpx execute (execute, status, report, query, analyze and plan show take the run folder of the last `cpx compile` here when none is given)",
     )
     parser.add_argument("--version", action="version", version=f"cpx {cpx.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -6,12 +6,13 @@ and the runners import torch.
 """
 
 from cpx.execute._collect import RESULT_SOURCES, RESULT_TABLES, collect_results
-from cpx.execute._lock import RunLock, RunLocked, is_locked
 from cpx.execute._local import DeviceError, parse_devices
+from cpx.execute._lock import RunLock, RunLocked, is_locked
 from cpx.execute._scheduler import RunSummary, StageFailure, execute
-from cpx.execute._status import STATES, StageStatus, run_status
+from cpx.execute._slurm import SlurmError, load_options, parse_slurm_args
+from cpx.execute._status import STATES, StageStatus, idle_summary, run_status
 from cpx.execute._store import MANIFEST, Store, StoreError, Verdict
-from cpx.execute._tracking import TrackingError
+from cpx.execute._tracking import TrackingError, offline_runs, upload_hint
 
 __all__ = [
     "DeviceError",
@@ -22,6 +23,7 @@ __all__ = [
     "RunLocked",
     "RunSummary",
     "STATES",
+    "SlurmError",
     "StageFailure",
     "StageStatus",
     "Store",
@@ -30,7 +32,12 @@ __all__ = [
     "Verdict",
     "collect_results",
     "execute",
+    "idle_summary",
     "is_locked",
+    "load_options",
+    "offline_runs",
     "parse_devices",
+    "parse_slurm_args",
     "run_status",
+    "upload_hint",
 ]

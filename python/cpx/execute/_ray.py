@@ -13,12 +13,13 @@ waits for a GPU.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from cpx.execute._env import TORCH_KINDS
 from cpx.execute._local import PYTHON_HASH_SEED, DeviceError
-from cpx.execute._task import LazyModelPool, run_task
+from cpx.execute._task import IdleClock, LazyModelPool, free_accelerator_memory, run_task
 from cpx.execute._worker import resolve_resolver
 
 # What one stage of each kind asks of the cluster.
@@ -46,10 +47,16 @@ class _StageActor:
         self.device = device
         self.resolver = resolve_resolver(resolver_ref)
         self.models = LazyModelPool(device, run_dir)
+        self.clock = IdleClock()
 
     def run(self, task: dict[str, Any]) -> dict[str, Any]:
-        result = run_task(task, resolver=self.resolver, models=self.models, device=self.device)
+        if "torch" in sys.modules:
+            free_accelerator_memory()  # the previous stage's cache (Ray returns before we could)
+        result = run_task(
+            task, resolver=self.resolver, models=self.models, device=self.device, idle_before=self.clock.waited()
+        )
         result.setdefault("worker", {})["ray_node"] = _node_id()
+        self.clock.free()
         return result
 
 

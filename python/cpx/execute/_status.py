@@ -26,6 +26,7 @@ class StageStatus:
     device: str | None = None
     note: str = ""  # why a stage is pending or failed
     log: str | None = None
+    idle_before: float | None = None  # seconds its worker waited for it (manifest timings)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +66,7 @@ def run_status(run_dir: str | os.PathLike[str], *, verify: bool = False) -> list
                     t.get("finished"),
                     dev.get("name") or dev.get("id"),
                     log=log_rel,
+                    idle_before=t.get("idle_before_seconds"),
                 )
             )
             continue
@@ -100,6 +102,23 @@ def run_status(run_dir: str | os.PathLike[str], *, verify: bool = False) -> list
                 note = "interrupted"
             out.append(StageStatus(s.id, s.kind, s.hash, "pending", note=note, log=log_rel))
     return out
+
+
+def idle_summary(rows: list[StageStatus]) -> dict[str, Any]:
+    """The workers' waits before the done stages that recorded one: total, largest (and which),
+    and per kind, in seconds. A worker's first stage waits for nothing but its own start."""
+    timed = [r for r in rows if r.idle_before is not None]
+    by_kind: dict[str, float] = {}
+    for r in timed:
+        by_kind[r.kind] = by_kind.get(r.kind, 0.0) + float(r.idle_before or 0.0)
+    worst = max(timed, key=lambda r: r.idle_before or 0.0, default=None)
+    return {
+        "stages": len(timed),
+        "total_seconds": round(sum(by_kind.values()), 3),
+        "max_seconds": worst.idle_before if worst else None,
+        "max_stage": worst.id if worst else None,
+        "by_kind": {k: round(v, 3) for k, v in sorted(by_kind.items())},
+    }
 
 
 def _parse(t: Any) -> datetime | None:

@@ -9,6 +9,7 @@ only the scheduler, which holds the run's lock, renames a finished folder into p
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -22,7 +23,7 @@ from typing import Any
 
 from cpx.execute import _env
 from cpx.execute._store import checksum_tree, now_iso
-from cpx.plan import Stage
+from cpx.plan import Plan, Stage
 
 Resolver = Callable[[str], Callable[..., Any]]
 ProgressSink = Callable[[str, int, int, dict[str, Any]], None]
@@ -62,7 +63,25 @@ def is_oom(exc: BaseException) -> bool:
     return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
 
 
+class IdleClock:
+    """How long a worker waited for work: from the end of its last stage (or its start) to the
+    start of the next. The device sits idle all that time, unless another process uses it."""
+
+    def __init__(self) -> None:
+        self._free_since = time.perf_counter()
+
+    def waited(self) -> float:
+        """Seconds since the worker became free; call when a task arrives."""
+        return time.perf_counter() - self._free_since
+
+    def free(self) -> None:
+        """Call when a task's result is handed back."""
+        self._free_since = time.perf_counter()
+
+
 def free_accelerator_memory() -> None:
+    """Drop what the finished stage left: cycles, and the allocator's cached blocks, so that the
+    next stage sizes its batches from memory that is really free."""
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
@@ -109,6 +128,13 @@ class _Throttle:
             self.sink(self.stage_id, int(done), int(total), info)
 
 
+@functools.lru_cache(maxsize=2)
+def _executed_plan(path: str | None) -> Plan | None:
+    """The executor's snapshot of the plan it loaded (content-addressed, never rewritten), read
+    once per worker."""
+    return Plan.load(path) if path else None
+
+
 def run_task(
     task: dict[str, Any],
     *,
@@ -116,8 +142,13 @@ def run_task(
     models: LazyModelPool,
     device: str,
     progress: ProgressSink | None = None,
+    idle_before: float | None = None,
 ) -> dict[str, Any]:
-    """Run one stage; return a JSON-able result (`ok` true or false), never raise for a stage error."""
+    """Run one stage; return a JSON-able result (`ok` true or false), never raise for a stage error.
+
+    `idle_before`: the seconds the worker waited for this task (`IdleClock`), recorded in the
+    result's timings as `idle_before_seconds`.
+    """
     from cpx.stages import StageContext
 
     stage = Stage.from_json(task["stage"])
@@ -154,6 +185,7 @@ def run_task(
                     log=logger,
                     progress=_Throttle(progress, stage.id),
                     batch_limit=task.get("batch_limit"),
+                    plan=_executed_plan(task.get("plan_path")),
                 )
                 runner = resolver(stage.kind)
                 info = runner(ctx)
@@ -185,7 +217,12 @@ def run_task(
         "info": info,
         "outputs": outputs,
         "seeds": {"seed": seed, "source": seed_source, **seeds},
-        "timings": {"started": now_iso(started_wall), "finished": now_iso(), "seconds": seconds},
+        "timings": {
+            "started": now_iso(started_wall),
+            "finished": now_iso(),
+            "seconds": seconds,
+            **({"idle_before_seconds": round(idle_before, 3)} if idle_before is not None else {}),
+        },
         "device": {
             "id": device,
             "name": _env.device_name(device),

@@ -317,7 +317,11 @@ def auto_batch_size(model, device: str, capacity: int, n_rows: int) -> int:
     else:
         import torch
 
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        dev = torch.device(device)
+        free, _ = torch.cuda.mem_get_info(dev)
+        # Blocks PyTorch's allocator holds but no tensor uses (a previous stage's cache) are free
+        # to this process: counting them keeps a stale cache from halving the batch.
+        free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
         budget = int(free * 0.85) - (1 << 30)
         cap = max(1, budget // _row_bytes(model, capacity))
     n_batches = max(1, math.ceil(n_rows / cap))
