@@ -46,7 +46,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
-    import cpx  # noqa: F401
+    import cpx  # noqa: F401 - only probes whether cpx is importable without the path entry
 except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
 

@@ -85,6 +85,7 @@ __getattr__, __dir__ = lazy_exports(
         "ReportError": "cpx.report",
         "ResultsError": "cpx.results",
         "RunLocked": "cpx.execute",
+        "SlurmError": "cpx.execute",
         "SamplerError": "cpx.stages",
         "SlurmError": "cpx.execute",
         "SpecError": "cpx.spec",

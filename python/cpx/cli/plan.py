@@ -126,12 +126,12 @@ def run_cost(args: argparse.Namespace) -> int:
     import json
 
     from cpx.cli import CLIError
-    from cpx.plan._compile import params_b
-    from cpx.plan._cost import (
+    from cpx.plan import (
         GPU_KINDS,
         CostError,
         calibrate,
         load_calibration,
+        params_b,
         run_manifests,
         save_calibration,
         stage_work,
