@@ -11,7 +11,7 @@ WHEELHOUSE ?=
 PIP_FIND := $(if $(WHEELHOUSE),--find-links $(WHEELHOUSE),)
 DEMO_RUN := runs/demo
 
-.PHONY: setup demo next-steps test test-rust test-python bench lint clean
+.PHONY: setup slurm demo next-steps test test-rust test-python bench lint clean
 
 setup: $(STAMPS)/ext
 
@@ -28,9 +28,20 @@ $(STAMPS)/ext: $(STAMPS)/deps $(RUST_SRC)
 	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/maturin develop --release -q
 	touch $@
 
+# Debian's Slurm and munge for the Slurm executor's tests (tests/execute/test_exec_slurm.py start
+# a private one-node cluster on them). Quick when they are installed; needs root (or sudo).
+SLURM_PKGS := slurmctld slurmd slurm-client munge
+SLURM_BINS := slurmctld slurmd sbatch squeue sacct scancel sinfo scontrol munged
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+slurm:
+	@missing=""; for b in $(SLURM_BINS); do PATH=$$PATH:/usr/sbin command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -z "$$missing" ]; then echo "slurm: installed"; else \
+	  echo "slurm: installing $(SLURM_PKGS) (missing:$$missing)"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $(SLURM_PKGS); fi
+
 demo: setup
 	$(VENV)/bin/cpx compile specs/demo.yaml --out $(DEMO_RUN)
-	$(VENV)/bin/cpx execute $(DEMO_RUN)
+	$(VENV)/bin/cpx execute
 	@echo "report: $(DEMO_RUN)/report/report.md (and report.html)"
 
 # The seed report's next steps on the tiny model: a steering arm, three seeds, a power section.

@@ -1,15 +1,42 @@
-"""Exception and warning classes of cpx's Rust core (`cpx._core`), for precise `except` clauses.
+"""Every exception class of cpx, and the warnings of its Rust core, for precise `except` clauses.
 
-Every error the core raises is a `CpxError`. Errors about argument values are also
-`ValueError`s, errors about argument types also `TypeError`s, so code that catches the
-built-in classes keeps working.
+Every error cpx raises is a `CpxError`. Errors about argument values are also `ValueError`s,
+errors about argument types also `TypeError`s (and a missing result a `LookupError`), so code
+that catches the built-in classes keeps working.
+
+The core's classes are defined here; the others are defined next to the code that raises them
+and re-exported here lazily, so `import cpx.errors` stays as light as the core needs it.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cpx.analysis._columns import MetricsError
+    from cpx.cli import CLIError
+    from cpx.execute._local import DeviceError
+    from cpx.execute._lock import RunLocked
+    from cpx.execute._store import StoreError
+    from cpx.execute._tracking import TrackingError
+    from cpx.models._chain import ChainError
+    from cpx.models._fingerprint import FingerprintError
+    from cpx.models._load import ModelLoadError
+    from cpx.plan._model import PlanError
+    from cpx.power._design import PowerError
+    from cpx.report._load import ReportError
+    from cpx.results import ResultsError
+    from cpx.spec._errors import SpecError
+    from cpx.stages._hidden import HiddenStateError
+    from cpx.stages._rows import StageParamError
+    from cpx.stages._sampling import SamplerError
+    from cpx.stages._training import TrainError
+    from cpx.stages.dataset import DatasetError
+
 
 class CpxError(Exception):
-    """Base class of the errors raised by cpx's Rust core."""
+    """Base class of every error cpx raises (its Rust core's and its packages')."""
 
 
 class InputError(CpxError, ValueError):
@@ -48,17 +75,73 @@ class DebugBuildWarning(RuntimeWarning):
     """`cpx._core` was built without optimizations: statistics and scanning are slow."""
 
 
+# Each package's error class: the module that defines it (imported on first use).
+_ELSEWHERE = {
+    "CLIError": "cpx.cli",
+    "ChainError": "cpx.models._chain",
+    "DatasetError": "cpx.stages.dataset",
+    "DeviceError": "cpx.execute._local",
+    "FingerprintError": "cpx.models._fingerprint",
+    "HiddenStateError": "cpx.stages._hidden",
+    "MetricsError": "cpx.analysis._columns",
+    "ModelLoadError": "cpx.models._load",
+    "PlanError": "cpx.plan._model",
+    "PowerError": "cpx.power._design",
+    "ReportError": "cpx.report._load",
+    "ResultsError": "cpx.results",
+    "RunLocked": "cpx.execute._lock",
+    "SamplerError": "cpx.stages._sampling",
+    "SpecError": "cpx.spec._errors",
+    "StageParamError": "cpx.stages._rows",
+    "StoreError": "cpx.execute._store",
+    "TrackingError": "cpx.execute._tracking",
+    "TrainError": "cpx.stages._training",
+}
+
+
+def __getattr__(name: str) -> type[CpxError]:
+    module = _ELSEWHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cpx.errors' has no attribute {name!r}")
+    cls: type[CpxError] = getattr(importlib.import_module(module), name)
+    globals()[name] = cls
+    return cls
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ELSEWHERE))
+
+
 __all__ = [
+    "CLIError",
+    "ChainError",
     "ConstantInputWarning",
     "CpxError",
+    "DatasetError",
     "DebugBuildWarning",
+    "DeviceError",
     "EmptyInputError",
+    "FingerprintError",
     "GroupsError",
+    "HiddenStateError",
     "InputError",
     "InputTypeError",
     "InternalError",
     "LengthMismatchError",
+    "MetricsError",
+    "ModelLoadError",
     "NaNError",
+    "PlanError",
+    "PowerError",
+    "ReportError",
+    "ResultsError",
+    "RunLocked",
+    "SamplerError",
+    "SpecError",
+    "StageParamError",
+    "StoreError",
+    "TrackingError",
+    "TrainError",
 ]
 
 

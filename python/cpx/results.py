@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cpx.errors import CpxError
+
 if TYPE_CHECKING:
     import polars as pl
 
@@ -24,7 +26,7 @@ def result_tables() -> tuple[str, ...]:
     return tuple(RESULT_TABLES)
 
 
-class ResultsError(LookupError):
+class ResultsError(CpxError, LookupError):
     """A results folder, table or column that does not exist; the message lists what does."""
 
 

@@ -19,7 +19,7 @@ PLAIN = tuple(f for f in FIGURES if f not in ("steering_curve", "seed_intervals"
 def _ctx(plan, stage, run, out):
     by = plan.by_id()
     inputs = {d: run / "stages" / by[d].kind / by[d].hash for d in stage.deps}
-    return StageContext(stage=stage, out_dir=out, inputs=inputs, run_dir=run)
+    return StageContext(stage=stage, out_dir=out, inputs=inputs, run_dir=run, plan=plan)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,61 @@ def test_figure_names_and_aliases():
     assert len(figure_names(["arm_b_trajectory"], rest=True)) == len(FIGURES)
     with pytest.raises(ValueError, match="unknown figure 'hero2'.*known: hero"):
         figure_names(["hero2"])
+
+
+def test_report_stage_takes_the_executed_plan_not_plan_json(run):
+    """A plan.json rewritten after the executor loaded its plan changes nothing the stage reports."""
+    import dataclasses
+
+    from cpx.plan import Plan
+    from cpx.report import from_stage
+
+    rundir, _, _, _ = run
+    on_disk = Plan.load(rundir)
+    executed = dataclasses.replace(on_disk, spec_hash="f" * 64, name="executed")
+    report = [s for s in on_disk.stages if s.kind == "report"][-1]
+    by = on_disk.by_id()
+    inputs = {d: rundir / "stages" / by[d].kind / by[d].hash for d in report.deps}
+    data = from_stage(report, inputs, rundir, executed)
+    assert data.spec_hash == "f" * 64 and data.name == "executed" and data.plan is executed
+
+
+def test_cpx_analyze_run_reproduces_the_runs_own_stats(run, tmp_path, capsys):
+    """`cpx analyze RUN` uses the analyze stage's params (the spec's analysis settings: here a
+    bystander test at checkpoint 0.5 and within-source on layer 3 only) and its inputs: the stats
+    table comes out as the run's own, to the bit."""
+    import dataclasses
+
+    from cpx.plan import Plan
+
+    src, _, _, _ = run
+    rundir = tmp_path / "run"
+    shutil.copytree(src, rundir)
+    plan = Plan.load(rundir)
+    params = {
+        "analyses": [
+            {"name": "leakage"},
+            {"name": "within_source", "layers": [3]},
+            {"name": "between_source"},
+            {"name": "bystander_vs_assistant", "checkpoint": 0.5},
+        ],
+        "n_resamples": 999,
+        "bootstrap_resamples": 300,
+        "seed": 3,
+    }
+    plan.stages = [dataclasses.replace(s, params=params) if s.kind == "analyze" else s for s in plan.stages]
+    plan.save(rundir / "plan.json")
+    analyze = plan.by_id()["analyze"]
+    a_out = tmp_path / "own"
+    get_runner("analyze")(_ctx(plan, analyze, rundir, a_out))
+    own = pl.read_parquet(a_out / "stats.parquet")
+    assert set(own["analysis"]) >= {"bystander_vs_assistant", "within_source"}
+
+    assert main(["analyze", str(rundir), "--out", str(tmp_path / "again")]) == 0
+    again = pl.read_parquet(tmp_path / "again" / "stats.parquet")
+    assert again.equals(own, null_equal=True)
+    assert f"{own['p_value'].is_not_null().sum()} p-values" in capsys.readouterr().out
+    # an option given on the command line still wins over the run's own
+    assert main(["analyze", str(rundir), "--out", str(tmp_path / "c1"), "--checkpoint", "1.0"]) == 0
+    c1 = pl.read_parquet(tmp_path / "c1" / "stats.parquet").filter(pl.col("analysis") == "bystander_vs_assistant")
+    assert set(c1["checkpoint"].drop_nulls()) == {1.0}

@@ -7,6 +7,8 @@ from typing import Any
 
 import polars as pl
 
+from cpx.errors import CpxError
+
 LABELS = ("arm", "source", "seed", "checkpoint")
 # A steer arm's eval points differ by steering strength, not by checkpoint: their rows carry an
 # `alpha` label as well (null on every other row), and their metrics are keyed by STEER_LABELS.
@@ -64,7 +66,7 @@ STATS_COLUMNS: dict[str, Any] = {
 }
 
 
-class MetricsError(ValueError):
+class MetricsError(CpxError, ValueError):
     """A metrics table that cannot be analysed; the message says where and what."""
 
 

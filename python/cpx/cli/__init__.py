@@ -12,6 +12,7 @@ import pkgutil
 import sys
 
 import cpx
+from cpx.errors import CpxError
 
 # The order `cpx --help` lists commands in; any other command module found here comes after.
 ORDER = ("compile", "execute", "status", "plan", "analyze", "report", "query", "schema")
@@ -25,7 +26,7 @@ def commands() -> list[str]:
 EXIT_USAGE = 2  # bad spec / bad arguments, as argparse does
 
 
-class CLIError(Exception):
+class CLIError(CpxError):
     """An error the CLI reports as one message and an exit code, without a traceback."""
 
     def __init__(self, message: str, code: int = 1):
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
             "stages, executes it with caching and crash-safe resume, and analyses the results "
             "with honest statistics."
         ),
-        epilog="Typical use: cpx compile specs/demo.yaml && cpx execute runs/demo",
+        epilog="Typical use: cpx compile specs/demo.yaml && cpx execute (execute, status, report, query, analyze and plan show take the run folder of the last `cpx compile` here when none is given)",
     )
     parser.add_argument("--version", action="version", version=f"cpx {cpx.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

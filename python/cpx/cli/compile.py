@@ -8,6 +8,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from cpx.cli import _latest as latest
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -65,10 +67,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / plan.name
     if not args.check:
-        try:
-            plan.save(out / "plan.json")
-        except OSError as e:
-            raise CLIError(f"cannot write {out / 'plan.json'}: {e.strerror}", 1) from None
+        write_plan(plan, out)
+        latest.record(out)
     if args.quiet:
         print(out / "plan.json")
         return 0
@@ -79,6 +79,22 @@ def run(args: argparse.Namespace) -> int:
     if plan.spec.get("power"):
         print_power(plan, Path(args.spec).parent)
     return 0
+
+
+def write_plan(plan: Any, out: Path) -> None:
+    """plan.json into out, holding the run's lock: a folder that `cpx execute` is running is
+    refused (exit 3), since its executor and `cpx status` would disagree about the plan."""
+    from cpx.cli import CLIError
+    from cpx.cli.execute import EXIT_LOCKED
+    from cpx.execute import RunLock, RunLocked
+
+    try:
+        with RunLock(out):
+            plan.save(out / "plan.json")
+    except RunLocked as e:
+        raise CLIError(f"{e}; plan.json is left as it is", EXIT_LOCKED) from None
+    except OSError as e:
+        raise CLIError(f"cannot write {out / 'plan.json'}: {e.strerror}", 1) from None
 
 
 def print_power(plan: Any, base: Path) -> None:

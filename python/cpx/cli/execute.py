@@ -1,4 +1,4 @@
-"""`cpx execute RUN_DIR`: run what is not done of a compiled plan, then collect the results."""
+"""`cpx execute [RUN_DIR]`: run what is not done of a compiled plan, then collect the results."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 from typing import Any
+
+from cpx.cli import _latest as latest
 
 EXIT_LOCKED = 3
 
@@ -15,13 +17,21 @@ def register(sub: Any) -> None:
         "execute",
         help="run a compiled plan (resumes: only stages that are not done run)",
         description=(
-            "Run every stage of RUN_DIR/plan.json that is not done, one worker per device, then "
-            "collect the results tables into RUN_DIR/results and the report into RUN_DIR/report. "
-            "Safe to kill at any moment and run again: finished stages are kept, the stage in "
-            "flight starts over."
+            "Run every stage of RUN_DIR/plan.json that is not done, one worker per device (local), "
+            "per Ray actor (ray) or per Slurm job (slurm), then collect the results tables into "
+            "RUN_DIR/results and the report into RUN_DIR/report. Safe to kill at any moment and run "
+            "again: finished stages are kept, the stage in flight starts over."
+        ),
+        epilog=(
+            "Slurm: `cpx execute RUN --executor slurm --workers 4 --gpus-per-worker 1 --partition gpu "
+            "--time 4:00:00` submits four worker jobs with sbatch; options left out take sbatch's own "
+            "defaults (SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_QOS, SBATCH_TIMELIMIT, the cluster's "
+            "default partition). RUN must be on a filesystem the compute nodes share, at the same path."
         ),
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `cpx compile`")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", nargs="?", help=f"a run folder written by `cpx compile` ({latest.HELP})"
+    )
     p.add_argument(
         "--devices",
         default="auto",
@@ -30,12 +40,35 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--executor",
-        choices=("local", "ray"),
+        choices=("local", "ray", "slurm"),
         default="local",
-        help="local worker processes (default) or a Ray cluster",
+        help="local worker processes (default), a Ray cluster, or Slurm jobs",
     )
     p.add_argument(
         "--address", default=None, help="Ray cluster address (with --executor ray; default: start a local one)"
+    )
+    slurm = p.add_argument_group("Slurm (with --executor slurm)")
+    slurm.add_argument("--workers", type=int, default=None, metavar="N", help="worker jobs to keep running (default 1)")
+    slurm.add_argument(
+        "--gpus-per-worker", type=int, default=None, metavar="G", help="GPUs each worker job asks for (default 0: CPU)"
+    )
+    slurm.add_argument("--partition", default=None, help="partition of the worker jobs (default: $SBATCH_PARTITION)")
+    slurm.add_argument("--account", default=None, help="account to charge (default: $SBATCH_ACCOUNT)")
+    slurm.add_argument("--qos", default=None, help="quality of service (default: $SBATCH_QOS)")
+    slurm.add_argument("--time", default=None, help="time limit of each worker job, e.g. 4:00:00 ($SBATCH_TIMELIMIT)")
+    slurm.add_argument(
+        "--slurm-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other sbatch option, passed as --KEY=VALUE (repeatable), e.g. --slurm-arg mem=64G",
+    )
+    slurm.add_argument(
+        "--executor-config",
+        default=None,
+        metavar="FILE",
+        help="YAML file with a `slurm:` block (partition, account, qos, time, gpus_per_worker, workers, "
+        "args: {KEY: VALUE}); the options above override it",
     )
     p.add_argument(
         "--keep-going", action="store_true", help="after a stage fails, go on with the stages that do not depend on it"
@@ -55,6 +88,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
     from cpx.execute import DeviceError, RunLocked, execute
+    from cpx.execute._slurm import SlurmError
     from cpx.execute._tracking import TrackingError
     from cpx.plan import PlanError
 
@@ -62,19 +96,22 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--retry must be 0 or more, got {args.retry}", 2)
     if args.address and args.executor != "ray":
         raise CLIError("--address only applies with --executor ray", 2)
+    args.run_dir = latest.resolve(args.run_dir, "execute")
     try:
+        slurm = slurm_options(args)
         summary = execute(
             args.run_dir,
             devices=args.devices,
             executor=args.executor,
             address=args.address,
+            slurm=slurm,
             keep_going=args.keep_going,
             retry=args.retry,
             quiet=args.quiet,
         )
     except RunLocked as e:
         raise CLIError(str(e), EXIT_LOCKED) from None
-    except (PlanError, DeviceError, TrackingError) as e:
+    except (PlanError, DeviceError, TrackingError, SlurmError) as e:
         raise CLIError(str(e), 2) from None
     except ImportError as e:
         if args.executor == "ray" and "ray" in str(e):
@@ -86,6 +123,31 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_summary(summary)
     return summary.exit_code
+
+
+SLURM_FLAGS = ("workers", "gpus_per_worker", "partition", "account", "qos", "time", "executor_config")
+
+
+def slurm_options(args: argparse.Namespace) -> Any:
+    """The `SlurmOptions` of --executor slurm (None otherwise; a Slurm flag without it is an error)."""
+    from cpx.cli import CLIError
+    from cpx.execute._slurm import load_options, parse_slurm_args
+
+    if args.executor != "slurm":
+        given = [f for f in SLURM_FLAGS if getattr(args, f) is not None] + (["slurm_arg"] if args.slurm_arg else [])
+        if given:
+            raise CLIError(f"--{given[0].replace('_', '-')} only applies with --executor slurm", 2)
+        return None
+    return load_options(
+        args.executor_config,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        partition=args.partition,
+        account=args.account,
+        qos=args.qos,
+        time=args.time,
+        args=parse_slurm_args(args.slurm_arg) or None,
+    )
 
 
 def print_summary(summary: Any) -> None:

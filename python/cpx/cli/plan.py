@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cpx.cli import _latest as latest
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -28,8 +30,7 @@ def register(sub: Any) -> None:
         "target",
         metavar="RUN_DIR|PLAN|SPEC",
         nargs="?",
-        default=".",
-        help="a run folder, a plan.json or a spec file (default: .)",
+        help=f"a run folder, a plan.json or a spec file ({latest.HELP})",
     )
     show.add_argument("--graph", action="store_true", help="print the DAG as a mermaid flowchart")
     show.add_argument("--kind", help="only stages of this kind")
@@ -69,8 +70,7 @@ def register(sub: Any) -> None:
         "target",
         metavar="RUN_DIR|PLAN|SPEC",
         nargs="?",
-        default=".",
-        help="a run folder, a plan.json or a spec file (default: .)",
+        help=f"a run folder, a plan.json or a spec file ({latest.HELP})",
     )
     power.add_argument(
         "--vary",
@@ -103,6 +103,7 @@ def run_show(args: argparse.Namespace) -> int:
     from cpx.plan._cost import count_done
     from cpx.plan._diff import mermaid
 
+    args.target = latest.resolve(args.target, "plan show")
     plan = load_any(args.target)
     if args.graph:
         print(mermaid(plan))
@@ -205,6 +206,7 @@ def run_power(args: argparse.Namespace) -> int:
         vary = parse_vary(args.vary)
     except PowerError as e:
         raise CLIError(str(e), 2) from None
+    args.target = latest.resolve(args.target, "plan power")
     plan = load_any(args.target)
     path = Path(args.target)
     # A relative power.from_run is relative to the spec; for a plan, to the current directory.

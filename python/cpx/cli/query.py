@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cpx.cli import EXIT_USAGE, CLIError
+from cpx.cli import _latest as latest
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -23,9 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     p.add_argument("sql", metavar="SQL", help="the query")
-    p.add_argument(
-        "run_dir", nargs="?", default=".", metavar="RUN_DIR", help="the run folder (default: the current folder)"
-    )
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help=f"the run folder ({latest.HELP})")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     p.set_defaults(func=run)
@@ -38,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.format == "parquet" and not args.output:
         raise CLIError("--format parquet needs --output FILE", EXIT_USAGE)
+    args.run_dir = latest.resolve(args.run_dir, "query")
     try:
         df = Results(args.run_dir).sql(args.sql).collect()
     except ResultsError as e:

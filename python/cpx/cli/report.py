@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 from cpx.cli import EXIT_USAGE, CLIError
+from cpx.cli import _latest as latest
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -21,9 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "from the data, and figures (PNG, SVG, interactive HTML)."
         ),
     )
-    p.add_argument(
-        "run_dir", nargs="?", default=".", metavar="RUN_DIR", help="the run folder (default: the current folder)"
-    )
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help=f"the run folder ({latest.HELP})")
     p.add_argument("--out", metavar="DIR", help="write here instead of RUN_DIR/report")
     p.add_argument("--title", help="the report's title (default: 'cpx report: <run name>')")
     p.add_argument(
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from cpx.plan import PlanError
     from cpx.report import ReportError, build_report, figure_names, from_run
 
-    run_dir = Path(args.run_dir)
+    run_dir = Path(latest.resolve(args.run_dir, "report"))
     if not run_dir.is_dir():
         raise CLIError(f"{run_dir}: no such folder", EXIT_USAGE)
     planned = _report_params(run_dir)

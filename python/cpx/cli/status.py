@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from cpx.cli import _latest as latest
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -15,7 +17,7 @@ def register(sub: Any) -> None:
         description="List every stage of RUN_DIR/plan.json with its state and timing, then the counts and "
         "how long the workers sat idle before the done stages (per kind, and the longest wait).",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", default=".", help="run folder (default: .)")
+    p.add_argument("run_dir", metavar="RUN_DIR", nargs="?", help=f"run folder ({latest.HELP})")
     p.add_argument("--json", action="store_true", help="one JSON object: stages and counts")
     p.add_argument(
         "--verify", action="store_true", help="also compare every output's sha256 with its manifest (slower)"
@@ -27,8 +29,10 @@ def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
     from cpx.execute import run_status
     from cpx.execute._status import STATES, idle_summary
+    from cpx.execute._tracking import offline_runs, upload_hint
     from cpx.plan import PlanError
 
+    args.run_dir = latest.resolve(args.run_dir, "status")
     try:
         rows = run_status(args.run_dir, verify=args.verify)
     except PlanError as e:
@@ -37,7 +41,13 @@ def run(args: argparse.Namespace) -> int:
     idle = idle_summary(rows)
     if args.json:
         json.dump(
-            {"run_dir": args.run_dir, "counts": counts, "idle": idle, "stages": [r.to_json() for r in rows]},
+            {
+                "run_dir": args.run_dir,
+                "counts": counts,
+                "idle": idle,
+                "stages": [r.to_json() for r in rows],
+                "wandb_offline_runs": [str(p) for p in offline_runs(args.run_dir)],
+            },
             sys.stdout,
             indent=1,
         )
@@ -55,4 +65,7 @@ def run(args: argparse.Namespace) -> int:
             f"workers idle before stages: {idle['total_seconds']:.1f} s in all ({kinds}); "
             f"longest {idle['max_seconds']:.2f} s before {idle['max_stage']}"
         )
+    hint = upload_hint(args.run_dir)
+    if hint:
+        print(hint)
     return 0

@@ -10,12 +10,13 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from cpx.errors import CpxError
 from cpx.execute._worker import worker_main
 
 PYTHON_HASH_SEED = "0"
 
 
-class DeviceError(ValueError):
+class DeviceError(CpxError, ValueError):
     """A `--devices` value that names no usable device."""
 
 

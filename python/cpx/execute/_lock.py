@@ -8,10 +8,11 @@ import os
 import socket
 from pathlib import Path
 
+from cpx.errors import CpxError
 from cpx.execute._store import now_iso
 
 
-class RunLocked(Exception):
+class RunLocked(CpxError):
     """Another process is executing this run folder."""
 
 

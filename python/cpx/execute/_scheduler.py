@@ -19,14 +19,18 @@ from typing import Any, Protocol
 from cpx.execute import _env
 from cpx.execute._lock import RunLock
 from cpx.execute._progress import Display, make_display
+from cpx.execute._slurm import cancel_recorded
 from cpx.execute._store import MANIFEST_FORMAT, Store, now_iso
-from cpx.execute._tracking import MlflowTracker, log_stage, make_tracker
+from cpx.execute._tracking import Tracker, log_stage, make_tracker
 from cpx.plan import Plan, Stage
 
 # Out-of-memory retries of a batching stage, each with half the batch: not counted in --retry.
 # The runners of these kinds read `ctx.batch_limit` (sampling batch, training micro-batch).
 OOM_RETRIES = 4
 OOM_KINDS = frozenset({"sample", "generate", "train"})
+# Runs of a stage lost with its worker (a Slurm job cancelled, preempted or timed out), retried
+# on another worker and not counted in --retry; a stage lost this often fails.
+LOST_RETRIES = 3
 DEFAULT_FIRST_BATCH_LIMIT = 256
 
 
@@ -114,12 +118,14 @@ class Scheduler:
         keep_going: bool = False,
         retry: int = 0,
         display: Display,
-        tracker: MlflowTracker | None = None,
+        tracker: Tracker | None = None,
     ):
         self.plan, self.store, self.backend = plan, store, backend
         self.tracker = tracker
+        self._tracking_notes: set[str] = set()
         self.keep_going, self.retry, self.display = keep_going, retry, display
         self.by_id = plan.by_id()
+        self.plan_path = store.snapshot_plan(plan)
         self.users: dict[str, list[str]] = {s.id: [] for s in plan.stages}
         for s in plan.stages:
             for d in s.deps:
@@ -132,6 +138,9 @@ class Scheduler:
         attempts: dict[str, int] = {}
         oom_limits: dict[str, int] = {}
         oom_tries: dict[str, int] = {}
+        lost_tries: dict[str, int] = {}
+        # A backend whose workers start late (Slurm jobs in the queue) says which are up.
+        accepting = getattr(self.backend, "accepting", lambda slot: True)
         running: dict[int, tuple[str, Any]] = {}  # slot -> (stage id, tmp dir)
         started_at: dict[str, float] = {}
         slot_model: dict[int, str | None] = {i: None for i in range(len(self.backend.slots))}
@@ -170,7 +179,7 @@ class Scheduler:
 
         while True:
             if not stop:
-                free = [i for i in range(len(self.backend.slots)) if i not in running]
+                free = [i for i in range(len(self.backend.slots)) if i not in running and accepting(i)]
                 cands = ready() if free else []
                 for slot in free:
                     kinds = getattr(self.backend.slots[slot], "kinds", None)
@@ -191,6 +200,7 @@ class Scheduler:
                         "log_path": str(self.store.log_path(stage)),
                         "attempt": attempts[sid],
                         "batch_limit": oom_limits.get(sid),
+                        "plan_path": str(self.plan_path),
                     }
                     running[slot] = (sid, tmp)
                     started_at[sid] = time.perf_counter()
@@ -202,12 +212,15 @@ class Scheduler:
                     )
                     self.display.stage_started(slot, stage)
                     self.backend.submit(slot, task)
-            if not running:
+            if not running and (stop or not ready() or all(accepting(i) for i in range(len(self.backend.slots)))):
                 break
             for ev in self.backend.poll(0.25):
                 if ev[0] == "progress":
                     _, slot, sid, n, total, info = ev
                     self.display.stage_progress(slot, sid, n, total, info)
+                    continue
+                if ev[0] == "note":
+                    self.display.note(ev[2])
                     continue
                 if ev[0] != "result":
                     continue
@@ -226,6 +239,13 @@ class Scheduler:
                 _remove(tmp)
                 log = str(self.store.log_path(stage))
                 self.store.event("failed", stage, attempt=attempts[sid], error=res["error"], oom=res.get("oom"))
+                if res.get("lost") and lost_tries.get(sid, 0) < LOST_RETRIES:
+                    lost_tries[sid] = lost_tries.get(sid, 0) + 1
+                    attempts[sid] -= 1
+                    self.display.note(f"{sid}: {res['error']}; running it again")
+                    waiting.append(sid)
+                    waiting.sort(key=order.__getitem__)
+                    continue
                 if (
                     res.get("oom")
                     and stage.kind in OOM_KINDS
@@ -280,7 +300,13 @@ class Scheduler:
             "plan": {"name": self.plan.name, "spec_hash": self.plan.spec_hash},
             "log": os.path.relpath(self.store.log_path(stage), self.store.run_dir),
         }
-        manifest["tracking"] = log_stage(self.tracker, stage, manifest)
+        manifest["tracking"] = log_stage(self.tracker, stage, manifest, tmp)
+        error = manifest["tracking"].get("error")
+        if error:
+            self.store.event("tracking_failed", stage, error=error)
+            if error not in self._tracking_notes:  # a tracker down says so once, not once a stage
+                self._tracking_notes.add(error)
+                self.display.note(f"warning: {stage.id}: {manifest['tracking']['backend']} tracking failed: {error}")
         self.store.commit(stage, tmp, manifest)
 
 
@@ -294,6 +320,7 @@ def execute(
     devices: str = "auto",
     executor: str = "local",
     address: str | None = None,
+    slurm: Any = None,
     keep_going: bool = False,
     retry: int = 0,
     quiet: bool = False,
@@ -305,6 +332,7 @@ def execute(
 
     `resolver(kind)` returns a stage kind's runner (default `cpx.stages.get_runner`); it must
     be importable by the workers (a module-level function, or `"module:function"`).
+    `slurm` is the `SlurmOptions` of `executor="slurm"` (default: one CPU worker job).
     Raises `cpx.execute.RunLocked` if another process is executing the run.
     """
     t0 = time.perf_counter()
@@ -321,11 +349,21 @@ def execute(
         from cpx.execute._ray import check_devices
 
         check_devices(devices)
+    elif executor == "slurm":
+        from cpx.execute._local import DeviceError
+        from cpx.execute._slurm import SlurmOptions, check_cluster
+
+        if devices != "auto":
+            raise DeviceError(f"--devices {devices!r}: with --executor slurm use --workers and --gpus-per-worker")
+        slurm = slurm if slurm is not None else SlurmOptions()
+        check_cluster(slurm)  # no controller, a bad partition: an error before anything is submitted
     else:
-        raise ValueError(f"unknown executor {executor!r}; choose local or ray")
-    tracker = make_tracker(plan, run_dir)  # a tracking section that cannot work fails here, first
+        raise ValueError(f"unknown executor {executor!r}; choose local, ray or slurm")
+    tracker = make_tracker(plan, run_dir, store)  # a tracking section that cannot work fails here, first
     with RunLock(run_dir):
         store.prepare()
+        # The Slurm jobs of an earlier driver of this run that was killed: gone before anything runs.
+        cancelled = cancel_recorded(store.run_dir)
         store.clean_tmp()
         summary = RunSummary(run_dir=str(store.run_dir), total=len(plan.stages))
         todo = []
@@ -343,10 +381,14 @@ def execute(
             from cpx.execute._local import LocalBackend
 
             backend = LocalBackend(slots, str(store.run_dir), resolver)
-        else:
+        elif executor == "ray":
             from cpx.execute._ray import RayBackend
 
             backend = RayBackend(str(store.run_dir), resolver, address=address, devices=devices)
+        else:
+            from cpx.execute._slurm import SlurmBackend
+
+            backend = SlurmBackend(str(store.run_dir), resolver, slurm)
         store.event(
             "run_started",
             executor=executor,
@@ -356,6 +398,9 @@ def execute(
         )
         sched = Scheduler(plan, store, backend, keep_going=keep_going, retry=retry, display=display, tracker=tracker)
         display.run_started(plan, len(todo), len(summary.cached), summary.rerun_reasons)
+        if cancelled:
+            store.event("slurm_jobs_cancelled", jobs=cancelled)
+            display.note(f"cancelled Slurm job(s) {', '.join(cancelled)} left by an earlier driver of this run")
         try:
             if todo:
                 backend.start()

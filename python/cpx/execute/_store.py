@@ -7,6 +7,7 @@ Layout (docs/plan-format.md, "Store"):
     <run>/logs/<stage id>.log            the stage's log, every attempt appended
     <run>/.cpx/lock                      held by the one `cpx execute` working on the run
     <run>/.cpx/events.jsonl              started / done / failed, one JSON object a line
+    <run>/.cpx/plans/<digest>.json       the plan an executor loaded, as its stages read it
 
 A stage is done only if its manifest is present, names the stage's hash, and every output
 it lists has the recorded size and sha256. Anything else (a missing manifest, a truncated or
@@ -26,7 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cpx.plan import Stage
+from cpx.errors import CpxError
+from cpx.plan import Plan, Stage
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -62,11 +64,14 @@ def checksum_tree(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_json_atomic(path: Path, obj: Any, *, fsync: bool = False) -> None:
-    """Write JSON to a temporary file beside `path` and rename it over `path`."""
+def write_json_atomic(path: Path, obj: Any, *, fsync: bool = False, sort_keys: bool = True) -> None:
+    """Write JSON to a temporary file beside `path` and rename it over `path`.
+
+    `sort_keys=False` keeps the order of every mapping (a message whose order matters).
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True, default=str)
+        json.dump(obj, f, indent=1, sort_keys=sort_keys, default=str)
         f.write("\n")
         if fsync:
             f.flush()
@@ -74,7 +79,7 @@ def write_json_atomic(path: Path, obj: Any, *, fsync: bool = False) -> None:
     os.replace(tmp, path)
 
 
-class StoreError(Exception):
+class StoreError(CpxError):
     """The store is in a state the executor cannot use (reported with the path)."""
 
 
@@ -147,6 +152,18 @@ class Store:
         return Verdict(True)
 
     # -- writing ------------------------------------------------------------------------------
+    def snapshot_plan(self, plan: Plan) -> Path:
+        """`.cpx/plans/<digest>.json`: the plan as this executor loaded it, for its stages to read.
+
+        Named by its content and never rewritten, so a stage reads the plan its executor ran
+        whatever happens to plan.json meanwhile.
+        """
+        text = json.dumps(plan.to_json(), sort_keys=True)
+        path = self.state_dir / "plans" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+        if not path.is_file():
+            plan.save(path)
+        return path
+
     def prepare(self) -> None:
         for d in (self.stages_dir, self.logs_dir, self.state_dir):
             d.mkdir(parents=True, exist_ok=True)

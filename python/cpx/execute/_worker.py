@@ -1,4 +1,4 @@
-"""The local executor's worker process: one per device, stages in, results out, models kept warm."""
+"""The worker loop (stages in, results out, models kept warm) and the local executor's worker process."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cpx.execute._task import IdleClock, LazyModelPool, Resolver, free_accelerator_memory, run_task
@@ -65,31 +66,50 @@ def worker_main(
     events: mp.Queue,  # type: ignore[type-arg]
     parent_pid: int,
 ) -> None:
-    """Loop: take a task, run it, report the result; stop at None."""
+    """A local worker process: die with the scheduler, see only its own GPU, then `serve`."""
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group; the scheduler decides what stops, not the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if visible is not None:
         # Before torch is imported: the worker sees only its own GPU, as cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    serve(slot, device, run_dir, resolver_ref, tasks.get, events.put)
+
+
+def serve(
+    slot: int,
+    device: str,
+    run_dir: str,
+    resolver_ref: Any,
+    get_task: Callable[[], dict[str, Any] | None],
+    put_event: Callable[[tuple[Any, ...]], None],
+    annotate: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
+    """The worker loop of every executor: take a task, run it, report the result; stop at None.
+
+    The model pool lives as long as the loop, so consecutive stages on one base model load it
+    once. `annotate(result)` adds executor details (a Slurm job id) to each result.
+    """
     resolver = resolve_resolver(resolver_ref)
     models = LazyModelPool(device, run_dir)
 
     def progress(stage_id: str, done: int, total: int, info: dict[str, Any]) -> None:
-        events.put(("progress", slot, stage_id, done, total, info))
+        put_event(("progress", slot, stage_id, done, total, info))
 
     clock = IdleClock()
-    events.put(("ready", slot, os.getpid()))
+    put_event(("ready", slot, os.getpid()))
     while True:
-        task = tasks.get()
+        task = get_task()
         if task is None:
             break
         stage_id = task["stage"]["id"]
-        events.put(("started", slot, stage_id))
+        put_event(("started", slot, stage_id))
         result = run_task(
             task, resolver=resolver, models=models, device=device, progress=progress, idle_before=clock.waited()
         )
-        events.put(("result", slot, stage_id, result))
+        if annotate is not None:
+            annotate(result)
+        put_event(("result", slot, stage_id, result))
         clock.free()
         if "torch" in sys.modules:
             # While the scheduler commits: free the finished stage's tensors caught in cycles and

@@ -39,13 +39,15 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from cpx.errors import CpxError
+
 _CHUNK = 1 << 22
 _EDGE = 4096  # bytes hashed at each end of a tensor's data
 MODE_ENV = "CPX_FINGERPRINT"
 MODES = ("identity", "full")
 
 
-class FingerprintError(ValueError):
+class FingerprintError(CpxError, ValueError):
     """A model folder that cannot be fingerprinted, with the path and why."""
 
 

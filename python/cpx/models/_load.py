@@ -10,12 +10,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
 from cpx.models._tiny import build_tiny, tiny_hash
 
 _DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(CpxError):
     """A model or tokenizer that cannot be loaded, with what was tried."""
 
 

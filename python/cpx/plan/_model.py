@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
+
 PLAN_FORMAT = 1
 STAGE_KINDS = ("generate", "dataset", "train", "sample", "represent", "scan", "analyze", "report")
 
 
-class PlanError(Exception):
+class PlanError(CpxError):
     """A plan.json that cannot be read or is inconsistent."""
 
 

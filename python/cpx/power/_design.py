@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
+
 DEFAULT_ICC = 0.1
 # `--vary` keys and what they set.
 VARY_KEYS = ("questions", "completions", "sources", "checkpoints", "seeds", "alphas")
@@ -24,7 +26,7 @@ DEFAULT_ANALYSES = (
 )
 
 
-class PowerError(ValueError):
+class PowerError(CpxError, ValueError):
     """A power setting that cannot be used: a bad `--vary`, an unreadable `from_run`."""
 
 

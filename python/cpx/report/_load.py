@@ -13,12 +13,13 @@ from cpx.analysis import Analysis, Options, adapter_quality, normalize_metrics
 from cpx.analysis._metrics import trained
 from cpx.analysis._run import split_predictors
 from cpx.analysis._steering import steer_layers_of
+from cpx.errors import CpxError
 from cpx.plan import Plan, Stage
 from cpx.report._build import ReportData
 from cpx.report._inputs import read_folders
 
 
-class ReportError(Exception):
+class ReportError(CpxError):
     """A report that cannot be made; the message says what is missing and what to run."""
 
 
@@ -108,10 +109,10 @@ def from_run(run_dir: str | Path) -> ReportData:
     )
 
 
-def from_stage(stage: Stage, inputs: dict[str, Path], run_dir: Path) -> ReportData:
+def from_stage(stage: Stage, inputs: dict[str, Path], run_dir: Path, plan: Plan | None) -> ReportData:
     """The report stage's data: metrics and stats from its analyze input, the per-persona
-    leakage and marker screens from the stages upstream of it (found through plan.json)."""
-    plan = Plan.load(run_dir) if (Path(run_dir) / "plan.json").exists() else None
+    leakage and marker screens from the stages upstream of it (found through `plan`, the plan
+    its executor loaded; None: its inputs only)."""
     upstream = _closure(plan, stage) if plan else []
     folders: list[tuple[Path, dict[str, Any] | None]] = [(p, None) for p in inputs.values()]
     folders += [

@@ -6,6 +6,8 @@ import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cpx.errors import CpxError
+
 
 @dataclass(frozen=True)
 class Location:
@@ -45,7 +47,7 @@ class Issue:
         return text
 
 
-class SpecError(Exception):
+class SpecError(CpxError):
     """A spec that cannot be loaded; `issues` lists every problem found, in file order."""
 
     def __init__(self, issues: Iterable[Issue]):

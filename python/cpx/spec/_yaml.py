@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from cpx.errors import CpxError
 from cpx.spec._errors import Issue, Location, SpecError
 
 KeyPath = tuple[Any, ...]
@@ -146,7 +147,7 @@ def parse_yaml(text: str, file: str) -> Doc:
 MAX_VALUES = 200_000  # a spec is small; this stops an alias "bomb" from eating the memory
 
 
-class _TooBig(Exception):
+class _TooBig(CpxError):
     def __init__(self, location: Location):
         self.location = location
 

@@ -13,13 +13,15 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from cpx.errors import CpxError
+
 if TYPE_CHECKING:
     from cpx.stages._steer import Steering
 
 _CPU_BATCH = 32
 
 
-class HiddenStateError(ValueError):
+class HiddenStateError(CpxError, ValueError):
     """Layers or prompts that cannot be read, with what is wrong."""
 
 

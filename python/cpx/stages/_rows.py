@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
+
 ROLES = ("source", "assistant", "bystander")
 
 
-class StageParamError(ValueError):
+class StageParamError(CpxError, ValueError):
     """A stage parameter that cannot be used, with the stage and the key path."""
 
 

@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cpx.errors import CpxError
+
 if TYPE_CHECKING:
     from cpx.stages._steer import Steering
 
@@ -70,7 +72,7 @@ class Completion:
     finish_reason: str
 
 
-class SamplerError(ValueError):
+class SamplerError(CpxError, ValueError):
     """Sampler settings or requests that cannot be sampled, with what is wrong."""
 
 

@@ -23,13 +23,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
 from cpx.stages._context import StageContext
 
 RECIPES = ("convergence", "generic", "marker")
 DEFAULT_TEMPLATE = "\n\n{marker}"
 
 
-class DatasetError(Exception):
+class DatasetError(CpxError):
     """A dataset that cannot be built as specified, with what was asked and what was there."""
 
 
