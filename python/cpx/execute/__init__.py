@@ -6,8 +6,8 @@ and the runners import torch.
 """
 
 from cpx.execute._collect import RESULT_SOURCES, RESULT_TABLES, collect_results
-from cpx.execute._lock import RunLock, RunLocked, is_locked
 from cpx.execute._local import DeviceError, parse_devices
+from cpx.execute._lock import RunLock, RunLocked, is_locked
 from cpx.execute._scheduler import RunSummary, StageFailure, execute
 from cpx.execute._status import StageStatus, run_status
 from cpx.execute._store import MANIFEST, Store, Verdict

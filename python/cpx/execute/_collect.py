@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cpx.execute._store import MANIFEST, Store, now_iso, sha256_file, write_json_atomic
-from cpx.plan import Plan
+from cpx.plan import Plan, Stage
 
 # Where each results table comes from: (stage kind, file in the stage's folder).
 RESULT_SOURCES: dict[str, tuple[str, str]] = {
@@ -61,7 +61,7 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
             elif path.is_file():
                 t = _labelled(pq.read_table(path), s.labels)
                 parts.extend([t] if table in PER_STAGE else _per_arm(t, s.labels))
-                used.append({"id": s.id, "hash": s.hash})
+                used.append({"id": s.id, "hash": s.hash, **_tracked(store, s)})
             # else: a done stage that does not make this table (a train stage without a screen)
         if not parts:
             target.unlink(missing_ok=True)
@@ -80,6 +80,12 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
     record["report"] = _copy_report(plan, store)
     write_json_atomic(results_dir / MANIFEST, record)
     return record
+
+
+def _tracked(store: Store, stage: Stage) -> dict[str, Any]:
+    """The tracker run a stage was logged as, for the table's provenance (nothing without one)."""
+    t = (store.read_manifest(stage) or {}).get("tracking") or {}
+    return {"tracking": {"backend": t["backend"], "run_id": t["run_id"]}} if t.get("run_id") else {}
 
 
 def _labelled(table, labels: dict[str, Any]):

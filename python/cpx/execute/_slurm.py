@@ -56,8 +56,6 @@ REPLACEABLE = frozenset({"CANCELLED", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DE
 RESERVED_ARGS = frozenset({"job-name", "J", "output", "o", "error", "e", "wrap", "parsable", "array", "a", "requeue"})
 SQUEUE_EVERY = 2.0
 HEARTBEAT_EVERY = 2.0
-# A stage whose worker dies this many times is failed (a stage that kills its node every time).
-MAX_LOST = 3
 # Jobs of one worker slot that end before their worker starts, in a row, before cpx gives up.
 MAX_REPLACEMENTS = 3
 
@@ -169,7 +167,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     unknown = sorted(set(block) - set(_CONFIG_KEYS))
     if unknown:
         raise SlurmError(f"{path}: slurm.{unknown[0]}: unknown key; known keys: {', '.join(_CONFIG_KEYS)}")
-    types = {"workers": int, "gpus_per_worker": int, "ready_timeout": (int, float), "idle_timeout": (int, float)}
+    types: dict[str, type | tuple[type, ...]] = {
+        "workers": int,
+        "gpus_per_worker": int,
+        "ready_timeout": (int, float),
+        "idle_timeout": (int, float),
+    }
     for key, want in types.items():
         if key in block and (isinstance(block[key], bool) or not isinstance(block[key], want)):
             raise SlurmError(f"{path}: slurm.{key}: expected a number, got {block[key]!r}")
@@ -270,7 +273,9 @@ def cancel_recorded(run_dir: str | os.PathLike[str]) -> list[str]:
     jobs: dict[str, str] = record.get("jobs", {})
     if jobs and shutil.which("squeue") is None:
         return []  # not on the cluster: the workers leave by themselves once the driver is silent
-    states = squeue(list(jobs)) or {}
+    states = squeue(list(jobs))
+    if states is None:
+        return []  # the controller did not answer: keep the record for the next driver
     mine = [j for j, name in jobs.items() if j in states and states[j]["name"] == name]
     _cancel_and_wait([j for j in mine if states[j]["state"] in STOPPING_STATES])
     for d in path.parent.iterdir():
@@ -445,8 +450,11 @@ class SlurmBackend:
             if info:
                 job.node, job.reason = info["node"] or job.node, info["reason"]
             if state in LIVE_STATES:
-                if state != job.state and state == "RUNNING":
-                    job.running_since = time.monotonic()
+                if state != job.state:
+                    if state == "RUNNING":
+                        job.running_since = time.monotonic()
+                    where = f" on {job.node}" if state == "RUNNING" else f" ({job.reason})" if job.reason else ""
+                    out.append(("note", slot, f"worker job {job.id}: {state.lower()}{where}"))
                 job.state = state
                 if (
                     not job.ready

@@ -193,7 +193,7 @@ def run_task(
                     raise TypeError(f"the {stage.kind} runner returned {type(info).__name__}, not a dict or None")
                 info = json.loads(json.dumps(info, default=str)) if info else {}
             outputs = checksum_tree(out_dir)
-        except BaseException as e:  # noqa: BLE001 - every stage error is reported, not raised
+        except BaseException as e:
             if isinstance(e, KeyboardInterrupt):
                 raise
             tb = traceback.format_exc()

@@ -15,7 +15,6 @@ from typing import Any
 
 from cpx.execute._task import IdleClock, LazyModelPool, Resolver, free_accelerator_memory, run_task
 
-
 # `module:function` of a resolver to use instead of `cpx.stages.get_runner` (tests, custom kinds).
 RESOLVER_ENV = "CPX_STAGE_RESOLVER"
 

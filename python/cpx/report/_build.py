@@ -19,7 +19,7 @@ from cpx.analysis import _tables as T
 from cpx.analysis._metrics import expand_arms, trained
 from cpx.report import _figures as F
 from cpx.report._caveats import caveats
-from cpx.report._provenance import provenance, spec_summary
+from cpx.report._provenance import provenance, spec_summary, tracked
 
 FIGURES = (
     "hero",
@@ -184,15 +184,17 @@ def _html_table(t: T.Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _kv(rows: list[tuple[str, str]]) -> T.Table:
+def _strings(key: str, rows: list[tuple[str, ...]], names: tuple[str, ...]) -> T.Table:
+    """A table of text columns `names`, one row a tuple."""
     return T.Table(
-        "kv",
+        key,
         "",
-        pl.DataFrame(
-            {"item": [r[0] for r in rows], "value": [r[1] for r in rows]},
-            schema={"item": pl.String, "value": pl.String},
-        ),
+        pl.DataFrame({n: [r[i] for r in rows] for i, n in enumerate(names)}, schema=dict.fromkeys(names, pl.String)),
     )
+
+
+def _kv(rows: list[tuple[str, str]]) -> T.Table:
+    return _strings("kv", rows, ("item", "value"))
 
 
 CSS = """body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1200px;
@@ -236,6 +238,9 @@ def build_report(
     if data.spec:
         blocks += [("h2", "Spec"), ("table", _kv(spec_summary(data.spec, data.stages)))]
     blocks += [("h2", "Provenance"), ("table", _kv(provenance(data.manifests, data.n_counted, data.counted)))]
+    runs = tracked(data.manifests)
+    if runs:
+        blocks += [("h3", "Tracker runs"), ("table", _strings("tracker_runs", runs, ("stage", "tracker", "run id")))]
     cav = caveats(trained(a.metrics), a.stats, a.adapters)
     if cav:
         blocks += [("h2", "Caveats"), ("ul", cav)]

@@ -153,4 +153,48 @@ def provenance(
         ("stage-hours (all devices)", f"{total_s / 3600:.3f}"),
         ("stages done", f"{len(manifests)}" + (f" of {n_stages} {counted}" if n_stages else "")),
     ]
+    return rows + tracker_summary(manifests)
+
+
+_TRACKERS = {"wandb": "W&B", "mlflow": "MLflow"}
+
+
+def tracked(manifests: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(stage id, tracker, run id or why there is none) for every stage a tracker logged or tried to."""
+    out = []
+    for m in sorted(manifests, key=lambda m: str(m.get("id"))):
+        t = m.get("tracking") or {}
+        if t.get("backend"):
+            what = t.get("run_id") or f"not logged: {t.get('error', 'no run id')}"
+            if t.get("run_id") and t.get("error"):
+                what += f" (incomplete: {t['error']})"
+            out.append((str(m.get("id")), _TRACKERS.get(t["backend"], t["backend"]), what))
+    return out
+
+
+def tracker_summary(manifests: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """One provenance row per tracker (where its runs are, how many failed) and, for offline
+    W&B runs, how to upload them."""
+    rows = []
+    entries = [(m.get("tracking") or {}) for m in manifests]
+    for backend, name in _TRACKERS.items():
+        mine = [t for t in entries if t.get("backend") == backend]
+        if not mine:
+            continue
+        ok = [t for t in mine if t.get("run_id")]
+        where = mine[0]
+        place = (
+            f"project {where.get('project')}, group {where.get('group')}, {where.get('mode')}"
+            if backend == "wandb"
+            else f"{where.get('uri')}, experiment {where.get('experiment_id')}"
+        )
+        failed = len(mine) - len(ok)
+        rows.append(
+            (
+                f"{name} runs",
+                f"{len(ok)} of {len(mine)} stages ({place})" + (f"; {failed} not logged" if failed else ""),
+            )
+        )
+        if backend == "wandb" and any(t.get("mode") == "offline" for t in ok):
+            rows.append(("W&B upload", "from the run folder: wandb sync wandb/offline-run-*"))
     return rows

@@ -424,14 +424,38 @@ class Power(Strict):
         return self
 
 
+MLFLOW_ONLY = ("uri", "experiment")
+WANDB_ONLY = ("project", "entity", "group", "mode", "tags")
+
+
 class Tracking(Strict):
     """Log every finished stage to an experiment tracker; its run ids are kept in the manifests."""
 
-    backend: Literal["mlflow"]
+    backend: Literal["mlflow", "wandb"]
     uri: str | None = Field(
-        default=None, description="tracking URI (default: an MLflow file store in <run>/mlruns, no server needed)"
+        default=None,
+        description="mlflow: tracking URI (default: an MLflow file store in <run>/mlruns, no server needed)",
     )
-    experiment: str | None = Field(default=None, description="default: the spec's name")
+    experiment: str | None = Field(default=None, description="mlflow: experiment name (default: the spec's name)")
+    project: str | None = Field(default=None, description="wandb: project (default: the spec's name)")
+    entity: str | None = Field(default=None, description="wandb: team or user (default: W&B's default entity)")
+    group: str | None = Field(
+        default=None, description="wandb: run group (default: the run folder's name and the spec hash)"
+    )
+    mode: Literal["offline", "online"] | None = Field(
+        default=None,
+        description="wandb: offline (the default: runs written to <run>/wandb/, uploaded later with `wandb sync`) "
+        "or online; the WANDB_MODE variable overrides it",
+    )
+    tags: list[Text] = Field(default=[], description="wandb: tags of every run")
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> Tracking:
+        other = WANDB_ONLY if self.backend == "mlflow" else MLFLOW_ONLY
+        given = [k for k in other if k in self.model_fields_set]
+        if given:
+            raise ValueError(f"{', '.join(given)}: not a setting of backend {self.backend}")
+        return self
 
 
 class Spec(Strict):

@@ -1,7 +1,7 @@
 """The `train` stage: LoRA SFT on a dataset stage's examples, starting from any model chain.
 
 Outputs (docs/plan-format.md): `checkpoints/<f>/` (a peft adapter per fraction f > 0),
-`train_log.parquet` (`step, loss, lr`) and, for a marker adapter with `screen` set,
+`train_log.parquet` (`step, loss, lr, grad_norm, tokens_per_s`) and, for a marker adapter with `screen` set,
 `screen.parquet` (`persona, role, n, hits, rate`): the adapter's marker rate on every eval
 persona right after training, with a warning in the stage log when the adapter is not
 specific to its source (the study's "inverted" and "global" adapters were erased by 25 SFT
@@ -106,6 +106,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "step": pa.array([r["step"] for r in res.log], pa.int64()),
             "loss": pa.array([r["loss"] for r in res.log], pa.float64()),
             "lr": pa.array([r["lr"] for r in res.log], pa.float64()),
+            "grad_norm": pa.array([r["grad_norm"] for r in res.log], pa.float64()),
+            "tokens_per_s": pa.array([r["tokens_per_s"] for r in res.log], pa.float64()),
         }
     )
     pq.write_table(log_table, Path(ctx.out_dir) / "train_log.parquet")
