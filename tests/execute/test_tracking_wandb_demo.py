@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from _exec_helpers import cpx_env, cpx_popen, cpx_run, manifests
 from _exec_runners import ledger_lines, make_tracked_plan
-from test_exec_demo import DEMO, REAL, SMALL
+from _demo import DEMO, REAL, SMALL
 from test_exec_kill import slow_plan
 from test_tracking_wandb import offline_run
 
