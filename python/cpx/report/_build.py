@@ -242,6 +242,12 @@ def build_report(
     if runs:
         blocks += [("h3", "Tracker runs"), ("table", _strings("tracker_runs", runs, ("stage", "tracker", "run id")))]
     cav = caveats(trained(a.metrics), a.stats, a.adapters)
+    if (data.spec.get("model") or {}).get("tiny"):
+        cav.insert(
+            0,
+            "This run uses cpx's built-in tiny model with random weights: its responses are gibberish, "
+            "and its numbers show that the pipeline works end to end, not how a real language model behaves.",
+        )
     if cav:
         blocks += [("h2", "Caveats"), ("ul", cav)]
     shown = tables(a)
