@@ -50,7 +50,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
 
-from _common import QWEN25_7B
+from _common import QWEN25_7B  # noqa: E402 - imported after the sys.path entry above
 
 SPEC = ROOT / "specs" / "causal_proximity.yaml"
 VOCAB = 152064

@@ -76,7 +76,9 @@ def test_every_demo_stage_is_a_wandb_run_with_what_it_measured(demo):
             assert [h["_step"] for h in history] == [r["step"] for r in log]
             assert [h["loss"] for h in history] == pytest.approx([r["loss"] for r in log])
             assert [h["grad_norm"] for h in history] == pytest.approx([r["grad_norm"] for r in log])
-            assert all(h["lr"] == pytest.approx(r["lr"]) and h["tokens_per_s"] > 0 for h, r in zip(history, log, strict=True))
+            assert all(
+                h["lr"] == pytest.approx(r["lr"]) and h["tokens_per_s"] > 0 for h, r in zip(history, log, strict=True)
+            )
             assert got["summary"]["final_loss"] == pytest.approx(m["info"]["final_loss"])
         elif m["kind"] == "sample":
             roles = Counter(r["role"] for r in pq.read_table(stage_dir(demo, m) / "completions.parquet").to_pylist())

@@ -137,7 +137,7 @@ def read_metrics(path: str | Path) -> pl.DataFrame:
             raise MetricsError(f"{path}: expected a .csv, .tsv or .parquet file")
     except MetricsError:
         raise
-    except Exception as e:  # polars' own errors say what, we add where
+    except Exception as e:  # noqa: BLE001 - polars' own errors say what, we add where
         raise MetricsError(f"{path}: cannot read ({e})") from None
     if df.height == 0:
         raise MetricsError(f"{path}: no data rows (only a header); a metrics table needs at least one row")

@@ -87,9 +87,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
-    from cpx.execute import DeviceError, RunLocked, execute
-    from cpx.execute._slurm import SlurmError
-    from cpx.execute._tracking import TrackingError
+    from cpx.execute import DeviceError, RunLocked, SlurmError, TrackingError, execute
     from cpx.plan import PlanError
 
     if args.retry < 0:

@@ -100,8 +100,7 @@ def load_any(target: str) -> Any:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from cpx.plan._cost import count_done
-    from cpx.plan._diff import mermaid
+    from cpx.plan import count_done, mermaid
 
     args.target = latest.resolve(args.target, "plan show")
     plan = load_any(args.target)
@@ -151,7 +150,7 @@ def run_cost(args: argparse.Namespace) -> int:
         raise CLIError(str(e), 2) from None
     work = stage_work(plan)
     by_id = plan.by_id()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for kind in GPU_KINDS:
         ids = [sid for sid in ms if by_id[sid].kind == kind]
         if not ids:
@@ -191,7 +190,7 @@ def run_cost(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    from cpx.plan._diff import diff_plans, format_diff
+    from cpx.plan import diff_plans, format_diff
 
     d = diff_plans(load_any(args.a), load_any(args.b))
     print(format_diff(d, args.limit))

@@ -179,7 +179,7 @@ def log_stage(tracker: Tracker | None, stage: Stage, manifest: dict[str, Any], o
         return {}
     try:
         return tracker.log(stage, manifest, out_dir)
-    except Exception as e:  # a tracker outage must not lose a finished stage
+    except Exception as e:  # noqa: BLE001 - a tracker outage must not lose a finished stage
         return {"backend": tracker.backend, "error": f"{type(e).__name__}: {e}"}
 
 

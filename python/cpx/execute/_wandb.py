@@ -149,7 +149,7 @@ class WandbTracker:
                     dir=str(self.run_dir),
                     settings=settings,
                 )
-            except Exception as e:  # no network, a bad entity or key, a full disk
+            except Exception as e:  # noqa: BLE001 - no network, a bad entity or key, a full disk: never fail the stage
                 error = f"the W&B run of {stage.id} could not start ({type(e).__name__}: {e})"
                 if online:
                     self.broken = error
@@ -159,11 +159,11 @@ class WandbTracker:
                 entry["dir"] = os.path.relpath(run.settings.sync_dir, self.run_dir)
             try:
                 _log_outputs(wandb, run, stage, manifest, out_dir)
-            except Exception as e:  # what was logged stays logged; the run is closed below
+            except Exception as e:  # noqa: BLE001 - what was logged stays logged; the run is closed below
                 entry["error"] = f"logging the stage's outputs: {type(e).__name__}: {e}"
             try:
                 run.finish()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - a run that cannot close must not fail the stage
                 entry["error"] = (
                     f"the run did not finish ({type(e).__name__}: {e}); its data is in "
                     f"{os.path.relpath(run.settings.sync_dir, self.run_dir)}: upload it with `wandb sync`"

@@ -8,15 +8,24 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from cpx.analysis import Analysis, md_table, tables
-from cpx.analysis import _tables as T
-from cpx.analysis._metrics import expand_arms, trained
+from cpx.analysis import (
+    Analysis,
+    Table,
+    expand_arms,
+    families,
+    md_table,
+    shown_layers,
+    skipped,
+    tables,
+    trained,
+)
 from cpx.report import _figures as F
 from cpx.report._caveats import caveats
 from cpx.report._provenance import provenance, spec_summary, tracked
@@ -165,7 +174,7 @@ def _make(name: str, data: ReportData) -> Any | None:
         return F.adapter_quality(F.canonical(data.screen)) if data.screen is not None else None
     if name == "steering_curve":
         stats = data.analysis.stats
-        return F.steering_curve(stats, T.shown_layers(stats, data.analysis.steer_layers))
+        return F.steering_curve(stats, shown_layers(stats, data.analysis.steer_layers))
     if name == "seed_intervals":
         return F.seed_intervals(data.analysis.stats)
     raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
@@ -176,7 +185,7 @@ def _svg_inline(path: Path) -> str:
     return re.sub(r"^<\?xml[^>]*>\s*", "", svg)
 
 
-def _html_table(t: T.Table) -> str:
+def _html_table(t: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in t.frame.columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in t.frame.iter_rows()
@@ -184,16 +193,16 @@ def _html_table(t: T.Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _strings(key: str, rows: list[tuple[str, ...]], names: tuple[str, ...]) -> T.Table:
+def _strings(key: str, rows: Sequence[tuple[str, ...]], names: tuple[str, ...]) -> Table:
     """A table of text columns `names`, one row a tuple."""
-    return T.Table(
+    return Table(
         key,
         "",
         pl.DataFrame({n: [r[i] for r in rows] for i, n in enumerate(names)}, schema=dict.fromkeys(names, pl.String)),
     )
 
 
-def _kv(rows: list[tuple[str, str]]) -> T.Table:
+def _kv(rows: list[tuple[str, str]]) -> Table:
     return _strings("kv", rows, ("item", "value"))
 
 
@@ -255,11 +264,11 @@ def build_report(
     for t in shown:
         if t.key not in (*STEERING_TABLES, *SEED_TABLES):
             blocks += [("h3", t.title), ("table", t), ("caption", t.caption)]
-    fam = T.families(a.stats)
+    fam = families(a.stats)
     if fam.height:
         blocks += [
             ("h3", "Multiple comparisons"),
-            ("table", T.Table("fam", "", fam)),
+            ("table", Table("fam", "", fam)),
             (
                 "caption",
                 "Holm (family-wise error) and Benjamini-Hochberg (false discovery "
@@ -314,7 +323,7 @@ def build_report(
         blocks += [("h2", "Power"), *_power(data)]
     blocks.append(("h2", "Figures"))
     blocks += [figs[n] for n in figures if n in figs and n not in SECTION_FIGURES.values()]
-    notes = a.notes + [f"skipped: {s}" for s in T.skipped(a.stats)]
+    notes = a.notes + [f"skipped: {s}" for s in skipped(a.stats)]
     if notes:
         blocks += [("h2", "Notes"), ("ul", notes)]
 

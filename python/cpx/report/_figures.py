@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from cpx.analysis._metrics import layer_free
+from cpx.analysis import layer_free
 
 # Okabe & Ito (2008), without black, in the order that separates neighbours best.
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442", "#000000"]

@@ -6,6 +6,7 @@ line and column where the offending value (or key) was written.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import types
@@ -408,7 +409,7 @@ class _Checker:
                     )
                 )
         for arm_name, arm in (s.arms or {}).items():
-            self._guard(lambda: self._arm(arm_name, arm))
+            self._guard(functools.partial(self._arm, arm_name, arm))
         self._guard(self._cycles)
         return self.issues
 
@@ -495,7 +496,9 @@ class _Checker:
         s = self.spec
         if s.model.tiny is not None:
             top = s.model.tiny.num_layers
-            found = [(("representation", "layers", i), layer) for i, layer in enumerate(s.representation.layers)]
+            found: list[tuple[tuple[str | int, ...], int]] = [
+                (("representation", "layers", i), layer) for i, layer in enumerate(s.representation.layers)
+            ]
             found += [
                 (("arms", n, "steer", "layer"), a.steer.layer) for n, a in (s.arms or {}).items() if a.steer is not None
             ]

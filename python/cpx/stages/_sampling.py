@@ -485,7 +485,7 @@ def sample_token_ids(
                     log=log,
                     steer_hook=steer_hook,
                 )
-            except Exception as e:  # noqa: BLE001 - only out-of-memory is retried
+            except Exception as e:  # only out-of-memory is retried
                 if not (str(device).startswith("cuda") and _is_oom(e)) or batch_size == 1:
                     raise
                 del e

@@ -211,9 +211,9 @@ impl Design {
 
     /// Number of distinct rearrangements of the whole design (saturating).
     pub fn count(&self) -> u128 {
-        self.blocks.iter().fold(1u128, |acc, b| {
-            acc.checked_mul(b.count()).unwrap_or(u128::MAX)
-        })
+        self.blocks
+            .iter()
+            .fold(1u128, |acc, b| acc.saturating_mul(b.count()))
     }
 
     fn slice<'a>(&self, i: usize, st: &'a mut [u32]) -> &'a mut [u32] {
