@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from importlib import metadata as _metadata
+from typing import Any
 
 try:
     __version__ = _metadata.version("cpx")
@@ -25,7 +26,7 @@ def open(run_dir):  # noqa: A001 - mirrors the documented `cpx.open(run_dir)`
 _LAZY = ("stats", "scan", "errors", "results")
 
 
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562
+def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 

@@ -85,7 +85,6 @@ __getattr__, __dir__ = lazy_exports(
         "ReportError": "cpx.report",
         "ResultsError": "cpx.results",
         "RunLocked": "cpx.execute",
-        "SlurmError": "cpx.execute",
         "SamplerError": "cpx.stages",
         "SlurmError": "cpx.execute",
         "SpecError": "cpx.spec",

@@ -150,9 +150,7 @@ def run_cost(args: argparse.Namespace) -> int:
         raise CLIError(str(e), 2) from None
     work = stage_work(plan)
     by_id = plan.by_id()
-    gpu = sorted(
-        (m["timings"].get("started", ""), sid) for sid, m in ms.items() if by_id[sid].kind in GPU_KINDS
-    )
+    gpu = sorted((m["timings"].get("started", ""), sid) for sid, m in ms.items() if by_id[sid].kind in GPU_KINDS)
     firsts: dict[Any, str] = {}
     for _, sid in gpu:
         firsts.setdefault((ms[sid].get("executor") or {}).get("pid"), sid)
@@ -182,7 +180,9 @@ def run_cost(args: argparse.Namespace) -> int:
             f"{ratio:>10.2f} {r['fitted_s']:>10.1f}"
         )
     print(f"  (estimate: rates of one {current.device}, {current.source}; a worker's first stage carries")
-    print(f"   the model load: estimated {load['estimate_s']:.1f} s, fitted {load['fitted_s']:.1f} s, {load['workers']} worker(s))")
+    print(
+        f"   the model load: estimated {load['estimate_s']:.1f} s, fitted {load['fitted_s']:.1f} s, {load['workers']} worker(s))"
+    )
     print("fitted from this run:")
     print(f"  model load {fitted.load_s:.1f} s per worker")
     for kind, k in fitted.kinds.items():
