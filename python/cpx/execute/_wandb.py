@@ -204,8 +204,11 @@ def _log_outputs(wandb: Any, run: Any, stage: Stage, manifest: dict[str, Any], o
     """History, tables, images and summary of one stage, from its outputs and manifest."""
     step = 0
     if stage.kind == "train":
-        for row in _read(out_dir, "train_log.parquet") or []:
+        step_seconds = (manifest.get("info") or {}).get("step_seconds") or []
+        for i, row in enumerate(_read(out_dir, "train_log.parquet") or []):
             step = int(row.pop("step"))
+            if i < len(step_seconds) and row.get("tokens") and step_seconds[i] > 0:
+                row["tokens_per_s"] = row["tokens"] / step_seconds[i]
             run.log({k: v for k, v in row.items() if v is not None}, step=step)
         screen = _read(out_dir, "screen.parquet")
         if screen:
