@@ -139,9 +139,10 @@ def read_metrics(path: str | Path) -> pl.DataFrame:
         raise
     except Exception as e:  # noqa: BLE001 - polars' own errors say what, we add where
         raise MetricsError(f"{path}: cannot read ({e})") from None
-    if df.height == 0:
+    out = normalize_metrics(df, where=str(path))  # a missing column is the first thing to say
+    if out.height == 0:
         raise MetricsError(f"{path}: no data rows (only a header); a metrics table needs at least one row")
-    return normalize_metrics(df, where=str(path))
+    return out
 
 
 def _check_rows(path: Path, sep: str) -> None:
