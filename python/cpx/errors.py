@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from cpx.cli import CLIError
     from cpx.execute._local import DeviceError
     from cpx.execute._lock import RunLocked
+    from cpx.execute._slurm import SlurmError
     from cpx.execute._store import StoreError
     from cpx.execute._tracking import TrackingError
     from cpx.models._chain import ChainError
@@ -91,6 +92,7 @@ _ELSEWHERE = {
     "ResultsError": "cpx.results",
     "RunLocked": "cpx.execute._lock",
     "SamplerError": "cpx.stages._sampling",
+    "SlurmError": "cpx.execute._slurm",
     "SpecError": "cpx.spec._errors",
     "StageParamError": "cpx.stages._rows",
     "StoreError": "cpx.execute._store",
@@ -137,6 +139,7 @@ __all__ = [
     "ResultsError",
     "RunLocked",
     "SamplerError",
+    "SlurmError",
     "SpecError",
     "StageParamError",
     "StoreError",

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
 from cpx.execute._local import PYTHON_HASH_SEED
 from cpx.execute._mailbox import Mailbox
 from cpx.execute._store import write_json_atomic
@@ -60,7 +61,7 @@ HEARTBEAT_EVERY = 2.0
 MAX_REPLACEMENTS = 3
 
 
-class SlurmError(Exception):
+class SlurmError(CpxError):
     """Slurm cannot run the workers: no Slurm commands, no controller, a job Slurm refuses."""
 
 
