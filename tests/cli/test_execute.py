@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNNERS = ROOT / "tests" / "execute"
 sys.path.insert(0, str(RUNNERS))
 
-from _exec_runners import make_plan  # noqa: E402
+from _exec_runners import make_plan  # noqa: E402 - imported after the sys.path entry above
 
 
 def env() -> dict[str, str]:
@@ -98,6 +98,43 @@ def test_second_execute_refuses_while_the_first_runs(tmp_path):
         if first.poll() is None:
             first.kill()
             first.wait()
+
+
+def test_compile_refuses_a_running_folder_and_stages_read_the_executed_plan(tmp_path):
+    from cpx.plan import Plan
+
+    plan(tmp_path, sleep=1.5)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cpx", "execute", str(tmp_path), "--quiet"],
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (tmp_path / "logs" / "data" / "a.log").exists():
+            time.sleep(0.1)
+        before = (tmp_path / "plan.json").read_bytes()
+        demo = ROOT / "tests" / "data" / "demo_small.yaml"
+        r = cpx("compile", str(demo), "--out", str(tmp_path))
+        assert r.returncode == 3, r.stderr
+        assert f"is being executed by another cpx process (pid {first.pid} on " in r.stderr
+        assert "plan.json is left as it is" in r.stderr
+        assert (tmp_path / "plan.json").read_bytes() == before
+        # A writer that ignores the lock: the running stages still read the plan that was loaded.
+        other = Plan.load(tmp_path)
+        other.spec_hash = "1" * 64
+        other.save(tmp_path / "plan.json")
+        assert first.wait(timeout=60) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    seen = {}
+    for m in (tmp_path / "stages").glob("*/*/manifest.json"):
+        d = json.loads(m.read_text())
+        seen[d["id"]] = d["info"]["plan_spec_hash"]
+    assert seen == {s: "0" * 64 for s in ("data/a", "data/b", "scan/a", "scan/b")}
 
 
 def test_bad_arguments_are_clear(tmp_path):

@@ -41,3 +41,18 @@ def manifests(run_dir: Path) -> dict[str, dict]:
         d = json.loads(m.read_text())
         out[d["id"]] = d
     return out
+
+
+def execute_without(package: str, run_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`cpx execute RUN_DIR` in a Python where importing `package` fails, as if not installed."""
+    code = (
+        "import sys, builtins\n"
+        "real = builtins.__import__\n"
+        "def without(name, *a, **k):\n"
+        f"    if name.split('.')[0] == {package!r}: raise ImportError(name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = without\n"
+        "from cpx.cli import main\n"
+        f"sys.exit(main(['execute', {str(run_dir)!r}, '--devices', 'cpu', '--quiet']))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

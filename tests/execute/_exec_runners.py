@@ -128,6 +128,7 @@ def run(ctx: Any) -> dict[str, Any] | None:
         "py_random": py_value,
         "device": ctx.device,
         "models_imported": "cpx.models" in sys.modules,
+        "plan_spec_hash": ctx.plan.spec_hash if ctx.plan is not None else None,
     }
 
 
@@ -175,3 +176,28 @@ def resolve_real(kind: str) -> Any:
         return out
 
     return run_real
+
+
+# A small plan for the tracking tests: generate, sample, scan, analyze, with labels and nested params.
+TRACKED_STAGES = [
+    {"id": "gen", "kind": "generate", "params": {"rows": 3}},
+    {
+        "id": "sample/A",
+        "kind": "sample",
+        "deps": ["gen"],
+        "params": {"rows": 5, "nested": {"lr": 0.5}},
+        "labels": {"arm": "A", "checkpoint": 0.5},
+    },
+    {"id": "scan/A", "kind": "scan", "deps": ["sample/A"], "params": {}, "labels": {"arm": "A"}},
+    {"id": "analyze", "kind": "analyze", "deps": ["scan/A"], "params": {}},
+]
+
+
+def make_tracked_plan(
+    run_dir: str | Path, tracking: dict[str, Any], stages: list[dict[str, Any]] = TRACKED_STAGES
+) -> Any:
+    """`make_plan` with a spec whose `tracking:` section is `tracking`."""
+    plan = make_plan(run_dir, stages, name="tracked")
+    plan.spec = {"name": "tracked", "tracking": tracking}
+    plan.save(Path(run_dir) / "plan.json")
+    return plan

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from _exec_runners import ledger_lines, make_plan, resolve
 from _exec_helpers import manifests
-
+from _exec_runners import ledger_lines, make_plan, resolve
 from cpx.execute import RESULT_TABLES, RunLock, RunLocked, Store, execute, run_status
 from cpx.plan import Plan
 
@@ -86,7 +85,10 @@ def test_run_commits_every_stage_with_a_manifest_and_collects_results(tmp_path, 
     expect = []
     for sid in ("sample/A", "sample/B"):
         expect += pq.read_table(store.stage_dir(plan.by_id()[sid]) / "completions.parquet").to_pylist()
-    key = lambda r: (r["stage"], r["i"])  # noqa: E731
+
+    def key(r):
+        return r["stage"], r["i"]
+
     assert sorted(comp, key=key) == sorted([{**r, "checkpoint": r.get("checkpoint")} for r in expect], key=key)
     for t in ("marker_hits", "leakage", "metrics", "stats"):
         assert (tmp_path / "results" / f"{t}.parquet").is_file()
@@ -236,9 +238,8 @@ def test_scheduler_keeps_a_workers_model_loaded(tmp_path, ledger):
 
 def test_the_lock_refuses_a_second_executor(tmp_path, ledger):
     make_plan(tmp_path, diamond())
-    with RunLock(tmp_path):
-        with pytest.raises(RunLocked, match="being executed by another cpx process"):
-            run(tmp_path)
+    with RunLock(tmp_path), pytest.raises(RunLocked, match="being executed by another cpx process"):
+        run(tmp_path)
     assert not (tmp_path / "stages").exists() or not any((tmp_path / "stages").rglob("manifest.json"))
     assert run(tmp_path).ok  # released
 

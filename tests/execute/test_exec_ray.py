@@ -47,3 +47,21 @@ def test_ray_results_equal_local_results(tmp_path, ray_cluster, monkeypatch):
     # A resume under Ray runs nothing.
     again = execute(remote, executor="ray", resolver="_exec_runners:resolve", quiet=True)
     assert again.ran == [] and again.ok
+
+
+@pytest.mark.slow
+def test_ray_stages_are_tracked_in_wandb(tmp_path, ray_cluster, monkeypatch):
+    pytest.importorskip("wandb")
+    from _exec_runners import make_tracked_plan
+
+    from cpx.execute._tracking import offline_runs
+
+    plan = make_tracked_plan(tmp_path, {"backend": "wandb"})
+    monkeypatch.setenv("CPX_TEST_LEDGER", str(tmp_path / "ledger"))
+    summary = execute(tmp_path, executor="ray", resolver="_exec_runners:resolve", quiet=True)
+    assert summary.ok, summary.failed
+    ms = manifests(tmp_path)
+    assert {m["executor"]["kind"] for m in ms.values()} == {"ray"}
+    ids = {m["tracking"]["run_id"] for m in ms.values() if "error" not in m["tracking"]}
+    assert len(ids) == len(plan.stages)
+    assert {d.name.rsplit("-", 1)[1] for d in offline_runs(tmp_path)} == ids

@@ -3,14 +3,11 @@ file store under the run folder, and its run id is kept in the stage's manifest.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from _exec_helpers import manifests
-from _exec_runners import make_plan, resolve
+from _exec_helpers import execute_without, manifests
+from _exec_runners import TRACKED_STAGES, make_tracked_plan, resolve
 
 from cpx.execute import execute
 from cpx.execute._tracking import TrackingError
@@ -18,24 +15,9 @@ from cpx.plan import Plan
 
 mlflow = pytest.importorskip("mlflow")
 
-STAGES = [
-    {"id": "gen", "kind": "generate", "params": {"rows": 3}},
-    {
-        "id": "sample/A",
-        "kind": "sample",
-        "deps": ["gen"],
-        "params": {"rows": 5, "nested": {"lr": 0.5}},
-        "labels": {"arm": "A", "checkpoint": 0.5},
-    },
-    {"id": "scan/A", "kind": "scan", "deps": ["sample/A"], "params": {}, "labels": {"arm": "A"}},
-]
-
 
 def _with_tracking(run_dir: Path, tracking: dict) -> Plan:
-    plan = make_plan(run_dir, STAGES, name="tracked")
-    plan.spec = {"name": "tracked", "tracking": tracking}
-    plan.save(run_dir / "plan.json")
-    return plan
+    return make_tracked_plan(run_dir, tracking, TRACKED_STAGES[:3])
 
 
 def test_every_stage_is_an_mlflow_run_named_in_its_manifest(tmp_path, ledger):
@@ -73,17 +55,7 @@ def test_a_failing_tracker_never_fails_the_stage(tmp_path, ledger, monkeypatch):
 
 def test_mlflow_missing_is_a_clear_error_before_anything_runs(tmp_path):
     _with_tracking(tmp_path, {"backend": "mlflow"})
-    code = (
-        "import sys, builtins\n"
-        "real = builtins.__import__\n"
-        "def no_mlflow(name, *a, **k):\n"
-        "    if name.split('.')[0] == 'mlflow': raise ImportError(name)\n"
-        "    return real(name, *a, **k)\n"
-        "builtins.__import__ = no_mlflow\n"
-        "from cpx.cli import main\n"
-        f"sys.exit(main(['execute', {str(tmp_path)!r}, '--devices', 'cpu', '--quiet']))\n"
-    )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = execute_without("mlflow", tmp_path)
     assert r.returncode == 2, r.stderr
     assert "mlflow" in r.stderr and "not installed" in r.stderr
     assert not (tmp_path / "stages").exists()
@@ -93,3 +65,17 @@ def test_unknown_backend_is_refused(tmp_path):
     _with_tracking(tmp_path, {"backend": "tensorboard"})
     with pytest.raises(TrackingError, match="unknown tracking backend"):
         execute(tmp_path, resolver=resolve, devices="cpu", quiet=True)
+
+
+def test_a_stage_logged_again_keeps_its_mlflow_run(tmp_path, ledger):
+    plan = _with_tracking(tmp_path, {"backend": "mlflow", "uri": None, "experiment": None})
+    assert execute(tmp_path, resolver=resolve, devices="cpu", quiet=True).ok
+    before = {k: m["tracking"]["run_id"] for k, m in manifests(tmp_path).items()}
+    # Lose an output: the stage runs again and is logged into the run it had, not a new one.
+    (tmp_path / "stages" / "scan" / plan.by_id()["scan/A"].hash / "leakage.parquet").unlink()
+    again = execute(tmp_path, resolver=resolve, devices="cpu", quiet=True)
+    assert again.ok and again.ran == ["scan/A"]
+    assert {k: m["tracking"]["run_id"] for k, m in manifests(tmp_path).items()} == before
+    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "mlruns").resolve().as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("tracked").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted(before.values())

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-
 from cpx.models import _fingerprint
 from cpx.models._fingerprint import FingerprintError, fingerprint
+from safetensors.numpy import save_file
 
 
 @pytest.fixture(autouse=True)

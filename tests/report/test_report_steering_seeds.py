@@ -19,7 +19,9 @@ SEEDS = (42, 43, 44)
 def _ctx(plan, stage, run):
     by = plan.by_id()
     inputs = {d: run / "stages" / by[d].kind / by[d].hash for d in stage.deps}
-    return StageContext(stage=stage, out_dir=run / "stages" / stage.kind / stage.hash, inputs=inputs, run_dir=run)
+    return StageContext(
+        stage=stage, out_dir=run / "stages" / stage.kind / stage.hash, inputs=inputs, run_dir=run, plan=plan
+    )
 
 
 def _add_steer_stages(run, steer):

@@ -383,6 +383,26 @@ def test_fractional_epochs_and_bad_settings(tiny_model, tmp_path):
     assert not any("lora" in n for n, _ in model.named_modules())
 
 
+def test_the_log_has_the_gradient_norm_before_clipping_and_each_steps_tokens_and_time(tiny_model, tmp_path):
+    model, tok = tiny_model
+    model = copy.deepcopy(model)
+    exs = [encode_example(tok, SYSTEM, USER, f"Answer {i}.") for i in range(6)]
+    # Plain SGD from the first step: a clipped gradient moves the adapter (almost) nowhere.
+    optim = {**OPTIM, "optimizer": "sgd", "lr": 0.1, "warmup_ratio": 0.0, "grad_clip": None}
+    free = train_lora(model, exs, lora=LORA, optim=optim, checkpoints=[1.0], out_dir=tmp_path / "a", seed=2)
+    clipped = train_lora(
+        model, exs, lora=LORA, optim={**optim, "grad_clip": 1e-6}, checkpoints=[1.0], out_dir=tmp_path / "b", seed=2
+    )
+    # Step 1 sees the same adapter and batch: clip_grad_norm_'s norm (before clipping) is the
+    # unclipped run's get_total_norm; after it, the clipped adapter barely moved.
+    assert clipped.log[0]["grad_norm"] == pytest.approx(free.log[0]["grad_norm"], rel=1e-5)
+    assert free.log[0]["grad_norm"] > 1e-3
+    assert clipped.log[1]["grad_norm"] != pytest.approx(free.log[1]["grad_norm"], rel=1e-3)
+    assert all(r["seconds"] > 0 for r in free.log + clipped.log)
+    # Each step's tokens: the run's total split by step (one epoch: every example once).
+    assert sum(r["tokens"] for r in free.log) == free.tokens == sum(len(e.input_ids) for e in exs)
+
+
 def test_smaller_micro_batches_after_oom_train_the_same(tiny_model, tmp_path):
     model, tok = tiny_model
     model = copy.deepcopy(model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from cpx.cli import EXIT_USAGE, CLIError
 from cpx.cli import _latest as latest
@@ -14,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "analyze",
         help="compute the statistics (stats.parquet, stats.md) of a run or a metrics table",
         description=(
-            "Run the analyses on a run's results (RUN_DIR) or on a per-checkpoint metrics "
+            "Run the analyses on a run (RUN_DIR: as its analyze stage did, with the spec's analysis "
+            "settings and the same inputs, so the stats table comes out the same) or on a per-checkpoint metrics "
             "table (--metrics FILE, CSV or Parquet with columns arm, source, seed, checkpoint, "
             "layer, cosine, source_rate, assistant_rate, bystander_rate; missing values "
             "allowed), e.g. one typed in from a paper. Writes stats.parquet and stats.md "
@@ -28,36 +30,40 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--checkpoint",
         type=float,
         metavar="F",
-        help="the checkpoint of the between-source test and cross-arm table (default: the last)",
+        help="the checkpoint of the between-source test and cross-arm table (default: the run's own "
+        "analysis settings, else the last)",
     )
     p.add_argument(
         "--n-resamples",
         type=int,
-        default=9999,
         metavar="N",
-        help="Monte Carlo resamples where an exact test is too large (default 9999)",
+        help="Monte Carlo resamples where an exact test is too large (default: the run's own, else 9999)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    p.add_argument("--seed", type=int, help="seed of the resampling (default: the run's own, else 0)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cpx.analysis import MetricsError, Options, analyze_metrics, read_metrics, write_outputs
 
-    opts = Options(checkpoint=args.checkpoint, n_resamples=args.n_resamples, seed=args.seed)
+    given = {
+        k: v
+        for k, v in (("checkpoint", args.checkpoint), ("n_resamples", args.n_resamples), ("seed", args.seed))
+        if v is not None
+    }
     if args.metrics:
         if args.run_dir:
             raise CLIError("give either RUN_DIR or --metrics FILE, not both", EXIT_USAGE)
         if not args.out:
             raise CLIError("--metrics needs --out DIR", EXIT_USAGE)
         try:
-            analysis = analyze_metrics(read_metrics(args.metrics), opts)
+            analysis = analyze_metrics(read_metrics(args.metrics), Options(**given))
         except MetricsError as e:
             raise CLIError(str(e), EXIT_USAGE) from None
         written = write_outputs(analysis, args.out, metrics=False)
     else:
         args.run_dir = latest.resolve(args.run_dir, "analyze")
-        analysis = _analyze_run(Path(args.run_dir), opts)
+        analysis = _analyze_run(Path(args.run_dir), given)
         written = write_outputs(analysis, args.out or Path(args.run_dir) / "analysis")
     s = analysis.stats
     tested = int(s["p_value"].is_not_null().sum())
@@ -68,13 +74,37 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _analyze_run(run_dir: Path, opts):  # type: ignore[no-untyped-def]
+def _analyze_run(run_dir: Path, given: dict[str, Any]) -> Any:
+    """A run's analysis as its analyze stage made it: that stage's params (the spec's analysis
+    settings) and input folders, with the options given on the command line on top. A run
+    without an analyze stage (or whose inputs are gone) is analysed from results/ with the
+    defaults."""
+    import dataclasses
+
     import polars as pl
 
-    from cpx.analysis import analyze_tables
-    from cpx.report._load import _screens
+    from cpx.analysis import Options, analyze_tables
     from cpx.plan import Plan, PlanError
+    from cpx.report import screens
+    from cpx.stages.analyze import analyze_inputs
 
+    try:
+        plan = Plan.load(run_dir) if (run_dir / "plan.json").exists() else None
+    except PlanError as e:
+        raise CLIError(str(e)) from None
+    stage = next((s for s in reversed(plan.stages) if s.kind == "analyze"), None) if plan else None
+    if plan is not None and stage is not None:
+        by_id = plan.by_id()
+        inputs = {d: run_dir / "stages" / by_id[d].kind / by_id[d].hash for d in stage.deps}
+        if all(p.is_dir() for p in inputs.values()):
+            try:
+                own = Options.from_params(stage.params)
+                if "checkpoint" in given:  # --checkpoint wins over the analyses' own checkpoints
+                    given["per"] = {a: {k: v for k, v in o.items() if k != "checkpoint"} for a, o in own.per.items()}
+                opts = dataclasses.replace(own, **given)
+                return analyze_inputs(opts, inputs, plan)
+            except ValueError as e:
+                raise CLIError(str(e)) from None
     res = run_dir / "results"
     tables = {
         n: pl.read_parquet(res / f"{n}.parquet")
@@ -83,14 +113,11 @@ def _analyze_run(run_dir: Path, opts):  # type: ignore[no-untyped-def]
     }
     if "marker_hits" not in tables and "leakage" not in tables:
         raise CLIError(f"{res}: no marker_hits or leakage table; run `cpx execute {run_dir}` first")
-    if "screen" not in tables and (run_dir / "plan.json").exists():
-        try:
-            screen = _screens(run_dir, Plan.load(run_dir).stages)
-        except PlanError as e:
-            raise CLIError(str(e)) from None
+    if "screen" not in tables and plan is not None:
+        screen = screens(run_dir, plan.stages)
         if screen is not None:
             tables["screen"] = screen
     try:
-        return analyze_tables(tables, opts)
+        return analyze_tables(tables, Options(**given))
     except ValueError as e:
         raise CLIError(str(e)) from None

@@ -18,7 +18,8 @@ def register(sub: Any) -> None:
         description=(
             "Validate the YAML experiment spec SPEC, expand it into a plan of content-hashed stages "
             "and write DIR/plan.json. Prints the stages by kind, how many are already done in DIR's "
-            "store, and an estimate of GPU-hours by kind. A bad spec exits with code 2, lists every "
+            "store, and an estimate of GPU-hours by kind (from the work of each stage and a device class's "
+            "measured rates: see --device-class and `cpx plan cost`). A bad spec exits with code 2, lists every "
             "error with file:line:column, and writes nothing."
         ),
         epilog="Example: cpx compile specs/demo.yaml -s eval.sampler.temperature=0.7",
@@ -34,6 +35,13 @@ def register(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="override a spec value, e.g. -s eval.sampler.temperature=0.7 (repeatable)",
     )
+    p.add_argument(
+        "--device-class",
+        metavar="GPU",
+        help="estimate GPU-hours with the cost calibration saved for this GPU (e.g. 'NVIDIA H200'; "
+        "default: $CPX_DEVICE_CLASS, else the most recently saved by `cpx plan cost RUN --save`, "
+        "else the built-in one)",
+    )
     p.add_argument("--check", action="store_true", help="validate and summarise only; write nothing")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the plan's path")
     p.set_defaults(func=run)
@@ -41,11 +49,13 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
-    from cpx.plan._compile import compile_spec, params_b
-    from cpx.plan._cost import count_done, stage_seconds
-    from cpx.spec import SpecError, load_spec
-    from cpx.spec._load import unread_layers
+    from cpx.plan import CostError, compile_spec, count_done, load_calibration, params_b, stage_seconds
+    from cpx.spec import SpecError, load_spec, unread_layers
 
+    try:
+        cal = load_calibration(args.device_class)
+    except CostError as e:
+        raise CLIError(str(e), 2) from None
     try:
         loaded = load_spec(args.spec, args.overrides)
         plan = compile_spec(loaded)
@@ -55,21 +65,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / plan.name
     if not args.check:
-        try:
-            plan.save(out / "plan.json")
-        except OSError as e:
-            raise CLIError(f"cannot write {out / 'plan.json'}: {e.strerror}", 1) from None
+        write_plan(plan, out)
         latest.record(out)
     if args.quiet:
         print(out / "plan.json")
         return 0
     done = count_done(out, plan)
-    secs = stage_seconds(plan, params_b(plan.spec))
-    print(summary(plan, done, secs))
+    secs = stage_seconds(plan, params_b(plan.spec), cal)
+    print(summary(plan, done, secs, f"one {cal.device}, {cal.source}"))
     print(f"\nplan: {out / 'plan.json'}" + (" (not written: --check)" if args.check else ""))
     if plan.spec.get("power"):
         print_power(plan, Path(args.spec).parent)
     return 0
+
+
+def write_plan(plan: Any, out: Path) -> None:
+    """plan.json into out, holding the run's lock: a folder that `cpx execute` is running is
+    refused (exit 3), since its executor and `cpx status` would disagree about the plan."""
+    from cpx.cli import CLIError
+    from cpx.cli.execute import EXIT_LOCKED
+    from cpx.execute import RunLock, RunLocked
+
+    try:
+        with RunLock(out):
+            plan.save(out / "plan.json")
+    except RunLocked as e:
+        raise CLIError(f"{e}; plan.json is left as it is", EXIT_LOCKED) from None
+    except OSError as e:
+        raise CLIError(f"cannot write {out / 'plan.json'}: {e.strerror}", 1) from None
 
 
 def print_power(plan: Any, base: Path) -> None:
@@ -90,7 +113,7 @@ def print_power(plan: Any, base: Path) -> None:
         print(f"warning: {w}", file=sys.stderr)
 
 
-def summary(plan: Any, done: dict[str, bool], secs: dict[str, float]) -> str:
+def summary(plan: Any, done: dict[str, bool], secs: dict[str, float], rates: str) -> str:
     """Stages, done stages and estimated GPU-hours per kind, as an aligned table."""
     from cpx.plan import STAGE_KINDS
 
@@ -110,5 +133,5 @@ def summary(plan: Any, done: dict[str, bool], secs: dict[str, float]) -> str:
             lines.append(f"  {kind:<10} {n[kind]:>6} {d[kind]:>6} {gpu:>12}")
     total = sum(h.values())
     lines.append(f"  {'total':<10} {sum(n.values()):>6} {sum(d.values()):>6} {total:>12.2f}")
-    lines.append("  (GPU-hours: estimate for one H100 from the cost model in docs/spec-language.md)")
+    lines.append(f"  (GPU-hours: cost model of docs/spec-language.md, rates of {rates})")
     return "\n".join(lines)

@@ -27,8 +27,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
-    from cpx.execute import run_status
-    from cpx.execute._status import STATES, idle_summary
+    from cpx.execute import STATES, idle_summary, offline_runs, run_status, upload_hint
     from cpx.plan import PlanError
 
     args.run_dir = latest.resolve(args.run_dir, "status")
@@ -40,7 +39,13 @@ def run(args: argparse.Namespace) -> int:
     idle = idle_summary(rows)
     if args.json:
         json.dump(
-            {"run_dir": args.run_dir, "counts": counts, "idle": idle, "stages": [r.to_json() for r in rows]},
+            {
+                "run_dir": args.run_dir,
+                "counts": counts,
+                "idle": idle,
+                "stages": [r.to_json() for r in rows],
+                "wandb_offline_runs": [str(p) for p in offline_runs(args.run_dir)],
+            },
             sys.stdout,
             indent=1,
         )
@@ -58,4 +63,7 @@ def run(args: argparse.Namespace) -> int:
             f"workers idle before stages: {idle['total_seconds']:.1f} s in all ({kinds}); "
             f"longest {idle['max_seconds']:.2f} s before {idle['max_stage']}"
         )
+    hint = upload_hint(args.run_dir)
+    if hint:
+        print(hint)
     return 0

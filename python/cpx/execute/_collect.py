@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cpx.execute._store import MANIFEST, Store, now_iso, sha256_file, write_json_atomic
-from cpx.plan import Plan
+from cpx.plan import Plan, Stage
 
 # Where each results table comes from: (stage kind, file in the stage's folder).
 RESULT_SOURCES: dict[str, tuple[str, str]] = {
@@ -61,7 +61,7 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
             elif path.is_file():
                 t = _labelled(pq.read_table(path), s.labels)
                 parts.extend([t] if table in PER_STAGE else _per_arm(t, s.labels))
-                used.append({"id": s.id, "hash": s.hash})
+                used.append({"id": s.id, "hash": s.hash, **_tracked(store, s)})
             # else: a done stage that does not make this table (a train stage without a screen)
         if not parts:
             target.unlink(missing_ok=True)
@@ -82,12 +82,18 @@ def collect_results(plan: Plan, store: Store) -> dict[str, Any]:
     return record
 
 
+def _tracked(store: Store, stage: Stage) -> dict[str, Any]:
+    """The tracker run a stage was logged as, for the table's provenance (nothing without one)."""
+    t = (store.read_manifest(stage) or {}).get("tracking") or {}
+    return {"tracking": {"backend": t["backend"], "run_id": t["run_id"]}} if t.get("run_id") else {}
+
+
 def _labelled(table, labels: dict[str, Any]):
     """The stage's labels as leading columns where its file lacks them (a train stage's screen
     and log are written without labels; the eval stages' tables carry theirs already)."""
     import pyarrow as pa
 
-    from cpx.stages._rows import label_type
+    from cpx.stages import label_type
 
     missing = [k for k in labels if k not in table.column_names]
     if not missing:

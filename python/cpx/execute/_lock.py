@@ -7,7 +7,6 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 from cpx.errors import CpxError
 from cpx.execute._store import now_iso
@@ -54,7 +53,7 @@ class RunLock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
 
 

@@ -21,7 +21,8 @@ from cpx.execute._lock import RunLock
 from cpx.execute._progress import Display, make_display
 from cpx.execute._slurm import cancel_recorded
 from cpx.execute._store import MANIFEST_FORMAT, Store, now_iso
-from cpx.execute._tracking import MlflowTracker, log_stage, make_tracker
+from cpx.execute._trackers import make_tracker
+from cpx.execute._tracking import Tracker, log_stage
 from cpx.plan import Plan, Stage
 
 # Out-of-memory retries of a batching stage, each with half the batch: not counted in --retry.
@@ -118,12 +119,14 @@ class Scheduler:
         keep_going: bool = False,
         retry: int = 0,
         display: Display,
-        tracker: MlflowTracker | None = None,
+        tracker: Tracker | None = None,
     ):
         self.plan, self.store, self.backend = plan, store, backend
         self.tracker = tracker
+        self._tracking_notes: set[str] = set()
         self.keep_going, self.retry, self.display = keep_going, retry, display
         self.by_id = plan.by_id()
+        self.plan_path = store.snapshot_plan(plan)
         self.users: dict[str, list[str]] = {s.id: [] for s in plan.stages}
         for s in plan.stages:
             for d in s.deps:
@@ -198,6 +201,7 @@ class Scheduler:
                         "log_path": str(self.store.log_path(stage)),
                         "attempt": attempts[sid],
                         "batch_limit": oom_limits.get(sid),
+                        "plan_path": str(self.plan_path),
                     }
                     running[slot] = (sid, tmp)
                     started_at[sid] = time.perf_counter()
@@ -297,7 +301,13 @@ class Scheduler:
             "plan": {"name": self.plan.name, "spec_hash": self.plan.spec_hash},
             "log": os.path.relpath(self.store.log_path(stage), self.store.run_dir),
         }
-        manifest["tracking"] = log_stage(self.tracker, stage, manifest)
+        manifest["tracking"] = log_stage(self.tracker, stage, manifest, tmp)
+        error = manifest["tracking"].get("error")
+        if error:
+            self.store.event("tracking_failed", stage, error=error)
+            if error not in self._tracking_notes:  # a tracker down says so once, not once a stage
+                self._tracking_notes.add(error)
+                self.display.note(f"warning: {stage.id}: {manifest['tracking']['backend']} tracking failed: {error}")
         self.store.commit(stage, tmp, manifest)
 
 
@@ -350,7 +360,7 @@ def execute(
         check_cluster(slurm)  # no controller, a bad partition: an error before anything is submitted
     else:
         raise ValueError(f"unknown executor {executor!r}; choose local, ray or slurm")
-    tracker = make_tracker(plan, run_dir)  # a tracking section that cannot work fails here, first
+    tracker = make_tracker(plan, run_dir, store)  # a tracking section that cannot work fails here, first
     with RunLock(run_dir):
         store.prepare()
         # The Slurm jobs of an earlier driver of this run that was killed: gone before anything runs.

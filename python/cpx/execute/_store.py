@@ -7,6 +7,7 @@ Layout (docs/plan-format.md, "Store"):
     <run>/logs/<stage id>.log            the stage's log, every attempt appended
     <run>/.cpx/lock                      held by the one `cpx execute` working on the run
     <run>/.cpx/events.jsonl              started / done / failed, one JSON object a line
+    <run>/.cpx/plans/<digest>.json       the plan an executor loaded, as its stages read it
 
 A stage is done only if its manifest is present, names the stage's hash, and every output
 it lists has the recorded size and sha256. Anything else (a missing manifest, a truncated or
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cpx.errors import CpxError
-from cpx.plan import Stage
+from cpx.plan import Plan, Stage
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -151,6 +152,18 @@ class Store:
         return Verdict(True)
 
     # -- writing ------------------------------------------------------------------------------
+    def snapshot_plan(self, plan: Plan) -> Path:
+        """`.cpx/plans/<digest>.json`: the plan as this executor loaded it, for its stages to read.
+
+        Named by its content and never rewritten, so a stage reads the plan its executor ran
+        whatever happens to plan.json meanwhile.
+        """
+        text = json.dumps(plan.to_json(), sort_keys=True)
+        path = self.state_dir / "plans" / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+        if not path.is_file():
+            plan.save(path)
+        return path
+
     def prepare(self) -> None:
         for d in (self.stages_dir, self.logs_dir, self.state_dir):
             d.mkdir(parents=True, exist_ok=True)

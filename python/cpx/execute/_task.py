@@ -9,6 +9,7 @@ only the scheduler, which holds the run's lock, renames a finished folder into p
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -22,7 +23,7 @@ from typing import Any
 
 from cpx.execute import _env
 from cpx.execute._store import checksum_tree, now_iso
-from cpx.plan import Stage
+from cpx.plan import Plan, Stage
 
 Resolver = Callable[[str], Callable[..., Any]]
 ProgressSink = Callable[[str, int, int, dict[str, Any]], None]
@@ -127,6 +128,13 @@ class _Throttle:
             self.sink(self.stage_id, int(done), int(total), info)
 
 
+@functools.lru_cache(maxsize=2)
+def _executed_plan(path: str | None) -> Plan | None:
+    """The executor's snapshot of the plan it loaded (content-addressed, never rewritten), read
+    once per worker."""
+    return Plan.load(path) if path else None
+
+
 def run_task(
     task: dict[str, Any],
     *,
@@ -177,6 +185,7 @@ def run_task(
                     log=logger,
                     progress=_Throttle(progress, stage.id),
                     batch_limit=task.get("batch_limit"),
+                    plan=_executed_plan(task.get("plan_path")),
                 )
                 runner = resolver(stage.kind)
                 info = runner(ctx)
@@ -184,7 +193,7 @@ def run_task(
                     raise TypeError(f"the {stage.kind} runner returned {type(info).__name__}, not a dict or None")
                 info = json.loads(json.dumps(info, default=str)) if info else {}
             outputs = checksum_tree(out_dir)
-        except BaseException as e:  # noqa: BLE001 - every stage error is reported, not raised
+        except BaseException as e:  # every stage error is reported, not raised
             if isinstance(e, KeyboardInterrupt):
                 raise
             tb = traceback.format_exc()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpx.plan import Stage
+from cpx.plan import Plan, Stage
 
 
 def _no_progress(done: int, total: int, **info: Any) -> None:
@@ -28,6 +28,9 @@ class StageContext:
     # Set by the executor when a stage is re-run after an out-of-memory error: the most rows
     # a sampling batch or training micro-batch may hold.
     batch_limit: int | None = None
+    # The plan the executor loaded (never plan.json as it is on disk later: a recompile must not
+    # change what a running stage reads); None when a runner is called outside an executor.
+    plan: Plan | None = None
 
     @property
     def params(self) -> dict[str, Any]:

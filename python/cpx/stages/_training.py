@@ -403,7 +403,7 @@ def _train_lora(
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == "float16")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         peft_model.train()
-        t0 = time.perf_counter()
+        t0 = t_step = time.perf_counter()
         step = 0
         for order in orders:
             for s in range(min(steps_per_epoch, total - step)):
@@ -421,17 +421,34 @@ def _train_lora(
                     step_loss += lsum.detach()
                     result.tokens += sum(len(ex.input_ids) for ex in part)
                 result.label_tokens += n_lab
+                scaler.unscale_(opt)  # a no-op without fp16 loss scaling: the norm is of the true gradients
+                grads = [p.grad for p in params if p.grad is not None]
                 if clip:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, float(clip))
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, float(clip))  # the norm before clipping
+                elif grads:
+                    grad_norm = torch.nn.utils.get_total_norm(grads)
+                else:
+                    grad_norm = torch.zeros((), device=device)
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-                # The one wait for the GPU in a step: the logged loss.
-                loss = float(step_loss) / n_lab if n_lab else float("nan")
-                result.log.append({"step": step, "loss": loss, "lr": lr_now})
+                # The one wait for the GPU in a step: the logged loss and gradient norm.
+                loss_sum_now, norm_now = torch.stack([step_loss.float(), grad_norm.float().to(device)]).tolist()
+                loss = loss_sum_now / n_lab if n_lab else float("nan")
+                now = time.perf_counter()
+                result.log.append(
+                    {
+                        "step": step,
+                        "loss": loss,
+                        "lr": lr_now,
+                        "grad_norm": norm_now,
+                        "tokens": sum(len(ex.input_ids) for ex in chunk),
+                        "seconds": now - t_step,
+                    }
+                )
+                t_step = now
                 _save_due(peft_model, ckpt_steps, step, out_dir)
                 if on_step is not None:
                     on_step(step, peft_model)

@@ -9,34 +9,10 @@ from typing import Any
 from cpx.stages._context import StageContext
 
 
-def _plan(ctx: StageContext) -> Any:
-    """The run's plan, None when there is no plan.json (the input folders' manifests then
-    give the labels)."""
-    from cpx.plan import Plan, PlanError
-
-    try:
-        return Plan.load(Path(ctx.run_dir))
-    except (PlanError, OSError):
-        return None
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
-    from cpx.analysis import Options, analyze_tables, write_outputs
-    from cpx.report._inputs import read_folders
+    from cpx.analysis import Options, write_outputs
 
-    from cpx.analysis._steering import steer_layers_of
-
-    opts = Options.from_params(ctx.params)
-    plan = _plan(ctx)
-    by_id = plan.by_id() if plan is not None else {}
-    labels = {d: by_id[d].labels for d in ctx.inputs if d in by_id}
-    tables = read_folders(
-        ((p, labels.get(d)) for d, p in ctx.inputs.items()), names=("marker_hits", "leakage", "cosines", "screen")
-    )
-    ctx.log.info("analyze: %s", ", ".join(f"{k} {v.height} rows" for k, v in tables.items()))
-    analysis = analyze_tables(tables, opts)
-    if plan is not None:
-        analysis.steer_layers = steer_layers_of(plan.spec)
+    analysis = analyze_inputs(Options.from_params(ctx.params), ctx.inputs, ctx.plan, ctx.log)
     write_outputs(analysis, ctx.out_dir)
     tested = analysis.stats.filter(analysis.stats["p_value"].is_not_null())
     return {
@@ -45,3 +21,23 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "skipped": int(analysis.stats["note"].str.starts_with("skipped").sum()),
         "checkpoint": analysis.checkpoint,
     }
+
+
+def analyze_inputs(opts: Any, inputs: dict[str, Path], plan: Any, log: Any = None) -> Any:
+    """The analysis of an analyze stage's input folders (dep id -> folder), labelled from
+    `plan` (None: from each folder's manifest). `cpx analyze RUN_DIR` calls this too, so that
+    re-analysing a run with its own plan gives exactly the stats its analyze stage wrote."""
+    from cpx.analysis import analyze_tables, steer_layers_of
+    from cpx.report import read_folders
+
+    by_id = plan.by_id() if plan is not None else {}
+    labels = {d: by_id[d].labels for d in inputs if d in by_id}
+    tables = read_folders(
+        ((p, labels.get(d)) for d, p in inputs.items()), names=("marker_hits", "leakage", "cosines", "screen")
+    )
+    if log is not None:
+        log.info("analyze: %s", ", ".join(f"{k} {v.height} rows" for k, v in tables.items()))
+    analysis = analyze_tables(tables, opts)
+    if plan is not None:
+        analysis.steer_layers = steer_layers_of(plan.spec)
+    return analysis

@@ -14,7 +14,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # The spec's list says which figures come first; the report shows every figure its
     # data allow, so that no analysis goes without its picture.
     figures = figure_names(ctx.params.get("figures"), rest=True)  # checked before any work
-    data = from_stage(ctx.stage, ctx.inputs, ctx.run_dir)
+    data = from_stage(ctx.stage, ctx.inputs, ctx.run_dir, ctx.plan)
     info = build_report(data, ctx.out_dir, title=ctx.params.get("title"), figures=figures)
     ctx.log.info("report: %s", info)
     return info
