@@ -64,5 +64,17 @@ CPU_BENCHES := $(filter-out benches/gpu_%.py benches/_%.py,$(wildcard benches/*.
 bench: setup
 	@for b in $(CPU_BENCHES); do echo "== $$b"; $(PY) $$b; done
 
+# Lint: ruff (rules in pyproject's [tool.ruff.lint]), mypy ([tool.mypy]), the stub check,
+# rustfmt and clippy with every warning an error. CI runs it before `make test`.
+LINT_PY := python tests benches
+
+lint: setup
+	$(VENV)/bin/ruff check $(LINT_PY)
+	$(VENV)/bin/ruff format --check $(LINT_PY)
+	$(VENV)/bin/mypy python/cpx
+	CPX_ALLOW_DEBUG_BUILD=1 $(PY) -m mypy.stubtest cpx._core
+	cargo fmt --check
+	PATH=$(abspath $(VENV))/bin:$$PATH cargo clippy --all-targets --quiet -- -D warnings
+
 clean:
 	rm -rf $(VENV) target runs

@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
-import yaml  # noqa: E402
+import yaml  # noqa: E402 - imported after the sys.path entry above
 
-from cpx.plan._compile import compile_spec  # noqa: E402
-from cpx.spec import load_spec  # noqa: E402
+from cpx.plan._compile import compile_spec  # noqa: E402 - imported after the sys.path entry above
+from cpx.spec import load_spec  # noqa: E402 - imported after the sys.path entry above
 
 
 def big_spec(personas: int = 100, seeds: int = 5, checkpoints: int = 10, sources: int = 8) -> str:

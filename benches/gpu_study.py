@@ -48,11 +48,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
-    import cpx  # noqa: F401
+    import cpx  # noqa: F401 - only probes whether cpx is importable without the path entry
 except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
 
-from _common import QWEN25_7B
+from _common import QWEN25_7B  # noqa: E402 - imported after the sys.path entry above
 
 SPEC = ROOT / "specs" / "causal_proximity.yaml"
 VOCAB = 152064

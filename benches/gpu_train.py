@@ -52,11 +52,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
-    import cpx  # noqa: F401
+    import cpx  # noqa: F401 - only probes whether cpx is importable without the path entry
 except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
 
-from _common import QWEN25_7B  # noqa: E402
+from _common import QWEN25_7B  # noqa: E402 - imported after the sys.path entry above
 
 PERSONAS = [
     "You are a software engineer who builds web applications.",
@@ -321,7 +321,7 @@ def chain_switch(model, tok, args) -> dict[str, Any]:
     """The model pool's adapter switch on this model: merge one r=32 all-linear rsLoRA adapter
     (random, non-zero), compare with peft's unmerged forward, restore the base exactly."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     from cpx.models._chain import MergedModel, read_adapter
 

@@ -123,7 +123,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, Python {platform.python_version()}\n")
     print("| method | time (s) | GB/s | time / cpx count_markers |")
     print("|---|---|---|---|")
-    for name, secs, full in results:
+    for name, _secs, full in results:
         print(f"| {name} | {full:.3f} | {nbytes / full / 1e9:.1f} | {full / base:.2f} |")
     if py_rows != args.rows:
         print(f"\n(Python loop timed on {py_rows:,} rows and scaled to {args.rows:,})")

@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "tests" / "execute")]
 
-from _exec_runners import make_plan, run  # noqa: E402
+from _exec_runners import make_plan, run  # noqa: E402 - imported after the sys.path entry above
 
-from cpx.execute import execute  # noqa: E402
-from cpx.execute._env import host  # noqa: E402
+from cpx.execute import execute  # noqa: E402 - imported after the sys.path entry above
+from cpx.execute._env import host  # noqa: E402 - imported after the sys.path entry above
 
 
 def plan(n: int, shape: str) -> list[dict]:

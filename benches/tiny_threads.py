@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
-from _common import best  # noqa: E402
+from _common import best  # noqa: E402 - imported after the sys.path entry above
 
 
 def main() -> None:

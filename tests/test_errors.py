@@ -60,4 +60,4 @@ def test_unknown_name_is_an_attribute_error():
 def test_importing_cpx_errors_imports_no_other_package():
     code = "import sys, cpx.errors; print(sorted(m for m in sys.modules if m.startswith('cpx.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['cpx.errors']"
+    assert out.strip() == "['cpx._lazy', 'cpx.errors']"

@@ -4,35 +4,27 @@ Every error cpx raises is a `CpxError`. Errors about argument values are also `V
 errors about argument types also `TypeError`s (and a missing result a `LookupError`), so code
 that catches the built-in classes keeps working.
 
-The core's classes are defined here; the others are defined next to the code that raises them
-and re-exported here lazily, so `import cpx.errors` stays as light as the core needs it.
+The core's classes are defined here; the others are defined next to the code that raises them,
+re-exported by their package and here, lazily, so `import cpx.errors` stays as light as the core needs it.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from cpx._lazy import lazy_exports
+
 if TYPE_CHECKING:
-    from cpx.analysis._columns import MetricsError
+    from cpx.analysis import MetricsError
     from cpx.cli import CLIError
-    from cpx.execute._local import DeviceError
-    from cpx.execute._lock import RunLocked
-    from cpx.execute._store import StoreError
-    from cpx.execute._tracking import TrackingError
-    from cpx.models._chain import ChainError
-    from cpx.models._fingerprint import FingerprintError
-    from cpx.models._load import ModelLoadError
-    from cpx.plan._model import PlanError
-    from cpx.power._design import PowerError
-    from cpx.report._load import ReportError
+    from cpx.execute import DeviceError, RunLocked, SlurmError, StoreError, TrackingError
+    from cpx.models import ChainError, FingerprintError, ModelLoadError
+    from cpx.plan import CostError, PlanError
+    from cpx.power import PowerError
+    from cpx.report import ReportError
     from cpx.results import ResultsError
-    from cpx.spec._errors import SpecError
-    from cpx.stages._hidden import HiddenStateError
-    from cpx.stages._rows import StageParamError
-    from cpx.stages._sampling import SamplerError
-    from cpx.stages._training import TrainError
-    from cpx.stages.dataset import DatasetError
+    from cpx.spec import SpecError
+    from cpx.stages import DatasetError, HiddenStateError, SamplerError, StageParamError, TrainError
 
 
 class CpxError(Exception):
@@ -76,46 +68,39 @@ class DebugBuildWarning(RuntimeWarning):
 
 
 # Each package's error class: the module that defines it (imported on first use).
-_ELSEWHERE = {
-    "CLIError": "cpx.cli",
-    "ChainError": "cpx.models._chain",
-    "DatasetError": "cpx.stages.dataset",
-    "DeviceError": "cpx.execute._local",
-    "FingerprintError": "cpx.models._fingerprint",
-    "HiddenStateError": "cpx.stages._hidden",
-    "MetricsError": "cpx.analysis._columns",
-    "ModelLoadError": "cpx.models._load",
-    "PlanError": "cpx.plan._model",
-    "PowerError": "cpx.power._design",
-    "ReportError": "cpx.report._load",
-    "ResultsError": "cpx.results",
-    "RunLocked": "cpx.execute._lock",
-    "SamplerError": "cpx.stages._sampling",
-    "SpecError": "cpx.spec._errors",
-    "StageParamError": "cpx.stages._rows",
-    "StoreError": "cpx.execute._store",
-    "TrackingError": "cpx.execute._tracking",
-    "TrainError": "cpx.stages._training",
-}
-
-
-def __getattr__(name: str) -> type[CpxError]:
-    module = _ELSEWHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'cpx.errors' has no attribute {name!r}")
-    cls: type[CpxError] = getattr(importlib.import_module(module), name)
-    globals()[name] = cls
-    return cls
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_ELSEWHERE))
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "CLIError": "cpx.cli",
+        "ChainError": "cpx.models",
+        "CostError": "cpx.plan",
+        "DatasetError": "cpx.stages",
+        "DeviceError": "cpx.execute",
+        "FingerprintError": "cpx.models",
+        "HiddenStateError": "cpx.stages",
+        "MetricsError": "cpx.analysis",
+        "ModelLoadError": "cpx.models",
+        "PlanError": "cpx.plan",
+        "PowerError": "cpx.power",
+        "ReportError": "cpx.report",
+        "ResultsError": "cpx.results",
+        "RunLocked": "cpx.execute",
+        "SamplerError": "cpx.stages",
+        "SlurmError": "cpx.execute",
+        "SpecError": "cpx.spec",
+        "StageParamError": "cpx.stages",
+        "StoreError": "cpx.execute",
+        "TrackingError": "cpx.execute",
+        "TrainError": "cpx.stages",
+    },
+)
 
 
 __all__ = [
     "CLIError",
     "ChainError",
     "ConstantInputWarning",
+    "CostError",
     "CpxError",
     "DatasetError",
     "DebugBuildWarning",
@@ -137,6 +122,7 @@ __all__ = [
     "ResultsError",
     "RunLocked",
     "SamplerError",
+    "SlurmError",
     "SpecError",
     "StageParamError",
     "StoreError",

@@ -113,7 +113,7 @@ def marker_rates(
         total = pc.add(total, counts.column(i))
     work = {c: t.column(c) for c in by}
     work["_any"] = pc.cast(pc.greater(total, 0), pa.int64())
-    for i, m in enumerate(names):
+    for i in range(len(names)):
         col = counts.column(i)
         work[f"_hit{i}"] = pc.cast(pc.greater(col, 0), pa.int64())
         work[f"_cnt{i}"] = pc.cast(col, pa.int64())

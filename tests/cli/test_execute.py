@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNNERS = ROOT / "tests" / "execute"
 sys.path.insert(0, str(RUNNERS))
 
-from _exec_runners import make_plan
+from _exec_runners import make_plan  # noqa: E402 - imported after the sys.path entry above
 
 
 def env() -> dict[str, str]:

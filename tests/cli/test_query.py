@@ -29,7 +29,7 @@ def test_open_gives_lazyframes(run):
     with pytest.raises(ResultsError, match="'cosines'.*tables: leakage, stats"):
         r["cosines"]
     with pytest.raises(AttributeError, match="tables: leakage, stats"):
-        r.nope
+        r.nope  # noqa: B018 - the attribute access is what is tested
 
 
 def test_query_formats(run, capsys, tmp_path):

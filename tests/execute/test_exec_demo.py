@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from _demo import REAL, assert_same_results, compile_demo, execute

@@ -85,7 +85,10 @@ def test_run_commits_every_stage_with_a_manifest_and_collects_results(tmp_path, 
     expect = []
     for sid in ("sample/A", "sample/B"):
         expect += pq.read_table(store.stage_dir(plan.by_id()[sid]) / "completions.parquet").to_pylist()
-    key = lambda r: (r["stage"], r["i"])
+
+    def key(r):
+        return r["stage"], r["i"]
+
     assert sorted(comp, key=key) == sorted([{**r, "checkpoint": r.get("checkpoint")} for r in expect], key=key)
     for t in ("marker_hits", "leakage", "metrics", "stats"):
         assert (tmp_path / "results" / f"{t}.parquet").is_file()

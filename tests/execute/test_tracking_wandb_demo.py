@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from _exec_helpers import cpx_env, cpx_popen, cpx_run, manifests
 from _exec_runners import ledger_lines, make_tracked_plan
-from test_exec_demo import DEMO, REAL, SMALL
+from _demo import DEMO, REAL, SMALL
 from test_exec_kill import slow_plan
 from test_tracking_wandb import offline_run
 
@@ -76,7 +76,12 @@ def test_every_demo_stage_is_a_wandb_run_with_what_it_measured(demo):
             assert [h["_step"] for h in history] == [r["step"] for r in log]
             assert [h["loss"] for h in history] == pytest.approx([r["loss"] for r in log])
             assert [h["grad_norm"] for h in history] == pytest.approx([r["grad_norm"] for r in log])
-            assert all(h["lr"] == pytest.approx(r["lr"]) and h["tokens_per_s"] > 0 for h, r in zip(history, log, strict=True))
+            assert [h["lr"] for h in history] == pytest.approx([r["lr"] for r in log])
+            assert [h["tokens"] for h in history] == [r["tokens"] for r in log]
+            seconds = m["info"]["step_seconds"]
+            assert [h["tokens_per_s"] for h in history] == pytest.approx(
+                [r["tokens"] / s for r, s in zip(log, seconds, strict=True)]
+            )
             assert got["summary"]["final_loss"] == pytest.approx(m["info"]["final_loss"])
         elif m["kind"] == "sample":
             roles = Counter(r["role"] for r in pq.read_table(stage_dir(demo, m) / "completions.parquet").to_pylist())

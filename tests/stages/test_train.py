@@ -383,7 +383,7 @@ def test_fractional_epochs_and_bad_settings(tiny_model, tmp_path):
     assert not any("lora" in n for n, _ in model.named_modules())
 
 
-def test_the_log_has_the_gradient_norm_before_clipping_and_the_step_rate(tiny_model, tmp_path):
+def test_the_log_has_the_gradient_norm_before_clipping_and_each_steps_tokens_and_time(tiny_model, tmp_path):
     model, tok = tiny_model
     model = copy.deepcopy(model)
     exs = [encode_example(tok, SYSTEM, USER, f"Answer {i}.") for i in range(6)]
@@ -398,7 +398,9 @@ def test_the_log_has_the_gradient_norm_before_clipping_and_the_step_rate(tiny_mo
     assert clipped.log[0]["grad_norm"] == pytest.approx(free.log[0]["grad_norm"], rel=1e-5)
     assert free.log[0]["grad_norm"] > 1e-3
     assert clipped.log[1]["grad_norm"] != pytest.approx(free.log[1]["grad_norm"], rel=1e-3)
-    assert all(r["tokens_per_s"] > 0 for r in free.log + clipped.log)
+    assert all(r["seconds"] > 0 for r in free.log + clipped.log)
+    # Each step's tokens: the run's total split by step (one epoch: every example once).
+    assert sum(r["tokens"] for r in free.log) == free.tokens == sum(len(e.input_ids) for e in exs)
 
 
 def test_smaller_micro_batches_after_oom_train_the_same(tiny_model, tmp_path):

@@ -46,29 +46,44 @@ from cpx.analysis._columns import (
     read_metrics,
 )
 from cpx.analysis._markdown import md_table, stats_markdown, tables
-from cpx.analysis._metrics import build_metrics, cross_arm_table, leakage_by_role
-from cpx.analysis._run import ANALYSES, Analysis, Options, analyze_metrics, analyze_tables
+from cpx.analysis._metrics import build_metrics, cross_arm_table, expand_arms, layer_free, leakage_by_role, trained
+from cpx.analysis._run import ANALYSES, Analysis, Options, analyze_metrics, analyze_tables, split_predictors
+from cpx.analysis._seeds import t_quantile
 from cpx.analysis._specificity import adapter_quality
+from cpx.analysis._steering import steer_layers_of
+from cpx.analysis._tables import Table, ckpt, families, pval, shown_layers, skipped
 from cpx.analysis._write import write_outputs
 
 __all__ = [
     "ANALYSES",
+    "Analysis",
     "LABELS",
     "METRIC_COLUMNS",
-    "STATS_COLUMNS",
-    "Analysis",
     "MetricsError",
     "Options",
+    "STATS_COLUMNS",
+    "Table",
     "adapter_quality",
     "analyze_metrics",
     "analyze_tables",
     "build_metrics",
+    "ckpt",
     "cross_arm_table",
+    "expand_arms",
+    "families",
+    "layer_free",
     "leakage_by_role",
     "md_table",
     "normalize_metrics",
+    "pval",
     "read_metrics",
+    "shown_layers",
+    "skipped",
+    "split_predictors",
     "stats_markdown",
+    "steer_layers_of",
+    "t_quantile",
     "tables",
+    "trained",
     "write_outputs",
 ]

@@ -85,7 +85,7 @@ def _analyze_run(run_dir: Path, given: dict[str, Any]) -> Any:
 
     from cpx.analysis import Options, analyze_tables
     from cpx.plan import Plan, PlanError
-    from cpx.report._load import _screens
+    from cpx.report import screens
     from cpx.stages.analyze import analyze_inputs
 
     try:
@@ -93,7 +93,7 @@ def _analyze_run(run_dir: Path, given: dict[str, Any]) -> Any:
     except PlanError as e:
         raise CLIError(str(e)) from None
     stage = next((s for s in reversed(plan.stages) if s.kind == "analyze"), None) if plan else None
-    if stage is not None:
+    if plan is not None and stage is not None:
         by_id = plan.by_id()
         inputs = {d: run_dir / "stages" / by_id[d].kind / by_id[d].hash for d in stage.deps}
         if all(p.is_dir() for p in inputs.values()):
@@ -114,7 +114,7 @@ def _analyze_run(run_dir: Path, given: dict[str, Any]) -> Any:
     if "marker_hits" not in tables and "leakage" not in tables:
         raise CLIError(f"{res}: no marker_hits or leakage table; run `cpx execute {run_dir}` first")
     if "screen" not in tables and plan is not None:
-        screen = _screens(run_dir, plan.stages)
+        screen = screens(run_dir, plan.stages)
         if screen is not None:
             tables["screen"] = screen
     try:

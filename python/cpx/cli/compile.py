@@ -49,10 +49,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
-    from cpx.plan._compile import compile_spec, params_b
-    from cpx.plan._cost import CostError, count_done, load_calibration, stage_seconds
-    from cpx.spec import SpecError, load_spec
-    from cpx.spec._load import unread_layers
+    from cpx.plan import CostError, compile_spec, count_done, load_calibration, params_b, stage_seconds
+    from cpx.spec import SpecError, load_spec, unread_layers
 
     try:
         cal = load_calibration(args.device_class)

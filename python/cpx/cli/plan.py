@@ -100,8 +100,7 @@ def load_any(target: str) -> Any:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from cpx.plan._cost import count_done
-    from cpx.plan._diff import mermaid
+    from cpx.plan import count_done, mermaid
 
     args.target = latest.resolve(args.target, "plan show")
     plan = load_any(args.target)
@@ -127,12 +126,12 @@ def run_cost(args: argparse.Namespace) -> int:
     import json
 
     from cpx.cli import CLIError
-    from cpx.plan._compile import params_b
-    from cpx.plan._cost import (
+    from cpx.plan import (
         GPU_KINDS,
         CostError,
         calibrate,
         load_calibration,
+        params_b,
         run_manifests,
         save_calibration,
         stage_work,
@@ -151,13 +150,11 @@ def run_cost(args: argparse.Namespace) -> int:
         raise CLIError(str(e), 2) from None
     work = stage_work(plan)
     by_id = plan.by_id()
-    gpu = sorted(
-        (m["timings"].get("started", ""), sid) for sid, m in ms.items() if by_id[sid].kind in GPU_KINDS
-    )
+    gpu = sorted((m["timings"].get("started", ""), sid) for sid, m in ms.items() if by_id[sid].kind in GPU_KINDS)
     firsts: dict[Any, str] = {}
     for _, sid in gpu:
         firsts.setdefault((ms[sid].get("executor") or {}).get("pid"), sid)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for kind in GPU_KINDS:
         ids = [sid for sid in ms if by_id[sid].kind == kind]
         if not ids:
@@ -183,7 +180,9 @@ def run_cost(args: argparse.Namespace) -> int:
             f"{ratio:>10.2f} {r['fitted_s']:>10.1f}"
         )
     print(f"  (estimate: rates of one {current.device}, {current.source}; a worker's first stage carries")
-    print(f"   the model load: estimated {load['estimate_s']:.1f} s, fitted {load['fitted_s']:.1f} s, {load['workers']} worker(s))")
+    print(
+        f"   the model load: estimated {load['estimate_s']:.1f} s, fitted {load['fitted_s']:.1f} s, {load['workers']} worker(s))"
+    )
     print("fitted from this run:")
     print(f"  model load {fitted.load_s:.1f} s per worker")
     for kind, k in fitted.kinds.items():
@@ -197,7 +196,7 @@ def run_cost(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
-    from cpx.plan._diff import diff_plans, format_diff
+    from cpx.plan import diff_plans, format_diff
 
     d = diff_plans(load_any(args.a), load_any(args.b))
     print(format_diff(d, args.limit))

@@ -27,9 +27,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
-    from cpx.execute import run_status
-    from cpx.execute._status import STATES, idle_summary
-    from cpx.execute._tracking import offline_runs, upload_hint
+    from cpx.execute import STATES, idle_summary, offline_runs, run_status, upload_hint
     from cpx.plan import PlanError
 
     args.run_dir = latest.resolve(args.run_dir, "status")

@@ -9,24 +9,35 @@ from cpx.execute._collect import RESULT_SOURCES, RESULT_TABLES, collect_results
 from cpx.execute._local import DeviceError, parse_devices
 from cpx.execute._lock import RunLock, RunLocked, is_locked
 from cpx.execute._scheduler import RunSummary, StageFailure, execute
-from cpx.execute._status import StageStatus, run_status
-from cpx.execute._store import MANIFEST, Store, Verdict
+from cpx.execute._slurm import SlurmError, load_options, parse_slurm_args
+from cpx.execute._status import STATES, StageStatus, idle_summary, run_status
+from cpx.execute._store import MANIFEST, Store, StoreError, Verdict
+from cpx.execute._tracking import TrackingError, offline_runs, upload_hint
 
 __all__ = [
+    "DeviceError",
     "MANIFEST",
     "RESULT_SOURCES",
     "RESULT_TABLES",
-    "DeviceError",
     "RunLock",
     "RunLocked",
     "RunSummary",
+    "STATES",
+    "SlurmError",
     "StageFailure",
     "StageStatus",
     "Store",
+    "StoreError",
+    "TrackingError",
     "Verdict",
     "collect_results",
     "execute",
+    "idle_summary",
     "is_locked",
+    "load_options",
+    "offline_runs",
     "parse_devices",
+    "parse_slurm_args",
     "run_status",
+    "upload_hint",
 ]

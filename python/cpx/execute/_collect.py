@@ -93,7 +93,7 @@ def _labelled(table, labels: dict[str, Any]):
     and log are written without labels; the eval stages' tables carry theirs already)."""
     import pyarrow as pa
 
-    from cpx.stages._rows import label_type
+    from cpx.stages import label_type
 
     missing = [k for k in labels if k not in table.column_names]
     if not missing:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
 from cpx.execute._local import PYTHON_HASH_SEED
 from cpx.execute._mailbox import Mailbox
 from cpx.execute._store import write_json_atomic
@@ -60,7 +61,7 @@ HEARTBEAT_EVERY = 2.0
 MAX_REPLACEMENTS = 3
 
 
-class SlurmError(Exception):
+class SlurmError(CpxError):
     """Slurm cannot run the workers: no Slurm commands, no controller, a job Slurm refuses."""
 
 
@@ -343,8 +344,12 @@ class SlurmBackend:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.job_logs.mkdir(parents=True, exist_ok=True)
         self._beat(force=True)
-        for i in range(len(self.slots)):
-            self._jobs.append(self._submit(i))
+        try:
+            for i in range(len(self.slots)):
+                self._jobs.append(self._submit(i))
+        except BaseException:  # sbatch refused one, or Ctrl-C: no job of a half-started session stays
+            self.kill()
+            raise
 
     def _submit(self, slot: int) -> _Job:
         self._submitted[slot] += 1

@@ -193,7 +193,7 @@ def run_task(
                     raise TypeError(f"the {stage.kind} runner returned {type(info).__name__}, not a dict or None")
                 info = json.loads(json.dumps(info, default=str)) if info else {}
             outputs = checksum_tree(out_dir)
-        except BaseException as e:
+        except BaseException as e:  # every stage error is reported, not raised
             if isinstance(e, KeyboardInterrupt):
                 raise
             tb = traceback.format_exc()

@@ -149,7 +149,7 @@ class WandbTracker:
                     dir=str(self.run_dir),
                     settings=settings,
                 )
-            except Exception as e:  # no network, a bad entity or key, a full disk
+            except Exception as e:  # noqa: BLE001 - no network, a bad entity or key, a full disk
                 error = f"the W&B run of {stage.id} could not start ({type(e).__name__}: {e})"
                 if online:
                     self.broken = error
@@ -159,11 +159,11 @@ class WandbTracker:
                 entry["dir"] = os.path.relpath(run.settings.sync_dir, self.run_dir)
             try:
                 _log_outputs(wandb, run, stage, manifest, out_dir)
-            except Exception as e:  # what was logged stays logged; the run is closed below
+            except Exception as e:  # noqa: BLE001 - what was logged stays logged; the run is closed below
                 entry["error"] = f"logging the stage's outputs: {type(e).__name__}: {e}"
             try:
                 run.finish()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - the entry says the run did not finish and where its data is
                 entry["error"] = (
                     f"the run did not finish ({type(e).__name__}: {e}); its data is in "
                     f"{os.path.relpath(run.settings.sync_dir, self.run_dir)}: upload it with `wandb sync`"
@@ -204,8 +204,11 @@ def _log_outputs(wandb: Any, run: Any, stage: Stage, manifest: dict[str, Any], o
     """History, tables, images and summary of one stage, from its outputs and manifest."""
     step = 0
     if stage.kind == "train":
-        for row in _read(out_dir, "train_log.parquet") or []:
+        step_seconds = (manifest.get("info") or {}).get("step_seconds") or []
+        for i, row in enumerate(_read(out_dir, "train_log.parquet") or []):
             step = int(row.pop("step"))
+            if i < len(step_seconds) and row.get("tokens") and step_seconds[i] > 0:
+                row["tokens_per_s"] = row["tokens"] / step_seconds[i]
             run.log({k: v for k, v in row.items() if v is not None}, step=step)
         screen = _read(out_dir, "screen.parquet")
         if screen:

@@ -4,6 +4,7 @@ Heavy libraries (torch, transformers, peft) are imported inside the functions th
 """
 
 from cpx.models._chain import ChainError, lora_scale, read_adapter
+from cpx.models._fingerprint import FingerprintError, fingerprint
 from cpx.models._load import ModelLoadError, load_model, load_tokenizer, model_dir, render_prompt
 from cpx.models._pool import ModelPool
 from cpx.models._threads import small_model_threads
@@ -11,8 +12,13 @@ from cpx.models._tiny import CHAT_TEMPLATE, TINY_DEFAULTS, build_tiny, tiny_hash
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "ChainError",
+    "FingerprintError",
+    "ModelLoadError",
+    "ModelPool",
     "TINY_DEFAULTS",
     "build_tiny",
+    "fingerprint",
     "load_model",
     "load_tokenizer",
     "lora_scale",
@@ -22,7 +28,4 @@ __all__ = [
     "small_model_threads",
     "tiny_hash",
     "tiny_params",
-    "ChainError",
-    "ModelLoadError",
-    "ModelPool",
 ]

@@ -80,7 +80,7 @@ def load_model(ref: dict[str, Any], run_dir: str | os.PathLike[str], device: str
     model = AutoModelForCausalLM.from_pretrained(
         src, revision=ref.get("revision"), dtype=torch_dtype(ref.get("dtype", "auto"), device)
     )
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers' stub types `to` as a decorator over the model
     model.eval()
     return model, tok
 

@@ -1,8 +1,52 @@
 """Plans: the DAG of content-hashed stages that `cpx compile` writes and `cpx execute` runs."""
 
+from typing import TYPE_CHECKING
+
+from cpx._lazy import lazy_exports
+from cpx.plan._cost import (
+    GPU_KINDS,
+    CostError,
+    calibrate,
+    count_done,
+    load_calibration,
+    run_manifests,
+    save_calibration,
+    stage_seconds,
+    stage_work,
+    work_seconds,
+)
+from cpx.plan._diff import diff_plans, format_diff, mermaid
 from cpx.plan._model import PLAN_FORMAT, STAGE_KINDS, Plan, PlanError, Stage
 
-__all__ = ["PLAN_FORMAT", "STAGE_KINDS", "Plan", "PlanError", "Stage", "compile_file"]
+if TYPE_CHECKING:
+    from cpx.plan._compile import compile_spec, params_b
+
+# The compiler imports the spec package (pydantic): loaded on first use, not by stage workers.
+__getattr__, __dir__ = lazy_exports(__name__, {"compile_spec": "cpx.plan._compile", "params_b": "cpx.plan._compile"})
+
+__all__ = [
+    "CostError",
+    "GPU_KINDS",
+    "PLAN_FORMAT",
+    "Plan",
+    "PlanError",
+    "STAGE_KINDS",
+    "Stage",
+    "calibrate",
+    "compile_file",
+    "compile_spec",
+    "count_done",
+    "diff_plans",
+    "format_diff",
+    "load_calibration",
+    "mermaid",
+    "params_b",
+    "run_manifests",
+    "save_calibration",
+    "stage_seconds",
+    "stage_work",
+    "work_seconds",
+]
 
 
 def compile_file(path, overrides=()):  # type: ignore[no-untyped-def]

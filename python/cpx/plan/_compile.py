@@ -20,9 +20,7 @@ from typing import Any
 
 from cpx.plan._hash import canonical, sha256, stage_hash
 from cpx.plan._model import Plan, Stage
-from cpx.spec import Issue, Loaded, SpecError, axis_phase
-from cpx.spec._schema import Arm, Phase
-from cpx.spec._yaml import dotted
+from cpx.spec import Arm, Issue, Loaded, Phase, SpecError, axis_phase, dotted
 
 _DISPLAY_KEYS = ("name", "description")
 
@@ -120,7 +118,7 @@ class _Compiler:
             "tiny": None,
         }
         if m.path is not None:
-            from cpx.models._fingerprint import FingerprintError, fingerprint
+            from cpx.models import FingerprintError, fingerprint
 
             p = Path(m.path).expanduser()
             if not p.is_absolute():
@@ -401,6 +399,7 @@ class _Compiler:
         elif steer is not None:
             tail = f"{arm}/{source}/s{seed}/alpha{fmt_ckpt(steer['alpha'])}"
         else:
+            assert c is not None, "an eval point of a trained model names its checkpoint"
             tail = f"{arm}/{source}/s{seed}/ckpt{fmt_ckpt(c)}"
         labels: dict[str, Any] = {"arm": arm, "source": source, "seed": seed, "checkpoint": c}
         deps = [a["stage"] for a in adapters]

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import CpxError
 from cpx.plan._model import Plan
 
 GPU_KINDS = ("generate", "train", "sample", "represent")
@@ -41,7 +42,7 @@ DEVICE_ENV = "CPX_DEVICE_CLASS"
 _UNIT = {"generate": "gen_tokens", "sample": "gen_tokens", "train": "train_tokens", "represent": "prompts"}
 
 
-class CostError(ValueError):
+class CostError(CpxError, ValueError):
     """A calibration or run that cannot be used for the cost model, with the path and why."""
 
 

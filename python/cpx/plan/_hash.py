@@ -67,7 +67,9 @@ def _located_by_content(params: dict[str, Any]) -> dict[str, Any]:
     machine) gives the same hashes."""
     model = params.get("model")
     base = model.get("base") if isinstance(model, dict) else None
-    if not (isinstance(base, dict) and base.get("kind") == "path" and base.get("fingerprint")):
+    if not (
+        isinstance(model, dict) and isinstance(base, dict) and base.get("kind") == "path" and base.get("fingerprint")
+    ):
         return params
     return {**params, "model": {**model, "base": {k: v for k, v in base.items() if k != "id"}}}
 

@@ -36,7 +36,7 @@ def z(q: float) -> float:
 def t_quantile(q: float, df: int) -> float:
     """Student's t quantile, P(T <= t) = q, for a whole number `df`: the exact quantile of
     `cpx.analysis._seeds.t_quantile` (the seed intervals' t), taken one-sided."""
-    from cpx.analysis._seeds import t_quantile as two_sided
+    from cpx.analysis import t_quantile as two_sided
 
     t = two_sided(abs(2 * q - 1), int(df))
     return t if q >= 0.5 else -t

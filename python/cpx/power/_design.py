@@ -150,7 +150,7 @@ def icc_from_run(run: Path) -> float:
         hits = pl.read_parquet(path)
     except FileNotFoundError:
         raise PowerError(f"power.from_run: {path}: no such file (is {run} a finished run folder?)") from None
-    except Exception as e:  # polars raises several kinds for a corrupt file
+    except Exception as e:  # noqa: BLE001 - polars raises several kinds for a corrupt file
         raise PowerError(f"power.from_run: {path}: cannot read it ({e})") from None
     need = ("question_id", "hit")
     missing = [c for c in need if c not in hits.columns]
@@ -221,7 +221,7 @@ def design_of(plan: Any, *, base: str | Path | None = None) -> Design:
     rep_layers = set((spec.get("representation") or {}).get("layers") or [])
     own = {a["name"]: a.get("layers") for a in spec.get("analyses") or [] if isinstance(a, dict)}
 
-    def tested(name: str, read: set[int]) -> int:
+    def tested(name: str, read: set[Any]) -> int:
         chosen = own.get(name)
         return max(1, len(read if chosen is None else read & set(chosen)))
 

@@ -377,7 +377,7 @@ def caption(d: Design) -> str:
 
 def power_table(plan: Any, *, base: str | Path | None = None) -> Any:
     """The report's power table (cpx.analysis._tables.Table, key "power")."""
-    from cpx.analysis._tables import Table
+    from cpx.analysis import Table
 
     d = design_of(plan, base=base)
     return Table(key="power", title="Power: smallest detectable effects", frame=display(rows_of(d)), caption=caption(d))

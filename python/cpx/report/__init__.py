@@ -2,15 +2,18 @@
 HTML) made with altair and rendered offline with vl-convert."""
 
 from cpx.report._build import FIGURE_ALIASES, FIGURES, ReportData, build_report, figure_names
-from cpx.report._load import ReportError, from_run, from_stage
+from cpx.report._inputs import read_folders
+from cpx.report._load import ReportError, from_run, from_stage, screens
 
 __all__ = [
     "FIGURES",
     "FIGURE_ALIASES",
-    "figure_names",
     "ReportData",
     "ReportError",
     "build_report",
+    "figure_names",
     "from_run",
     "from_stage",
+    "read_folders",
+    "screens",
 ]

@@ -8,15 +8,24 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from cpx.analysis import Analysis, md_table, tables
-from cpx.analysis import _tables as T
-from cpx.analysis._metrics import expand_arms, trained
+from cpx.analysis import (
+    Analysis,
+    Table,
+    expand_arms,
+    families,
+    md_table,
+    shown_layers,
+    skipped,
+    tables,
+    trained,
+)
 from cpx.report import _figures as F
 from cpx.report._caveats import caveats
 from cpx.report._provenance import provenance, spec_summary, tracked
@@ -75,6 +84,10 @@ class ReportData:
     name: str = "run"
     spec_hash: str | None = None
     plan: Any = None
+    # The stages whose manifests the provenance counts: every stage for `cpx report`, the ones
+    # upstream of it for the report stage (which is not done while it writes itself).
+    counted: str = "stages"
+    n_counted: int | None = None
 
 
 def trajectory_arm(metrics: pl.DataFrame) -> str | None:
@@ -98,7 +111,8 @@ FIGURE_TEXT = {
     "hero": (
         "Cross-arm overview",
         "Top: marker rate on the source persona; bottom: on the "
-        "assistant. One panel per source, one line per arm, seeds averaged.",
+        "assistant. One panel per source, one line per arm, seeds averaged. Bars: the rate's "
+        "bootstrap interval clustered by question (single-seed points only).",
     ),
     "trajectories": (
         "Trajectories",
@@ -138,7 +152,9 @@ FIGURE_TEXT = {
 def _make(name: str, data: ReportData) -> Any | None:
     # A baseline evaluation of the untrained model has no source: it has no panel to go in.
     # Steer arms' rows have figures of their own, from the steering stats.
-    m = trained(data.analysis.metrics).filter(pl.col("source").is_not_null())
+    # Inputs in a canonical order: a mean is summed in row order, and its last bit must not
+    # depend on the order the rows were collected in (figures are byte-reproducible).
+    m = F.canonical(trained(data.analysis.metrics).filter(pl.col("source").is_not_null()))
     arm = trajectory_arm(m)
     if name == "hero":
         return F.hero(m)
@@ -148,17 +164,17 @@ def _make(name: str, data: ReportData) -> Any | None:
         ck = data.analysis.checkpoint
         if data.leakage is None or arm is None or ck is None:
             return None
-        leakage = expand_arms(data.leakage).filter(pl.col("source").is_not_null())
+        leakage = F.canonical(expand_arms(data.leakage).filter(pl.col("source").is_not_null()))
         return F.heatmap(leakage, arm, ck)
     if name == "cosine_evolution":
         return F.cosine_evolution(m)
     if name == "cosine_vs_leakage":
         return F.cosine_vs_leakage(m)
     if name == "adapter_quality":
-        return F.adapter_quality(data.screen) if data.screen is not None else None
+        return F.adapter_quality(F.canonical(data.screen)) if data.screen is not None else None
     if name == "steering_curve":
         stats = data.analysis.stats
-        return F.steering_curve(stats, T.shown_layers(stats, data.analysis.steer_layers))
+        return F.steering_curve(stats, shown_layers(stats, data.analysis.steer_layers))
     if name == "seed_intervals":
         return F.seed_intervals(data.analysis.stats)
     raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
@@ -169,7 +185,7 @@ def _svg_inline(path: Path) -> str:
     return re.sub(r"^<\?xml[^>]*>\s*", "", svg)
 
 
-def _html_table(t: T.Table) -> str:
+def _html_table(t: Table) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in t.frame.columns)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in t.frame.iter_rows()
@@ -177,16 +193,16 @@ def _html_table(t: T.Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _strings(key: str, rows: list[tuple[str, ...]], names: tuple[str, ...]) -> T.Table:
+def _strings(key: str, rows: Sequence[tuple[str, ...]], names: tuple[str, ...]) -> Table:
     """A table of text columns `names`, one row a tuple."""
-    return T.Table(
+    return Table(
         key,
         "",
         pl.DataFrame({n: [r[i] for r in rows] for i, n in enumerate(names)}, schema=dict.fromkeys(names, pl.String)),
     )
 
 
-def _kv(rows: list[tuple[str, str]]) -> T.Table:
+def _kv(rows: list[tuple[str, str]]) -> Table:
     return _strings("kv", rows, ("item", "value"))
 
 
@@ -230,11 +246,17 @@ def build_report(
     blocks: list[tuple[str, Any]] = [("h1", title), ("p", byline)]
     if data.spec:
         blocks += [("h2", "Spec"), ("table", _kv(spec_summary(data.spec, data.stages)))]
-    blocks += [("h2", "Provenance"), ("table", _kv(provenance(data.manifests, len(data.stages) or None)))]
+    blocks += [("h2", "Provenance"), ("table", _kv(provenance(data.manifests, data.n_counted, data.counted)))]
     runs = tracked(data.manifests)
     if runs:
         blocks += [("h3", "Tracker runs"), ("table", _strings("tracker_runs", runs, ("stage", "tracker", "run id")))]
     cav = caveats(trained(a.metrics), a.stats, a.adapters)
+    if (data.spec.get("model") or {}).get("tiny"):
+        cav.insert(
+            0,
+            "This run uses cpx's built-in tiny model with random weights: its responses are gibberish, "
+            "and its numbers show that the pipeline works end to end, not how a real language model behaves.",
+        )
     if cav:
         blocks += [("h2", "Caveats"), ("ul", cav)]
     shown = tables(a)
@@ -242,11 +264,11 @@ def build_report(
     for t in shown:
         if t.key not in (*STEERING_TABLES, *SEED_TABLES):
             blocks += [("h3", t.title), ("table", t), ("caption", t.caption)]
-    fam = T.families(a.stats)
+    fam = families(a.stats)
     if fam.height:
         blocks += [
             ("h3", "Multiple comparisons"),
-            ("table", T.Table("fam", "", fam)),
+            ("table", Table("fam", "", fam)),
             (
                 "caption",
                 "Holm (family-wise error) and Benjamini-Hochberg (false discovery "
@@ -301,7 +323,7 @@ def build_report(
         blocks += [("h2", "Power"), *_power(data)]
     blocks.append(("h2", "Figures"))
     blocks += [figs[n] for n in figures if n in figs and n not in SECTION_FIGURES.values()]
-    notes = a.notes + [f"skipped: {s}" for s in T.skipped(a.stats)]
+    notes = a.notes + [f"skipped: {s}" for s in skipped(a.stats)]
     if notes:
         blocks += [("h2", "Notes"), ("ul", notes)]
 

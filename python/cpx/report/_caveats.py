@@ -6,7 +6,7 @@ import math
 
 import polars as pl
 
-from cpx.analysis._tables import ckpt, pval
+from cpx.analysis import ckpt, pval
 
 
 def _rows(stats: pl.DataFrame, analysis: str, method: str | None = None) -> pl.DataFrame:

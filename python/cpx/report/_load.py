@@ -9,10 +9,15 @@ from typing import Any
 
 import polars as pl
 
-from cpx.analysis import Analysis, Options, adapter_quality, normalize_metrics
-from cpx.analysis._metrics import trained
-from cpx.analysis._run import split_predictors
-from cpx.analysis._steering import steer_layers_of
+from cpx.analysis import (
+    Analysis,
+    Options,
+    adapter_quality,
+    normalize_metrics,
+    split_predictors,
+    steer_layers_of,
+    trained,
+)
 from cpx.errors import CpxError
 from cpx.plan import Plan, Stage
 from cpx.report._build import ReportData
@@ -72,7 +77,7 @@ def _analysis(
     )
 
 
-def _screens(run_dir: Path, stages: list[Stage]) -> pl.DataFrame | None:
+def screens(run_dir: Path, stages: list[Stage]) -> pl.DataFrame | None:
     train = [(_stage_dir(run_dir, s), s.labels) for s in stages if s.kind == "train"]
     return read_folders(train, names=("screen",)).get("screen")
 
@@ -95,7 +100,7 @@ def from_run(run_dir: str | Path) -> ReportData:
     stages = plan.stages if plan else []
     screen = read.get("screen")
     if screen is None and plan is not None:
-        screen = _screens(run, stages)
+        screen = screens(run, stages)
     return ReportData(
         analysis=_analysis(read["metrics"], read["stats"], screen, _options(plan), plan),
         leakage=read.get("leakage"),
@@ -106,6 +111,8 @@ def from_run(run_dir: str | Path) -> ReportData:
         name=plan.name if plan else run.name,
         spec_hash=plan.spec_hash if plan else None,
         plan=plan,
+        counted="stages of the plan",
+        n_counted=len(stages) or None,
     )
 
 
@@ -133,4 +140,6 @@ def from_stage(stage: Stage, inputs: dict[str, Path], run_dir: Path, plan: Plan 
         name=plan.name if plan else stage.id,
         spec_hash=plan.spec_hash if plan else None,
         plan=plan,
+        counted="stages before this report",
+        n_counted=len(upstream) or None,
     )

@@ -1,8 +1,9 @@
 """The spec language: pydantic schema, YAML loading with positions, SpecError with locations."""
 
 from cpx.spec._errors import Issue, Location, SpecError
-from cpx.spec._load import Loaded, axis_phase, load_spec
-from cpx.spec._schema import Spec
+from cpx.spec._load import Loaded, axis_phase, load_spec, unread_layers
+from cpx.spec._schema import Arm, Phase, Spec
+from cpx.spec._yaml import dotted
 
 
 def json_schema() -> dict:
@@ -17,4 +18,17 @@ def json_schema() -> dict:
     return schema
 
 
-__all__ = ["Issue", "Loaded", "Location", "Spec", "SpecError", "axis_phase", "json_schema", "load_spec"]
+__all__ = [
+    "Arm",
+    "Issue",
+    "Loaded",
+    "Location",
+    "Phase",
+    "Spec",
+    "SpecError",
+    "axis_phase",
+    "dotted",
+    "json_schema",
+    "load_spec",
+    "unread_layers",
+]

@@ -438,14 +438,14 @@ def _train_lora(
                 loss_sum_now, norm_now = torch.stack([step_loss.float(), grad_norm.float().to(device)]).tolist()
                 loss = loss_sum_now / n_lab if n_lab else float("nan")
                 now = time.perf_counter()
-                step_tokens = sum(len(ex.input_ids) for ex in chunk)
                 result.log.append(
                     {
                         "step": step,
                         "loss": loss,
                         "lr": lr_now,
                         "grad_norm": norm_now,
-                        "tokens_per_s": step_tokens / (now - t_step) if now > t_step else None,
+                        "tokens": sum(len(ex.input_ids) for ex in chunk),
+                        "seconds": now - t_step,
                     }
                 )
                 t_step = now

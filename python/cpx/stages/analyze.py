@@ -27,9 +27,8 @@ def analyze_inputs(opts: Any, inputs: dict[str, Path], plan: Any, log: Any = Non
     """The analysis of an analyze stage's input folders (dep id -> folder), labelled from
     `plan` (None: from each folder's manifest). `cpx analyze RUN_DIR` calls this too, so that
     re-analysing a run with its own plan gives exactly the stats its analyze stage wrote."""
-    from cpx.analysis import analyze_tables
-    from cpx.analysis._steering import steer_layers_of
-    from cpx.report._inputs import read_folders
+    from cpx.analysis import analyze_tables, steer_layers_of
+    from cpx.report import read_folders
 
     by_id = plan.by_id() if plan is not None else {}
     labels = {d: by_id[d].labels for d in inputs if d in by_id}

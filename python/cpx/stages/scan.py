@@ -24,7 +24,7 @@ BOOT_METHOD: Final = "bca"
 
 
 def _params(ctx: StageContext) -> dict[str, Any]:
-    from cpx.stages._rows import StageParamError
+    from cpx.stages._params import StageParamError
 
     p, sid = ctx.params, ctx.stage.id
     markers = p.get("markers")
@@ -120,7 +120,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from cpx.stages._markers import marker_counts
-    from cpx.stages._rows import StageParamError, labelled_table, write_parquet
+    from cpx.stages._params import StageParamError
+    from cpx.stages._rows import labelled_table, write_parquet
 
     p = _params(ctx)
     (dep,) = ctx.inputs.values()

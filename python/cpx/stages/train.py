@@ -1,7 +1,8 @@
 """The `train` stage: LoRA SFT on a dataset stage's examples, starting from any model chain.
 
 Outputs (docs/plan-format.md): `checkpoints/<f>/` (a peft adapter per fraction f > 0),
-`train_log.parquet` (`step, loss, lr, grad_norm, tokens_per_s`) and, for a marker adapter with `screen` set,
+`train_log.parquet` (`step, loss, lr, grad_norm, tokens`; the step times, which differ
+from run to run, are the manifest's `info.step_seconds`) and, for a marker adapter with `screen` set,
 `screen.parquet` (`persona, role, n, hits, rate`): the adapter's marker rate on every eval
 persona right after training, with a warning in the stage log when the adapter is not
 specific to its source (the study's "inverted" and "global" adapters were erased by 25 SFT
@@ -107,7 +108,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "loss": pa.array([r["loss"] for r in res.log], pa.float64()),
             "lr": pa.array([r["lr"] for r in res.log], pa.float64()),
             "grad_norm": pa.array([r["grad_norm"] for r in res.log], pa.float64()),
-            "tokens_per_s": pa.array([r["tokens_per_s"] for r in res.log], pa.float64()),
+            "tokens": pa.array([r["tokens"] for r in res.log], pa.int64()),
         }
     )
     pq.write_table(log_table, Path(ctx.out_dir) / "train_log.parquet")
@@ -122,6 +123,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "train_seconds": round(res.seconds, 3),
         "tokens_per_s": round(res.tokens / res.seconds, 1) if res.seconds else None,
         "final_loss": res.log[-1]["loss"],
+        # Wall time of each step (what W&B's tokens/s curve is made of): not in the outputs,
+        # which are the same on every run.
+        "step_seconds": [round(r["seconds"], 5) for r in res.log],
     }
     if res.checkpointing is not None:
         info["gradient_checkpointing"] = res.checkpointing

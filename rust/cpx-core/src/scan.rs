@@ -459,9 +459,11 @@ impl<'a> Strings<'a> {
             DataType::LargeUtf8 => Strings::LargeUtf8(a.as_string::<i64>()),
             DataType::Utf8View => Strings::View(a.as_string_view()),
             DataType::Null => Strings::AllNull(a.len()),
-            other => return Err(CoreError::Type(format!(
+            other => {
+                return Err(CoreError::Type(format!(
                 "{name} must be a string array (string, large_string or string_view), got {other}"
-            ))),
+            )))
+            }
         })
     }
 
@@ -662,7 +664,7 @@ mod tests {
             Arc::new(StringViewArray::from(vals.clone())),
         ];
         for a in &arrays {
-            let (cols, nulls) = count_markers(&[a.clone()], &matcher).unwrap();
+            let (cols, nulls) = count_markers(std::slice::from_ref(a), &matcher).unwrap();
             assert_eq!(cols[0], vec![2, 0, 1, 0]);
             let nulls = nulls.unwrap();
             assert!(nulls.is_null(1) && nulls.is_valid(0));
@@ -686,7 +688,7 @@ mod tests {
         assert!(m.passes.len() >= 2);
         let texts = ["[A][a][ {B} <c> |D| ~e~ ZZZ q", "zzzz [a][a] qQ", "plain"];
         let arr: ArrayRef = Arc::new(StringArray::from(texts.to_vec()));
-        let (cols, _) = count_markers(&[arr.clone()], &m).unwrap();
+        let (cols, _) = count_markers(std::slice::from_ref(&arr), &m).unwrap();
         for (mi, mk) in markers.iter().enumerate() {
             for (ri, t) in texts.iter().enumerate() {
                 assert_eq!(cols[mi][ri], py_count(t, mk, true), "{t:?} {mk:?}");

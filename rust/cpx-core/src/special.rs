@@ -16,8 +16,7 @@ pub fn ndtr(x: f64) -> f64 {
     }
 }
 
-// The coefficients are AS 241 as published.
-#[allow(clippy::excessive_precision)]
+#[allow(clippy::excessive_precision)] // the coefficients are AS 241's as published
 /// Inverse of the standard normal CDF (Wichura's AS 241, PPND16; relative error ~1e-16).
 pub fn ndtri(p: f64) -> f64 {
     if p.is_nan() || !(0.0..=1.0).contains(&p) {
@@ -224,7 +223,7 @@ pub fn f_sf(f: f64, d1: f64, d2: f64) -> f64 {
 /// The `q` upper quantile of the F distribution: `f` with `f_sf(f, d1, d2) = q` (bisection
 /// to full double precision; `f_sf` is decreasing in `f`).
 pub fn f_isf(q: f64, d1: f64, d2: f64) -> f64 {
-    if !(q > 0.0 && q < 1.0) || !(d1 > 0.0) || !(d2 > 0.0) {
+    if !(q > 0.0 && q < 1.0 && d1 > 0.0 && d2 > 0.0) {
         return f64::NAN;
     }
     let (mut lo, mut hi) = (0.0f64, 1.0f64);

@@ -183,6 +183,25 @@ fn contains_any(
 // --------------------------------------------------------------------------------- stats
 
 type CorrTuple = (f64, f64, String, bool, u64, usize, bool);
+/// statistic, low, high, standard_error, n, n_clusters, degenerate, the distribution's bytes.
+type BootTuple<'py> = (f64, f64, f64, f64, usize, usize, bool, Bound<'py, PyBytes>);
+/// group code, then a BootTuple without the distribution.
+type GroupBootRow = (i64, f64, f64, f64, f64, usize, usize, bool);
+/// statistic, pvalue, f, df1, df2, msb, msw, k, n, n_groups, low, high.
+type IccTuple = (
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    f64,
+    usize,
+    usize,
+    f64,
+    f64,
+);
 
 fn corr_tuple(r: CorrResult) -> CorrTuple {
     let method = match r.method {
@@ -202,7 +221,7 @@ fn corr_tuple(r: CorrResult) -> CorrTuple {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one parameter per keyword argument of the Python signature
 fn correlation(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
@@ -235,7 +254,7 @@ fn correlation(
 /// Spearman's rho: (statistic, pvalue, method, exact, n_permutations, n, constant).
 #[pyfunction]
 #[pyo3(signature = (x, y, method="auto", alternative="two-sided", n_resamples=9999, seed=0, nan_policy="raise"))]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one parameter per keyword argument of the Python signature
 fn spearman(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
@@ -262,7 +281,7 @@ fn spearman(
 /// Pearson's r: (statistic, pvalue, method, exact, n_permutations, n, constant).
 #[pyfunction]
 #[pyo3(signature = (x, y, method="auto", alternative="two-sided", n_resamples=9999, seed=0, nan_policy="raise"))]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one parameter per keyword argument of the Python signature
 fn pearson(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
@@ -289,7 +308,7 @@ fn pearson(
 /// Permutation test: (statistic, pvalue, exact, n_permutations, n, constant).
 #[pyfunction]
 #[pyo3(signature = (x, y=None, groups=None, statistic="spearman", scheme=None, alternative="two-sided", n_resamples=9999, seed=0, nan_policy="raise"))]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one parameter per keyword argument of the Python signature
 fn permutation_test(
     py: Python<'_>,
     x: &Bound<'_, PyAny>,
@@ -352,7 +371,7 @@ fn boot_opts(
 /// distribution as float64 bytes).
 #[pyfunction]
 #[pyo3(signature = (data, clusters=None, statistic="mean", method="bca", confidence_level=0.95, n_resamples=9999, seed=0))]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one parameter per keyword argument of the Python signature
 fn bootstrap_ci<'py>(
     py: Python<'py>,
     data: &Bound<'py, PyAny>,
@@ -362,7 +381,7 @@ fn bootstrap_ci<'py>(
     confidence_level: f64,
     n_resamples: u64,
     seed: u64,
-) -> PyResult<(f64, f64, f64, f64, usize, usize, bool, Bound<'py, PyBytes>)> {
+) -> PyResult<BootTuple<'py>> {
     let opts = boot_opts(statistic, method, confidence_level, n_resamples, seed)?;
     let data = f64_vec(data, "data")?;
     let clusters = opt_i64(clusters, "clusters")?;
@@ -386,7 +405,7 @@ fn bootstrap_ci<'py>(
 /// standard_error, n, n_clusters, degenerate), in order of group code.
 #[pyfunction]
 #[pyo3(signature = (values, groups, clusters=None, statistic="mean", method="bca", confidence_level=0.95, n_resamples=9999, seed=0))]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // one parameter per keyword argument of the Python signature
 fn grouped_bootstrap(
     py: Python<'_>,
     values: &Bound<'_, PyAny>,
@@ -397,7 +416,7 @@ fn grouped_bootstrap(
     confidence_level: f64,
     n_resamples: u64,
     seed: u64,
-) -> PyResult<Vec<(i64, f64, f64, f64, f64, usize, usize, bool)>> {
+) -> PyResult<Vec<GroupBootRow>> {
     let opts = boot_opts(statistic, method, confidence_level, n_resamples, seed)?;
     let values = f64_vec(values, "values")?;
     let groups = i64_vec(groups, "groups")?;
@@ -431,27 +450,13 @@ fn group_seed(seed: u64, k: u64) -> u64 {
 /// One-way ICC: (statistic, pvalue, f, df1, df2, msb, msw, k, n, n_groups, low, high).
 #[pyfunction]
 #[pyo3(signature = (values, groups, average=false, confidence_level=0.95))]
-#[allow(clippy::type_complexity)]
 fn icc1(
     py: Python<'_>,
     values: &Bound<'_, PyAny>,
     groups: &Bound<'_, PyAny>,
     average: bool,
     confidence_level: f64,
-) -> PyResult<(
-    f64,
-    f64,
-    f64,
-    f64,
-    f64,
-    f64,
-    f64,
-    f64,
-    usize,
-    usize,
-    f64,
-    f64,
-)> {
+) -> PyResult<IccTuple> {
     let values = f64_vec(values, "values")?;
     let groups = i64_vec(groups, "groups")?;
     let r = run(py, || {

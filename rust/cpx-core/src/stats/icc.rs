@@ -116,7 +116,7 @@ pub fn icc1(
 }
 
 fn check_design(cluster_size: f64, icc: f64) -> Result<()> {
-    if !(cluster_size >= 1.0) || !cluster_size.is_finite() {
+    if !(cluster_size >= 1.0 && cluster_size.is_finite()) {
         return Err(CoreError::input(format!(
             "cluster_size must be at least 1, got {cluster_size}"
         )));
@@ -143,7 +143,7 @@ pub fn design_effect(cluster_size: f64, icc: f64) -> Result<f64> {
 
 /// Effective sample size `n / design_effect(m, icc)`.
 pub fn effective_n(n: f64, cluster_size: f64, icc: f64) -> Result<f64> {
-    if !(n >= 0.0) || !n.is_finite() {
+    if !(n >= 0.0 && n.is_finite()) {
         return Err(CoreError::input(format!(
             "n must be a non-negative number, got {n}"
         )));

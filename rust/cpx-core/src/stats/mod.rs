@@ -4,6 +4,7 @@
 
 pub mod adjust;
 pub mod boot;
+pub mod coef;
 pub mod corr;
 pub mod icc;
 pub mod perm;
@@ -81,13 +82,16 @@ pub fn clean(x: &[f64], name: &str, policy: NanPolicy) -> Result<(Vec<f64>, Opti
     }
 }
 
+/// The pairs `clean_pairs` keeps: x, y, and (when some were dropped) the kept indices.
+pub type CleanPairs = (Vec<f64>, Vec<f64>, Option<Vec<usize>>);
+
 /// Pairs `(x[i], y[i])`, checked for equal length; pairs with a NaN raise or are dropped.
 pub fn clean_pairs(
     x: &[f64],
     y: &[f64],
     names: (&str, &str),
     policy: NanPolicy,
-) -> Result<(Vec<f64>, Vec<f64>, Option<Vec<usize>>)> {
+) -> Result<CleanPairs> {
     if x.len() != y.len() {
         return Err(CoreError::length(names.0, x.len(), names.1, y.len()));
     }
