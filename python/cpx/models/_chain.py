@@ -115,8 +115,6 @@ class MergedModel:
         self.model = model
         self._modules = dict(model.named_modules())
         # Originals live on the CPU: a GPU copy of all linear weights would double the memory.
-        # For a GPU model in page-locked memory: the copies run at the bus's speed (13 GB of a
-        # 7B model's linear weights), not at pageable memory's several times slower.
         self._backup: dict[str, Any] = {}
         self._dirty: set[str] = set()
         self._device = device
@@ -130,7 +128,7 @@ class MergedModel:
             for d in deltas:
                 w = self._modules[d.module].weight
                 if d.module not in self._backup:
-                    self._backup[d.module] = _host_copy(w)
+                    self._backup[d.module] = w.detach().to("cpu", copy=True)
                 delta = (d.B.to(w.device, torch.float32) @ d.A.to(w.device, torch.float32)) * d.scale
                 w.copy_((w.float() + delta).to(w.dtype))
                 self._dirty.add(d.module)
@@ -141,8 +139,7 @@ class MergedModel:
 
         with torch.no_grad():
             for name in sorted(self._dirty):
-                # Asynchronous from page-locked memory; the stream orders it before any later use.
-                self._modules[name].weight.copy_(self._backup[name], non_blocking=True)
+                self._modules[name].weight.copy_(self._backup[name])
         self._dirty.clear()
 
     def _check(self, d: LoraDelta, where: str) -> None:
@@ -159,15 +156,3 @@ class MergedModel:
                 f"{where}: {d.module!r}: adapter shapes A{tuple(d.A.shape)} B{tuple(d.B.shape)} "
                 f"do not fit the weight {tuple(mod.weight.shape)}"
             )
-
-
-def _host_copy(w: Any) -> Any:
-    """A CPU copy of a weight: page-locked for a CUDA weight, copied asynchronously on the
-    current stream (which orders it before the in-place merge that follows)."""
-    import torch
-
-    if not w.is_cuda:
-        return w.detach().to("cpu", copy=True)
-    b = torch.empty(w.shape, dtype=w.dtype, device="cpu", pin_memory=True)
-    b.copy_(w.detach(), non_blocking=True)
-    return b
