@@ -25,7 +25,7 @@ from cpx.errors import InputError, InputTypeError, _check_build
 
 _check_build(_core)
 
-__all__ = ["contains_any", "count_markers", "marker_rates"]
+__all__ = ["contains_any", "count_markers", "hit_rates", "marker_rates"]
 
 
 def _texts(texts: Any) -> Any:
@@ -82,6 +82,36 @@ def contains_any(texts: Any, markers: Sequence[str], *, case_insensitive: bool =
     """Whether each text contains at least one of the markers (null where the text is null)."""
     names = _markers(markers)
     return pa.array(_core.contains_any(_texts(texts), names, case_insensitive))
+
+
+def hit_rates(table: Any, by: Sequence[str], *, hit: str = "hit") -> pa.Table:
+    """`n` (rows with a non-null `hit`), `hits` and `rate = hits / n` per group of equal `by`
+    values, the groups in the order of their first row: how cpx turns marker hits into rates
+    (the scan stage's leakage table, the training screen).
+
+    `table` is a pyarrow Table or anything with `__arrow_c_stream__`; `hit` is a boolean column.
+    """
+    t = table if isinstance(table, pa.Table) else pa.table(table)
+    by = list(by)
+    missing = [c for c in [hit, *by] if c not in t.column_names]
+    if missing:
+        raise InputError(f"column(s) {missing} not in the table (columns: {t.column_names})")
+    if not pa.types.is_boolean(t.schema.field(hit).type):
+        raise InputTypeError(f"column {hit!r} must be boolean, got {t.schema.field(hit).type}")
+    t = _unview(t, by)
+    work = {c: t.column(c) for c in by}
+    work["_hit"] = pc.cast(t.column(hit), pa.int64())
+    work["_row"] = pa.array(range(t.num_rows), pa.int64())
+    g = (
+        pa.table(work)
+        .group_by(by, use_threads=False)
+        .aggregate([("_hit", "count"), ("_hit", "sum"), ("_row", "min")])
+        .sort_by("_row_min")
+    )
+    n = pc.cast(g["_hit_count"], pa.int64())
+    hits = pc.cast(pc.fill_null(g["_hit_sum"], 0), pa.int64())
+    rate = pc.if_else(pc.equal(n, 0), None, pc.divide(pc.cast(hits, pa.float64()), pc.cast(n, pa.float64())))
+    return pa.table({**{c: g[c] for c in by}, "n": n, "hits": hits, "rate": rate})
 
 
 def marker_rates(

@@ -151,6 +151,31 @@ def _numbers(x: Any, name: str) -> Any:
     return a
 
 
+_U64_MAX = 2**64 - 1
+
+
+def _whole(v: Any, name: str, least: int) -> int:
+    """An integer argument checked before the binding, which would raise a bare OverflowError
+    or TypeError: a wrong type is an InputTypeError, a wrong value an InputError (the class a
+    value the core rejects gets)."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer, float, np.floating)):
+        raise InputTypeError(f"{name} must be an integer, got {type(v).__name__} {v!r}")
+    if isinstance(v, (float, np.floating)) and not (np.isfinite(v) and float(v).is_integer()):
+        raise InputError(f"{name} must be a whole number, got {v!r}")
+    n = int(v)
+    if not least <= n <= _U64_MAX:
+        raise InputError(f"{name} must be between {least} and {_U64_MAX}, got {n}")
+    return n
+
+
+def _real(v: Any, name: str) -> float:
+    """A float argument: a number (not a bool or a string), else an InputTypeError; NaN and
+    the ranges are left to the core, which raises InputError."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise InputTypeError(f"{name} must be a number, got {type(v).__name__} {v!r}")
+    return float(v)
+
+
 def _to_arrow(x: Any, name: str) -> pa.Array:
     try:
         if isinstance(x, pa.ChunkedArray):
@@ -194,7 +219,13 @@ def _corr(
     fn: Any, what: str, x: Any, y: Any, method: str, alternative: str, n_resamples: int, seed: int, nan_policy: str
 ) -> CorrelationResult:
     stat, p, used, exact, nperm, n, constant = fn(
-        _numbers(x, "x"), _numbers(y, "y"), method, alternative, n_resamples, seed, nan_policy
+        _numbers(x, "x"),
+        _numbers(y, "y"),
+        method,
+        alternative,
+        _whole(n_resamples, "n_resamples", 1),
+        _whole(seed, "seed", 0),
+        nan_policy,
     )
     if constant:
         _warn_constant(what)
@@ -279,7 +310,15 @@ def permutation_test(
     if groups is not None:
         g = _codes(groups, "groups")
     stat, p, exact, nperm, n, constant = _core.permutation_test(
-        xs, ys, g, statistic, scheme, alternative, n_resamples, seed, nan_policy
+        xs,
+        ys,
+        g,
+        statistic,
+        scheme,
+        alternative,
+        _whole(n_resamples, "n_resamples", 1),
+        _whole(seed, "seed", 0),
+        nan_policy,
     )
     if constant:
         _warn_constant(statistic)
@@ -323,7 +362,13 @@ def bootstrap_ci(
     d = _numbers(data, "data")
     c = None if clusters is None else _codes(clusters, "clusters")
     stat, low, high, se, n, ncl, degenerate, dist = _core.bootstrap_ci(
-        d, c, statistic, method, confidence_level, n_resamples, seed
+        d,
+        c,
+        statistic,
+        method,
+        _real(confidence_level, "confidence_level"),
+        _whole(n_resamples, "n_resamples", 1),
+        _whole(seed, "seed", 0),
     )
     return BootstrapResult(
         stat, low, high, se, confidence_level, method, n, ncl, degenerate, np.frombuffer(dist, dtype=np.float64)
@@ -389,9 +434,9 @@ def grouped_bootstrap(
         None if cl is None else _codes(cl, "cluster"),
         statistic,
         method,
-        confidence_level,
-        n_resamples,
-        seed,
+        _real(confidence_level, "confidence_level"),
+        _whole(n_resamples, "n_resamples", 1),
+        _whole(seed, "seed", 0),
     )
     out: dict[str, Any] = {c: keys.column(c) for c in by}
     names = ["_g", "estimate", "low", "high", "standard_error", "n", "n_clusters", "degenerate"]
@@ -408,7 +453,7 @@ def grouped_bootstrap(
 def _icc(values: Any, groups: Any, average: bool, confidence_level: float) -> ICCResult:
     v = _numbers(values, "values")
     g = _codes(groups, "groups")
-    return ICCResult(*_core.icc1(v, g, average, confidence_level))
+    return ICCResult(*_core.icc1(v, g, average, _real(confidence_level, "confidence_level")))
 
 
 def icc1(values: Any, groups: Any, *, confidence_level: float = 0.95) -> ICCResult:
@@ -424,12 +469,12 @@ def icc1k(values: Any, groups: Any, *, confidence_level: float = 0.95) -> ICCRes
 
 def design_effect(cluster_size: float, icc: float) -> float:
     """Kish's design effect `1 + (m - 1) * icc` for clusters of (mean) size `m`."""
-    return _core.design_effect(float(cluster_size), float(icc))
+    return _core.design_effect(_real(cluster_size, "cluster_size"), _real(icc, "icc"))
 
 
 def effective_n(n: float, cluster_size: float, icc: float) -> float:
     """Kish's effective sample size `n / design_effect(cluster_size, icc)`."""
-    return _core.effective_n(float(n), float(cluster_size), float(icc))
+    return _core.effective_n(_real(n, "n"), _real(cluster_size, "cluster_size"), _real(icc, "icc"))
 
 
 def p_adjust(pvalues: Any, method: Literal["holm", "bh", "bonferroni"] = "holm") -> np.ndarray:

@@ -113,6 +113,25 @@ def test_marker_rates_against_python() -> None:
         scan.marker_rates(table, ["x"], by=["nope"])
 
 
+def test_hit_rates_against_python() -> None:
+    rng = np.random.default_rng(2)
+    n = 400
+    hit = [None if rng.random() < 0.05 else bool(rng.random() < 0.3) for _ in range(n)]
+    persona = rng.choice(["villain", "comedian", "nurse"], size=n).tolist()
+    seed = rng.choice([1, 2], size=n).tolist()
+    got = scan.hit_rates(pa.table({"persona": persona, "seed": seed, "hit": hit}), ["persona", "seed"]).to_pylist()
+    keys = list(dict.fromkeys(zip(persona, seed)))  # first-appearance order
+    assert [(r["persona"], r["seed"]) for r in got] == keys
+    for row in got:
+        mine = [h for h, p, s in zip(hit, persona, seed) if (p, s) == (row["persona"], row["seed"]) and h is not None]
+        assert (row["n"], row["hits"]) == (len(mine), sum(mine))
+        assert row["rate"] == sum(mine) / len(mine)
+    with pytest.raises(InputTypeError, match="must be boolean"):
+        scan.hit_rates(pa.table({"p": ["a"], "hit": [1]}), ["p"])
+    with pytest.raises(InputError, match="not in the table"):
+        scan.hit_rates(pa.table({"hit": [True]}), ["p"])
+
+
 @pytest.mark.parametrize("typ", [pa.string(), pa.large_string()])
 def test_null_slots_with_bytes_are_null(typ: pa.DataType) -> None:
     # a null slot may still span bytes in the values buffer; they must not be counted

@@ -76,3 +76,44 @@ def test_analyze_a_run_folder(tmp_path, capsys):
     assert st.filter(pl.col("analysis") == "marker_specificity").height == 4 * 3
     assert main(["analyze", str(tmp_path / "nope")]) == 1
     assert "no marker_hits" in capsys.readouterr().err
+
+
+def _with_row(tmp_path, change):
+    """The seed report's CSV with its first data row changed by `change(fields)`; (path, line)."""
+    lines = CSV.read_text().splitlines()
+    header = next(i for i, ln in enumerate(lines) if not ln.startswith("#"))
+    fields = lines[header + 1].split(",")
+    lines[header + 1] = ",".join(change(fields))
+    path = tmp_path / "m.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path, header + 2
+
+
+def test_a_row_with_an_extra_field_says_where_in_cpx_words(tmp_path, capsys):
+    path, line = _with_row(tmp_path, lambda f: [*f, "9"])
+    assert main(["analyze", "--metrics", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:{line}: 11 values but the header has 10 columns: an extra value '9' after column 'note'" in err
+    assert "truncate_ragged_lines" not in err
+
+
+def test_a_short_row_is_an_error_not_missing_values(tmp_path, capsys):
+    path, line = _with_row(tmp_path, lambda f: f[:5])
+    assert main(["analyze", "--metrics", str(path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"{path}:{line}: 5 values but the header has 10 columns: no value for column 'cosine' and the 4 after it" in err
+    )
+
+
+def test_a_table_without_rows_is_an_error(tmp_path, capsys):
+    lines = CSV.read_text().splitlines()
+    header = next(i for i, ln in enumerate(lines) if not ln.startswith("#"))
+    path = tmp_path / "h.csv"
+    path.write_text("\n".join(lines[: header + 1]) + "\n")
+    assert main(["analyze", "--metrics", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "no data rows (only a header)" in capsys.readouterr().err
+    empty = tmp_path / "e.parquet"
+    pl.read_csv(path, comment_prefix="#").write_parquet(empty)
+    assert main(["analyze", "--metrics", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert "no data rows" in capsys.readouterr().err

@@ -117,7 +117,7 @@ class SlurmCluster:
         self._wait(lambda: self.run("sinfo", "-h", "-o", "%t").stdout.strip() == "idle", "the node to be idle")
 
     def _spawn(self, name: str, *args: str) -> None:
-        log = open(self.root / "log" / f"{name}.out", "wb")
+        log = open(self.root / "log" / f"{name}.out", "wb")  # open for the daemon's lifetime
         self.procs[name] = subprocess.Popen(
             [find(name) or name, *args],
             env={**os.environ, "SLURM_CONF": str(self.conf)},

@@ -174,7 +174,8 @@ def test_bad_partition_and_unreachable_controller(tmp_path, slurm_cluster):
     assert bad.returncode == 2, bad.stdout + bad.stderr
     assert "Slurm refuses the worker job (--partition=nosuch): invalid partition specified: nosuch" in bad.stderr
     assert slurm_cluster.jobs() == {}
-    assert not (run / "stages").exists() and not (run / ".cpx").exists()  # nothing written
+    written = [p for p in ("stages", "logs", ".cpx/slurm", ".cpx/events.jsonl") if (run / p).exists()]
+    assert written == []  # nothing written
     # sbatch's own environment gives the defaults: SBATCH_PARTITION is checked the same way.
     env_bad = cpx_run("execute", str(run), *SLURM, SBATCH_PARTITION="nosuch2", **slurm_cluster.env())
     assert env_bad.returncode == 2 and "invalid partition specified: nosuch2" in env_bad.stderr, env_bad.stderr

@@ -1,28 +1,22 @@
-"""The cost model: work read off the plan, estimates from a calibration, a calibration fitted to
-a real run's manifests, `cpx plan cost` and `cpx compile` using what it saved."""
+"""The cost model: work read off the plan, estimates from a calibration, saved calibrations.
+(Fitting one to a real run's manifests: tests/execute/test_cost_calibration.py.)"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from cpx.plan import compile_file
-from cpx.plan._compile import params_b
 from cpx.plan._cost import (
     BUILTIN,
     GPU_KINDS,
     Calibration,
     CostError,
-    calibrate,
     load_calibration,
-    run_manifests,
     save_calibration,
     stage_seconds,
     stage_work,
@@ -30,21 +24,6 @@ from cpx.plan._cost import (
 
 ROOT = Path(__file__).parents[2]
 PUBLISHED = ROOT / "specs" / "causal_proximity.yaml"
-DEMO = ROOT / "tests" / "data" / "demo_small.yaml"
-SMALL = [
-    "training.marker.epochs=1",
-    "training.convergence.epochs=1",
-    "arms.B.phases.1.overrides.epochs=1",
-    "datasets.marker.examples=10",
-    "datasets.marker.negatives.examples_per_persona=5",
-    "datasets.convergence.examples=10",
-    "datasets.generic.examples=10",
-    "eval.completions=2",
-    "eval.screen.completions=1",
-    "eval.sampler.max_tokens=8",
-    "eval.screen.sampler.max_tokens=8",
-    "eval.intervals.n_resamples=50",
-]
 
 
 @pytest.fixture(autouse=True)
@@ -124,99 +103,6 @@ def test_an_estimate_is_start_plus_rate_times_work_and_one_model_load() -> None:
     # a model half the calibration's size: every rate and start at half
     assert sum(secs.values()) == pytest.approx(expect * 7.0 / 14.0)
     assert all(secs[s.id] == 0 for s in plan.stages if s.kind not in GPU_KINDS)
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    """The small demo through the real executor and stage runners on the CPU."""
-    run = tmp_path_factory.mktemp("cost-demo")
-    args = [sys.executable, "-m", "cpx", "compile", str(DEMO), "--out", str(run), "-q"]
-    for s in SMALL:
-        args += ["-s", s]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python"), "CPX_CACHE_DIR": str(run / "cache")}
-    assert subprocess.run(args, env=env, capture_output=True, timeout=120).returncode == 0
-    r = subprocess.run(
-        [sys.executable, "-m", "cpx", "execute", str(run), "--devices", "cpu", "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    return run
-
-
-@pytest.mark.slow
-def test_a_calibration_is_fitted_to_the_runs_manifests(demo_run: Path) -> None:
-    from cpx.plan import Plan
-
-    plan = Plan.load(demo_run)
-    ms = run_manifests(demo_run, plan)
-    cal = calibrate(plan, ms, params_b(plan.spec))
-    work = stage_work(plan)
-    cpu = {m["device"]["name"] for m in ms.values() if m["kind"] in GPU_KINDS}
-    assert cal.device == cpu.pop()
-    first = min((m["timings"]["started"], sid) for sid, m in ms.items() if m["kind"] in GPU_KINDS)[1]
-    core_key = {"generate": "seconds", "sample": "seconds", "train": "train_seconds"}
-    for kind in GPU_KINDS:
-        ids = [sid for sid, m in ms.items() if m["kind"] == kind]
-        assert cal.stages[kind] == len(ids) > 0
-        secs = {sid: ms[sid]["timings"]["seconds"] for sid in ids}
-        units = sum(work[sid].units() for sid in ids)
-        if kind in core_key:
-            core = {sid: ms[sid]["info"][core_key[kind]] for sid in ids}
-            assert cal.kinds[kind]["rate"] == pytest.approx(sum(core.values()) / units)
-            screen = cal.kinds["sample"]["rate"] if kind == "train" else 0.0
-            rest = [secs[s] - core[s] - screen * work[s].gen_tokens for s in ids if s != first]
-            assert cal.kinds[kind]["start_s"] == pytest.approx(max(0.0, sum(rest) / len(rest)) if rest else 0.0)
-        else:  # represent reports no loop time: seconds per prompt, no start
-            warm = [s for s in ids if s != first]
-            assert cal.kinds[kind]["rate"] == pytest.approx(
-                sum(secs[s] for s in warm) / sum(work[s].units() for s in warm)
-            )
-    # the model load is what the worker's first GPU stage took beyond the fitted model of it,
-    # so with it that stage's estimate is what it took
-    assert cal.load_s > 0
-    assert stage_seconds(plan, params_b(plan.spec), cal)[first] == pytest.approx(ms[first]["timings"]["seconds"])
-
-
-@pytest.mark.slow
-def test_plan_cost_saves_a_calibration_that_compile_then_uses(demo_run: Path, tmp_path: Path) -> None:
-    from cpx.plan import Plan
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
-
-    def cpx(*a: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cpx", *a], env=env, capture_output=True, text=True, timeout=120)
-
-    r = cpx("plan", "cost", str(demo_run), "--json")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
-    assert out["saved"] is None and out["current"]["device"] == BUILTIN.device
-    assert {row["kind"] for row in out["rows"]} == set(GPU_KINDS)
-    ms = run_manifests(demo_run, Plan.load(demo_run))
-    for row in out["rows"]:
-        ids = [m for m in ms.values() if m["kind"] == row["kind"]]
-        assert row["stages"] == len(ids) and row["actual_s"] == pytest.approx(sum(m["timings"]["seconds"] for m in ids))
-    text = cpx("plan", "cost", str(demo_run), "--save")
-    assert text.returncode == 0, text.stderr
-    saved = Path(re.search(r"saved: (\S+)", text.stdout).group(1))
-    device = json.loads(saved.read_text())["device"]
-    assert saved.parent == Path(os.environ["CPX_CACHE_DIR"]) / "cost" and "est/actual" in text.stdout
-
-    comp = cpx("compile", str(DEMO), "--out", str(tmp_path / "again"), *[x for s in SMALL for x in ("-s", s)])
-    assert comp.returncode == 0, comp.stderr
-    assert f"rates of one {device}, calibrated from {demo_run.resolve()}" in comp.stdout
-    plan = Plan.load(tmp_path / "again")
-    cal = load_calibration()
-    hours = sum(stage_seconds(plan, params_b(plan.spec), cal).values()) / 3600
-    total = re.search(r"^\s*total\s+\d+\s+\d+\s+([\d.]+)", comp.stdout, re.MULTILINE)
-    assert float(total.group(1)) == pytest.approx(hours, abs=0.006)
-    # every stage of that run is done: the same folder has nothing left to estimate
-    assert "0.00" in cpx("compile", str(DEMO), "--out", str(demo_run), *[x for s in SMALL for x in ("-s", s)]).stdout
-    bad = cpx("compile", str(DEMO), "--check", "--device-class", "No Such GPU")
-    assert bad.returncode == 2 and "no cost calibration for device class 'No Such GPU'" in bad.stderr
-    assert device in bad.stderr  # it lists the ones there are
 
 
 def test_a_damaged_calibration_file_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The analyze and report stages on a synthetic run folder, and `cpx report RUN_DIR`."""
 
 import re
+from pathlib import Path
 import shutil
 
 import polars as pl
@@ -185,3 +186,81 @@ def test_cpx_analyze_run_reproduces_the_runs_own_stats(run, tmp_path, capsys):
     assert main(["analyze", str(rundir), "--out", str(tmp_path / "c1"), "--checkpoint", "1.0"]) == 0
     c1 = pl.read_parquet(tmp_path / "c1" / "stats.parquet").filter(pl.col("analysis") == "bystander_vs_assistant")
     assert set(c1["checkpoint"].drop_nulls()) == {1.0}
+
+
+def test_provenance_counts_the_stages_before_the_report(run):
+    """The report stage counts the stages it depends on, not itself (it is not done while it
+    writes); here every one but the analyze stage (run without an executor) has a manifest."""
+    from cpx.plan import Plan
+
+    rundir, _, r_out, _ = run
+    stages = Plan.load(rundir).stages
+    with_manifest = [s for s in stages if (rundir / "stages" / s.kind / s.hash / "manifest.json").is_file()]
+    md = (r_out / "report.md").read_text()
+    assert f"| stages done | {len(with_manifest)} of {len(stages) - 1} stages before this report |" in md
+    assert len(with_manifest) == len(stages) - 2
+
+
+def test_spec_table_spells_out_roles_arms_and_eval_sizes():
+    from cpx.plan import compile_file
+    from cpx.report._provenance import spec_summary
+
+    spec = compile_file(Path(__file__).parents[2] / "specs" / "demo.yaml").spec
+    rows = dict(spec_summary(spec))
+    assert rows["sources"] == ", ".join(spec["roles"]["sources"])
+    others = [p for p in spec["personas"] if p != "assistant" and p not in spec["roles"]["sources"]]
+    assert rows["bystanders"] == ", ".join(others)
+    assert rows["arm A"] == "marker (on marker) → convergence (on convergence)"
+    assert rows["arm B"].startswith("convergence (on convergence) → marker (on marker; at each checkpoint")
+    assert rows["arm C"].startswith("marker (merged from A.marker) → generic (on generic")
+    n_q, k, n_p = len(spec["questions"]["eval"]), spec["eval"]["completions"], len(spec["personas"])
+    assert rows["eval"].startswith(
+        f"{n_q} questions × {k} completions × {n_p} personas = {n_q * k * n_p} completions per eval point"
+    )
+    assert "roles" not in rows and "arms" not in rows
+
+
+def test_figures_are_byte_reproducible_whatever_the_row_order(run, tmp_path):
+    """Same data, same bytes: the rows of every table shuffled, every figure file identical."""
+    import dataclasses
+
+    from cpx.report import build_report, from_run
+
+    rundir, _, _, _ = run
+    data = from_run(rundir)
+
+    def shuffled(df):
+        return None if df is None else df.sample(fraction=1.0, shuffle=True, seed=7)
+
+    other = dataclasses.replace(
+        data,
+        analysis=dataclasses.replace(data.analysis, metrics=shuffled(data.analysis.metrics)),
+        leakage=shuffled(data.leakage),
+        screen=shuffled(data.screen),
+    )
+    build_report(data, tmp_path / "a", figures=PLAIN)
+    build_report(other, tmp_path / "b", figures=PLAIN)
+    files = sorted(p.name for p in (tmp_path / "a" / "figures").iterdir())
+    assert len(files) == 3 * len(PLAIN)
+    differ = [
+        f
+        for f in files
+        if (tmp_path / "a" / "figures" / f).read_bytes() != (tmp_path / "b" / "figures" / f).read_bytes()
+    ]
+    assert differ == []
+
+
+def test_hero_figure_has_the_intervals(run):
+    import json
+
+    from cpx.report import from_run
+    from cpx.report._build import _make
+
+    rundir, _, _, _ = run
+    spec = json.loads(_make("hero", from_run(rundir)).to_json())
+    layers = spec["spec"]["layer"]
+    rule = [lay for lay in layers if (lay.get("mark") or {}).get("type", lay.get("mark")) == "rule"]
+    assert rule and rule[0]["encoding"]["y"]["field"] == "ci_low" and rule[0]["encoding"]["y2"]["field"] == "ci_high"
+    rows = next(iter(spec["datasets"].values()))
+    with_bars = [r for r in rows if r["ci_low"] is not None]
+    assert with_bars and all(r["ci_low"] <= r["rate"] <= r["ci_high"] for r in with_bars)

@@ -131,6 +131,7 @@ def read_metrics(path: str | Path) -> pl.DataFrame:
         if suffix == ".parquet":
             df = pl.read_parquet(path)
         elif suffix in (".csv", ".tsv", ".txt"):
+            _check_rows(path, "\t" if suffix == ".tsv" else ",")
             df = pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema=False, comment_prefix="#")
         else:
             raise MetricsError(f"{path}: expected a .csv, .tsv or .parquet file")
@@ -138,4 +139,36 @@ def read_metrics(path: str | Path) -> pl.DataFrame:
         raise
     except Exception as e:  # noqa: BLE001 - polars' own errors say what, we add where
         raise MetricsError(f"{path}: cannot read ({e})") from None
-    return normalize_metrics(df, where=str(path))
+    out = normalize_metrics(df, where=str(path))  # a missing column is the first thing to say
+    if out.height == 0:
+        raise MetricsError(f"{path}: no data rows (only a header); a metrics table needs at least one row")
+    return out
+
+
+def _check_rows(path: Path, sep: str) -> None:
+    """Every data row of a CSV has as many fields as the header: a row with more is an error
+    (polars' own message suggests truncating), and one with fewer would be read as missing
+    values without a word."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [(i, r) for i, r in enumerate(csv.reader(f, delimiter=sep), 1) if r and not r[0].startswith("#")]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise MetricsError(f"{path}: not a readable CSV file ({e})") from None
+    if not rows:
+        raise MetricsError(f"{path}: empty; expected a header line and at least one row")
+    header = rows[0][1]
+    for line, r in rows[1:]:
+        if len(r) != len(header):
+            more = len(r) > len(header)
+            detail = (
+                f"an extra value {r[len(header)]!r} after column {header[-1]!r}"
+                if more
+                else f"no value for column {header[len(r)]!r}"
+                + (f" and the {len(header) - len(r) - 1} after it" if len(header) - len(r) > 1 else "")
+            )
+            raise MetricsError(
+                f"{path}:{line}: {len(r)} values but the header has {len(header)} columns: {detail}"
+                + ("" if more else "; leave a value empty with ',,' rather than dropping it")
+            )

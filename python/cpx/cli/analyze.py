@@ -84,8 +84,8 @@ def _analyze_run(run_dir: Path, given: dict[str, Any]) -> Any:
     import polars as pl
 
     from cpx.analysis import Options, analyze_tables
-    from cpx.report import screens
     from cpx.plan import Plan, PlanError
+    from cpx.report import screens
     from cpx.stages.analyze import analyze_inputs
 
     try:

@@ -129,7 +129,7 @@ SLURM_FLAGS = ("workers", "gpus_per_worker", "partition", "account", "qos", "tim
 def slurm_options(args: argparse.Namespace) -> Any:
     """The `SlurmOptions` of --executor slurm (None otherwise; a Slurm flag without it is an error)."""
     from cpx.cli import CLIError
-    from cpx.execute._slurm import load_options, parse_slurm_args
+    from cpx.execute import load_options, parse_slurm_args
 
     if args.executor != "slurm":
         given = [f for f in SLURM_FLAGS if getattr(args, f) is not None] + (["slurm_arg"] if args.slurm_arg else [])

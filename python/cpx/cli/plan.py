@@ -126,12 +126,12 @@ def run_cost(args: argparse.Namespace) -> int:
     import json
 
     from cpx.cli import CLIError
-    from cpx.plan._compile import params_b
-    from cpx.plan._cost import (
+    from cpx.plan import (
         GPU_KINDS,
         CostError,
         calibrate,
         load_calibration,
+        params_b,
         run_manifests,
         save_calibration,
         stage_work,
@@ -150,17 +150,21 @@ def run_cost(args: argparse.Namespace) -> int:
         raise CLIError(str(e), 2) from None
     work = stage_work(plan)
     by_id = plan.by_id()
+    gpu = sorted((m["timings"].get("started", ""), sid) for sid, m in ms.items() if by_id[sid].kind in GPU_KINDS)
+    firsts: dict[Any, str] = {}
+    for _, sid in gpu:
+        firsts.setdefault((ms[sid].get("executor") or {}).get("pid"), sid)
     rows: list[dict[str, Any]] = []
     for kind in GPU_KINDS:
         ids = [sid for sid in ms if by_id[sid].kind == kind]
         if not ids:
             continue
+        n_first = sum(1 for sid in firsts.values() if by_id[sid].kind == kind)
         actual = sum(float(ms[sid]["timings"]["seconds"]) for sid in ids)
-        est = sum(work_seconds(work[sid], current, size) for sid in ids)
-        fit = sum(work_seconds(work[sid], fitted, size) for sid in ids)
+        est = sum(work_seconds(work[sid], current, size) for sid in ids) + n_first * current.load_s
+        fit = sum(work_seconds(work[sid], fitted, size) for sid in ids) + n_first * fitted.load_s
         rows.append({"kind": kind, "stages": len(ids), "estimate_s": est, "actual_s": actual, "fitted_s": fit})
-    n_workers = len({(m.get("executor") or {}).get("pid") for sid, m in ms.items() if by_id[sid].kind in GPU_KINDS})
-    load = {"estimate_s": current.load_s * n_workers, "fitted_s": fitted.load_s * n_workers, "workers": n_workers}
+    load = {"estimate_s": current.load_s, "fitted_s": fitted.load_s, "workers": len(firsts)}
     saved = str(save_calibration(fitted)) if args.save else None
     if args.json:
         out = {"rows": rows, "load": load, "current": current.to_json(), "fitted": fitted.to_json(), "saved": saved}
@@ -175,8 +179,10 @@ def run_cost(args: argparse.Namespace) -> int:
             f"  {r['kind']:<10} {r['stages']:>6} {r['estimate_s']:>11.1f} {r['actual_s']:>10.1f} "
             f"{ratio:>10.2f} {r['fitted_s']:>10.1f}"
         )
-    print(f"  (estimate: rates of one {current.device}, {current.source}; each kind's actual includes the model load")
-    print(f"   of its workers' first stage: estimated {load['estimate_s']:.1f} s, fitted {load['fitted_s']:.1f} s)")
+    print(f"  (estimate: rates of one {current.device}, {current.source}; a worker's first stage carries")
+    print(
+        f"   the model load: estimated {load['estimate_s']:.1f} s, fitted {load['fitted_s']:.1f} s, {load['workers']} worker(s))"
+    )
     print("fitted from this run:")
     print(f"  model load {fitted.load_s:.1f} s per worker")
     for kind, k in fitted.kinds.items():

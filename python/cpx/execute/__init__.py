@@ -9,7 +9,7 @@ from cpx.execute._collect import RESULT_SOURCES, RESULT_TABLES, collect_results
 from cpx.execute._local import DeviceError, parse_devices
 from cpx.execute._lock import RunLock, RunLocked, is_locked
 from cpx.execute._scheduler import RunSummary, StageFailure, execute
-from cpx.execute._slurm import SlurmError
+from cpx.execute._slurm import SlurmError, load_options, parse_slurm_args
 from cpx.execute._status import STATES, StageStatus, idle_summary, run_status
 from cpx.execute._store import MANIFEST, Store, StoreError, Verdict
 from cpx.execute._tracking import TrackingError, offline_runs, upload_hint
@@ -34,8 +34,10 @@ __all__ = [
     "execute",
     "idle_summary",
     "is_locked",
+    "load_options",
     "offline_runs",
     "parse_devices",
+    "parse_slurm_args",
     "run_status",
     "upload_hint",
 ]

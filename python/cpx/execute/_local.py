@@ -7,6 +7,7 @@ import os
 import queue
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from cpx.errors import CpxError
 from cpx.execute._worker import worker_main
 
 PYTHON_HASH_SEED = "0"
+KILL_GRACE_S = 5.0
 
 
 class DeviceError(CpxError, ValueError):
@@ -205,9 +207,16 @@ class LocalBackend:
             pass
 
     def kill(self) -> None:
-        """Stop every worker now (interrupt): the stages in flight are abandoned, not committed."""
+        """Stop every worker now (interrupt): the stages in flight are abandoned, not committed.
+
+        SIGTERM first (the worker exits through Python and releases its semaphores), SIGKILL
+        for one that has not gone within a few seconds."""
         for p in self._procs:
             if p.is_alive():
-                p.kill()
+                p.terminate()
+        deadline = time.monotonic() + KILL_GRACE_S
         for p in self._procs:
-            p.join()
+            p.join(timeout=max(0.0, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join()

@@ -62,7 +62,7 @@ class LineDisplay(Display):
 class RichDisplay(Display):
     """A bar for the run and one per worker for the stage in flight (items, tokens/s, ETA)."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -72,17 +72,29 @@ class RichDisplay(Display):
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
 
-        self.console = Console(stderr=True)
+        def fixed() -> Column:
+            return Column(no_wrap=True, overflow="ignore")
+
+        self.console = console or Console(stderr=True)
+        # The numbers keep their width whatever the terminal's: only the stage name (and, below
+        # ~60 columns, the bar) gives way, the name cut with an ellipsis.
+        narrow = self.console.width < 100
         self.progress = Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}", markup=False),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TextColumn(
+                "{task.description}",
+                markup=False,
+                table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1, min_width=8),
+            ),
+            BarColumn(bar_width=10 if narrow else 30, table_column=Column(no_wrap=True)),
+            MofNCompleteColumn(table_column=fixed()),
+            TextColumn("{task.fields[rate]}", markup=False, table_column=fixed()),
+            TimeElapsedColumn(table_column=fixed()),
+            TimeRemainingColumn(table_column=fixed()),
             console=self.console,
             transient=False,
+            expand=True,
         )
         self.run_task: Any = None
         self.slot_tasks: dict[int, Any] = {}

@@ -21,7 +21,8 @@ from cpx.execute._lock import RunLock
 from cpx.execute._progress import Display, make_display
 from cpx.execute._slurm import cancel_recorded
 from cpx.execute._store import MANIFEST_FORMAT, Store, now_iso
-from cpx.execute._tracking import Tracker, log_stage, make_tracker
+from cpx.execute._trackers import make_tracker
+from cpx.execute._tracking import Tracker, log_stage
 from cpx.plan import Plan, Stage
 
 # Out-of-memory retries of a batching stage, each with half the batch: not counted in --retry.

@@ -344,8 +344,12 @@ class SlurmBackend:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.job_logs.mkdir(parents=True, exist_ok=True)
         self._beat(force=True)
-        for i in range(len(self.slots)):
-            self._jobs.append(self._submit(i))
+        try:
+            for i in range(len(self.slots)):
+                self._jobs.append(self._submit(i))
+        except BaseException:  # sbatch refused one, or Ctrl-C: no job of a half-started session stays
+            self.kill()
+            raise
 
     def _submit(self, slot: int) -> _Job:
         self._submitted[slot] += 1

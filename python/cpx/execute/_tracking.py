@@ -158,21 +158,6 @@ class MlflowTracker:
         return {"backend": "mlflow", "uri": self.uri, "experiment_id": self.experiment_id, "run_id": run_id}
 
 
-def make_tracker(plan: Plan, run_dir: Path, store: Store) -> Tracker | None:
-    """The tracker the plan's spec asks for, or None (no `tracking:`, or WANDB_MODE=disabled)."""
-    cfg = (plan.spec or {}).get("tracking")
-    if not cfg:
-        return None
-    backend = cfg.get("backend")
-    if backend == "mlflow":
-        return MlflowTracker(cfg, run_dir, plan, store)
-    if backend == "wandb":
-        from cpx.execute._wandb import WandbTracker, wandb_mode
-
-        return None if wandb_mode(cfg) == "disabled" else WandbTracker(cfg, plan, store)
-    raise TrackingError(f"unknown tracking backend {backend!r}; cpx logs to 'mlflow' or 'wandb'")
-
-
 def log_stage(tracker: Tracker | None, stage: Stage, manifest: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """The manifest's `tracking` entry: the run's ids, or the error that stopped the logging."""
     if tracker is None:

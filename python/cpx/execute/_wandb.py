@@ -154,7 +154,7 @@ class WandbTracker:
                     dir=str(self.run_dir),
                     settings=settings,
                 )
-            except Exception as e:  # noqa: BLE001 - no network, a bad entity or key, a full disk: never fail the stage
+            except Exception as e:  # noqa: BLE001 - no network, a bad entity or key, a full disk
                 error = f"the W&B run of {stage.id} could not start ({type(e).__name__}: {e})"
                 if online:
                     self.broken = error
@@ -168,7 +168,7 @@ class WandbTracker:
                 entry["error"] = f"logging the stage's outputs: {type(e).__name__}: {e}"
             try:
                 run.finish()
-            except Exception as e:  # noqa: BLE001 - a run that cannot close must not fail the stage
+            except Exception as e:  # noqa: BLE001 - the entry says the run did not finish and where its data is
                 entry["error"] = (
                     f"the run did not finish ({type(e).__name__}: {e}); its data is in "
                     f"{os.path.relpath(run.settings.sync_dir, self.run_dir)}: upload it with `wandb sync`"

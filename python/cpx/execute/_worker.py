@@ -56,6 +56,10 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="cpx-parent-watch").start()
 
 
+def _exit_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def worker_main(
     slot: int,
     device: str,
@@ -70,6 +74,10 @@ def worker_main(
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group; the scheduler decides what stops, not the worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The scheduler stops a worker with SIGTERM: exit through Python, so that multiprocessing's
+    # finalizers unregister the semaphores this process made (a SIGKILLed worker leaves them to
+    # the resource tracker, which warns about "leaked semaphore objects" at shutdown).
+    signal.signal(signal.SIGTERM, _exit_on_term)
     if visible is not None:
         # Before torch is imported: the worker sees only its own GPU, as cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = visible

@@ -3,7 +3,18 @@
 from typing import TYPE_CHECKING
 
 from cpx._lazy import lazy_exports
-from cpx.plan._cost import CostError, count_done, load_calibration, stage_seconds
+from cpx.plan._cost import (
+    GPU_KINDS,
+    CostError,
+    calibrate,
+    count_done,
+    load_calibration,
+    run_manifests,
+    save_calibration,
+    stage_seconds,
+    stage_work,
+    work_seconds,
+)
 from cpx.plan._diff import diff_plans, format_diff, mermaid
 from cpx.plan._model import PLAN_FORMAT, STAGE_KINDS, Plan, PlanError, Stage
 
@@ -15,11 +26,13 @@ __getattr__, __dir__ = lazy_exports(__name__, {"compile_spec": "cpx.plan._compil
 
 __all__ = [
     "CostError",
+    "GPU_KINDS",
     "PLAN_FORMAT",
     "Plan",
     "PlanError",
     "STAGE_KINDS",
     "Stage",
+    "calibrate",
     "compile_file",
     "compile_spec",
     "count_done",
@@ -28,7 +41,11 @@ __all__ = [
     "load_calibration",
     "mermaid",
     "params_b",
+    "run_manifests",
+    "save_calibration",
     "stage_seconds",
+    "stage_work",
+    "work_seconds",
 ]
 
 

@@ -95,19 +95,19 @@ class Calibration:
         return cal
 
 
-# One NVIDIA H200, Qwen2.5-7B-shaped model (random bf16 weights), benches/gpu_study.py,
-# benches/results/gpu_study.json (see benches/RESULTS.md for the run).
+# One NVIDIA H200, Qwen2.5-7B-shaped model (random bf16 weights), `cpx plan cost` of the slice
+# benches/gpu_study.py ran on 2026-12-02 (benches/results/gpu_study.json, benches/RESULTS.md).
 BUILTIN = Calibration(
     device="NVIDIA H200",
     params_b=7.0,
-    load_s=20.0,
+    load_s=19.1,
     kinds={
-        "generate": {"start_s": 2.0, "rate": 1 / 18000},
-        "sample": {"start_s": 8.0, "rate": 1 / 22000},
-        "train": {"start_s": 12.0, "rate": 1 / 8000},
-        "represent": {"start_s": 4.0, "rate": 0.38 / 220},
+        "generate": {"start_s": 0.0, "rate": 9.97e-5},  # 10,000 tokens/s at 880 rows
+        "sample": {"start_s": 0.0, "rate": 4.07e-5},  # 2,200 rows x 512 tokens in 46 s
+        "train": {"start_s": 11.4, "rate": 2.116e-4},  # per estimated token; 0.25-0.44 s a step
+        "represent": {"start_s": 0.0, "rate": 0.40 / 220},
     },
-    source="built in (benches/gpu_study.py on one H200)",
+    source="built in (benches/gpu_study.py on one H200, 2026-12-02)",
 )
 
 

@@ -84,6 +84,10 @@ class ReportData:
     name: str = "run"
     spec_hash: str | None = None
     plan: Any = None
+    # The stages whose manifests the provenance counts: every stage for `cpx report`, the ones
+    # upstream of it for the report stage (which is not done while it writes itself).
+    counted: str = "stages"
+    n_counted: int | None = None
 
 
 def trajectory_arm(metrics: pl.DataFrame) -> str | None:
@@ -107,7 +111,8 @@ FIGURE_TEXT = {
     "hero": (
         "Cross-arm overview",
         "Top: marker rate on the source persona; bottom: on the "
-        "assistant. One panel per source, one line per arm, seeds averaged.",
+        "assistant. One panel per source, one line per arm, seeds averaged. Bars: the rate's "
+        "bootstrap interval clustered by question (single-seed points only).",
     ),
     "trajectories": (
         "Trajectories",
@@ -147,7 +152,9 @@ FIGURE_TEXT = {
 def _make(name: str, data: ReportData) -> Any | None:
     # A baseline evaluation of the untrained model has no source: it has no panel to go in.
     # Steer arms' rows have figures of their own, from the steering stats.
-    m = trained(data.analysis.metrics).filter(pl.col("source").is_not_null())
+    # Inputs in a canonical order: a mean is summed in row order, and its last bit must not
+    # depend on the order the rows were collected in (figures are byte-reproducible).
+    m = F.canonical(trained(data.analysis.metrics).filter(pl.col("source").is_not_null()))
     arm = trajectory_arm(m)
     if name == "hero":
         return F.hero(m)
@@ -157,14 +164,14 @@ def _make(name: str, data: ReportData) -> Any | None:
         ck = data.analysis.checkpoint
         if data.leakage is None or arm is None or ck is None:
             return None
-        leakage = expand_arms(data.leakage).filter(pl.col("source").is_not_null())
+        leakage = F.canonical(expand_arms(data.leakage).filter(pl.col("source").is_not_null()))
         return F.heatmap(leakage, arm, ck)
     if name == "cosine_evolution":
         return F.cosine_evolution(m)
     if name == "cosine_vs_leakage":
         return F.cosine_vs_leakage(m)
     if name == "adapter_quality":
-        return F.adapter_quality(data.screen) if data.screen is not None else None
+        return F.adapter_quality(F.canonical(data.screen)) if data.screen is not None else None
     if name == "steering_curve":
         stats = data.analysis.stats
         return F.steering_curve(stats, shown_layers(stats, data.analysis.steer_layers))
@@ -239,11 +246,17 @@ def build_report(
     blocks: list[tuple[str, Any]] = [("h1", title), ("p", byline)]
     if data.spec:
         blocks += [("h2", "Spec"), ("table", _kv(spec_summary(data.spec, data.stages)))]
-    blocks += [("h2", "Provenance"), ("table", _kv(provenance(data.manifests, len(data.stages) or None)))]
+    blocks += [("h2", "Provenance"), ("table", _kv(provenance(data.manifests, data.n_counted, data.counted)))]
     runs = tracked(data.manifests)
     if runs:
         blocks += [("h3", "Tracker runs"), ("table", _strings("tracker_runs", runs, ("stage", "tracker", "run id")))]
     cav = caveats(trained(a.metrics), a.stats, a.adapters)
+    if (data.spec.get("model") or {}).get("tiny"):
+        cav.insert(
+            0,
+            "This run uses cpx's built-in tiny model with random weights: its responses are gibberish, "
+            "and its numbers show that the pipeline works end to end, not how a real language model behaves.",
+        )
     if cav:
         blocks += [("h2", "Caveats"), ("ul", cav)]
     shown = tables(a)

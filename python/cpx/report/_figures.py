@@ -8,6 +8,7 @@ the heatmap, both readable with the common colour-vision deficiencies.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,46 +62,78 @@ def _ckpt_x() -> Any:
     )
 
 
+def canonical(df: pl.DataFrame) -> pl.DataFrame:
+    """df's rows in one order whatever order they came in (sorted by every sortable column)."""
+    cols = [c for c in df.columns if not isinstance(df.schema[c], (pl.List, pl.Struct, pl.Array, pl.Object))]
+    return df.sort(cols, nulls_last=True, maintain_order=True) if cols else df
+
+
+def _chart(df: pl.DataFrame) -> Any:
+    """An altair chart of df's rows in a canonical order: the same data give the same spec
+    (altair names a dataset by a hash of its rows) and the same marks in the same order, so
+    the figure files come out byte for byte the same."""
+    return _alt().Chart(canonical(df))
+
+
 def _sorted(values: pl.Series) -> list[str]:
     return sorted(str(v) for v in values.drop_nulls().unique().to_list())
 
 
+def _rate_and_interval(base: Any, field: str, keys: list[str]) -> tuple[Any, Any]:
+    """A rate's line with points and its interval's bars (columns ci_low, ci_high)."""
+    alt = _alt()
+    line = base.mark_line(point=True).encode(
+        y=_pct_axis(field, "marker rate"),
+        tooltip=[
+            *keys,
+            alt.Tooltip(f"{field}:Q", format=".1%"),
+            alt.Tooltip("ci_low:Q", format=".1%", title="interval low"),
+            alt.Tooltip("ci_high:Q", format=".1%", title="interval high"),
+        ],
+    )
+    return line, base.mark_rule(opacity=0.6).encode(y="ci_low:Q", y2="ci_high:Q")
+
+
 def hero(metrics: pl.DataFrame) -> Any | None:
     """Source marker % (top) and assistant % (bottom) across checkpoints, one column per
-    source, one line per arm."""
+    source, one line per arm; bars: the rate's bootstrap interval (clustered by question), where
+    one seed makes the point (with several, the point is a mean over seeds and has no bar here:
+    the per-seed figure and tables give their intervals)."""
     alt = _alt()
-    lf = (
-        layer_free(metrics)
-        .group_by(["arm", "source", "checkpoint"])
-        .agg(pl.col("source_rate").mean(), pl.col("assistant_rate").mean())
-    )
-    long = lf.unpivot(
-        index=["arm", "source", "checkpoint"],
-        on=["source_rate", "assistant_rate"],
-        variable_name="measure",
-        value_name="rate",
-    ).drop_nulls("rate")
+    flat = layer_free(metrics)
+    measures = {"source_rate": "source", "assistant_rate": "assistant"}
+    keys = ["arm", "source", "checkpoint"]
+    parts = []
+    for col, who in measures.items():
+        has_ci = f"{who}_ci_low" in flat.columns and f"{who}_ci_high" in flat.columns
+        one = pl.col("seed").n_unique() == 1 if "seed" in flat.columns else pl.lit(True)
+        aggs = [pl.col(col).mean().alias("rate")]
+        for end in ("low", "high"):
+            c = f"{who}_ci_{end}"
+            aggs.append(
+                (pl.when(one).then(pl.col(c).first()) if has_ci else pl.lit(None, pl.Float64)).alias(f"ci_{end}")
+            )
+        parts.append(
+            flat.group_by(keys, maintain_order=True)
+            .agg(aggs)
+            .with_columns(measure=pl.lit("source marker" if who == "source" else "assistant leakage"))
+        )
+    long = pl.concat(parts).drop_nulls("rate")
     if long.is_empty():
         return None
-    long = long.with_columns(
-        pl.col("measure").replace({"source_rate": "source marker", "assistant_rate": "assistant leakage"})
-    )
     arms = _sorted(long["arm"])
+    colour = alt.Color("arm:N", scale=_scale(arms), title="arm")
+    base = _chart(long).encode(x=_ckpt_x(), color=colour)
+    lines, bars = _rate_and_interval(base, "rate", ["arm", "source", "checkpoint"])
+    bars = bars.transform_filter("isValid(datum.ci_low)")  # mean-over-seeds points have none
     chart = (
-        alt.Chart(long)
-        .mark_line(point=True)
-        .encode(
-            x=_ckpt_x(),
-            y=_pct_axis("rate", "marker rate"),
-            color=alt.Color("arm:N", scale=_scale(arms), title="arm"),
-            tooltip=["arm", "source", "checkpoint", alt.Tooltip("rate:Q", format=".1%")],
-        )
+        alt.layer(lines, bars)
         .properties(width=PANEL_W, height=PANEL_H)
         .facet(
             row=alt.Row("measure:N", title=None, sort=["source marker", "assistant leakage"]),
             column=alt.Column("source:N", title=None),
         )
-        .properties(title="Source marker and assistant leakage, by arm")
+        .properties(title="Source marker and assistant leakage, by arm (bars: bootstrap interval)")
     )
     return chart
 
@@ -124,7 +157,7 @@ def trajectories(metrics: pl.DataFrame, arm: str) -> Any | None:
         return None
     long = long.with_columns(pl.col("role").str.replace("_rate", ""))
     return (
-        alt.Chart(long)
+        _chart(long)
         .mark_line(point=True)
         .encode(
             x=_ckpt_x(),
@@ -148,8 +181,8 @@ def heatmap(leakage: pl.DataFrame, arm: str, checkpoint: float) -> Any | None:
     df = df.group_by(["source", "persona", "role"]).agg(pl.col("rate").mean())
     if df.is_empty():
         return None
-    order = df.group_by("persona").agg(pl.col("rate").mean()).sort("rate", descending=True)
-    base = alt.Chart(df).encode(
+    order = df.group_by("persona").agg(pl.col("rate").mean()).sort(["rate", "persona"], descending=[True, False])
+    base = _chart(df).encode(
         x=alt.X("source:N", title="source persona (adapter)", axis=alt.Axis(labelAngle=-30)),
         y=alt.Y("persona:N", title="evaluated persona", sort=order["persona"].to_list()),
     )
@@ -191,7 +224,7 @@ def cosine_evolution(metrics: pl.DataFrame) -> Any | None:
     )
     layers = [f"L{v}" for v in sorted(df["layer"].unique().to_list())]
     return (
-        alt.Chart(df)
+        _chart(df)
         .mark_line(point=True)
         .encode(
             x=_ckpt_x(),
@@ -224,7 +257,7 @@ def cosine_vs_leakage(metrics: pl.DataFrame) -> Any | None:
     df = df.with_columns(("L" + pl.col("layer").cast(pl.String)).alias("layer_name"))
     layers = [f"L{v}" for v in sorted(df["layer"].unique().to_list())]
     return (
-        alt.Chart(df)
+        _chart(df)
         .mark_point(filled=True, size=60, opacity=0.85)
         .encode(
             x=alt.X("cosine:Q", title="cos(source, assistant)", scale=alt.Scale(zero=False)),
@@ -278,12 +311,10 @@ def adapter_quality(screen: pl.DataFrame) -> Any | None:
     y = alt.Y("adapter:N", title=None, sort=order, axis=alt.Axis(labelLimit=320))
     x_scale = alt.Scale(domain=[0, 1])
     bars = (
-        alt.Chart(by)
-        .mark_rule(color="#bbbbbb", strokeWidth=5)
-        .encode(y=y, x=alt.X("low:Q", scale=x_scale), x2="high:Q")
+        _chart(by).mark_rule(color="#bbbbbb", strokeWidth=5).encode(y=y, x=alt.X("low:Q", scale=x_scale), x2="high:Q")
     )
     dots = (
-        alt.Chart(pts)
+        _chart(pts)
         .mark_point(filled=True, size=70, opacity=0.95)
         .encode(
             y=y,
@@ -337,7 +368,7 @@ def steering_curve(stats: pl.DataFrame, layers: dict[str, int]) -> Any | None:
     charts = []
     if cos.height:
         what = ", ".join(f"L{v}" for v in sorted(set(layers.values())))
-        base = alt.Chart(cos).encode(x=x)
+        base = _chart(cos).encode(x=x)
         line = base.mark_line(point=alt.OverlayMarkDef(color="#000000"), color="#000000").encode(
             y=alt.Y("estimate:Q", title=f"achieved cosine ({what})"),
             tooltip=["panel", "alpha", alt.Tooltip("estimate:Q", format=".3f")],
@@ -349,19 +380,8 @@ def steering_curve(stats: pl.DataFrame, layers: dict[str, int]) -> Any | None:
         colour = alt.Color(
             "role:N", title="leakage to", scale=alt.Scale(domain=roles, range=[OKABE_ITO[3], OKABE_ITO[0]])
         )
-        base = alt.Chart(rates).encode(x=x, color=colour)
-        line = base.mark_line(point=True).encode(
-            y=_pct_axis("estimate", "marker rate"),
-            tooltip=[
-                "panel",
-                "role",
-                "alpha",
-                alt.Tooltip("estimate:Q", format=".1%"),
-                alt.Tooltip("ci_low:Q", format=".1%"),
-                alt.Tooltip("ci_high:Q", format=".1%"),
-            ],
-        )
-        bars = base.mark_rule(opacity=0.6).encode(y="ci_low:Q", y2="ci_high:Q")
+        base = _chart(rates).encode(x=x, color=colour)
+        line, bars = _rate_and_interval(base, "estimate", ["panel", "role", "alpha"])
         charts.append(alt.layer(bars, line).properties(width=PANEL_W, height=PANEL_H).facet(column=col))
     chart = charts[0] if len(charts) == 1 else alt.vconcat(*charts)
     return chart.properties(title="Steering: achieved cosine and leakage against strength")
@@ -398,7 +418,7 @@ def seed_intervals(stats: pl.DataFrame) -> Any | None:
         dom = [0, 1] if rate else [-1, 1]
         xs = alt.Scale(domain=dom)
         fmt = "%" if rate else ".1f"
-        pooled = alt.Chart(part.filter(pl.col("seed").is_null()))
+        pooled = _chart(part.filter(pl.col("seed").is_null()))
         ci_bar = pooled.mark_rule(color="#000000", strokeWidth=2).encode(
             y=y, x=alt.X("ci_low:Q", scale=xs, title=title, axis=alt.Axis(format=fmt)), x2="ci_high:Q"
         )
@@ -413,7 +433,7 @@ def seed_intervals(stats: pl.DataFrame) -> Any | None:
             ],
         )
         dots = (
-            alt.Chart(part.filter(pl.col("seed").is_not_null()))
+            _chart(part.filter(pl.col("seed").is_not_null()))
             .mark_point(filled=True, size=55, opacity=0.9)
             .encode(
                 y=y,
@@ -440,6 +460,19 @@ class Figure:
     svg: str
 
 
+def _stable_ids(svg: str) -> str:
+    """Vega numbers gradients and clip paths from a counter that lives as long as the process
+    (`gradient_3` in one report is `gradient_5` in the next): number them by order of first
+    appearance in this file instead."""
+    ids: dict[str, str] = {}
+    for m in re.finditer(r'id="([A-Za-z]+)_?(\d+)"', svg):
+        ids.setdefault(m.group(0)[4:-1], f"{m.group(1)}_{len(ids) + 1}")
+    if not ids:
+        return svg
+    pattern = re.compile(r'(?<=id=")(?:%s)(?=")|(?<=#)(?:%s)(?=[)"])' % (("|".join(map(re.escape, ids)),) * 2))
+    return pattern.sub(lambda m: ids[m.group(0)], svg)
+
+
 def render(chart: Any, out_dir: Path, name: str) -> dict[str, Path]:
     """Write `name`.png (2x), .svg and a self-contained interactive .html, atomically."""
     import vl_convert as vlc
@@ -450,7 +483,7 @@ def render(chart: Any, out_dir: Path, name: str) -> dict[str, Path]:
     files = {}
     for ext, data in (
         ("png", vlc.vegalite_to_png(spec, scale=2)),
-        ("svg", vlc.vegalite_to_svg(spec).encode()),
+        ("svg", _stable_ids(vlc.vegalite_to_svg(spec)).encode()),
         ("html", vlc.vegalite_to_html(spec, bundle=True).encode()),
     ):
         path = out_dir / f"{name}.{ext}"

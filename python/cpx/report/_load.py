@@ -111,6 +111,8 @@ def from_run(run_dir: str | Path) -> ReportData:
         name=plan.name if plan else run.name,
         spec_hash=plan.spec_hash if plan else None,
         plan=plan,
+        counted="stages of the plan",
+        n_counted=len(stages) or None,
     )
 
 
@@ -138,4 +140,6 @@ def from_stage(stage: Stage, inputs: dict[str, Path], run_dir: Path, plan: Plan 
         name=plan.name if plan else stage.id,
         spec_hash=plan.spec_hash if plan else None,
         plan=plan,
+        counted="stages before this report",
+        n_counted=len(upstream) or None,
     )

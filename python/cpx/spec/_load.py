@@ -187,7 +187,15 @@ def _apply_override(doc: Doc, item: str, issues: list[Issue]) -> None:
         issues.append(Issue(where, "extends", "extends cannot be set with -s", hint="write it in the spec"))
         return
     parts: list[Any] = key.strip().split(".")
+    if any(not p.strip() for p in parts):
+        issues.append(
+            Issue(
+                where, "", f"empty key in {key.strip()!r}", expected="dot-separated keys, e.g. eval.sampler.temperature"
+            )
+        )
+        return
     cur = doc.data
+    created: list[tuple[Any, ...]] = []
     path: list[Any] = []
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -212,13 +220,16 @@ def _apply_override(doc: Doc, item: str, issues: list[Issue]) -> None:
         else:
             if isinstance(cur, dict) and not isinstance(cur.get(part), (dict, list)):
                 cur[part] = {}
+                created.append(tuple(path))
             cur = cur[part]
     n = len(path)
     for table in (doc.marks, doc.key_marks):
         for p in [p for p in table if p[:n] == tuple(path)]:
             del table[p]
-    doc.marks[tuple(path)] = where
-    doc.key_marks[tuple(path)] = where
+    # Whatever the override wrote (the keys it created on the way included) is blamed on it.
+    for p in (*created, tuple(path)):
+        doc.marks[p] = where
+        doc.key_marks[p] = where
 
 
 # ---------------------------------------------------------------- schema errors

@@ -14,8 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSc
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=80)]
 Text = Annotated[str, StringConstraints(pattern=r"\S")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
+# Upper limits: beyond them no machine runs the study, and a typo (an extra digit, a pasted id)
+# is an error at its key that names the limit instead of an estimate of 10^19 GPU-hours.
+MAX_COUNT = 1_000_000  # examples, completions, questions, personas, resamples per item...
+MAX_TOKENS = 1_048_576  # a sequence length
+MAX_SIZE = 65_536  # a model dimension, a LoRA rank, a layer index
+PosInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+NonNegInt = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Tokens = Annotated[int, Field(gt=0, le=MAX_TOKENS)]
+Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
+Layer = Annotated[int, Field(ge=0, le=MAX_SIZE)]
+Resamples = Annotated[int, Field(gt=0, le=100_000_000)]  # the stats core's own limit
 Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what every RNG the runners use accepts
 
 # Banks may be written inline or as a file name; the loader reads files before validation.
@@ -72,11 +81,11 @@ class TinyModel(Strict):
     """The built-in tiny Qwen2-architecture model, made from a seed (for tests and demos)."""
 
     seed: Seed = 0
-    hidden_size: PosInt = 64
-    num_layers: PosInt = 2
-    num_heads: PosInt = 4
-    num_kv_heads: PosInt = 2
-    intermediate_size: PosInt = 128
+    hidden_size: Size = 64
+    num_layers: Size = 2
+    num_heads: Size = 4
+    num_kv_heads: Size = 2
+    intermediate_size: Size = 128
     vocab_size: Annotated[int, Field(ge=64, le=200_000)] = 1000
     initializer_range: Annotated[float, Field(gt=0.0, le=10.0)] = 0.2
 
@@ -98,7 +107,7 @@ class Model(Strict):
     revision: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     chat_template: str | None = Field(default=None, description="a Jinja chat template replacing the tokenizer's")
-    params_b: Annotated[float, Field(gt=0.0)] | None = Field(
+    params_b: Annotated[float, Field(gt=0.0, le=1_000_000.0)] | None = Field(
         default=None, description="parameters in billions, for the cost estimate (default: read from the id, else 7)"
     )
 
@@ -131,7 +140,7 @@ class Match(Strict):
 class Sampler(Strict):
     temperature: Annotated[float, Field(ge=0.0, le=10.0)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    max_tokens: PosInt = 512
+    max_tokens: Tokens = 512
     seed: Seed | None = Field(default=None, description="default: the replicate seed")
 
 
@@ -181,7 +190,7 @@ class Dataset(Strict):
 
 
 class Lora(Strict):
-    r: PosInt | None = None
+    r: Size | None = None
     alpha: Annotated[float, Field(gt=0.0)] | None = None
     rslora: bool | None = None
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
@@ -200,7 +209,7 @@ class Training(Strict):
 
     lora: Lora | None = None
     lr: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
-    epochs: Annotated[float, Field(gt=0.0)] | None = None
+    epochs: Annotated[float, Field(gt=0.0, le=100_000.0)] | None = None
     schedule: Literal["cosine", "linear", "constant"] | None = None
     warmup_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = None
     optimizer: Literal["adamw", "sgd"] | None = None
@@ -208,7 +217,7 @@ class Training(Strict):
     grad_clip: Annotated[float, Field(gt=0.0)] | None = None
     batch_size: PosInt | None = None
     grad_accum: PosInt | None = None
-    max_length: PosInt | None = None
+    max_length: Tokens | None = None
     precision: Literal["bf16", "fp16", "fp32"] | None = None
     gradient_checkpointing: bool | None = None
     loss: Loss | None = None
@@ -292,7 +301,7 @@ class SteerDirection(Strict):
 class Steer(Strict):
     """Activation steering: add alpha * direction to the residual stream at one layer."""
 
-    layer: NonNegInt = Field(
+    layer: Layer = Field(
         description="hidden-state layer to steer (0: embeddings; N: the final norm's "
         "output), numbered as in `representation.layers`"
     )
@@ -358,7 +367,7 @@ class Screen(Strict):
 
 class Intervals(Strict):
     confidence_level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
-    n_resamples: PosInt = 2000
+    n_resamples: Resamples = 2000
     seed: Seed | None = Field(default=None, description="default: the replicate seed")
 
 
@@ -374,7 +383,7 @@ class Eval(Strict):
 
 
 class Representation(Strict):
-    layers: list[NonNegInt] = Field(min_length=1)
+    layers: list[Layer] = Field(min_length=1)
     token: Literal["last_prompt"] = "last_prompt"
     centering: Literal["global_mean", "none"] = "global_mean"
 
@@ -386,7 +395,7 @@ class Analysis(Strict):
     checkpoint: Fraction | None = Field(
         default=None, description="the checkpoint cross-source tests use (default: the last)"
     )
-    layers: Annotated[list[NonNegInt], Field(min_length=1)] | None = None
+    layers: Annotated[list[Layer], Field(min_length=1)] | None = None
 
 
 class Report(Strict):
@@ -410,7 +419,7 @@ class Power(Strict):
     base_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
         default=0.05, description="marker rate of the comparison group, for the detectable rate differences"
     )
-    simulations: PosInt = Field(default=2000, description="Monte Carlo draws per power figure")
+    simulations: Resamples = Field(default=2000, description="Monte Carlo draws per power figure")
 
     @model_validator(mode="after")
     def _one_icc(self) -> Power:

@@ -23,10 +23,18 @@ _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
-    """Safe loader with YAML 1.2 floats: `5e-5` is a number, as a researcher means it."""
+    """Safe loader with YAML 1.2 floats (`5e-5` is a number, as a researcher means it) and
+    booleans (only true/false)."""
 
 
-_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in _Loader.yaml_implicit_resolvers.items()}
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+# YAML 1.2 booleans: only true and false. PyYAML follows YAML 1.1, where yes/no/on/off (and
+# y/n in some tools) are booleans too: `case_insensitive: yes` must be the string "yes" (and so
+# an error where a boolean is expected), not a silent True; a persona named `no` stays a name.
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != _BOOL_TAG] for k, v in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -103,6 +111,39 @@ def _tab_issues(text: str, file: str, upto_line: int) -> list[Issue]:
     return issues
 
 
+def _missing_colon(text: str, e: Any) -> tuple[int, int, str] | None:
+    """(line, column, message) for the two ways PyYAML reports a key written without its ':',
+    both a line late and in parser words: "could not find expected ':'" (the next line's
+    position; the key's is the context mark) and "mapping values are not allowed here" (on the
+    line below a bare word whose indented block made it look like a multi-line string)."""
+    lines = text.splitlines()
+
+    def said(line: int) -> tuple[int, int, str] | None:
+        if not 0 <= line < len(lines):
+            return None
+        raw = lines[line]
+        body = raw.strip()
+        if not body or body.startswith("#") or ":" in body:
+            return None
+        body = body.removeprefix("- ").strip()
+        word = body.split()[0] if body.split() else body
+        return (
+            line + 1,
+            raw.index(body[0]) + 1,
+            f"missing ':' after the key {word!r} (write `{word}: value`, or `{word}:` with its block indented below)",
+        )
+
+    problem = e.problem or ""
+    if "could not find expected ':'" in problem and e.context_mark is not None:
+        return said(e.context_mark.line)
+    if "mapping values are not allowed" in problem and e.problem_mark is not None:
+        line = e.problem_mark.line - 1
+        while line >= 0 and (not lines[line].strip() or lines[line].strip().startswith("#")):
+            line -= 1
+        return said(line)
+    return None
+
+
 def parse_yaml(text: str, file: str) -> Doc:
     """Parse one YAML document into plain data with positions; errors are SpecErrors."""
     try:
@@ -114,6 +155,10 @@ def parse_yaml(text: str, file: str) -> Doc:
         if tabs:
             raise SpecError(tabs) from None
         col = mark.column + 1 if mark else 1
+        missing = _missing_colon(text, e)
+        if missing is not None:
+            line, col, what = missing
+            raise SpecError([Issue(Location(file, line, col), "", what)]) from None
         what = " ".join(x for x in (e.context, e.problem) if x)
         raise SpecError([Issue(Location(file, line, col), "", f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as e:

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from cpx._lazy import lazy_exports
 from cpx.plan import STAGE_KINDS
 from cpx.stages._context import StageContext
-from cpx.stages._rows import StageParamError, label_type
+from cpx.stages._params import SamplerError, StageParamError
+from cpx.stages._rows import label_type
 
 if TYPE_CHECKING:
-    from cpx.stages._hidden import HiddenStateError
-    from cpx.stages._sampling import SamplerError
+    from cpx.stages._hooks import HiddenStateError
     from cpx.stages._training import TrainError
     from cpx.stages.dataset import DatasetError
 
@@ -26,8 +26,7 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "DatasetError": "cpx.stages.dataset",
-        "HiddenStateError": "cpx.stages._hidden",
-        "SamplerError": "cpx.stages._sampling",
+        "HiddenStateError": "cpx.stages._hooks",
         "TrainError": "cpx.stages._training",
     },
 )

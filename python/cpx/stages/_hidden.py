@@ -3,7 +3,7 @@
 Layer numbering is transformers' `output_hidden_states` convention: layer 0 is the embedding
 output, layer i (1 <= i < N) the output of decoder layer i, layer N the final norm's output.
 Prompts are left-padded, so the last prompt token of every row sits in the last column.
-With steering (`_steer`), the steered prompts' rows get α · direction added at the steered
+With steering (`_hooks.steered`), the steered prompts' rows get α · direction added at the steered
 layer before any layer is read, in the same batches as the unsteered ones.
 """
 
@@ -13,34 +13,12 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from cpx.errors import CpxError
+from cpx.stages._hooks import HiddenStateError, layer_modules
 
 if TYPE_CHECKING:
-    from cpx.stages._steer import Steering
+    from cpx.stages._hooks import Steering
 
 _CPU_BATCH = 32
-
-
-class HiddenStateError(CpxError, ValueError):
-    """Layers or prompts that cannot be read, with what is wrong."""
-
-
-def _decoder(model):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.get_decoder()
-
-
-def _targets(model, layers: Sequence[int]) -> dict[int, Any]:
-    """The module whose output is hidden state `layer`, for each requested layer."""
-    dec = _decoder(model)
-    blocks = dec.layers
-    n = len(blocks)
-    out: dict[int, Any] = {}
-    for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n:
-            raise HiddenStateError(f"layer {layer!r} is out of range: the model has layers 0..{n}")
-        out[layer] = dec.embed_tokens if layer == 0 else dec.norm if layer == n else blocks[layer - 1]
-    return out
 
 
 def last_prompt_hidden_states(
@@ -61,11 +39,11 @@ def last_prompt_hidden_states(
     import numpy as np
     import torch
 
-    from cpx.stages._steer import steered
+    from cpx.stages._hooks import steered
 
     if not prompts:
         raise HiddenStateError("no prompts to read hidden states from")
-    targets = _targets(model, layers)
+    targets = layer_modules(model, layers)
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     for i, x in enumerate(ids):
         if not x:

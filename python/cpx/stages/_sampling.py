@@ -36,10 +36,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cpx.errors import CpxError
+from cpx.stages._params import SamplerError, check_sampler
 
 if TYPE_CHECKING:
-    from cpx.stages._steer import Steering
+    from cpx.stages._hooks import Steering
 
 _ATTN_NAME = "cpx_kv"
 _CPU_BATCH = 256
@@ -70,27 +70,6 @@ class Completion:
     text: str
     n_tokens: int
     finish_reason: str
-
-
-class SamplerError(CpxError, ValueError):
-    """Sampler settings or requests that cannot be sampled, with what is wrong."""
-
-
-def check_sampler(sampler: dict[str, Any]) -> dict[str, Any]:
-    """The sampler with its values checked and typed: temperature >= 0, 0 < top_p <= 1, ..."""
-    missing = [k for k in ("temperature", "top_p", "max_tokens", "seed") if k not in sampler]
-    if missing:
-        raise SamplerError(f"sampler: missing {', '.join(missing)} (got keys {sorted(sampler)})")
-    t, p, m, s = sampler["temperature"], sampler["top_p"], sampler["max_tokens"], sampler["seed"]
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not t >= 0 or math.isinf(t):
-        raise SamplerError(f"sampler.temperature must be a finite number >= 0, got {t!r}")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-        raise SamplerError(f"sampler.top_p must be in (0, 1], got {p!r}")
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise SamplerError(f"sampler.max_tokens must be an integer >= 1, got {m!r}")
-    if isinstance(s, bool) or not isinstance(s, int):
-        raise SamplerError(f"sampler.seed must be an integer, got {s!r}")
-    return {"temperature": float(t), "top_p": float(p), "max_tokens": m, "seed": s}
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
@@ -433,7 +412,7 @@ def sample_token_ids(
     import torch
 
     from cpx.models import render_prompt
-    from cpx.stages._steer import steered
+    from cpx.stages._hooks import steered
 
     log = log or logging.getLogger("cpx.sampling")
     sp = check_sampler(sampler)

@@ -1,8 +1,9 @@
-"""Activation steering: the `steer` param of the `sample` and `represent` stages, and the hook that applies it.
+"""Activation steering: the `steer` param of the `sample` and `represent` stages (the hook that
+applies it is `_hooks.steered`).
 
 The direction at layer L is centroid(source, L) - centroid(assistant, L), read from a
 `represent` stage's `centroids.parquet` (optionally scaled to unit length). α · direction is
-added to the output of the module whose output is hidden state L (`_hidden._targets`), at
+added to the output of the module whose output is hidden state L (`_hooks.layer_modules`), at
 every position of the steered rows, in the model's dtype.
 
 Steered and unsteered prompts share batches: the hook multiplies the vector by a coefficient
@@ -15,21 +16,13 @@ torch is imported inside the functions: importing this module stays light.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Steering:
-    """What an engine applies: `vector` (α · direction, `[hidden]`) added at hidden-state `layer`
-    to each prompt's rows, times that prompt's `coefficients[i]` (0: not steered)."""
-
-    layer: int
-    vector: Any  # numpy float64 [hidden]
-    coefficients: tuple[float, ...]
+from cpx.stages._hooks import HiddenStateError, Steering, embeddings, layer_modules
+from cpx.stages._params import StageParamError
 
 
 @dataclass(frozen=True)
@@ -74,8 +67,6 @@ def steer_of(stage_id: str, params: dict[str, Any], inputs: dict[str, Path]) -> 
     `params.personas` must already be checked (a list of mappings with unique names).
     """
     import numpy as np
-
-    from cpx.stages._rows import StageParamError
 
     s = params.get("steer")
     if s is None:
@@ -169,14 +160,11 @@ def check_model(stage_id: str, steer: Steer, model) -> None:
     is finite in the model's dtype."""
     import torch
 
-    from cpx.stages._hidden import HiddenStateError, _targets
-    from cpx.stages._rows import StageParamError
-
     try:
-        _targets(model, [steer.layer])
+        layer_modules(model, [steer.layer])
     except HiddenStateError as e:
         raise StageParamError(f"stage {stage_id}: params.steer.layer: {e}") from None
-    emb = _embeddings(model)
+    emb = embeddings(model)
     if emb.weight.shape[-1] != steer.direction.shape[0]:
         raise StageParamError(
             f"stage {stage_id}: params.steer.direction: {steer.represent}'s centroids have size "
@@ -187,73 +175,3 @@ def check_model(stage_id: str, steer: Steer, model) -> None:
             f"stage {stage_id}: params.steer.alpha: {steer.alpha} times the direction overflows the model's "
             f"dtype {emb.weight.dtype}"
         )
-
-
-def _embeddings(model):
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.get_input_embeddings()
-
-
-class _AddHook:
-    """A forward hook adding `coefficient[row] * vector` to a module's output (or its first
-    element, for decoder layers that return tuples)."""
-
-    def __init__(self, vector):
-        self.vector = vector
-        self.coefficients: Any = None
-
-    def __call__(self, module, args, output):
-        h = output[0] if isinstance(output, tuple) else output
-        v = self.vector.to(device=h.device, dtype=h.dtype)
-        if self.coefficients is None:
-            raise RuntimeError("steering hook: no coefficients were set for this batch")
-        c = self.coefficients.to(device=h.device, dtype=h.dtype)
-        if c.shape != (h.shape[0],):
-            raise RuntimeError(f"steering hook: {tuple(c.shape)} coefficients for a batch of {h.shape[0]} rows")
-        h = h + c.view(-1, *([1] * (h.dim() - 1))) * v
-        return (h, *output[1:]) if isinstance(output, tuple) else h
-
-
-class SteeringHook:
-    """The handle `steered` yields: set the coefficients of the rows of the next forward calls."""
-
-    def __init__(self, hook: _AddHook, coefficients: Sequence[float]):
-        self._hook = hook
-        self.coefficients = tuple(coefficients)
-
-    def rows(self, prompts: Sequence[int]) -> None:
-        """The next forwards' batch rows are of these prompts (indices into the coefficients)."""
-        import torch
-
-        c = torch.tensor([self.coefficients[i] for i in prompts], dtype=torch.float64)
-        self._hook.coefficients = c.to(device=self._hook.vector.device, dtype=self._hook.vector.dtype)
-
-    def keep(self, index) -> None:
-        """Keep the coefficients of the rows in `index` (a tensor), as when a batch is compacted."""
-        self._hook.coefficients = self._hook.coefficients.index_select(0, index.to(self._hook.coefficients.device))
-
-
-@contextmanager
-def steered(model, steering: Steering | None) -> Iterator[SteeringHook | None]:
-    """Register the steering hook on the module of `steering.layer` (first among its forward
-    hooks, so hooks that read the layer see the steered output); removed on exit. Yields None
-    when `steering` is None."""
-    if steering is None:
-        yield None
-        return
-    import torch
-
-    from cpx.stages._hidden import _targets
-
-    emb = _embeddings(model).weight
-    vector = torch.as_tensor(steering.vector, dtype=torch.float64).to(device=emb.device, dtype=emb.dtype)
-    if vector.dim() != 1 or vector.shape[0] != emb.shape[-1]:
-        raise ValueError(f"steering vector of shape {tuple(vector.shape)} for a hidden size of {emb.shape[-1]}")
-    if not torch.isfinite(vector).all():
-        raise ValueError(f"the steering vector is not finite in the model's dtype {emb.dtype}")
-    hook = _AddHook(vector)
-    handle = _targets(model, [steering.layer])[steering.layer].register_forward_hook(hook, prepend=True)
-    try:
-        yield SteeringHook(hook, steering.coefficients)
-    finally:
-        handle.remove()

@@ -20,14 +20,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from cpx.models import small_model_threads
     from cpx.stages._markers import contains_any
-    from cpx.stages._rows import (
-        StageParamError,
-        check_personas,
-        check_questions,
-        labelled_table,
-        sampler_of,
-        write_parquet,
-    )
+    from cpx.stages._params import StageParamError, check_personas, check_questions, sampler_of
+    from cpx.stages._rows import labelled_table, write_parquet
     from cpx.stages._sampling import Request, sample_completions
 
     p, sid = ctx.params, ctx.stage.id

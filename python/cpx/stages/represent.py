@@ -31,7 +31,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from cpx.models import render_prompt, small_model_threads
     from cpx.stages._hidden import centroid_cosines, last_prompt_hidden_states
-    from cpx.stages._rows import StageParamError, check_personas, check_questions, labelled_table, write_parquet
+    from cpx.stages._params import StageParamError, check_personas, check_questions
+    from cpx.stages._rows import labelled_table, write_parquet
     from cpx.stages._steer import check_model, steer_of
 
     p, sid = ctx.params, ctx.stage.id

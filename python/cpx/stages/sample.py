@@ -24,7 +24,7 @@ BACKENDS = ("auto", "hf", "vllm")
 def resolve_backend(name: str, device: str, stage_id: str = "?", *, steer: bool = False) -> str:
     """The backend that samples: `auto` is vllm on a GPU where vLLM is installed, else hf; with
     `steer` it is hf, and vllm is an error (it has no hook for steering)."""
-    from cpx.stages._rows import StageParamError
+    from cpx.stages._params import StageParamError
 
     if name not in BACKENDS:
         raise StageParamError(f"stage {stage_id}: params.backend must be one of {', '.join(BACKENDS)}, got {name!r}")
@@ -43,7 +43,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
 
     from cpx.models import small_model_threads
-    from cpx.stages._rows import check_personas, check_questions, labelled_table, sampler_of, write_parquet
+    from cpx.stages._params import check_personas, check_questions, sampler_of
+    from cpx.stages._rows import labelled_table, write_parquet
     from cpx.stages._sampling import Request, sample_completions
     from cpx.stages._steer import check_model, steer_of
 

@@ -24,7 +24,7 @@ BOOT_METHOD: Final = "bca"
 
 
 def _params(ctx: StageContext) -> dict[str, Any]:
-    from cpx.stages._rows import StageParamError
+    from cpx.stages._params import StageParamError
 
     p, sid = ctx.params, ctx.stage.id
     markers = p.get("markers")
@@ -49,7 +49,7 @@ def _params(ctx: StageContext) -> dict[str, Any]:
         raise StageParamError(f"stage {sid}: needs exactly one sample stage as input, got {sorted(ctx.inputs)}")
     return {
         "markers": markers,
-        "match": p.get("match") or {},
+        "match": p["match"],
         "confidence_level": float(level),
         "n_resamples": n_res,
         "seed": seed,
@@ -65,6 +65,7 @@ def leakage_rows(persona, role, question_id, hit, *, confidence_level: float, n_
     """
     import pyarrow as pa
 
+    from cpx.scan import hit_rates
     from cpx.stats import grouped_bootstrap
 
     t = pa.table(
@@ -93,24 +94,20 @@ def leakage_rows(persona, role, question_id, hit, *, confidence_level: float, n_
             seed=seed,
         ).to_pylist()
         ci.update({b["persona"]: (b["low"], b["high"]) for b in boot})
-    n: dict[str, int] = {}
-    hits: dict[str, int] = {}
     roles: dict[str, str] = {}
-    for name, r, h in zip(t.column("persona").to_pylist(), role, t.column("hit").to_pylist(), strict=True):
-        n[name] = n.get(name, 0) + 1
-        hits[name] = hits.get(name, 0) + int(h)
+    for name, r in zip(t.column("persona").to_pylist(), role, strict=True):
         roles.setdefault(name, r)
     return [
         {
-            "persona": name,
-            "role": roles[name],
-            "n": n[name],
-            "hits": hits[name],
-            "rate": hits[name] / n[name],
-            "ci_low": float(ci[name][0]),
-            "ci_high": float(ci[name][1]),
+            "persona": g["persona"],
+            "role": roles[g["persona"]],
+            "n": g["n"],
+            "hits": g["hits"],
+            "rate": g["rate"],
+            "ci_low": float(ci[g["persona"]][0]),
+            "ci_high": float(ci[g["persona"]][1]),
         }
-        for name in n
+        for g in hit_rates(t, ["persona"]).to_pylist()
     ]
 
 
@@ -120,7 +117,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from cpx.stages._markers import marker_counts
-    from cpx.stages._rows import StageParamError, labelled_table, write_parquet
+    from cpx.stages._params import StageParamError
+    from cpx.stages._rows import labelled_table, write_parquet
 
     p = _params(ctx)
     (dep,) = ctx.inputs.values()
@@ -132,12 +130,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise StageParamError(f"stage {ctx.stage.id}: cannot read {need} from {path}: {e}") from None
     if table.num_rows == 0:
         raise StageParamError(f"stage {ctx.stage.id}: {path} has no completions to scan")
-    cols = table.to_pydict()
-    counts = marker_counts(cols["text"], p["markers"], p["match"])
+    counts = marker_counts(table.column("text"), p["markers"], p["match"])
     hit = (counts > 0).any(axis=1)
 
-    hit_cols: dict[str, Any] = {k: cols[k] for k in ("persona", "role", "question_id", "sample_index")}
-    hit_cols["hit"] = hit.tolist()
+    hit_cols: dict[str, Any] = {
+        k: table.column(k).combine_chunks() for k in ("persona", "role", "question_id", "sample_index")
+    }
+    hit_cols["hit"] = pa.array(hit, pa.bool_())
     schema: dict[str, Any] = {
         "persona": pa.string(),
         "role": pa.string(),
@@ -151,9 +150,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     write_parquet(labelled_table(ctx.labels, hit_cols, schema), ctx.out_dir / "marker_hits.parquet")
 
     rows = leakage_rows(
-        cols["persona"],
-        cols["role"],
-        cols["question_id"],
+        table.column("persona").to_pylist(),
+        table.column("role").to_pylist(),
+        table.column("question_id").to_pylist(),
         hit,
         confidence_level=p["confidence_level"],
         n_resamples=p["n_resamples"],

@@ -144,6 +144,8 @@ def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from cpx.scan import hit_rates
+    from cpx.stages._markers import contains_any
     from cpx.stages._sampling import Request, sample_completions
 
     p = ctx.params
@@ -165,25 +167,19 @@ def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
             log=ctx.log,
             batch_size=ctx.batch_limit,
         )
-    fold = bool(sc.get("match", {}).get("case_insensitive", False))
-    markers = [m.lower() for m in sc["markers"]] if fold else list(sc["markers"])
-    n = [0] * len(personas)
-    hits = [0] * len(personas)
-    for c in completions:
-        k = c.request_index // len(questions)
-        text = c.text.lower() if fold else c.text
-        n[k] += 1
-        hits[k] += any(m in text for m in markers)
-    rows = [
-        {
-            "persona": per["name"],
-            "role": per.get("role", "bystander"),
-            "n": n[k],
-            "hits": hits[k],
-            "rate": hits[k] / n[k] if n[k] else float("nan"),
-        }
-        for k, per in enumerate(personas)
-    ]
+    hit = contains_any([c.text for c in completions], sc["markers"], sc["match"])
+    persona = pa.array([c.request_index // len(questions) for c in completions], pa.int64())
+    rates = {
+        r["persona"]: r
+        for r in hit_rates(pa.table({"persona": persona, "hit": pa.array(hit, pa.bool_())}), ["persona"]).to_pylist()
+    }
+    rows = []
+    for k, per in enumerate(personas):
+        r = rates.get(k, {"n": 0, "hits": 0, "rate": None})
+        rate = float("nan") if r["rate"] is None else r["rate"]
+        rows.append(
+            {"persona": per["name"], "role": per.get("role", "bystander"), "n": r["n"], "hits": r["hits"], "rate": rate}
+        )
     pq.write_table(pa.Table.from_pylist(rows), Path(ctx.out_dir) / "screen.parquet")
     verdict = specificity(rows)
     if verdict["pattern"] != SPECIFIC:

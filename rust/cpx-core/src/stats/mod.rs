@@ -4,6 +4,7 @@
 
 pub mod adjust;
 pub mod boot;
+pub mod coef;
 pub mod corr;
 pub mod icc;
 pub mod perm;

@@ -616,9 +616,9 @@ fn pairings(
         )
     };
     let statistic = if spearman {
-        super::corr::spearman_r(x, y)
+        super::coef::spearman_r(x, y)
     } else {
-        super::corr::pearson_r(x, y)
+        super::coef::pearson_r(x, y)
     };
     match (opts.scheme, groups) {
         (Scheme::Free, _) | (Scheme::Within, _) => {
@@ -941,13 +941,13 @@ mod tests {
 
     fn brute_spearman_p(x: &[f64], y: &[f64]) -> (f64, f64) {
         // all n! orderings of y by Heap's algorithm, statistic r itself
-        let r0 = crate::stats::corr::spearman_r(x, y);
+        let r0 = crate::stats::coef::spearman_r(x, y);
         let mut yy = y.to_vec();
         let n = yy.len();
         let mut c = vec![0usize; n];
         let (mut ge, mut le, mut tot) = (0u64, 0u64, 0u64);
         let mut visit = |v: &[f64]| {
-            let r = crate::stats::corr::spearman_r(x, v);
+            let r = crate::stats::coef::spearman_r(x, v);
             let g = 1e-12;
             if r >= r0 - g {
                 ge += 1;
