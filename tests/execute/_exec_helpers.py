@@ -15,6 +15,10 @@ SRC = HERE.parents[1] / "python"
 def cpx_env(**extra: str) -> dict[str, str]:
     """Environment for a `python -m cpx` subprocess that runs the test runners."""
     env = dict(os.environ)
+    # wandb.init in this test process points WANDB_SERVICE at its own W&B service; a `cpx`
+    # subprocess starts its own, as from a shell (sharing this one, a W&B run of the kill test
+    # failed to start in 2 of 2 runs after the in-process W&B tests; 0 of 4 without them).
+    env.pop("WANDB_SERVICE", None)
     env["PYTHONPATH"] = os.pathsep.join([str(SRC), str(HERE), env.get("PYTHONPATH", "")])
     env["CPX_STAGE_RESOLVER"] = "_exec_runners:resolve"
     env.update(extra)
