@@ -143,9 +143,8 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     import string
 
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
-    from cpx.models._tiny import CHAT_TEMPLATE, ENDOFTEXT, IM_END, IM_START, train_tokenizer
+    from cpx.models._tiny import qwen_tokenizer, train_tokenizer
 
     learnt = train_tokenizer(texts, 4000)
     spec = json.loads(learnt.backend_tokenizer.to_str())
@@ -173,17 +172,7 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     if nxt < vocab_size:
         raise ValueError(f"only {nxt} ids from filler merges, {vocab_size} asked")
     spec["model"]["merges"] = merges
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
-        bos_token=None,
-        eos_token=IM_END,
-        pad_token=ENDOFTEXT,
-        unk_token=None,
-        additional_special_tokens=[IM_START, IM_END],
-        chat_template=CHAT_TEMPLATE,
-        padding_side="left",
-        model_max_length=32768,
-    )
+    return qwen_tokenizer(Tokenizer.from_str(json.dumps(spec)), model_max_length=32768)
 
 
 def spec_texts(spec: dict[str, Any]) -> list[str]:

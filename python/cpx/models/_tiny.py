@@ -54,7 +54,6 @@ def tiny_hash(tiny: dict[str, Any] | None) -> str:
 def train_tokenizer(corpus: list[str], vocab_size: int):
     """A byte-level BPE tokenizer trained on `corpus`, wrapped as a transformers tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -68,8 +67,16 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
     # Chat-formatted lines make the template's own pieces ("assistant\n", "\n\n") common merges.
     texts = list(corpus) + [f"{IM_START}system\n{t}{IM_END}\n" for t in corpus]
     tok.train_from_iterator(texts, trainer=trainer)
+    return qwen_tokenizer(tok, model_max_length=2048)
+
+
+def qwen_tokenizer(tokenizer_object: Any, model_max_length: int):
+    """A `tokenizers.Tokenizer` as a transformers tokenizer with Qwen's special tokens, chat
+    template and left padding (the tiny model's and the GPU benchmarks' random models')."""
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+        tokenizer_object=tokenizer_object,
         bos_token=None,
         eos_token=IM_END,
         pad_token=ENDOFTEXT,
@@ -77,7 +84,7 @@ def train_tokenizer(corpus: list[str], vocab_size: int):
         additional_special_tokens=[IM_START, IM_END],
         chat_template=CHAT_TEMPLATE,
         padding_side="left",
-        model_max_length=2048,
+        model_max_length=model_max_length,
     )
 
 
