@@ -96,6 +96,12 @@ __getattr__, __dir__ = lazy_exports(
 )
 
 
+def is_oom(exc: BaseException) -> bool:
+    """An accelerator out-of-memory error (torch's `OutOfMemoryError`, or a CUDA runtime error
+    saying so), recognised without importing torch."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
 __all__ = [
     "CLIError",
     "ChainError",

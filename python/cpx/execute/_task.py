@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import is_oom
 from cpx.execute import _env
 from cpx.execute._store import checksum_tree, now_iso
 from cpx.plan import Plan, Stage
@@ -56,11 +57,6 @@ class LazyModelPool:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._instance(), name)
-
-
-def is_oom(exc: BaseException) -> bool:
-    """A CUDA (or other accelerator) out-of-memory error, recognised without importing torch."""
-    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
 
 
 class IdleClock:

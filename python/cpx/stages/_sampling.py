@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cpx.errors import is_oom
 from cpx.stages._params import SamplerError, check_sampler
 
 if TYPE_CHECKING:
@@ -328,12 +329,6 @@ def auto_batch_size(model, device: str, capacity: int, n_rows: int) -> int:
     return max(1, math.ceil(n_rows / n_batches))
 
 
-def _is_oom(e: BaseException) -> bool:
-    import torch
-
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
-
-
 # ---------------------------------------------------------------------------------------------
 # The engine
 
@@ -465,7 +460,7 @@ def sample_token_ids(
                     steer_hook=steer_hook,
                 )
             except Exception as e:  # only out-of-memory is retried
-                if not (str(device).startswith("cuda") and _is_oom(e)) or batch_size == 1:
+                if not (str(device).startswith("cuda") and is_oom(e)) or batch_size == 1:
                     raise
                 del e
                 torch.cuda.empty_cache()

@@ -15,9 +15,14 @@ no gradient, and cost 2.3x in step time on an H100); the decision is in the stag
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cpx.errors import is_oom
+from cpx.plan import Stage
 from cpx.stages._context import StageContext
 from cpx.models import small_model_threads
 from cpx.stages._training import TrainError, encode_example, end_of_turn_id, train_lora
@@ -136,6 +141,48 @@ def run(ctx: StageContext) -> dict[str, Any]:
         else:
             info["screen"] = screen(ctx, pool, max(saved))
     return info
+
+
+def fleet_key(stage: Stage) -> str | None:
+    """Train stages with equal keys may be trained together as one fleet (one pass over the
+    shared base weights per step): the same base model, LoRA shape (rank, target modules,
+    rsLoRA, dropout) and precision. Their parent adapters, data, seeds and schedules may differ.
+    """
+    p = stage.params
+    model, lora, optim = p.get("model"), p.get("lora"), p.get("optim")
+    if stage.kind != "train" or not (isinstance(model, dict) and isinstance(lora, dict) and isinstance(optim, dict)):
+        return None
+    shape = {
+        "base": model.get("base"),
+        "r": lora.get("r"),
+        "target_modules": lora.get("target_modules"),
+        "rslora": bool(lora.get("rslora", False)),
+        "dropout": float(lora.get("dropout", 0.0) or 0.0),
+        "precision": optim.get("precision", "bf16"),
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+FleetDone = Callable[[int, dict[str, Any] | None, BaseException | None], None]
+
+
+def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
+    """Train the stages of one fleet (equal `fleet_key`s, one worker, one device).
+
+    `done(i, info, None)` is called as soon as member i's outputs are complete in
+    `ctxs[i].out_dir` (`info` is what `run` would return), `done(i, None, error)` when member i
+    failed on its own (bad data); either way the other members go on. An error that ends the
+    whole fleet (out of memory) is raised: the members not yet reported are the ones in flight.
+    """
+    for i, ctx in enumerate(ctxs):
+        try:
+            info = run(ctx)
+        except Exception as e:  # one member's error is reported for that member alone
+            if is_oom(e):
+                raise
+            done(i, None, e)
+        else:
+            done(i, info, None)
 
 
 def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
