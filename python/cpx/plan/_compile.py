@@ -20,6 +20,7 @@ from typing import Any
 
 from cpx.plan._hash import canonical, sha256, stage_hash
 from cpx.plan._model import Plan, Stage
+from cpx.plan._values import Values
 from cpx.spec import Arm, Issue, Loaded, Phase, SpecError, axis_phase, dotted
 
 _DISPLAY_KEYS = ("name", "description")
@@ -55,13 +56,15 @@ class _Compiler:
         self.hash_of: dict[str, str] = {}
         self.issues: list[Issue] = []
         self.memo: dict[tuple[Any, ...], Any] = {}
+        # Persona and question sets and the tiny model's corpus: one object each, stored once.
+        self.values = Values()
         self.model = self._model_ref()
         # Mappings are unordered in the spec's meaning (key order changes no hash): personas and
         # markers appear in params sorted by name.
         self.persona = {n: {"name": n, "prompt": s.personas[n]} for n in sorted(s.personas)}
         self.assistant = s.roles.assistant
-        self.eval_q = _questions("eval", s.questions.eval)
-        self.data_q = _questions("data", s.questions.data)
+        self.eval_q = self.values.share(_questions("eval", s.questions.eval))
+        self.data_q = self.values.share(_questions("data", s.questions.data))
         self.markers = [s.markers[k] for k in sorted(s.markers)]
         self.match = s.match.model_dump()
         self.points: list[dict[str, Any]] = []
@@ -75,7 +78,8 @@ class _Compiler:
         """A stage, or the identical one already emitted (whose `arms` and `seeds` labels then gain
         this one's arm and seed, unless `join` is false: the caller only reads its outputs)."""
         deps = list(dict.fromkeys(deps))
-        h = stage_hash(kind, params, {d: self.hash_of[d] for d in deps})
+        # Hashed with each shared value as its reference: its content hash, computed once.
+        h = stage_hash(kind, self.values.refer(params), {d: self.hash_of[d] for d in deps})
         old = self.by_hash.get(h)
         if old is not None and not join:
             return old.id
@@ -132,7 +136,9 @@ class _Compiler:
         elif m.tiny is not None:
             s = self.s
             texts = [*s.personas.values(), *s.questions.eval, *s.questions.data, *s.markers.values()]
-            ref.update(kind="tiny", id="tiny", tiny={**m.tiny.model_dump(), "corpus": sorted(set(texts))})
+            ref.update(
+                kind="tiny", id="tiny", tiny={**m.tiny.model_dump(), "corpus": self.values.share(sorted(set(texts)))}
+            )
         return ref
 
     def chain(self, adapters: list[dict[str, Any]]) -> dict[str, Any]:
@@ -160,7 +166,7 @@ class _Compiler:
             self.generated = names
             params = {
                 "model": self.chain([]),
-                "personas": [self.persona[n] for n in names],
+                "personas": self.values.share([self.persona[n] for n in names]),
                 "questions": self.data_q,
                 "sampler": self.sampler(g.sampler, seed, n=g.completions_per_question),
                 "markers": self.markers if g.drop_marked else [],
@@ -180,7 +186,7 @@ class _Compiler:
                 "recipe": d.recipe,
                 "source": source,
                 "assistant": self.persona[self.assistant],
-                "personas": [self.persona[n] for n in self.generated if n != self.assistant],
+                "personas": self.values.share([self.persona[n] for n in self.generated if n != self.assistant]),
                 "examples": d.examples,
                 "per_question": d.per_question,
                 "seed": seed if d.seed is None else d.seed,
@@ -218,7 +224,7 @@ class _Compiler:
                     if o.persona == p and (o.sources is None or source in o.sources):
                         n = o.n
             out.append({**self.persona[p], "role": role, "n": n})
-        return out
+        return self.values.share(out)
 
     def stages_by_id(self, sid: str) -> Stage:
         return self.by_hash[self.hash_of[sid]]
@@ -322,7 +328,7 @@ class _Compiler:
         screen = None
         if ph.screen or (ph.screen is None and d.recipe == "marker"):
             sc = s.eval.screen
-            qs = self.eval_q if sc.questions is None else self.eval_q[: sc.questions]
+            qs = self.eval_q if sc.questions is None else self.values.share(self.eval_q[: sc.questions])
             screen = {
                 "personas": self.eval_personas(source, sc.completions, overrides=False),
                 "questions": qs,
@@ -464,7 +470,7 @@ class _Compiler:
             sid,
             {
                 "model": chain,
-                "personas": [{"name": p["name"], "prompt": p["prompt"]} for p in personas],
+                "personas": self.values.share([{"name": p["name"], "prompt": p["prompt"]} for p in personas]),
                 "questions": self.eval_q,
                 "layers": layers,
                 "token": rep.token,
@@ -576,7 +582,7 @@ class _Compiler:
             {},
         )
         spec = spec_json(self.L)
-        return Plan(name=self.L.name, spec=spec, spec_hash=spec_hash(spec), stages=self.stages)
+        return Plan(name=self.L.name, spec=spec, spec_hash=spec_hash(spec), stages=self.stages, values=self.values)
 
 
 def _questions(bank: str, texts: list[str]) -> list[dict[str, str]]:
