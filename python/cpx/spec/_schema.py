@@ -1,8 +1,9 @@
 """The spec's schema as pydantic models (extra keys forbidden, no type coercion).
 
 These models check shapes, types and ranges of what was written. Cross-references (persona,
-dataset, training-config and phase names), defaults merging and cycles are checked in
-`cpx.spec._load`, which also resolves files and `extends:` before these models see the data.
+dataset, training-config and phase names) and cycles are checked in `cpx.spec._checks`;
+`cpx.spec._load` resolves files and `extends:` before these models see the data, and merges
+the training defaults.
 """
 
 from __future__ import annotations
