@@ -38,7 +38,7 @@ class Checker:
     def run(self) -> list[Issue]:
         s = self.spec
         # A section that failed schema validation is None here: checks needing it are skipped.
-        for check in (self._personas, self._datasets, self._layers):
+        for check in (self._personas, self._markers, self._datasets, self._layers):
             self._guard(check)
         for name in self.names("arms"):
             if name in RESERVED_ARMS:
@@ -102,6 +102,20 @@ class Checker:
             self.ref(("eval", "completions_overrides", i, "persona"), o.persona, personas, "persona")
             for j, src in enumerate(o.sources or []):
                 self.ref(("eval", "completions_overrides", i, "sources", j), src, s.roles.sources, "source")
+
+    def _markers(self) -> None:
+        """Two markers with one text would be one marker counted twice."""
+        first: dict[str, str] = {}
+        for name, text in self.spec.markers.items():
+            if text in first:
+                self.issues.append(
+                    Issue(
+                        self.doc.where(("markers", name)),
+                        f"markers.{name}",
+                        f"marker {name!r} has the same text as marker {first[text]!r} ({text!r})",
+                    )
+                )
+            first.setdefault(text, name)
 
     def _datasets(self) -> None:
         s = self.spec

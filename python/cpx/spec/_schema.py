@@ -368,7 +368,8 @@ class Screen(Strict):
 
 class Intervals(Strict):
     confidence_level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
-    n_resamples: Resamples = 2000
+    # A bootstrap needs two resamples at least (the stats core's lower limit).
+    n_resamples: Annotated[Resamples, Field(ge=2)] = 2000
     seed: Seed | None = Field(default=None, description="default: the replicate seed")
 
 
