@@ -98,3 +98,12 @@ def test_a_reference_to_a_missing_value_is_a_clear_error(bank: tuple[Path, Path,
         PlanError, match=rf"stage 'generate/s42': refers to value '{gone}', which the plan's values lack"
     ):
         Plan.load(tmp_path)
+
+
+def test_a_format_1_plan_asks_to_be_compiled_again(bank: tuple[Path, Path, Plan], tmp_path: Path) -> None:
+    _, plan_json, _ = bank
+    raw = json.loads(plan_json.read_text())
+    raw["format"] = 1
+    (tmp_path / "plan.json").write_text(json.dumps(raw))
+    with pytest.raises(PlanError, match=r"plan format 1, this cpx reads 2; compile the spec again"):
+        Plan.load(tmp_path)

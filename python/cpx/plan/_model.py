@@ -104,7 +104,10 @@ class Plan:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PlanError(f"{path}: not a valid plan.json ({e})") from None
         if d.get("format") != PLAN_FORMAT:
-            raise PlanError(f"{path}: plan format {d.get('format')!r}, this cpx reads {PLAN_FORMAT}")
+            raise PlanError(
+                f"{path}: plan format {d.get('format')!r}, this cpx reads {PLAN_FORMAT}; "
+                "compile the spec again (`cpx compile SPEC`)"
+            )
         # The references are replaced by the one shared object each: nothing is copied per stage.
         values = Values(d.get("values", {}))
         try:
