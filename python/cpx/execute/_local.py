@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cpx.errors import CpxError
+from cpx.execute._events import Event, Result, failed_result
 from cpx.execute._worker import worker_main
 
 PYTHON_HASH_SEED = "0"
@@ -138,8 +139,8 @@ class LocalBackend:
         self._inflight[slot] = task["stage"]["id"]
         self._tasks[slot].put(task)
 
-    def poll(self, timeout: float) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
+    def poll(self, timeout: float) -> list[Event]:
+        out: list[Event] = []
         try:
             out.append(self._events.get(timeout=timeout))
             while True:
@@ -147,14 +148,14 @@ class LocalBackend:
         except queue.Empty:
             pass
         for ev in out:
-            if ev[0] == "result":
-                self._inflight.pop(ev[1], None)
+            if isinstance(ev, Result):
+                self._inflight.pop(ev.slot, None)
         out.extend(self._reap())  # after draining: a result already sent is never lost
         return out
 
-    def _reap(self) -> list[tuple[Any, ...]]:
+    def _reap(self) -> list[Event]:
         """A worker that died (segfault, OOM killer) fails its stage and is replaced."""
-        out = []
+        out: list[Event] = []
         for i, p in enumerate(self._procs):
             if p.is_alive():
                 continue
@@ -163,20 +164,8 @@ class LocalBackend:
             p.join()
             self._spawn(i)
             if stage_id is not None:
-                out.append(
-                    (
-                        "result",
-                        i,
-                        stage_id,
-                        {
-                            "ok": False,
-                            "oom": False,
-                            "seconds": 0.0,
-                            "error": f"the worker process on {self.slots[i].label} died (exit code {code})",
-                            "traceback": "",
-                        },
-                    )
-                )
+                why = f"the worker process on {self.slots[i].label} died (exit code {code})"
+                out.append(Result(i, stage_id, failed_result(why)))
         return out
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cpx.execute import _env
+from cpx.execute._events import Event, Note, Progress, Result
 from cpx.execute._lock import RunLock
 from cpx.execute._progress import Display, make_display
 from cpx.execute._slurm import cancel_recorded
@@ -41,7 +42,7 @@ class Backend(Protocol):
 
     def start(self) -> None: ...
     def submit(self, slot: int, task: dict[str, Any]) -> None: ...
-    def poll(self, timeout: float) -> list[tuple[Any, ...]]: ...
+    def poll(self, timeout: float) -> list[Event]: ...
     def close(self) -> None: ...
     def kill(self) -> None: ...
 
@@ -109,7 +110,22 @@ def _first_batch_limit(params: dict[str, Any]) -> int:
     return DEFAULT_FIRST_BATCH_LIMIT
 
 
+@dataclass
+class _Task:
+    """What a worker slot runs: its stage's temporary folder, and when it was handed out."""
+
+    stage_id: str
+    tmp: Path
+    submitted: float
+
+
 class Scheduler:
+    """Hands ready stages to free worker slots and acts on what the backend reports.
+
+    One `run` per scheduler: the state of that run (what is done, waiting, running, failed,
+    and the retry counters) lives on the instance.
+    """
+
     def __init__(
         self,
         plan: Plan,
@@ -131,149 +147,173 @@ class Scheduler:
         for s in plan.stages:
             for d in s.deps:
                 self.users[d].append(s.id)
+        self.order = {s.id: i for i, s in enumerate(plan.stages)}
+        # A backend whose workers start late (Slurm jobs in the queue) says which are up.
+        self.accepting: Callable[[int], bool] = getattr(backend, "accepting", lambda slot: True)
+        self.done: set[str] = set()
+        self.waiting: list[str] = []  # in plan order, which is a topological order
+        self.dead: set[str] = set()  # failed or blocked
+        self.running: dict[int, _Task] = {}
+        self.slot_model: dict[int, str | None] = {i: None for i in range(len(backend.slots))}
+        self.attempts: dict[str, int] = {}
+        self.oom_limits: dict[str, int] = {}
+        self.oom_tries: dict[str, int] = {}
+        self.lost_tries: dict[str, int] = {}
+        self.stop = False
 
     def run(self, summary: RunSummary, todo: list[Stage]) -> None:
-        done = {s.id for s in self.plan.stages} - {s.id for s in todo}
-        waiting = [s.id for s in todo]  # plan order is a topological order
-        order = {s.id: i for i, s in enumerate(self.plan.stages)}
-        attempts: dict[str, int] = {}
-        oom_limits: dict[str, int] = {}
-        oom_tries: dict[str, int] = {}
-        lost_tries: dict[str, int] = {}
-        # A backend whose workers start late (Slurm jobs in the queue) says which are up.
-        accepting = getattr(self.backend, "accepting", lambda slot: True)
-        running: dict[int, tuple[str, Any]] = {}  # slot -> (stage id, tmp dir)
-        started_at: dict[str, float] = {}
-        slot_model: dict[int, str | None] = {i: None for i in range(len(self.backend.slots))}
-        dead: set[str] = set()  # failed or blocked
-        stop = False
-
-        def ready() -> list[str]:
-            return [i for i in waiting if all(d in done for d in self.by_id[i].deps)]
-
-        def pick(slot: int, candidates: list[str]) -> str:
-            """Prefer the model this worker has loaded; then one no other worker has loaded."""
-            mine = slot_model[slot]
-            if mine is not None:
-                for c in candidates:
-                    if model_key(self.by_id[c]) == mine:
-                        return c
-            others = {k for j, k in slot_model.items() if j != slot and k is not None}
-            for c in candidates:
-                k = model_key(self.by_id[c])
-                if k is None or k not in others:
-                    return c
-            return candidates[0]
-
-        def block_users(stage_id: str) -> None:
-            stack = list(self.users[stage_id])
-            while stack:
-                u = stack.pop()
-                if u in dead:
-                    continue
-                dead.add(u)
-                if u in waiting:
-                    waiting.remove(u)
-                summary.blocked.append(u)
-                self.store.event("blocked", self.by_id[u], by=stage_id)
-                stack.extend(self.users[u])
-
+        self.summary = summary
+        self.done = {s.id for s in self.plan.stages} - {s.id for s in todo}
+        self.waiting = [s.id for s in todo]
         while True:
-            if not stop:
-                free = [i for i in range(len(self.backend.slots)) if i not in running and accepting(i)]
-                cands = ready() if free else []
-                for slot in free:
-                    kinds = getattr(self.backend.slots[slot], "kinds", None)
-                    mine = [c for c in cands if kinds is None or self.by_id[c].kind in kinds]
-                    if not mine:
-                        continue
-                    sid = pick(slot, mine)
-                    cands.remove(sid)
-                    waiting.remove(sid)
-                    stage = self.by_id[sid]
-                    attempts[sid] = attempts.get(sid, 0) + 1
-                    tmp = self.store.new_tmp_dir(stage)
-                    task = {
-                        "stage": stage.to_json(),
-                        "run_dir": str(self.store.run_dir),
-                        "out_dir": str(tmp),
-                        "inputs": {d: str(self.store.stage_dir(self.by_id[d])) for d in stage.deps},
-                        "log_path": str(self.store.log_path(stage)),
-                        "attempt": attempts[sid],
-                        "batch_limit": oom_limits.get(sid),
-                        "plan_path": str(self.plan_path),
-                    }
-                    running[slot] = (sid, tmp)
-                    started_at[sid] = time.perf_counter()
-                    k = model_key(stage)
-                    if k is not None:
-                        slot_model[slot] = k
-                    self.store.event(
-                        "started", stage, attempt=attempts[sid], worker=slot, device=self.backend.slots[slot].label
-                    )
-                    self.display.stage_started(slot, stage)
-                    self.backend.submit(slot, task)
-            if not running and (stop or not ready() or all(accepting(i) for i in range(len(self.backend.slots)))):
+            if not self.stop:
+                self._dispatch()
+            if not self.running and (self.stop or not self._ready() or self._all_up()):
                 break
             for ev in self.backend.poll(0.25):
-                if ev[0] == "progress":
-                    _, slot, sid, n, total, info = ev
-                    self.display.stage_progress(slot, sid, n, total, info)
-                    continue
-                if ev[0] == "note":
-                    self.display.note(ev[2])
-                    continue
-                if ev[0] != "result":
-                    continue
-                _, slot, sid, res = ev
-                if running.get(slot, (None,))[0] != sid:
-                    continue  # a late message from a replaced worker
-                _, tmp = running.pop(slot)
-                stage = self.by_id[sid]
-                if res["ok"]:
-                    self._commit(stage, tmp, res, attempts[sid], slot, started_at[sid])
-                    done.add(sid)
-                    summary.ran.append(sid)
-                    self.store.event("done", stage, seconds=res["timings"]["seconds"])
-                    self.display.stage_finished(slot, stage, True, res["timings"]["seconds"])
-                    continue
-                _remove(tmp)
-                log = str(self.store.log_path(stage))
-                self.store.event("failed", stage, attempt=attempts[sid], error=res["error"], oom=res.get("oom"))
-                if res.get("lost") and lost_tries.get(sid, 0) < LOST_RETRIES:
-                    lost_tries[sid] = lost_tries.get(sid, 0) + 1
-                    attempts[sid] -= 1
-                    self.display.note(f"{sid}: {res['error']}; running it again")
-                    waiting.append(sid)
-                    waiting.sort(key=order.__getitem__)
-                    continue
-                if (
-                    res.get("oom")
-                    and stage.kind in OOM_KINDS
-                    and oom_limits.get(sid, 2) > 1
-                    and oom_tries.get(sid, 0) < OOM_RETRIES
-                ):
-                    limit = oom_limits[sid] // 2 if sid in oom_limits else _first_batch_limit(stage.params)
-                    oom_limits[sid] = max(1, limit)
-                    oom_tries[sid] = oom_tries.get(sid, 0) + 1
-                    attempts[sid] -= 1
-                    self.store.event("oom_retry", stage, batch_limit=oom_limits[sid])
-                    self.display.note(f"{sid}: out of memory; retrying with batch size at most {oom_limits[sid]}")
-                    waiting.append(sid)
-                    waiting.sort(key=order.__getitem__)
-                    continue
-                if attempts[sid] <= self.retry:
-                    self.display.note(f"{sid} failed ({res['error']}); retry {attempts[sid]} of {self.retry}")
-                    waiting.append(sid)
-                    waiting.sort(key=order.__getitem__)
-                    continue
-                dead.add(sid)
-                summary.failed.append(StageFailure(sid, res["error"], log, attempts[sid]))
-                self.display.stage_finished(slot, stage, False, res.get("seconds", 0.0), error=res["error"], log=log)
-                block_users(sid)
-                if not self.keep_going:
-                    stop = True
-        summary.not_started.extend(i for i in waiting if i not in dead)
+                self._handle(ev)
+        summary.not_started.extend(i for i in self.waiting if i not in self.dead)
+
+    # -- handing out work ------------------------------------------------------------------------
+
+    def _ready(self) -> list[str]:
+        return [i for i in self.waiting if all(d in self.done for d in self.by_id[i].deps)]
+
+    def _all_up(self) -> bool:
+        return all(self.accepting(i) for i in range(len(self.backend.slots)))
+
+    def _dispatch(self) -> None:
+        free = [i for i in range(len(self.backend.slots)) if i not in self.running and self.accepting(i)]
+        cands = self._ready() if free else []
+        for slot in free:
+            kinds = getattr(self.backend.slots[slot], "kinds", None)
+            mine = [c for c in cands if kinds is None or self.by_id[c].kind in kinds]
+            if not mine:
+                continue
+            sid = self._pick(slot, mine)
+            cands.remove(sid)
+            self.waiting.remove(sid)
+            self._submit(slot, self.by_id[sid])
+
+    def _pick(self, slot: int, candidates: list[str]) -> str:
+        """Prefer the model this worker has loaded; then one no other worker has loaded."""
+        mine = self.slot_model[slot]
+        if mine is not None:
+            for c in candidates:
+                if model_key(self.by_id[c]) == mine:
+                    return c
+        others = {k for j, k in self.slot_model.items() if j != slot and k is not None}
+        for c in candidates:
+            k = model_key(self.by_id[c])
+            if k is None or k not in others:
+                return c
+        return candidates[0]
+
+    def _submit(self, slot: int, stage: Stage) -> None:
+        sid = stage.id
+        self.attempts[sid] = self.attempts.get(sid, 0) + 1
+        tmp = self.store.new_tmp_dir(stage)
+        task = {
+            "stage": stage.to_json(),
+            "run_dir": str(self.store.run_dir),
+            "out_dir": str(tmp),
+            "inputs": {d: str(self.store.stage_dir(self.by_id[d])) for d in stage.deps},
+            "log_path": str(self.store.log_path(stage)),
+            "attempt": self.attempts[sid],
+            "batch_limit": self.oom_limits.get(sid),
+            "plan_path": str(self.plan_path),
+        }
+        self.running[slot] = _Task(sid, tmp, time.perf_counter())
+        k = model_key(stage)
+        if k is not None:
+            self.slot_model[slot] = k
+        self.store.event(
+            "started", stage, attempt=self.attempts[sid], worker=slot, device=self.backend.slots[slot].label
+        )
+        self.display.stage_started(slot, stage)
+        self.backend.submit(slot, task)
+
+    def _requeue(self, sid: str) -> None:
+        self.waiting.append(sid)
+        self.waiting.sort(key=self.order.__getitem__)
+
+    # -- what the backend reports ----------------------------------------------------------------
+
+    def _handle(self, ev: Event) -> None:
+        if isinstance(ev, Progress):
+            self.display.stage_progress(ev.slot, ev.stage_id, ev.done, ev.total, ev.info)
+        elif isinstance(ev, Note):
+            self.display.note(ev.message)
+        elif isinstance(ev, Result):
+            task = self.running.get(ev.slot)
+            if task is None or task.stage_id != ev.stage_id:
+                return  # a late message from a replaced worker
+            del self.running[ev.slot]
+            if ev.result["ok"]:
+                self._finished(ev.slot, task, ev.result)
+            else:
+                self._failed(ev.slot, task, ev.result)
+
+    def _finished(self, slot: int, task: _Task, res: dict[str, Any]) -> None:
+        sid = task.stage_id
+        stage = self.by_id[sid]
+        self._commit(stage, task.tmp, res, self.attempts[sid], slot, task.submitted)
+        self.done.add(sid)
+        self.summary.ran.append(sid)
+        self.store.event("done", stage, seconds=res["timings"]["seconds"])
+        self.display.stage_finished(slot, stage, True, res["timings"]["seconds"])
+
+    def _failed(self, slot: int, task: _Task, res: dict[str, Any]) -> None:
+        """Run the stage again if its worker was lost, it ran out of memory, or --retry allows;
+        else it fails, and so do the stages that need it."""
+        sid = task.stage_id
+        stage = self.by_id[sid]
+        _remove(task.tmp)
+        log = str(self.store.log_path(stage))
+        self.store.event("failed", stage, attempt=self.attempts[sid], error=res["error"], oom=res.get("oom"))
+        if res.get("lost") and self.lost_tries.get(sid, 0) < LOST_RETRIES:
+            self.lost_tries[sid] = self.lost_tries.get(sid, 0) + 1
+            self.attempts[sid] -= 1
+            self.display.note(f"{sid}: {res['error']}; running it again")
+            self._requeue(sid)
+            return
+        if (
+            res.get("oom")
+            and stage.kind in OOM_KINDS
+            and self.oom_limits.get(sid, 2) > 1
+            and self.oom_tries.get(sid, 0) < OOM_RETRIES
+        ):
+            limit = self.oom_limits[sid] // 2 if sid in self.oom_limits else _first_batch_limit(stage.params)
+            self.oom_limits[sid] = max(1, limit)
+            self.oom_tries[sid] = self.oom_tries.get(sid, 0) + 1
+            self.attempts[sid] -= 1
+            self.store.event("oom_retry", stage, batch_limit=self.oom_limits[sid])
+            self.display.note(f"{sid}: out of memory; retrying with batch size at most {self.oom_limits[sid]}")
+            self._requeue(sid)
+            return
+        if self.attempts[sid] <= self.retry:
+            self.display.note(f"{sid} failed ({res['error']}); retry {self.attempts[sid]} of {self.retry}")
+            self._requeue(sid)
+            return
+        self.dead.add(sid)
+        self.summary.failed.append(StageFailure(sid, res["error"], log, self.attempts[sid]))
+        self.display.stage_finished(slot, stage, False, res.get("seconds", 0.0), error=res["error"], log=log)
+        self._block_users(sid)
+        if not self.keep_going:
+            self.stop = True
+
+    def _block_users(self, stage_id: str) -> None:
+        stack = list(self.users[stage_id])
+        while stack:
+            u = stack.pop()
+            if u in self.dead:
+                continue
+            self.dead.add(u)
+            if u in self.waiting:
+                self.waiting.remove(u)
+            self.summary.blocked.append(u)
+            self.store.event("blocked", self.by_id[u], by=stage_id)
+            stack.extend(self.users[u])
 
     def _commit(self, stage: Stage, tmp: Path, res: dict[str, Any], attempt: int, slot: int, t_submit: float) -> None:
         timings = dict(res["timings"])

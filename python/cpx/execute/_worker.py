@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cpx.execute._events import Event, Progress, Ready, Result, Started
 from cpx.execute._task import IdleClock, LazyModelPool, Resolver, free_accelerator_memory, run_task
 
 # `module:function` of a resolver to use instead of `cpx.stages.get_runner` (tests, custom kinds).
@@ -90,7 +91,7 @@ def serve(
     run_dir: str,
     resolver_ref: Any,
     get_task: Callable[[], dict[str, Any] | None],
-    put_event: Callable[[tuple[Any, ...]], None],
+    put_event: Callable[[Event], None],
     annotate: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """The worker loop of every executor: take a task, run it, report the result; stop at None.
@@ -102,22 +103,22 @@ def serve(
     models = LazyModelPool(device, run_dir)
 
     def progress(stage_id: str, done: int, total: int, info: dict[str, Any]) -> None:
-        put_event(("progress", slot, stage_id, done, total, info))
+        put_event(Progress(slot, stage_id, done, total, info))
 
     clock = IdleClock()
-    put_event(("ready", slot, os.getpid()))
+    put_event(Ready(slot, os.getpid()))
     while True:
         task = get_task()
         if task is None:
             break
         stage_id = task["stage"]["id"]
-        put_event(("started", slot, stage_id))
+        put_event(Started(slot, stage_id))
         result = run_task(
             task, resolver=resolver, models=models, device=device, progress=progress, idle_before=clock.waited()
         )
         if annotate is not None:
             annotate(result)
-        put_event(("result", slot, stage_id, result))
+        put_event(Result(slot, stage_id, result))
         clock.free()
         if "torch" in sys.modules:
             # While the scheduler commits: free the finished stage's tensors caught in cycles and
