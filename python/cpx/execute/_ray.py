@@ -98,6 +98,9 @@ class RayBackend:
     """Submits tasks to actors and turns finished object refs into scheduler events."""
 
     name = "ray"
+    # An actor's call returns once, with one result: a fleet's members could not be committed
+    # one by one as each finishes, so the Ray executor trains one stage at a time.
+    fleets = False
 
     def __init__(self, run_dir: str, resolver: Any = None, *, address: str | None = None, devices: str = "auto"):
         import ray

@@ -11,11 +11,13 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cpx.errors import CpxError
 from cpx.execute import _env
 from cpx.execute._events import Event, Note, Progress, Result
 from cpx.execute._lock import RunLock
@@ -33,12 +35,37 @@ OOM_KINDS = frozenset({"sample", "generate", "train"})
 # Runs of a stage lost with its worker (a Slurm job cancelled, preempted or timed out), retried
 # on another worker and not counted in --retry; a stage lost this often fails.
 LOST_RETRIES = 3
+# RUN/logs/_fleet/<fleet id>.log: what a fleet printed (each member's own log names it).
+FLEET_LOGS = "_fleet"
 DEFAULT_FIRST_BATCH_LIMIT = 256
+
+
+class FleetError(CpxError, ValueError):
+    """A `--fleet` value that is not auto, off or a number of stages."""
+
+
+def parse_fleet(value: str | int | None) -> int | None:
+    """`--fleet`: the most stages one fleet may hold; None for `auto` (as many as are ready:
+    the trainer sizes its fleets to the memory itself), 1 for `off`."""
+    if value is None or value == "auto":
+        return None
+    if value == "off":
+        return 1
+    if isinstance(value, int) and not isinstance(value, bool):
+        n: int | None = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        n = int(value)
+    else:
+        n = None
+    if n is None or n < 1:
+        raise FleetError(f"--fleet {value!r}: expected auto, off, or the most stages a fleet may hold (1 or more)")
+    return n
 
 
 class Backend(Protocol):
     name: str
     slots: list[Any]
+    fleets: bool  # whether its workers run fleet tasks (`serve`)
 
     def start(self) -> None: ...
     def submit(self, slot: int, task: dict[str, Any]) -> None: ...
@@ -112,11 +139,12 @@ def _first_batch_limit(params: dict[str, Any]) -> int:
 
 @dataclass
 class _Task:
-    """What a worker slot runs: its stage's temporary folder, and when it was handed out."""
+    """What a worker slot runs: one stage, or the members of a fleet, each with its temporary
+    folder until its result comes; when it was handed out; the fleet's record for the manifests."""
 
-    stage_id: str
-    tmp: Path
+    tmp: dict[str, Path]
     submitted: float
+    fleet: dict[str, Any] | None = None
 
 
 class Scheduler:
@@ -136,8 +164,11 @@ class Scheduler:
         retry: int = 0,
         display: Display,
         tracker: Tracker | None = None,
+        fleet: int | None = None,
     ):
         self.plan, self.store, self.backend = plan, store, backend
+        # The most stages of one fleet (None: no cap; 1: no fleets), where the backend runs fleets.
+        self.fleet_cap = fleet if getattr(backend, "fleets", False) else 1
         self.tracker = tracker
         self._tracking_notes: set[str] = set()
         self.keep_going, self.retry, self.display = keep_going, retry, display
@@ -159,6 +190,9 @@ class Scheduler:
         self.oom_limits: dict[str, int] = {}
         self.oom_tries: dict[str, int] = {}
         self.lost_tries: dict[str, int] = {}
+        # Halved for the members of a fleet that ran out of memory: the largest fleet each may join.
+        self.member_caps: dict[str, int] = {}
+        self._fleet_keys: dict[str, str | None] = {}
         self.stop = False
 
     def run(self, summary: RunSummary, todo: list[Stage]) -> None:
@@ -190,10 +224,11 @@ class Scheduler:
             mine = [c for c in cands if kinds is None or self.by_id[c].kind in kinds]
             if not mine:
                 continue
-            sid = self._pick(slot, mine)
-            cands.remove(sid)
-            self.waiting.remove(sid)
-            self._submit(slot, self.by_id[sid])
+            members = self._fleet_of(self._pick(slot, mine), mine)
+            for sid in members:
+                cands.remove(sid)
+                self.waiting.remove(sid)
+            self._submit(slot, [self.by_id[sid] for sid in members])
 
     def _pick(self, slot: int, candidates: list[str]) -> str:
         """Prefer the model this worker has loaded; then one no other worker has loaded."""
@@ -209,31 +244,74 @@ class Scheduler:
                 return c
         return candidates[0]
 
-    def _submit(self, slot: int, stage: Stage) -> None:
-        sid = stage.id
-        self.attempts[sid] = self.attempts.get(sid, 0) + 1
-        tmp = self.store.new_tmp_dir(stage)
-        task = {
+    def _fleet_key(self, sid: str) -> str | None:
+        if sid not in self._fleet_keys:
+            from cpx.stages import fleet_key
+
+            self._fleet_keys[sid] = fleet_key(self.by_id[sid])
+        return self._fleet_keys[sid]
+
+    def _fleet_of(self, lead: str, candidates: list[str]) -> list[str]:
+        """`lead` and the ready stages that can train with it as one fleet (equal fleet keys), in
+        plan order, no more than `--fleet` allows nor any member's own cap (after an OOM)."""
+        cap = min(self.fleet_cap or len(candidates), self.member_caps.get(lead, len(candidates)))
+        if cap <= 1 or self._fleet_key(lead) is None:
+            return [lead]
+        members = [lead]
+        for c in candidates:
+            if len(members) >= cap:
+                break
+            own = self.member_caps.get(c, cap)
+            if c != lead and own > len(members) and self._fleet_key(c) == self._fleet_key(lead):
+                members.append(c)
+                cap = min(cap, own)
+        return members
+
+    def _member_task(self, stage: Stage, tmp: Path) -> dict[str, Any]:
+        return {
             "stage": stage.to_json(),
             "run_dir": str(self.store.run_dir),
             "out_dir": str(tmp),
             "inputs": {d: str(self.store.stage_dir(self.by_id[d])) for d in stage.deps},
             "log_path": str(self.store.log_path(stage)),
-            "attempt": self.attempts[sid],
-            "batch_limit": self.oom_limits.get(sid),
+            "attempt": self.attempts[stage.id],
+            "batch_limit": self.oom_limits.get(stage.id),
             "plan_path": str(self.plan_path),
         }
-        self.running[slot] = _Task(sid, tmp, time.perf_counter())
-        k = model_key(stage)
+
+    def _submit(self, slot: int, stages: list[Stage]) -> None:
+        tmps: dict[str, Path] = {}
+        for stage in stages:
+            self.attempts[stage.id] = self.attempts.get(stage.id, 0) + 1
+            tmps[stage.id] = self.store.new_tmp_dir(stage)
+        members = [self._member_task(s, tmps[s.id]) for s in stages]
+        fleet: dict[str, Any] | None = None
+        if len(stages) == 1:
+            task = members[0]
+        else:
+            fleet = {"id": uuid.uuid4().hex[:12], "size": len(stages), "members": [s.id for s in stages]}
+            log = self.store.logs_dir / FLEET_LOGS / f"{fleet['id']}.log"
+            task = {"fleet": fleet, "members": members, "log_path": str(log)}
+            self.display.fleet_started(slot, fleet["id"], fleet["members"])
+        self.running[slot] = _Task(tmps, time.perf_counter(), fleet)
+        k = model_key(stages[0])
         if k is not None:
             self.slot_model[slot] = k
-        self.store.event(
-            "started", stage, attempt=self.attempts[sid], worker=slot, device=self.backend.slots[slot].label
-        )
-        self.display.stage_started(slot, stage)
+        for stage in stages:
+            in_fleet = {"fleet": fleet["id"], "fleet_size": fleet["size"]} if fleet else {}
+            self.store.event(
+                "started",
+                stage,
+                attempt=self.attempts[stage.id],
+                worker=slot,
+                device=self.backend.slots[slot].label,
+                **in_fleet,
+            )
+            self.display.stage_started(slot, stage)
         self.backend.submit(slot, task)
 
-    def _requeue(self, sid: str) -> None:
+    def _requeue(self, slot: int, sid: str) -> None:
+        self.display.stage_requeued(slot, self.by_id[sid])
         self.waiting.append(sid)
         self.waiting.sort(key=self.order.__getitem__)
 
@@ -246,36 +324,48 @@ class Scheduler:
             self.display.note(ev.message)
         elif isinstance(ev, Result):
             task = self.running.get(ev.slot)
-            if task is None or task.stage_id != ev.stage_id:
+            if task is None or ev.stage_id not in task.tmp:
                 return  # a late message from a replaced worker
-            del self.running[ev.slot]
+            tmp = task.tmp.pop(ev.stage_id)
+            if not task.tmp:
+                del self.running[ev.slot]
             if ev.result["ok"]:
-                self._finished(ev.slot, task, ev.result)
+                self._finished(ev.slot, task, ev.stage_id, tmp, ev.result)
             else:
-                self._failed(ev.slot, task, ev.result)
+                self._failed(ev.slot, task, ev.stage_id, tmp, ev.result)
 
-    def _finished(self, slot: int, task: _Task, res: dict[str, Any]) -> None:
-        sid = task.stage_id
+    def _finished(self, slot: int, task: _Task, sid: str, tmp: Path, res: dict[str, Any]) -> None:
         stage = self.by_id[sid]
-        self._commit(stage, task.tmp, res, self.attempts[sid], slot, task.submitted)
+        self._commit(stage, tmp, res, self.attempts[sid], slot, task)
         self.done.add(sid)
         self.summary.ran.append(sid)
         self.store.event("done", stage, seconds=res["timings"]["seconds"])
         self.display.stage_finished(slot, stage, True, res["timings"]["seconds"])
 
-    def _failed(self, slot: int, task: _Task, res: dict[str, Any]) -> None:
-        """Run the stage again if its worker was lost, it ran out of memory, or --retry allows;
-        else it fails, and so do the stages that need it."""
-        sid = task.stage_id
+    def _failed(self, slot: int, task: _Task, sid: str, tmp: Path, res: dict[str, Any]) -> None:
+        """Run the stage again if its worker was lost, it ran out of memory (in a fleet: in one
+        of half the size; alone: with half the batch), or --retry allows; else it fails, and so
+        do the stages that need it."""
         stage = self.by_id[sid]
-        _remove(task.tmp)
+        _remove(tmp)
         log = str(self.store.log_path(stage))
         self.store.event("failed", stage, attempt=self.attempts[sid], error=res["error"], oom=res.get("oom"))
         if res.get("lost") and self.lost_tries.get(sid, 0) < LOST_RETRIES:
             self.lost_tries[sid] = self.lost_tries.get(sid, 0) + 1
             self.attempts[sid] -= 1
             self.display.note(f"{sid}: {res['error']}; running it again")
-            self._requeue(sid)
+            self._requeue(slot, sid)
+            return
+        if res.get("oom") and task.fleet is not None:
+            # The fleet's size is what ran out of memory, never the member's batch.
+            cap = max(1, task.fleet["size"] // 2)
+            self.member_caps[sid] = min(cap, self.member_caps.get(sid, cap))
+            self.attempts[sid] -= 1
+            self.store.event("fleet_oom_retry", stage, fleet=task.fleet["id"], fleet_cap=self.member_caps[sid])
+            self.display.note(
+                f"{sid}: out of memory in a fleet of {task.fleet['size']}; retrying in one of at most {cap}"
+            )
+            self._requeue(slot, sid)
             return
         if (
             res.get("oom")
@@ -289,11 +379,11 @@ class Scheduler:
             self.attempts[sid] -= 1
             self.store.event("oom_retry", stage, batch_limit=self.oom_limits[sid])
             self.display.note(f"{sid}: out of memory; retrying with batch size at most {self.oom_limits[sid]}")
-            self._requeue(sid)
+            self._requeue(slot, sid)
             return
         if self.attempts[sid] <= self.retry:
             self.display.note(f"{sid} failed ({res['error']}); retry {self.attempts[sid]} of {self.retry}")
-            self._requeue(sid)
+            self._requeue(slot, sid)
             return
         self.dead.add(sid)
         self.summary.failed.append(StageFailure(sid, res["error"], log, self.attempts[sid]))
@@ -315,9 +405,9 @@ class Scheduler:
             self.store.event("blocked", self.by_id[u], by=stage_id)
             stack.extend(self.users[u])
 
-    def _commit(self, stage: Stage, tmp: Path, res: dict[str, Any], attempt: int, slot: int, t_submit: float) -> None:
+    def _commit(self, stage: Stage, tmp: Path, res: dict[str, Any], attempt: int, slot: int, task: _Task) -> None:
         timings = dict(res["timings"])
-        timings["overhead_seconds"] = max(0.0, time.perf_counter() - t_submit - timings["seconds"])
+        timings["overhead_seconds"] = max(0.0, time.perf_counter() - task.submitted - timings["seconds"])
         timings["committed"] = now_iso()
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -334,7 +424,12 @@ class Scheduler:
             "attempt": attempt,
             "host": res.get("host", {}),
             "device": res.get("device", {}),
-            "executor": {"kind": self.backend.name, "worker": slot, **res.get("worker", {})},
+            "executor": {
+                "kind": self.backend.name,
+                "worker": slot,
+                **res.get("worker", {}),
+                **({"fleet": task.fleet} if task.fleet is not None else {}),
+            },
             "packages": res.get("packages", {}),
             "git": _env.git_state(),
             "tracking": {},
@@ -368,12 +463,15 @@ def execute(
     resolver: Callable[[str], Any] | str | None = None,
     display: Display | None = None,
     collect: bool = True,
+    fleet: str | int | None = "auto",
 ) -> RunSummary:
     """Run every stage of `<run_dir>/plan.json` that is not done, then collect the results.
 
     `resolver(kind)` returns a stage kind's runner (default `cpx.stages.get_runner`); it must
     be importable by the workers (a module-level function, or `"module:function"`).
     `slurm` is the `SlurmOptions` of `executor="slurm"` (default: one CPU worker job).
+    `fleet`: `auto` (ready train stages of one fleet key run together, as many as are ready),
+    `off`, or the most stages of one fleet (`parse_fleet`); the Ray executor runs no fleets.
     Raises `cpx.execute.RunLocked` if another process is executing the run.
     """
     t0 = time.perf_counter()
@@ -382,6 +480,12 @@ def execute(
     store = Store(run_dir)
     if retry < 0:
         raise ValueError(f"retry must be >= 0, got {retry}")
+    fleet_cap = parse_fleet(fleet)
+    if executor == "ray" and fleet_cap not in (None, 1):
+        raise FleetError(
+            f"--fleet {fleet}: the Ray executor trains one stage at a time (an actor returns one result a "
+            "call, so a fleet's members could not be committed one by one); use --fleet off or auto"
+        )
     if executor == "local":
         from cpx.execute._local import parse_devices
 
@@ -436,8 +540,18 @@ def execute(
             devices=[s.label for s in getattr(backend, "slots", [])] or devices,
             todo=len(todo),
             cached=len(summary.cached),
+            fleet=(fleet_cap or "auto") if getattr(backend, "fleets", False) else 1,
         )
-        sched = Scheduler(plan, store, backend, keep_going=keep_going, retry=retry, display=display, tracker=tracker)
+        sched = Scheduler(
+            plan,
+            store,
+            backend,
+            keep_going=keep_going,
+            retry=retry,
+            display=display,
+            tracker=tracker,
+            fleet=fleet_cap,
+        )
         display.run_started(plan, len(todo), len(summary.cached), summary.rerun_reasons)
         if cancelled:
             store.event("slurm_jobs_cancelled", jobs=cancelled)

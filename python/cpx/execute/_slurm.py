@@ -40,6 +40,7 @@ from cpx.execute._events import Event, Note, Progress, Ready, Result, failed_res
 from cpx.execute._local import PYTHON_HASH_SEED
 from cpx.execute._mailbox import Mailbox
 from cpx.execute._store import write_json_atomic
+from cpx.execute._task import stage_ids
 
 SLURM_DIR = Path(".cpx") / "slurm"
 JOBS_FILE = "jobs.json"
@@ -308,7 +309,7 @@ class _Job:
     reason: str = ""
     ready: bool = False
     running_since: float | None = None
-    inflight: str | None = None
+    inflight: list[str] = field(default_factory=list)  # its stages not yet reported
 
 
 def _resolver_ref(resolver: Any) -> str | None:
@@ -321,6 +322,7 @@ class SlurmBackend:
     """Submits one job per worker slot, feeds them tasks through their inboxes, watches squeue."""
 
     name = "slurm"
+    fleets = True  # the worker jobs run `serve`, which runs fleet tasks
 
     def __init__(self, run_dir: str, resolver: Any, options: SlurmOptions):
         self.run_dir, self.options = Path(run_dir), options
@@ -411,7 +413,7 @@ class SlurmBackend:
 
     def submit(self, slot: int, task: dict[str, Any]) -> None:
         job = self._jobs[slot]
-        job.inflight = task["stage"]["id"]
+        job.inflight = stage_ids(task)
         job.inbox.put(task)
 
     def poll(self, timeout: float) -> list[Event]:
@@ -434,7 +436,8 @@ class SlurmBackend:
             if isinstance(ev, Ready):
                 job.ready = True
             elif isinstance(ev, Result):
-                job.inflight = None
+                if ev.stage_id in job.inflight:
+                    job.inflight.remove(ev.stage_id)
                 out.append(ev)
             elif isinstance(ev, Progress):
                 out.append(ev)
@@ -478,8 +481,8 @@ class SlurmBackend:
             job.state = state if state != "ENDED" else job.state
             self._live.pop(job.id, None)
             why = f"worker job {job.id}{f' on {job.node}' if job.node else ''} ended ({state})"
-            if job.inflight is not None:
-                out.append(Result(slot, job.inflight, failed_result(why, lost=True)))
+            out.extend(Result(slot, stage_id, failed_result(why, lost=True)) for stage_id in job.inflight)
+            job.inflight = []
             if not job.ready:
                 if state not in REPLACEABLE:
                     self._record()
