@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
             "Run every stage of RUN_DIR/plan.json that is not done, one worker per device (local), "
             "per Ray actor (ray) or per Slurm job (slurm), then collect the results tables into "
             "RUN_DIR/results and the report into RUN_DIR/report. Safe to kill at any moment and run "
-            "again: finished stages are kept, the stage in flight starts over."
+            "again: finished stages are kept, the stages in flight start over."
         ),
         epilog=(
             "Slurm: `cpx execute RUN --executor slurm --workers 4 --gpus-per-worker 1 --partition gpu "
@@ -74,11 +74,12 @@ def register(sub: Any) -> None:
         "--fleet",
         default="auto",
         metavar="auto|off|N",
-        help="train ready train stages of one base model and LoRA shape together on one worker, as one "
-        "fleet (one pass over the shared weights a step; each member still its own run, manifest and "
-        "outputs). auto (default): as many as are ready, the trainer splitting them to fit the memory; "
-        "N: at most N a fleet; off: one stage at a time. An out-of-memory error halves the fleet, "
-        "never a member's batch. The Ray executor trains one stage at a time (auto means off there)",
+        help="hand ready train stages of one base model and LoRA shape to one worker together, as one "
+        "fleet that the trainer trains in one call (each member still its own stage, seed, log, manifest "
+        "and outputs, committed as soon as it is done). auto (default): as many as are ready, the "
+        "trainer splitting them to fit the memory; N: at most N a fleet; off: one stage at a time. An "
+        "out-of-memory error halves the fleet, never a member's batch. Not with --executor ray, which "
+        "trains one stage at a time (auto means off there)",
     )
     p.add_argument(
         "--keep-going", action="store_true", help="after a stage fails, go on with the stages that do not depend on it"
