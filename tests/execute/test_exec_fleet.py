@@ -108,6 +108,19 @@ def test_fleet_n_caps_the_fleet_size(tmp_path, ledger):
     assert "fleet" not in manifests(tmp_path)["train/4"]["executor"]
 
 
+def test_free_workers_share_the_ready_stages_of_a_fleet_key(tmp_path, ledger):
+    make_plan(tmp_path, fleet_plan(5, **{f"t{i}": {"sleep": 0.2} for i in range(5)}))
+    assert run(tmp_path, devices="cpu:2").ok
+    # `data` ran on one worker; when it was done both were free: a fleet of 3 and one of 2.
+    assert sorted(len(f) for f in fleets(ledger)) == [2, 3]
+    workers = {
+        m["executor"]["fleet"]["id"]: m["executor"]["worker"]
+        for m in manifests(tmp_path).values()
+        if "fleet" in m["executor"]
+    }
+    assert sorted(workers.values()) == [0, 1]
+
+
 def test_out_of_memory_halves_the_fleet_never_the_members_batch(tmp_path, ledger):
     make_plan(tmp_path, fleet_plan(4, **{f"t{i}": {"fleet_oom_above": 2} for i in range(4)}))
     assert run(tmp_path).ok  # no --retry: halvings are not failures

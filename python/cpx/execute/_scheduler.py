@@ -219,12 +219,12 @@ class Scheduler:
     def _dispatch(self) -> None:
         free = [i for i in range(len(self.backend.slots)) if i not in self.running and self.accepting(i)]
         cands = self._ready() if free else []
-        for slot in free:
+        for n, slot in enumerate(free):
             kinds = getattr(self.backend.slots[slot], "kinds", None)
             mine = [c for c in cands if kinds is None or self.by_id[c].kind in kinds]
             if not mine:
                 continue
-            members = self._fleet_of(self._pick(slot, mine), mine)
+            members = self._fleet_of(self._pick(slot, mine), mine, workers=len(free) - n)
             for sid in members:
                 cands.remove(sid)
                 self.waiting.remove(sid)
@@ -251,18 +251,25 @@ class Scheduler:
             self._fleet_keys[sid] = fleet_key(self.by_id[sid])
         return self._fleet_keys[sid]
 
-    def _fleet_of(self, lead: str, candidates: list[str]) -> list[str]:
+    def _fleet_of(self, lead: str, candidates: list[str], *, workers: int = 1) -> list[str]:
         """`lead` and the ready stages that can train with it as one fleet (equal fleet keys), in
-        plan order, no more than `--fleet` allows nor any member's own cap (after an OOM)."""
-        cap = min(self.fleet_cap or len(candidates), self.member_caps.get(lead, len(candidates)))
-        if cap <= 1 or self._fleet_key(lead) is None:
+        plan order, no more than `--fleet` allows nor any member's own cap (after an OOM).
+
+        `workers`: the free workers left in this round, this one included; they share the ready
+        stages of the key, so that two free GPUs train two fleets, not one fleet and nothing."""
+        key = self._fleet_key(lead)
+        if key is None:
+            return [lead]
+        same = sum(1 for c in candidates if self._fleet_key(c) == key)
+        cap = min(self.fleet_cap or same, self.member_caps.get(lead, same), -(-same // workers))
+        if cap <= 1:
             return [lead]
         members = [lead]
         for c in candidates:
             if len(members) >= cap:
                 break
             own = self.member_caps.get(c, cap)
-            if c != lead and own > len(members) and self._fleet_key(c) == self._fleet_key(lead):
+            if c != lead and own > len(members) and self._fleet_key(c) == key:
                 members.append(c)
                 cap = min(cap, own)
         return members
