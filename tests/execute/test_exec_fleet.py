@@ -269,3 +269,35 @@ def test_demo_with_fleets_gives_the_results_of_one_stage_at_a_time(tmp_path, ref
     assert r.returncode == 0, r.stdout + r.stderr
     assert fleets(tmp_path / "ledger.txt") == []
     assert_same_results(off, ref)
+
+
+@pytest.mark.slow
+def test_fleets_on_slurm_and_a_job_cancelled_mid_fleet(tmp_path, slurm_cluster):
+    """One Slurm worker job runs the fleet; scancel it after one member is committed: the members
+    in flight run again, as a fleet, on the job that replaces it."""
+    make_plan(tmp_path, fleet_plan(4, **{f"t{i}": {"chunks": 4, "sleep": 0.25} for i in range(4)}))
+    ledger = tmp_path / "ledger.txt"
+    env = {"CPX_TEST_LEDGER": str(ledger), **slurm_cluster.env()}
+    args = ("execute", str(tmp_path), "--executor", "slurm", "--workers", "1", "--quiet")
+    p = cpx_popen(*args, **env)
+    try:
+        wait_until(lambda: len(committed_trains(tmp_path)) >= 1, "a member committed", p, timeout=300)
+        (job,) = {
+            m["executor"]["slurm"]["job_id"] for sid, m in manifests(tmp_path).items() if sid.startswith("train/")
+        }
+        assert slurm_cluster.run("scancel", job).returncode == 0
+        assert p.wait(timeout=300) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    first = fleets(ledger)[0]
+    assert first == [f"train/{i}" for i in range(4)]
+    ms = manifests(tmp_path)
+    by_job = {sid: ms[sid]["executor"]["slurm"]["job_id"] for sid in first}
+    kept = sorted(sid for sid, j in by_job.items() if j == job)
+    rerun = sorted(sid for sid, j in by_job.items() if j != job)
+    assert kept and rerun, by_job
+    assert all(ms[sid]["executor"]["fleet"]["size"] == 4 for sid in kept)
+    assert fleets(ledger)[1:] == ([rerun] if len(rerun) > 1 else [])
+    lost = {e["stage"] for e in events(tmp_path, "failed")}
+    assert lost == set(rerun) and all(ms[sid]["attempt"] == 1 for sid in first)

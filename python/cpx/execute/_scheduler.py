@@ -383,6 +383,7 @@ class Scheduler:
             limit = self.oom_limits[sid] // 2 if sid in self.oom_limits else _first_batch_limit(stage.params)
             self.oom_limits[sid] = max(1, limit)
             self.oom_tries[sid] = self.oom_tries.get(sid, 0) + 1
+            self.member_caps[sid] = 1  # what does not fit alone fits in no fleet: it stays alone
             self.attempts[sid] -= 1
             self.store.event("oom_retry", stage, batch_limit=self.oom_limits[sid])
             self.display.note(f"{sid}: out of memory; retrying with batch size at most {self.oom_limits[sid]}")
