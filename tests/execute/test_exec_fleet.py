@@ -301,3 +301,33 @@ def test_fleets_on_slurm_and_a_job_cancelled_mid_fleet(tmp_path, slurm_cluster):
     assert fleets(ledger)[1:] == ([rerun] if len(rerun) > 1 else [])
     lost = {e["stage"] for e in events(tmp_path, "failed")}
     assert lost == set(rerun) and all(ms[sid]["attempt"] == 1 for sid in first)
+
+
+def test_the_displays_show_a_fleet_and_a_bar_per_member(tmp_path, ledger, capsys):
+    import io
+
+    from cpx.execute._progress import LineDisplay, RichDisplay
+
+    class Watched(RichDisplay):
+        """Notes which bars are up at each progress report."""
+
+        shown: list[set[str]] = []
+
+        def stage_progress(self, *args, **kw) -> None:  # type: ignore[no-untyped-def]
+            super().stage_progress(*args, **kw)
+            self.shown.append({t.description.strip() for t in self.progress.tasks})
+
+    make_plan(tmp_path / "a", fleet_plan(3))
+    make_plan(tmp_path / "b", fleet_plan(3))
+    assert execute(tmp_path / "a", devices="cpu", resolver=resolve, display=Watched()).ok
+    err = capsys.readouterr().err
+    assert "cpu: a fleet of 3 trains together: train/0, train/1, train/2" in err and "cpu: idle" in err
+    # A bar per member while the fleet runs; a finished member's bar goes.
+    during = [bars for bars in Watched.shown if "cpu: train/2" in bars]
+    assert {"cpu: train/0", "cpu: train/1"} <= during[0] and "cpu: idle" not in during[0]
+    assert "cpu: train/0" not in during[-1]
+    lines = io.StringIO()
+    assert execute(tmp_path / "b", devices="cpu", resolver=resolve, display=LineDisplay(lines)).ok
+    fleet = manifests(tmp_path / "b")["train/0"]["executor"]["fleet"]["id"]
+    assert f"cpu: a fleet of 3 trains together ({fleet}): train/0, train/1, train/2" in lines.getvalue()
+    assert "train/2 done in" in lines.getvalue()
