@@ -1,0 +1,330 @@
+"""Fleet training: several independent LoRA runs on one base model, one forward and backward
+pass over the shared weights per step.
+
+Each member is exactly its own run (`cpx.stages._training.plan_run`): its own data order,
+LoRA initialisation (its seed), optimizer state, learning-rate schedule and warmup, gradient
+clipping on its own gradient norm, loss normalised by its own labelled tokens, checkpoints at
+its own steps. A joint micro-step packs one micro-batch of every member still training into
+one row, member after member (`cpx.stages._lora.Segments`); the loss backpropagated is the sum
+of the members' own normalised losses, and since a member's tokens attend only within their
+own examples and reach only its own LoRA, each member's gradient is the one it would get
+alone. A member whose run is over leaves the fleet at once (`on_done`), the others go on.
+
+On a GPU the fleet is cut to what fits: a probe runs the joint worst micro-step (every
+member's longest micro-batch) without gradient checkpointing and halves the fleet until it
+fits in 85% of memory; the sub-fleets then train one after another. When a member alone does
+not fit, checkpointing goes on where every member asked for it (it changes no gradient).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpx.stages._training import (
+    IGNORE,
+    Encoded,
+    RunPlan,
+    TrainResult,
+    _no_dropout,
+    _save_due,
+    _to_device,
+    _target_index,
+    fits_in_memory,
+    put_back,
+    set_checkpointing,
+    target_logits,
+)
+
+
+@dataclass
+class Member:
+    """One run of a fleet: what `train_lora` takes for a stage trained alone."""
+
+    examples: Sequence[Encoded]
+    plan: RunPlan
+    lora: dict[str, Any]
+    optim: dict[str, Any]
+    out_dir: Path
+    seed: int
+    parents: Sequence[Sequence[Any]] = ()  # frozen adapters (LoraDelta lists), applied unmerged
+    log: Any = None
+    progress: Callable[..., None] | None = None
+    on_step: Callable[[int, dict[str, Any]], None] | None = None  # (step, {name: weight})
+    checkpointing: str | None = field(default=None, init=False)  # what the memory probe decided
+    result: TrainResult | None = field(default=None, init=False)
+
+
+def pack_fleet(parts: Sequence[Sequence[Encoded]], device: str) -> dict[str, Any]:
+    """The members' micro-batches back to back in one row (position ids restart per example),
+    and which member each labelled target belongs to."""
+    ids: list[int] = []
+    pos: list[int] = []
+    labels: list[int] = []
+    owner: list[int] = []
+    for m, part in enumerate(parts):
+        for ex in part:
+            ids += ex.input_ids
+            labels += ex.labels
+            pos += range(len(ex.input_ids))
+            owner += [m] * sum(1 for y in ex.labels[1:] if y != IGNORE)
+    index = _target_index(labels, len(ids), 0)
+    if len(index) != len(owner):
+        raise ValueError("an example starts with a labelled token: packed examples would train across each other")
+    t = (1, len(ids))
+    ids_t, pos_t, lab_t, idx_t, own_t = _to_device(
+        [ids, pos, labels, index, owner], [t, t, t, (len(index),), (len(owner),)], device
+    )
+    return {
+        "input_ids": ids_t,
+        "position_ids": pos_t,
+        "attention_mask": None,
+        "labels": lab_t,
+        "target_index": idx_t,
+        "owner": own_t,
+        "n_labels": len(index),
+    }
+
+
+def member_loss_sums(model, batch: dict[str, Any], n_members: int):
+    """Summed cross-entropy of each member's labelled tokens in a packed fleet row."""
+    import torch
+
+    logits, target = target_logits(model, batch)
+    if n_members == 1:
+        return torch.nn.functional.cross_entropy(logits, target, reduction="sum").reshape(1)
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    return torch.zeros(n_members, device=ce.device, dtype=ce.dtype).index_add_(0, batch["owner"], ce)
+
+
+def train_fleet(
+    model,
+    members: Sequence[Member],
+    *,
+    device: str = "cpu",
+    on_done: Callable[[int, Any], None] | None = None,
+    probe_memory: bool = True,
+    fleet_log=None,
+) -> list[TrainResult]:
+    """Train `members` together on `model` (put back as found on return) and save each
+    member's adapters to `out_dir/checkpoints/<f>/`. `on_done(i, fleet)` is called as soon as
+    member i's run is over and its checkpoints are saved (its `result` set); the model then
+    still carries the fleet's LoRA linears, bypassed (`fleet.set_bypass`) for whatever the
+    callback runs on the base model.
+    """
+    import torch
+
+    from cpx.stages._lora import Fleet
+
+    if not members:
+        return []
+    lora = members[0].lora
+    was_training = model.training
+    attrs_before = set(vars(model))
+    grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
+    fleet = Fleet(model, lora)
+    rng_after_init = []
+    grad_ckpt = False
+    try:
+        for mem in members:
+            fleet.add_member(mem.seed, mem.lora, mem.parents)
+            rng_after_init.append(torch.random.get_rng_state())
+        cuda = device.startswith("cuda")
+        amp_dtype = members[0].plan.amp_dtype(device)
+        asked = all(bool(m.optim.get("gradient_checkpointing", False)) for m in members)
+        dropout = float(lora.get("dropout", 0.0) or 0.0)
+        everyone = list(range(len(members)))
+        if dropout > 0:
+            # Dropout draws random numbers over the whole row: members train one at a time,
+            # each from the RNG state its own initialisation left, as alone.
+            groups, grad_ckpt = [[i] for i in everyone], asked
+        elif cuda and probe_memory:
+            groups, grad_ckpt = _sub_fleets(model, fleet, members, device, amp_dtype, asked, fleet_log)
+        else:
+            groups, grad_ckpt = [everyone], asked
+        if grad_ckpt:
+            set_checkpointing(model, True, no_dropout=_no_dropout(model, lora))
+        model.train()
+        for group in groups:
+            if dropout > 0:
+                torch.random.set_rng_state(rng_after_init[group[0]])
+            _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_ckpt)
+    finally:
+        if grad_ckpt:
+            set_checkpointing(model, False)
+        fleet.detach()
+        put_back(model, attrs_before, grads_before, was_training)
+    return [m.result for m in members if m.result is not None]
+
+
+def _worst_part(mem: Member) -> list[Encoded]:
+    """The member's longest micro-batch over its whole run (by tokens)."""
+    plan, best, most = mem.plan, [], -1
+    for step in range(plan.total):
+        chunk = plan.chunk(mem.examples, step)
+        for k in range(0, len(chunk), plan.micro):
+            part = chunk[k : k + plan.micro]
+            n = sum(len(ex.input_ids) for ex in part)
+            if n > most:
+                best, most = part, n
+    return best
+
+
+def _sub_fleets(model, fleet, members, device, amp_dtype, asked, log) -> tuple[list[list[int]], bool]:
+    """Halve the fleet until the joint worst micro-step of its heaviest sub-fleet fits."""
+    worst = [_worst_part(m) for m in members]
+    tokens = [sum(len(ex.input_ids) for ex in w) for w in worst]
+    n = len(members)
+    size = n
+    while True:
+        groups = [list(range(i, min(n, i + size))) for i in range(0, n, size)]
+        heavy = max(groups, key=lambda g: sum(tokens[i] for i in g))
+        params = [p for i in heavy for p in fleet.parameters(i)]
+
+        def loss(heavy=heavy):
+            batch = pack_fleet([worst[i] for i in heavy], device)
+            fleet.segments.set(heavy, [tokens[i] for i in heavy], device)
+            return member_loss_sums(model, batch, len(heavy)).sum()
+
+        what = f"the joint worst micro-step of {len(heavy)} member(s) ({sum(tokens[i] for i in heavy)} tokens)"
+        fits, note = fits_in_memory(loss, params, what, device, amp_dtype)
+        if fits or size == 1:
+            break
+        size = (size + 1) // 2
+    ckpt = not fits and asked
+    for mem in members:
+        mem.checkpointing = ("on: " if ckpt else "off: ") + note
+        if mem.log is not None:
+            mem.log.info("fleet of %d in sub-fleets of up to %d; gradient checkpointing %s", n, size, mem.checkpointing)
+    if log is not None:
+        log.info("fleet of %d trains as %d sub-fleet(s) of up to %d", n, len(groups), size)
+    return groups, ckpt
+
+
+def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_ckpt) -> None:
+    import torch
+
+    cuda = device.startswith("cuda")
+    state = {}
+    for i in group:
+        mem = members[i]
+        params = fleet.parameters(i)
+        for p in params:
+            p.requires_grad_(True)
+        lr, wd = float(mem.optim["lr"]), float(mem.optim.get("weight_decay", 0.0))
+        opt: torch.optim.Optimizer
+        if mem.plan.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=True if cuda else None)
+        else:
+            opt = torch.optim.SGD(params, lr=lr, weight_decay=wd)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == "float16")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, mem.plan.factor)
+        res = TrainResult(mem.plan.total, mem.plan.steps_per_epoch, mem.plan.checkpoint_steps)
+        res.checkpointing = mem.checkpointing
+        state[i] = {"params": params, "opt": opt, "scaler": scaler, "sched": sched, "res": res, "step": 0}
+    t0 = t_step = time.perf_counter()
+    active = list(group)
+    while active:
+        chunks = {i: members[i].plan.chunk(members[i].examples, state[i]["step"]) for i in active}
+        n_lab = {i: sum(ex.n_labels for ex in chunks[i]) for i in active}
+        lr_now = {i: state[i]["opt"].param_groups[0]["lr"] for i in active}
+        parts = {
+            i: [chunks[i][k : k + members[i].plan.micro] for k in range(0, len(chunks[i]), members[i].plan.micro)]
+            for i in active
+        }
+        step_loss = {i: torch.zeros((), device=device) for i in active}
+        for k in range(max(len(p) for p in parts.values())):
+            present = [i for i in active if k < len(parts[i])]
+            micro = [parts[i][k] for i in present]
+            batch = pack_fleet(micro, device)
+            fleet.segments.set(present, [sum(len(ex.input_ids) for ex in part) for part in micro], device)
+            with torch.autocast("cuda", dtype=getattr(torch, amp_dtype or "bfloat16"), enabled=bool(amp_dtype)):
+                lsums = member_loss_sums(model, batch, len(present))
+            terms = [state[i]["scaler"].scale(lsums[j] / n_lab[i]) for j, i in enumerate(present) if n_lab[i]]
+            if terms:
+                torch.stack(terms).sum().backward()
+            detached = lsums.detach()
+            for j, i in enumerate(present):
+                step_loss[i] += detached[j]
+                state[i]["res"].tokens += sum(len(ex.input_ids) for ex in micro[j])
+        norms = {}
+        for i in active:
+            st, mem = state[i], members[i]
+            st["res"].label_tokens += n_lab[i]
+            st["scaler"].unscale_(st["opt"])  # a no-op without fp16 loss scaling
+            grads = [p.grad for p in st["params"] if p.grad is not None]
+            if mem.plan.clip:
+                norms[i] = torch.nn.utils.clip_grad_norm_(st["params"], mem.plan.clip)  # the norm before clipping
+            elif grads:
+                norms[i] = torch.nn.utils.get_total_norm(grads)
+            else:
+                norms[i] = torch.zeros((), device=device)
+            st["scaler"].step(st["opt"])
+            st["scaler"].update()
+            st["sched"].step()
+            st["opt"].zero_grad(set_to_none=True)
+            st["step"] += 1
+        # The one wait for the GPU in a step: every member's logged loss and gradient norm.
+        flat = torch.stack([v for i in active for v in (step_loss[i].float(), norms[i].float().to(device))]).tolist()
+        now = time.perf_counter()
+        finished = []
+        for j, i in enumerate(active):
+            st, mem, res = state[i], members[i], state[i]["res"]
+            step = st["step"]
+            loss = flat[2 * j] / n_lab[i] if n_lab[i] else float("nan")
+            res.log.append(
+                {
+                    "step": step,
+                    "loss": loss,
+                    "lr": lr_now[i],
+                    "grad_norm": flat[2 * j + 1],
+                    "tokens": sum(len(ex.input_ids) for ex in chunks[i]),
+                    "seconds": now - t_step,
+                }
+            )
+            _save_due(lambda dest, i=i: _save(fleet, i, dest, members[i].lora), res.checkpoint_steps, step, mem.out_dir)
+            if mem.on_step is not None:
+                mem.on_step(step, fleet.state_dict(i))
+            if mem.progress is not None:
+                mem.progress(step, res.total_steps, loss=round(loss, 4), tokens=res.tokens)
+            total = res.total_steps
+            if mem.log is not None and (step == total or step % max(1, total // 10) == 0):
+                mem.log.info("step %d/%d loss %.4f lr %.3g", step, total, loss, lr_now[i])
+            if step == total:
+                res.seconds = now - t0
+                finished.append(i)
+        t_step = now
+        for i in finished:
+            active.remove(i)
+            for p in state[i]["params"]:
+                p.requires_grad_(False)
+            mem = members[i]
+            mem.result = state.pop(i)["res"]
+            if on_done is not None:
+                _off_training(model, fleet, grad_ckpt, lambda i=i: on_done(i, fleet))
+
+
+def _off_training(model, fleet, grad_ckpt: bool, fn: Callable[[], None]) -> None:
+    """Run `fn` with the base model as it is outside training (eval mode, no LoRA, no
+    checkpointing), then go back to training."""
+    fleet.set_bypass(True)
+    model.eval()
+    if grad_ckpt:
+        set_checkpointing(model, False)
+    try:
+        fn()
+    finally:
+        if grad_ckpt:
+            set_checkpointing(model, True, no_dropout=_no_dropout(model, fleet.lora))
+        model.train()
+        fleet.set_bypass(False)
+
+
+def _save(fleet, i: int, dest: Path, lora: dict[str, Any]) -> None:
+    from cpx.stages._lora import save_member
+
+    save_member(fleet, i, dest, lora)
