@@ -199,9 +199,9 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
     failed on its own (bad data); either way the other members go on. An error that ends the
     whole fleet (out of memory) is raised: the members not yet reported are the ones in flight.
 
-    All members train together on the worker's base model (`cpx.stages._fleet`): when their
-    parent chains are equal the pool merges the chain once; otherwise each member's parents are
-    applied unmerged on its own rows.
+    All members train together on the worker's base model (`cpx.stages._fleet`), each member's
+    parent adapters applied unmerged on its own rows (alone too, so a member's outputs do not
+    depend on its fleet); a member's screen samples its chain merged, as the eval does.
     """
     from cpx.models import ModelPool
     from cpx.models._chain import adapter_folder
@@ -222,22 +222,16 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
             checked.append(i)
     if not checked:
         return
-    chains = [json.dumps(ctxs[i].params["model"], sort_keys=True, default=str) for i in checked]
-    shared = len(set(chains)) == 1
-    base_chain = ctxs[checked[0]].params["model"]
-    train_chain = base_chain if shared else {"base": base_chain["base"], "adapters": []}
-    inputs = {k: v for i in checked for k, v in ctxs[i].inputs.items()} if shared else {}
-    model, tok = pool.get(train_chain, inputs)
+    # The base unmerged, each member's parents applied on its own rows: a member trains the
+    # same whichever fleet it is in (alone included).
+    train_chain = {"base": ctxs[checked[0]].params["model"]["base"], "adapters": []}
+    model, tok = pool.get(train_chain, {})
     members, prepared = [], []
     for i in checked:
         ctx = ctxs[i]
         try:
             prep = _prepare(i, ctx, tok)
-            parents = (
-                []
-                if shared
-                else [read_adapter(adapter_folder(a, ctx.inputs)) for a in ctx.params["model"].get("adapters", [])]
-            )
+            parents = [read_adapter(adapter_folder(a, ctx.inputs)) for a in ctx.params["model"].get("adapters", [])]
         except Exception as e:  # bad data fails its member alone
             if is_oom(e):
                 raise
@@ -275,7 +269,7 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
             done(prep.index, info, None)
         finally:
             # The screen merged this member's chain into the base: back to the fleet's.
-            pool.get(train_chain, inputs)
+            pool.get(train_chain, {})
 
     with small_model_threads(model, lead.device):
         train_fleet(model, members, device=lead.device, on_done=finished, fleet_log=lead.log)
