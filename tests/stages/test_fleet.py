@@ -278,3 +278,29 @@ def test_a_member_with_bad_data_fails_alone(tiny_ref, run_dir, pool, tmp_path):
     assert isinstance(by[1][1], TrainError) and "dataset row 0" in str(by[1][1]) and by[1][0] is None
     assert by[0][1] is None and by[2][1] is None and by[0][0]["total_steps"] == 2
     assert not any((tmp_path / "out1").iterdir())
+
+
+def test_attention_over_each_example_equals_the_masked_row(tiny_model, tmp_path, monkeypatch):
+    """The fleet's row attention (flash varlen on a GPU) takes the examples' boundaries from
+    the host; its per-example reference on the CPU trains what transformers' masked sdpa trains."""
+    from cpx.stages._fleet import RowAttention
+
+    model, tok = tiny_model
+    model = copy.deepcopy(model).requires_grad_(False)
+    optim = {**OPTIM, "batch_size": 3}
+    runs = []
+    for reference in (False, True):
+        monkeypatch.setattr(RowAttention, "reference", reference)
+        mems = [
+            Member(exs, plan_run(exs, optim, [1.0], seed, None), LORA, optim, tmp_path / f"{reference}{seed}", seed)
+            for seed, exs in ((1, _examples(tok, 6)), (2, _examples(tok, 3, words=2)))
+        ]
+        train_fleet(model, mems)
+        runs.append([load_file(m.out_dir / "checkpoints" / "1" / "adapter_model.safetensors") for m in mems])
+        runs[-1].append([r["loss"] for m in mems for r in m.result.log])
+        assert model.config._attn_implementation == "sdpa"
+    (a0, a1, la), (b0, b1, lb) = runs
+    assert lb == pytest.approx(la, rel=1e-5)
+    for x, y in ((a0, b0), (a1, b1)):
+        for k in x:
+            assert float((x[k] - y[k]).norm()) <= 1e-5 * float(x[k].norm())

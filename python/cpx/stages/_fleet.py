@@ -55,6 +55,7 @@ class Member:
     progress: Callable[..., None] | None = None
     on_step: Callable[[int, dict[str, Any]], None] | None = None  # (step, {name: weight})
     checkpointing: str | None = field(default=None, init=False)  # what the memory probe decided
+    fleet_size: int = field(default=0, init=False)  # members of the (sub-)fleet it trained in
     result: TrainResult | None = field(default=None, init=False)
 
 
@@ -65,8 +66,10 @@ def pack_fleet(parts: Sequence[Sequence[Encoded]], device: str) -> dict[str, Any
     pos: list[int] = []
     labels: list[int] = []
     owner: list[int] = []
+    bounds = [0]
     for m, part in enumerate(parts):
         for ex in part:
+            bounds.append(bounds[-1] + len(ex.input_ids))
             ids += ex.input_ids
             labels += ex.labels
             pos += range(len(ex.input_ids))
@@ -86,7 +89,127 @@ def pack_fleet(parts: Sequence[Sequence[Encoded]], device: str) -> dict[str, Any
         "target_index": idx_t,
         "owner": own_t,
         "n_labels": len(index),
+        "bounds": bounds,
     }
+
+
+class RowAttention:
+    """Attention over each example of a packed row alone, for transformers' attention interface.
+
+    transformers' sdpa path turns restarting position ids into a dense block-diagonal mask over
+    the whole row: a fleet's row of N members costs N^2 the attention of one member. This one
+    takes the examples' boundaries from the host (`bounds`) and runs flash attention over the
+    variable-length examples (`torch.nn.attention.varlen`) on a GPU; `reference=True` runs
+    sdpa example by example instead (the CPU check of the plumbing).
+    """
+
+    name = "cpx_row_attention"
+    cu: Any = None
+    max_len = 0
+    reference = False
+    _checked: dict[str, str | None] = {}
+
+    @classmethod
+    def set(cls, bounds: list[int], device: str) -> None:
+        import torch
+
+        flat = torch.tensor(bounds, dtype=torch.int32)
+        if device.startswith("cuda"):
+            flat = flat.pin_memory().to(device, non_blocking=True)
+        cls.cu = flat
+        cls.max_len = max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+        cls._bounds = bounds
+
+    @classmethod
+    def forward(cls, module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+        import torch
+
+        # (1, H, T, D) -> (T, H, D)
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
+        if cls.reference:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            outs = []
+            for a, b in zip(cls._bounds, cls._bounds[1:], strict=False):
+                outs.append(
+                    torch.nn.functional.scaled_dot_product_attention(
+                        q[a:b].transpose(0, 1),
+                        k[a:b].transpose(0, 1),
+                        v[a:b].transpose(0, 1),
+                        is_causal=True,
+                        scale=scaling,
+                    ).transpose(0, 1)
+                )
+            return torch.cat(outs).unsqueeze(0), None
+        return _varlen(q, k, v, cls.cu, cls.max_len, scaling).unsqueeze(0), None
+
+    @classmethod
+    def available(cls, device: str) -> str | None:
+        """None when flash varlen attention runs here and agrees with sdpa, else why not."""
+        if cls.reference:
+            return None
+        if not device.startswith("cuda"):
+            return "not on a GPU"
+        if device not in cls._checked:
+            cls._checked[device] = _check_varlen(device)
+        return cls._checked[device]
+
+    @classmethod
+    def register(cls) -> None:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(cls.name, cls.forward)
+
+
+def _varlen(q, k, v, cu, max_len: int, scaling):
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    kw: dict[str, Any] = {}
+    if "enable_gqa" in params:
+        kw["enable_gqa"] = True
+    elif k.shape[1] != q.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    kw.update({"is_causal": True} if "is_causal" in params else {"window_size": (-1, 0)})
+    if "scale" in params:
+        kw["scale"] = scaling
+    elif scaling is not None and abs(scaling - q.shape[-1] ** -0.5) > 1e-9:
+        raise ValueError("this torch's varlen_attn takes no scale")
+    return varlen_attn(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **kw)
+
+
+def _check_varlen(device: str) -> str | None:
+    """Run flash varlen attention forward and backward on random bf16 data (two sequences,
+    grouped heads) against sdpa sequence by sequence."""
+    import torch
+
+    try:
+        gen = torch.Generator(device=device).manual_seed(0)
+        lens = [37, 64]
+        T, hq, hk, d = sum(lens), 4, 2, 128
+        q = torch.randn(T, hq, d, device=device, dtype=torch.bfloat16, generator=gen).requires_grad_()
+        k = torch.randn(T, hk, d, device=device, dtype=torch.bfloat16, generator=gen).requires_grad_()
+        v = torch.randn(T, hk, d, device=device, dtype=torch.bfloat16, generator=gen).requires_grad_()
+        cu = torch.tensor([0, lens[0], T], dtype=torch.int32, device=device)
+        out = _varlen(q, k, v, cu, max(lens), d**-0.5)
+        out.float().square().sum().backward()
+        ref = []
+        for a, b in ((0, lens[0]), (lens[0], T)):
+            kk, vv = (t[a:b].repeat_interleave(hq // hk, dim=1).transpose(0, 1) for t in (k, v))
+            ref.append(
+                torch.nn.functional.scaled_dot_product_attention(
+                    q[a:b].transpose(0, 1), kk, vv, is_causal=True
+                ).transpose(0, 1)
+            )
+        err = float((out.float() - torch.cat(ref).float()).norm() / torch.cat(ref).float().norm())
+        if not err < 2e-2 or q.grad is None or not torch.isfinite(q.grad).all():
+            return f"flash varlen attention disagrees with sdpa (relative error {err:.2e})"
+    except Exception as e:  # noqa: BLE001 - unavailable here: transformers' own attention is used
+        return f"flash varlen attention unavailable ({e!r})"[:300]
+    return None
 
 
 def member_loss_sums(model, batch: dict[str, Any], n_members: int):
@@ -100,6 +223,12 @@ def member_loss_sums(model, batch: dict[str, Any], n_members: int):
     return torch.zeros(n_members, device=ce.device, dtype=ce.dtype).index_add_(0, batch["owner"], ce)
 
 
+def _forward(model, fleet, batch, present: list[int], counts: list[int], device: str):
+    fleet.segments.set(present, counts, device)
+    RowAttention.set(batch["bounds"], device)
+    return member_loss_sums(model, batch, len(present))
+
+
 def train_fleet(
     model,
     members: Sequence[Member],
@@ -107,13 +236,15 @@ def train_fleet(
     device: str = "cpu",
     on_done: Callable[[int, Any], None] | None = None,
     probe_memory: bool = True,
+    checkpointing: bool | None = None,
     fleet_log=None,
 ) -> list[TrainResult]:
     """Train `members` together on `model` (put back as found on return) and save each
     member's adapters to `out_dir/checkpoints/<f>/`. `on_done(i, fleet)` is called as soon as
     member i's run is over and its checkpoints are saved (its `result` set); the model then
     still carries the fleet's LoRA linears, bypassed (`fleet.set_bypass`) for whatever the
-    callback runs on the base model.
+    callback runs on the base model. `checkpointing` True or False skips the probe and trains
+    the whole fleet at once with gradient checkpointing on or off (benches compare the two).
     """
     import torch
 
@@ -125,7 +256,9 @@ def train_fleet(
     was_training = model.training
     attrs_before = set(vars(model))
     grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
+    attn_before = model.config._attn_implementation
     fleet = Fleet(model, lora)
+    fleet.attention = (attn_before, attn_before)
     rng_after_init = []
     grad_ckpt = False
     try:
@@ -141,18 +274,28 @@ def train_fleet(
             # Dropout draws random numbers over the whole row: members train one at a time,
             # each from the RNG state its own initialisation left, as alone.
             groups, grad_ckpt = [[i] for i in everyone], asked
+        elif checkpointing is not None:
+            groups, grad_ckpt = [everyone], checkpointing
         elif cuda and probe_memory:
             groups, grad_ckpt = _sub_fleets(model, fleet, members, device, amp_dtype, asked, fleet_log)
         else:
             groups, grad_ckpt = [everyone], asked
         if grad_ckpt:
             set_checkpointing(model, True, no_dropout=_no_dropout(model, lora))
+        why = RowAttention.available(device)
+        if why is None:
+            RowAttention.register()
+            fleet.attention = (attn_before, RowAttention.name)
+            model.config._attn_implementation = RowAttention.name
+        elif fleet_log is not None:
+            fleet_log.info("attention: transformers' %s over the packed row (%s)", attn_before, why)
         model.train()
         for group in groups:
             if dropout > 0:
                 torch.random.set_rng_state(rng_after_init[group[0]])
             _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_ckpt)
     finally:
+        model.config._attn_implementation = attn_before
         if grad_ckpt:
             set_checkpointing(model, False)
         fleet.detach()
@@ -186,8 +329,7 @@ def _sub_fleets(model, fleet, members, device, amp_dtype, asked, log) -> tuple[l
 
         def loss(heavy=heavy):
             batch = pack_fleet([worst[i] for i in heavy], device)
-            fleet.segments.set(heavy, [tokens[i] for i in heavy], device)
-            return member_loss_sums(model, batch, len(heavy)).sum()
+            return _forward(model, fleet, batch, heavy, [tokens[i] for i in heavy], device).sum()
 
         what = f"the joint worst micro-step of {len(heavy)} member(s) ({sum(tokens[i] for i in heavy)} tokens)"
         fits, note = fits_in_memory(loss, params, what, device, amp_dtype)
@@ -211,6 +353,7 @@ def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_
     state = {}
     for i in group:
         mem = members[i]
+        mem.fleet_size = len(group)
         params = fleet.parameters(i)
         for p in params:
             p.requires_grad_(True)
@@ -241,9 +384,9 @@ def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_
             present = [i for i in active if k < len(parts[i])]
             micro = [parts[i][k] for i in present]
             batch = pack_fleet(micro, device)
-            fleet.segments.set(present, [sum(len(ex.input_ids) for ex in part) for part in micro], device)
+            counts = [sum(len(ex.input_ids) for ex in part) for part in micro]
             with torch.autocast("cuda", dtype=getattr(torch, amp_dtype or "bfloat16"), enabled=bool(amp_dtype)):
-                lsums = member_loss_sums(model, batch, len(present))
+                lsums = _forward(model, fleet, batch, present, counts, device)
             terms = [state[i]["scaler"].scale(lsums[j] / n_lab[i]) for j, i in enumerate(present) if n_lab[i]]
             if terms:
                 torch.stack(terms).sum().backward()
@@ -310,9 +453,11 @@ def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_
 
 def _off_training(model, fleet, grad_ckpt: bool, fn: Callable[[], None]) -> None:
     """Run `fn` with the base model as it is outside training (eval mode, no LoRA, no
-    checkpointing), then go back to training."""
+    checkpointing, its own attention), then go back to training."""
+    before, during = fleet.attention
     fleet.set_bypass(True)
     model.eval()
+    model.config._attn_implementation = before
     if grad_ckpt:
         set_checkpointing(model, False)
     try:
@@ -320,6 +465,7 @@ def _off_training(model, fleet, grad_ckpt: bool, fn: Callable[[], None]) -> None
     finally:
         if grad_ckpt:
             set_checkpointing(model, True, no_dropout=_no_dropout(model, fleet.lora))
+        model.config._attn_implementation = during
         model.train()
         fleet.set_bypass(False)
 

@@ -260,7 +260,7 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
         try:
             res = members[j].result
             assert res is not None
-            info = _write_outputs(prep.ctx, pool, prep, res, len(members))
+            info = _write_outputs(prep.ctx, pool, prep, res, members[j].fleet_size)
         except Exception as e:  # a member's screen failing fails that member alone
             if is_oom(e):
                 raise
