@@ -120,14 +120,15 @@ def parent_adapter(model, seed: int):
 
     from cpx.models._chain import LoraDelta, lora_scale
 
-    gen = torch.Generator().manual_seed(10_000 + seed)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(10_000 + seed)
     r = LORA["r"]
     out = []
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in TARGETS:
             bound = 1 / mod.in_features**0.5
-            A = (torch.rand(r, mod.in_features, generator=gen) * 2 - 1) * bound
-            B = torch.randn(mod.out_features, r, generator=gen) * 1e-3
+            A = (torch.rand(r, mod.in_features, generator=gen, device=device) * 2 - 1) * bound
+            B = torch.randn(mod.out_features, r, generator=gen, device=device) * 1e-3
             out.append(LoraDelta(name, A, B, lora_scale(LORA["alpha"], r, True)))
     return out
 
@@ -180,28 +181,46 @@ def run_reference(model, mem, args):
     return clock, {0: losses}, res.checkpointing
 
 
+class Span:
+    """Timed seconds of one or more members: the union of each member's interval from the end of
+    its warmup to its last step (sub-fleets run one after another)."""
+
+    def __init__(self, clocks: list[Clock]):
+        self.clocks = clocks
+
+    def seconds(self) -> tuple[float, int]:
+        spans = sorted((c.t[c.warmup], c.t[max(c.t)]) for c in self.clocks)
+        total, end = 0.0, float("-inf")
+        for a, b in spans:
+            total += max(0.0, b - max(a, end))
+            end = max(end, b)
+        return total, max(self.clocks[0].t) - self.clocks[0].warmup
+
+
 def run_ours(model, mems, args, merged_parent: bool = False, checkpointing: bool | None = None):
-    """`cpx.stages._fleet.train_fleet` on these members, timed by the first member's steps."""
+    """`cpx.stages._fleet.train_fleet` on these members, each member's steps timed."""
     from cpx.models._chain import MergedModel
     from cpx.stages._fleet import train_fleet
 
-    clock = Clock(args.device, args.warmup)
-    mems = [dataclasses.replace(m, on_step=None) for m in mems]
-    mems[0].on_step = lambda step, _state: clock(step)
+    clocks = [Clock(args.device, args.warmup) for _ in mems]
+    mems = [
+        dataclasses.replace(m, on_step=lambda step, _state, c=c: c(step)) for m, c in zip(mems, clocks, strict=True)
+    ]
     merged = None
     if merged_parent:
         merged = MergedModel(model, args.device)
         merged.merge(list(mems[0].parents[0]))
-        mems[0] = dataclasses.replace(mems[0], parents=[], on_step=mems[0].on_step)
+        mems[0] = dataclasses.replace(mems[0], parents=[])
     try:
-        clock(0)
+        for c in clocks:
+            c(0)
         train_fleet(model, mems, device=args.device, checkpointing=checkpointing)
     finally:
         if merged is not None:
             merged.restore()
     losses = {k: [r["loss"] for r in m.result.log] for k, m in enumerate(mems)}
     sizes = sorted({m.fleet_size for m in mems})
-    return clock, losses, {"sub_fleet_sizes": sizes, "checkpointing": mems[0].checkpointing}
+    return Span(clocks), losses, {"sub_fleet_sizes": sizes, "checkpointing": mems[0].checkpointing}
 
 
 def rel_diff(a: list[float], b: list[float]) -> float:

@@ -280,27 +280,35 @@ def test_a_member_with_bad_data_fails_alone(tiny_ref, run_dir, pool, tmp_path):
     assert not any((tmp_path / "out1").iterdir())
 
 
-def test_attention_over_each_example_equals_the_masked_row(tiny_model, tmp_path, monkeypatch):
-    """The fleet's row attention (flash varlen on a GPU) takes the examples' boundaries from
-    the host; its per-example reference on the CPU trains what transformers' masked sdpa trains."""
-    from cpx.stages._fleet import RowAttention
+def test_attention_over_each_example_equals_the_masked_row(tiny_model):
+    """The fleet's row attention (flash varlen on a GPU, sdpa example by example here) gives
+    the logits and gradients of transformers' block-diagonal masked sdpa over the row."""
+    from cpx.stages._fleet import RowAttention, _forward, member_loss_sums, pack_fleet
 
     model, tok = tiny_model
     model = copy.deepcopy(model).requires_grad_(False)
-    optim = {**OPTIM, "batch_size": 3}
-    runs = []
-    for reference in (False, True):
-        monkeypatch.setattr(RowAttention, "reference", reference)
-        mems = [
-            Member(exs, plan_run(exs, optim, [1.0], seed, None), LORA, optim, tmp_path / f"{reference}{seed}", seed)
-            for seed, exs in ((1, _examples(tok, 6)), (2, _examples(tok, 3, words=2)))
-        ]
-        train_fleet(model, mems)
-        runs.append([load_file(m.out_dir / "checkpoints" / "1" / "adapter_model.safetensors") for m in mems])
-        runs[-1].append([r["loss"] for m in mems for r in m.result.log])
-        assert model.config._attn_implementation == "sdpa"
-    (a0, a1, la), (b0, b1, lb) = runs
-    assert lb == pytest.approx(la, rel=1e-5)
-    for x, y in ((a0, b0), (a1, b1)):
-        for k in x:
-            assert float((x[k] - y[k]).norm()) <= 1e-5 * float(x[k].norm())
+    fleet = Fleet(model, LORA)
+    for seed in (1, 2):
+        fleet.add_member(seed, LORA)
+    with torch.no_grad():
+        for mod in fleet.modules.values():
+            for B in mod.lora_B:
+                B.normal_(std=0.05)
+    parts = [_examples(tok, 3), _examples(tok, 2, words=2)]
+    batch = pack_fleet(parts, "cpu")
+    counts = [sum(len(ex.input_ids) for ex in part) for part in parts]
+    assert RowAttention.prepare("cpu") == "not on a GPU"
+    params = [fleet.modules[n].lora_B[1] for n in fleet.names]
+    try:
+        fleet.segments.set([0, 1], counts, "cpu")
+        masked = member_loss_sums(model, batch, 2)  # transformers' sdpa over the masked row
+        ours = _forward(model, fleet, batch, [0, 1], counts, "cpu")
+        assert model.config._attn_implementation == RowAttention.name
+        out = [(loss.detach(), torch.autograd.grad(loss.sum(), params)) for loss in (masked, ours)]
+    finally:
+        fleet.detach()
+        model.config._attn_implementation = "sdpa"
+    (la, ga), (lb, gb) = out
+    torch.testing.assert_close(lb, la, rtol=1e-5, atol=0)
+    for x, y in zip(ga, gb, strict=True):
+        assert float((x - y).norm()) <= 1e-5 * float(x.norm()) and float(x.norm()) > 0

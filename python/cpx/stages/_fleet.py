@@ -99,26 +99,29 @@ class RowAttention:
     transformers' sdpa path turns restarting position ids into a dense block-diagonal mask over
     the whole row: a fleet's row of N members costs N^2 the attention of one member. This one
     takes the examples' boundaries from the host (`bounds`) and runs flash attention over the
-    variable-length examples (`torch.nn.attention.varlen`) on a GPU; `reference=True` runs
-    sdpa example by example instead (the CPU check of the plumbing).
+    variable-length examples (`torch.nn.attention.varlen`) where it runs (a GPU; checked once
+    against sdpa), else sdpa example by example. A row of one member without flash keeps
+    transformers' own attention (the masked sdpa a stage alone has always used).
     """
 
     name = "cpx_row_attention"
     cu: Any = None
+    bounds: list[int] = []
     max_len = 0
-    reference = False
+    flash = False
     _checked: dict[str, str | None] = {}
 
     @classmethod
     def set(cls, bounds: list[int], device: str) -> None:
         import torch
 
-        flat = torch.tensor(bounds, dtype=torch.int32)
-        if device.startswith("cuda"):
-            flat = flat.pin_memory().to(device, non_blocking=True)
-        cls.cu = flat
+        cls.bounds = bounds
         cls.max_len = max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
-        cls._bounds = bounds
+        if cls.flash:
+            flat = torch.tensor(bounds, dtype=torch.int32)
+            if device.startswith("cuda"):
+                flat = flat.pin_memory().to(device, non_blocking=True)
+            cls.cu = flat
 
     @classmethod
     def forward(cls, module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
@@ -126,39 +129,38 @@ class RowAttention:
 
         # (1, H, T, D) -> (T, H, D)
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
-        if cls.reference:
-            rep = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            outs = []
-            for a, b in zip(cls._bounds, cls._bounds[1:], strict=False):
-                outs.append(
-                    torch.nn.functional.scaled_dot_product_attention(
-                        q[a:b].transpose(0, 1),
-                        k[a:b].transpose(0, 1),
-                        v[a:b].transpose(0, 1),
-                        is_causal=True,
-                        scale=scaling,
-                    ).transpose(0, 1)
-                )
-            return torch.cat(outs).unsqueeze(0), None
-        return _varlen(q, k, v, cls.cu, cls.max_len, scaling).unsqueeze(0), None
+        if cls.flash:
+            return _varlen(q, k, v, cls.cu, cls.max_len, scaling).unsqueeze(0), None
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        outs = [
+            torch.nn.functional.scaled_dot_product_attention(
+                q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1), is_causal=True, scale=scaling
+            ).transpose(0, 1)
+            for a, b in zip(cls.bounds, cls.bounds[1:], strict=False)
+        ]
+        return torch.cat(outs).unsqueeze(0), None
 
     @classmethod
-    def available(cls, device: str) -> str | None:
-        """None when flash varlen attention runs here and agrees with sdpa, else why not."""
-        if cls.reference:
-            return None
-        if not device.startswith("cuda"):
-            return "not on a GPU"
-        if device not in cls._checked:
-            cls._checked[device] = _check_varlen(device)
-        return cls._checked[device]
-
-    @classmethod
-    def register(cls) -> None:
+    def prepare(cls, device: str) -> str | None:
+        """Register the attention and decide flash or sdpa here; None when flash runs, else why not."""
         from transformers import AttentionInterface
 
         AttentionInterface.register(cls.name, cls.forward)
+        if not device.startswith("cuda"):
+            why: str | None = "not on a GPU"
+        else:
+            if device not in cls._checked:
+                cls._checked[device] = _check_varlen(device)
+            why = cls._checked[device]
+        cls.flash = why is None
+        return why
+
+    @classmethod
+    def choose(cls, model, own: str, n_members: int) -> None:
+        """The attention of the next forward pass: this one when it runs flash or the row holds
+        several members, the model's own otherwise."""
+        model.config._attn_implementation = cls.name if cls.flash or n_members > 1 else own
 
 
 def _varlen(q, k, v, cu, max_len: int, scaling):
@@ -226,6 +228,7 @@ def member_loss_sums(model, batch: dict[str, Any], n_members: int):
 def _forward(model, fleet, batch, present: list[int], counts: list[int], device: str):
     fleet.segments.set(present, counts, device)
     RowAttention.set(batch["bounds"], device)
+    RowAttention.choose(model, fleet.attention, len(present))
     return member_loss_sums(model, batch, len(present))
 
 
@@ -246,19 +249,26 @@ def train_fleet(
     callback runs on the base model. `checkpointing` True or False skips the probe and trains
     the whole fleet at once with gradient checkpointing on or off (benches compare the two).
     """
+    from cpx.models import small_model_threads
+
+    if not members:
+        return []
+    with small_model_threads(model, device):
+        return _train_fleet(model, members, device, on_done, probe_memory, checkpointing, fleet_log)
+
+
+def _train_fleet(model, members, device, on_done, probe_memory, checkpointing, fleet_log) -> list[TrainResult]:
     import torch
 
     from cpx.stages._lora import Fleet
 
-    if not members:
-        return []
     lora = members[0].lora
     was_training = model.training
     attrs_before = set(vars(model))
     grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
     attn_before = model.config._attn_implementation
     fleet = Fleet(model, lora)
-    fleet.attention = (attn_before, attn_before)
+    fleet.attention = attn_before
     rng_after_init = []
     grad_ckpt = False
     try:
@@ -282,13 +292,9 @@ def train_fleet(
             groups, grad_ckpt = [everyone], asked
         if grad_ckpt:
             set_checkpointing(model, True, no_dropout=_no_dropout(model, lora))
-        why = RowAttention.available(device)
-        if why is None:
-            RowAttention.register()
-            fleet.attention = (attn_before, RowAttention.name)
-            model.config._attn_implementation = RowAttention.name
-        elif fleet_log is not None:
-            fleet_log.info("attention: transformers' %s over the packed row (%s)", attn_before, why)
+        why = RowAttention.prepare(device)
+        if fleet_log is not None:
+            fleet_log.info("attention: %s", "flash varlen" if why is None else f"sdpa per example ({why})")
         model.train()
         for group in groups:
             if dropout > 0:
@@ -454,10 +460,9 @@ def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_
 def _off_training(model, fleet, grad_ckpt: bool, fn: Callable[[], None]) -> None:
     """Run `fn` with the base model as it is outside training (eval mode, no LoRA, no
     checkpointing, its own attention), then go back to training."""
-    before, during = fleet.attention
     fleet.set_bypass(True)
     model.eval()
-    model.config._attn_implementation = before
+    model.config._attn_implementation = fleet.attention
     if grad_ckpt:
         set_checkpointing(model, False)
     try:
@@ -465,7 +470,6 @@ def _off_training(model, fleet, grad_ckpt: bool, fn: Callable[[], None]) -> None
     finally:
         if grad_ckpt:
             set_checkpointing(model, True, no_dropout=_no_dropout(model, fleet.lora))
-        model.config._attn_implementation = during
         model.train()
         fleet.set_bypass(False)
 

@@ -227,8 +227,8 @@ class Fleet:
             setattr(owner, leaf, wrapped)
             self.modules[name] = wrapped
         self.n_members = 0
-        # The model's attention implementation outside training and during it.
-        self.attention: tuple[str, str] = ("sdpa", "sdpa")
+        # The model's own attention implementation (what it has outside training).
+        self.attention = "sdpa"
 
     def add_member(self, seed: int, lora: dict[str, Any], parents: Sequence[Sequence[LoraDelta]] = ()) -> int:
         """A new member's LoRA (initialised from `seed` as peft would) and frozen parents."""

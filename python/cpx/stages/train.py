@@ -271,8 +271,7 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
             # The screen merged this member's chain into the base: back to the fleet's.
             pool.get(train_chain, {})
 
-    with small_model_threads(model, lead.device):
-        train_fleet(model, members, device=lead.device, on_done=finished, fleet_log=lead.log)
+    train_fleet(model, members, device=lead.device, on_done=finished, fleet_log=lead.log)
 
 
 def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
