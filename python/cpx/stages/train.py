@@ -199,9 +199,10 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
     failed on its own (bad data); either way the other members go on. An error that ends the
     whole fleet (out of memory) is raised: the members not yet reported are the ones in flight.
 
-    All members train together on the worker's base model (`cpx.stages._fleet`), each member's
-    parent adapters applied unmerged on its own rows (alone too, so a member's outputs do not
-    depend on its fleet); a member's screen samples its chain merged, as the eval does.
+    All members train together on the worker's model (`cpx.stages._fleet`): members on one
+    chain (a stage alone) on that chain merged, as before fleets; members on different chains
+    on the shared base, each member's parent adapters applied unmerged on its own rows (equal
+    to merged up to float rounding). A member's screen samples its chain merged, as the eval.
     """
     from cpx.models import ModelPool
     from cpx.models._chain import adapter_folder
@@ -222,16 +223,21 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
             checked.append(i)
     if not checked:
         return
-    # The base unmerged, each member's parents applied on its own rows: a member trains the
-    # same whichever fleet it is in (alone included).
-    train_chain = {"base": ctxs[checked[0]].params["model"]["base"], "adapters": []}
-    model, tok = pool.get(train_chain, {})
+    # Members on one chain (a stage alone) train on it merged, as the eval samples it; members
+    # on different chains share the base unmerged, each member's parents on its own rows.
+    chains = {json.dumps(ctxs[i].params["model"], sort_keys=True, default=str) for i in checked}
+    shared = len(chains) == 1
+    lead_chain = ctxs[checked[0]].params["model"]
+    train_chain = lead_chain if shared else {"base": lead_chain["base"], "adapters": []}
+    inputs = {k: v for i in checked for k, v in ctxs[i].inputs.items()} if shared else {}
+    model, tok = pool.get(train_chain, inputs)
     members, prepared = [], []
     for i in checked:
         ctx = ctxs[i]
         try:
             prep = _prepare(i, ctx, tok)
-            parents = [read_adapter(adapter_folder(a, ctx.inputs)) for a in ctx.params["model"].get("adapters", [])]
+            chain = [] if shared else ctx.params["model"].get("adapters", [])
+            parents = [read_adapter(adapter_folder(a, ctx.inputs)) for a in chain]
         except Exception as e:  # bad data fails its member alone
             if is_oom(e):
                 raise
@@ -269,7 +275,7 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
             done(prep.index, info, None)
         finally:
             # The screen merged this member's chain into the base: back to the fleet's.
-            pool.get(train_chain, {})
+            pool.get(train_chain, inputs)
 
     train_fleet(model, members, device=lead.device, on_done=finished, fleet_log=lead.log)
 
