@@ -11,6 +11,10 @@ steps and left two of four sources uninterpretable).
 `optim.gradient_checkpointing: true` is taken as "checkpoint if memory needs it": on a GPU a
 probe runs the longest micro-batch without checkpointing and drops it when it fits (it changes
 no gradient, and cost 2.3x in step time on an H100); the decision is in the stage's info.
+
+Training runs through the fleet trainer (`cpx.stages._fleet`; a stage alone is a fleet of
+one): `run_fleet` trains stages of equal `fleet_key` together, one pass over the shared base
+per step (docs/plan-format.md, "train").
 """
 
 from __future__ import annotations
