@@ -18,6 +18,7 @@ not fit, checkpointing goes on where every member asked for it (it changes no gr
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -206,7 +207,8 @@ def _check_varlen(device: str) -> str | None:
                     q[a:b].transpose(0, 1), kk, vv, is_causal=True
                 ).transpose(0, 1)
             )
-        err = float((out.float() - torch.cat(ref).float()).norm() / torch.cat(ref).float().norm())
+        want = torch.cat(ref).detach().float()
+        err = float((out.detach().float() - want).norm() / want.norm())
         if not err < 2e-2 or q.grad is None or not torch.isfinite(q.grad).all():
             return f"flash varlen attention disagrees with sdpa (relative error {err:.2e})"
     except Exception as e:  # noqa: BLE001 - unavailable here: transformers' own attention is used
@@ -435,7 +437,7 @@ def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_
                     "seconds": now - t_step,
                 }
             )
-            _save_due(lambda dest, i=i: _save(fleet, i, dest, members[i].lora), res.checkpoint_steps, step, mem.out_dir)
+            _save_due(functools.partial(_save, fleet, i, lora=mem.lora), res.checkpoint_steps, step, mem.out_dir)
             if mem.on_step is not None:
                 mem.on_step(step, fleet.state_dict(i))
             if mem.progress is not None:
@@ -454,7 +456,7 @@ def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_
             mem = members[i]
             mem.result = state.pop(i)["res"]
             if on_done is not None:
-                _off_training(model, fleet, grad_ckpt, lambda i=i: on_done(i, fleet))
+                _off_training(model, fleet, grad_ckpt, functools.partial(on_done, i, fleet))
 
 
 def _off_training(model, fleet, grad_ckpt: bool, fn: Callable[[], None]) -> None:
@@ -474,7 +476,7 @@ def _off_training(model, fleet, grad_ckpt: bool, fn: Callable[[], None]) -> None
         fleet.set_bypass(False)
 
 
-def _save(fleet, i: int, dest: Path, lora: dict[str, Any]) -> None:
+def _save(fleet, i: int, dest: Path, *, lora: dict[str, Any]) -> None:
     from cpx.stages._lora import save_member
 
     save_member(fleet, i, dest, lora)

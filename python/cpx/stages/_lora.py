@@ -10,8 +10,8 @@ convergence checkpoint) are extra rank concatenated to its own, with their scale
 the base weights stay unmerged and shared.
 
 With one member in the row the product is peft's own (`base(x) + B(A(dropout(x))) * scale`),
-so a stage trained alone computes what peft computed. `attach` initialises each member's LoRA
-as peft does for the same seed (each target's `nn.Linear(in, r)` and `nn.Linear(r, out)`
+so a stage trained alone computes what peft computed. `Fleet.add_member` initialises a
+member's LoRA as peft does for the same seed (each target's `nn.Linear(in, r)` and `nn.Linear(r, out)`
 constructed in module order, then A drawn again with kaiming_uniform(a=sqrt(5)) and B zeroed;
 for a bf16 base the weights are rounded to bf16 and kept in float32, as peft's
 `autocast_adapter_dtype` does), and `save_member` writes peft's adapter format.

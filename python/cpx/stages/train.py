@@ -214,6 +214,8 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
     if not ctxs:
         return
     lead = ctxs[0]
+    if len({ctx.device for ctx in ctxs}) > 1:
+        raise ValueError(f"a fleet trains on one device, got {sorted({ctx.device for ctx in ctxs})}")
     pool = lead.models if lead.models is not None else ModelPool(lead.device, lead.run_dir)
     for ctx in ctxs[1:]:
         ctx.models = ctx.models if ctx.models is not None else pool
