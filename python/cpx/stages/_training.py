@@ -383,8 +383,12 @@ def tidy_adapter_config(dest: Path) -> None:
 
 
 def train_lora(model, examples: Sequence[Encoded], *, device: str = "cpu", **kw: Any) -> TrainResult:
-    """Train a LoRA on `model` (modified only while training: put back as found on return)
-    and save an adapter to `out_dir/checkpoints/<f>/` for each fraction f > 0.
+    """Train a LoRA on `model` with peft's wrappers (modified only while training: put back as
+    found on return) and save an adapter to `out_dir/checkpoints/<f>/` for each fraction f > 0.
+
+    The train stage trains through `cpx.stages._fleet` (cpx's own LoRA linear, one stage or a
+    fleet); this loop is the peft reference it is tested against (tests/stages/test_fleet.py)
+    and that benches/gpu_train.py and gpu_fleet.py measure it against.
 
     Keywords: `lora`, `optim`, `checkpoints`, `out_dir`, `seed` (required), `log`, `progress`,
     `on_step(step, peft_model)`, and `micro_batch` (after an out-of-memory retry: the
