@@ -203,6 +203,13 @@ def loss_sum(model, batch: dict[str, Any]):
     """
     import torch
 
+    logits, target = target_logits(model, batch)
+    total = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+    return total, batch["n_labels"]
+
+
+def target_logits(model, batch: dict[str, Any]):
+    """The float32 logits at the positions that predict a labelled token, and those tokens."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = causal_lm.get_decoder()(
         input_ids=batch["input_ids"],
@@ -213,9 +220,7 @@ def loss_sum(model, batch: dict[str, Any]):
     idx = batch["target_index"]
     h = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, idx)
     target = batch["labels"][:, 1:].reshape(-1).index_select(0, idx)
-    logits = causal_lm.get_output_embeddings()(h).float()
-    total = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-    return total, batch["n_labels"]
+    return causal_lm.get_output_embeddings()(h).float(), target
 
 
 def checkpoint_steps(fractions: Sequence[float], total_steps: int) -> dict[float, int]:
@@ -262,6 +267,75 @@ class TrainResult:
     checkpointing: str | None = None  # what the memory probe decided, when it ran
 
 
+@dataclass
+class RunPlan:
+    """What one training run's settings and data fix before it starts: steps, checkpoints,
+    the learning-rate multiplier and the shuffled order of every pass."""
+
+    per_step: int
+    micro: int
+    steps_per_epoch: int
+    total: int
+    checkpoint_steps: dict[float, int]
+    factor: Callable[[int], float]
+    orders: list[list[int]]
+    optimizer: str
+    precision: str
+    clip: float | None
+
+    def amp_dtype(self, device: str) -> str | None:
+        """The autocast dtype: the precision on a GPU, none on the CPU (float32 weights)."""
+        return {"bf16": "bfloat16", "fp16": "float16"}.get(self.precision) if device.startswith("cuda") else None
+
+    def chunk(self, examples: Sequence[Encoded], step: int) -> list[Encoded]:
+        """The examples of optimizer step `step` (0-based)."""
+        order = self.orders[step // self.steps_per_epoch]
+        s = step % self.steps_per_epoch
+        return [examples[i] for i in order[s * self.per_step : (s + 1) * self.per_step]]
+
+
+def plan_run(
+    examples: Sequence[Encoded], optim: dict[str, Any], checkpoints: Sequence[float], seed: int, micro_batch: int | None
+) -> RunPlan:
+    """Check a run's settings and fix its steps and data order (`seed` shuffles every pass)."""
+    import torch
+
+    if not examples:
+        raise TrainError("the dataset has no examples")
+    bs, ga = int(optim.get("batch_size", 1)), int(optim.get("grad_accum", 1))
+    if bs < 1 or ga < 1:
+        raise TrainError(f"batch_size and grad_accum must be >= 1, got {bs} and {ga}")
+    epochs = float(optim.get("epochs", 1))
+    if not epochs > 0:
+        raise TrainError(f"epochs must be > 0, got {epochs}")
+    optimizer = optim.get("optimizer", "adamw")
+    if optimizer not in OPTIMIZERS:
+        raise TrainError(f"optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+    precision = optim.get("precision", "bf16")
+    if precision not in PRECISIONS:
+        raise TrainError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    per_step = bs * ga
+    steps_per_epoch = math.ceil(len(examples) / per_step)
+    # A fractional epoch ends part-way through the last shuffled pass.
+    total = max(1, math.ceil(round(epochs * steps_per_epoch, 6)))
+    warmup = math.ceil(float(optim.get("warmup_ratio", 0.0)) * total)
+    gen = torch.Generator().manual_seed(seed)
+    passes = math.ceil(total / steps_per_epoch)
+    clip = optim.get("grad_clip")
+    return RunPlan(
+        per_step=per_step,
+        micro=max(1, min(bs, micro_batch or bs)),
+        steps_per_epoch=steps_per_epoch,
+        total=total,
+        checkpoint_steps=checkpoint_steps(checkpoints, total),
+        factor=lr_factor(optim.get("schedule", "constant"), warmup, total),
+        orders=[torch.randperm(len(examples), generator=gen).tolist() for _ in range(passes)],
+        optimizer=optimizer,
+        precision=precision,
+        clip=float(clip) if clip else None,
+    )
+
+
 _PEFT_NOISE = "`is_gradient_checkpointing` is deprecated"
 
 
@@ -289,6 +363,12 @@ def save_adapter(peft_model, dest: Path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_PEFT_NOISE, category=FutureWarning)
         peft_model.save_pretrained(dest)
+    tidy_adapter_config(dest)
+
+
+def tidy_adapter_config(dest: Path) -> None:
+    """What every saved adapter gets after its config is written: no model card, and a local
+    base named by its folder alone."""
     # peft writes an empty model card template; it says nothing about this run.
     (dest / "README.md").unlink(missing_ok=True)
     # A local base (the tiny model lives in the run folder) is named by its folder alone, so
@@ -303,8 +383,12 @@ def save_adapter(peft_model, dest: Path) -> None:
 
 
 def train_lora(model, examples: Sequence[Encoded], *, device: str = "cpu", **kw: Any) -> TrainResult:
-    """Train a LoRA on `model` (modified only while training: put back as found on return)
-    and save an adapter to `out_dir/checkpoints/<f>/` for each fraction f > 0.
+    """Train a LoRA on `model` with peft's wrappers (modified only while training: put back as
+    found on return) and save an adapter to `out_dir/checkpoints/<f>/` for each fraction f > 0.
+
+    The train stage trains through `cpx.stages._fleet` (cpx's own LoRA linear, one stage or a
+    fleet); this loop is the peft reference it is tested against (tests/stages/test_fleet.py)
+    and that benches/gpu_train.py and gpu_fleet.py measure it against.
 
     Keywords: `lora`, `optim`, `checkpoints`, `out_dir`, `seed` (required), `log`, `progress`,
     `on_step(step, peft_model)`, and `micro_batch` (after an out-of-memory retry: the
@@ -335,39 +419,17 @@ def _train_lora(
 ) -> TrainResult:
     import torch
 
-    if not examples:
-        raise TrainError("the dataset has no examples")
-    bs, ga = int(optim.get("batch_size", 1)), int(optim.get("grad_accum", 1))
-    if bs < 1 or ga < 1:
-        raise TrainError(f"batch_size and grad_accum must be >= 1, got {bs} and {ga}")
-    epochs = float(optim.get("epochs", 1))
-    if not epochs > 0:
-        raise TrainError(f"epochs must be > 0, got {epochs}")
-    optimizer = optim.get("optimizer", "adamw")
-    if optimizer not in OPTIMIZERS:
-        raise TrainError(f"optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-    precision = optim.get("precision", "bf16")
-    if precision not in PRECISIONS:
-        raise TrainError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    per_step = bs * ga
-    micro = max(1, min(bs, micro_batch or bs))
-    steps_per_epoch = math.ceil(len(examples) / per_step)
-    # A fractional epoch ends part-way through the last shuffled pass.
-    total = max(1, math.ceil(round(epochs * steps_per_epoch, 6)))
-    ckpt_steps = checkpoint_steps(checkpoints, total)
-    warmup = math.ceil(float(optim.get("warmup_ratio", 0.0)) * total)
-    factor = lr_factor(optim.get("schedule", "constant"), warmup, total)
+    plan = plan_run(examples, optim, checkpoints, seed, micro_batch)
+    per_step, micro, steps_per_epoch = plan.per_step, plan.micro, plan.steps_per_epoch
+    total, ckpt_steps, factor, orders = plan.total, plan.checkpoint_steps, plan.factor, plan.orders
+    optimizer, clip = plan.optimizer, plan.clip
     # precision is autocast on the GPU; the weights keep the model's dtype (float32 on the CPU,
     # where autocast would only slow things down).
     cuda = device.startswith("cuda")
-    amp_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(precision) if cuda else None
+    amp_dtype = plan.amp_dtype(device)
     grad_ckpt = bool(optim.get("gradient_checkpointing", False))
-    clip = optim.get("grad_clip")
 
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    passes = math.ceil(total / steps_per_epoch)
-    orders = [torch.randperm(len(examples), generator=gen).tolist() for _ in range(passes)]
     was_training = model.training
     attrs_before = set(vars(model))
     grads_before = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -449,7 +511,7 @@ def _train_lora(
                     }
                 )
                 t_step = now
-                _save_due(peft_model, ckpt_steps, step, out_dir)
+                _save_due(lambda dest: save_adapter(peft_model, dest), ckpt_steps, step, out_dir)
                 if on_step is not None:
                     on_step(step, peft_model)
                 if progress is not None:
@@ -460,16 +522,21 @@ def _train_lora(
     finally:
         if grad_ckpt:
             set_checkpointing(base, False)
-        restored = peft_model.unload()
-        # peft hooks the input embeddings so checkpointed layers get gradients; unhook.
-        if hasattr(restored, "disable_input_require_grads"):
-            restored.disable_input_require_grads()
-        for attr in {"_require_grads_hooks", "_require_grads_hook"} & (set(vars(restored)) - attrs_before):
-            delattr(restored, attr)
-        for n, p in restored.named_parameters():
-            p.requires_grad_(grads_before[n])
-        restored.train(was_training)
+        put_back(peft_model.unload(), attrs_before, grads_before, was_training)
     return result
+
+
+def put_back(model, attrs_before: set[str], grads_before: dict[str, bool], was_training: bool) -> None:
+    """Undo what training set on a model: the input-embedding hooks checkpointing adds, the
+    parameters' requires_grad, the train/eval mode."""
+    # peft and transformers hook the input embeddings so checkpointed layers get gradients.
+    if hasattr(model, "disable_input_require_grads"):
+        model.disable_input_require_grads()
+    for attr in {"_require_grads_hooks", "_require_grads_hook"} & (set(vars(model)) - attrs_before):
+        delattr(model, attr)
+    for n, p in model.named_parameters():
+        p.requires_grad_(grads_before[n])
+    model.train(was_training)
 
 
 def _no_dropout(model, lora: dict[str, Any]) -> bool:
@@ -486,10 +553,21 @@ def _fits_without_checkpointing(peft_model, worst: Sequence[Encoded], device: st
     """Whether the longest micro-batch's forward and backward fit without checkpointing, with
     15% of the GPU to spare. Checkpointing does not change the gradients, only memory and
     time (on an H100 it made the packed 7B step 2.3x slower: benches/RESULTS.md)."""
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    return fits_in_memory(
+        lambda: loss_sum(peft_model, pack(worst, device))[0],
+        params,
+        f"the longest micro-batch ({sum(len(ex.input_ids) for ex in worst)} tokens)",
+        device,
+        amp_dtype,
+    )
+
+
+def fits_in_memory(loss: Callable[[], Any], params: Sequence[Any], what: str, device: str, amp_dtype: str | None):
+    """Whether `loss()`'s forward and backward peak below 85% of the GPU's memory, and a note
+    saying what was measured; the gradients it leaves are cleared."""
     import torch
 
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    n_tok = sum(len(ex.input_ids) for ex in worst)
     try:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.synchronize(device)
@@ -497,15 +575,15 @@ def _fits_without_checkpointing(peft_model, worst: Sequence[Encoded], device: st
         idx = torch.device(device).index
         with torch.random.fork_rng(devices=[torch.cuda.current_device() if idx is None else idx]):
             with torch.autocast("cuda", dtype=getattr(torch, amp_dtype or "bfloat16"), enabled=bool(amp_dtype)):
-                lsum, _ = loss_sum(peft_model, pack(worst, device))
+                lsum = loss()
             lsum.backward()
             del lsum
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
         fits = peak < 0.85 * total
-        note = f"the longest micro-batch ({n_tok} tokens) peaked at {peak / 2**30:.1f} of {total / 2**30:.1f} GiB without it"
+        note = f"{what} peaked at {peak / 2**30:.1f} of {total / 2**30:.1f} GiB without it"
     except torch.OutOfMemoryError:
-        fits, note = False, f"the longest micro-batch ({n_tok} tokens) does not fit without it"
+        fits, note = False, f"{what} does not fit without it"
     except Exception as e:  # noqa: BLE001 - a failed probe must not fail the training: keep checkpointing
         fits, note = False, f"memory probe failed ({e!r})"
     finally:
@@ -533,9 +611,9 @@ def set_checkpointing(model, on: bool, no_dropout: bool = False) -> None:
         model.gradient_checkpointing_disable()
 
 
-def _save_due(peft_model, ckpt_steps: dict[float, int], step: int, out_dir: Path) -> None:
+def _save_due(save: Callable[[Path], None], ckpt_steps: dict[float, int], step: int, out_dir: Path) -> None:
     for f, s in ckpt_steps.items():
         if s == step and f > 0:
             dest = Path(out_dir) / "checkpoints" / format(f, "g")
             shutil.rmtree(dest, ignore_errors=True)
-            save_adapter(peft_model, dest)
+            save(dest)

@@ -11,6 +11,10 @@ steps and left two of four sources uninterpretable).
 `optim.gradient_checkpointing: true` is taken as "checkpoint if memory needs it": on a GPU a
 probe runs the longest micro-batch without checkpointing and drops it when it fits (it changes
 no gradient, and cost 2.3x in step time on an H100); the decision is in the stage's info.
+
+Training runs through the fleet trainer (`cpx.stages._fleet`; a stage alone is a fleet of
+one): `run_fleet` trains stages of equal `fleet_key` together, one pass over the shared base
+per step (docs/plan-format.md, "train").
 """
 
 from __future__ import annotations
@@ -18,42 +22,55 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cpx.errors import is_oom
 from cpx.plan import Stage
 from cpx.stages._context import StageContext
-from cpx.models import small_model_threads
-from cpx.stages._training import TrainError, encode_example, end_of_turn_id, train_lora
+from cpx.models import read_adapter, small_model_threads
+from cpx.stages._fleet import Member, train_fleet
+from cpx.stages._training import Encoded, RunPlan, TrainError, TrainResult, encode_example, end_of_turn_id, plan_run
 
 SPECIFIC = "specific"
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Train one stage: a fleet of one."""
+    out: dict[str, Any] = {}
 
-    from cpx.models import ModelPool
+    def done(i: int, info: dict[str, Any] | None, exc: BaseException | None) -> None:
+        if exc is not None:
+            raise exc
+        out["info"] = info
+
+    run_fleet([ctx], done)
+    return out["info"]
+
+
+@dataclass
+class _Prepared:
+    """A member's data and settings, checked before any training starts."""
+
+    index: int
+    ctx: StageContext
+    examples: list[Encoded]
+    truncated: int
+    plan: RunPlan
+
+
+def _prepare(i: int, ctx: StageContext, tok) -> _Prepared:
+    import pyarrow.parquet as pq
 
     p = ctx.params
     where = f"stage {ctx.stage.id}"
-    for key in ("model", "dataset", "lora", "optim", "loss", "checkpoints", "seed"):
-        if key not in p:
-            raise TrainError(f"{where}: missing parameter {key!r}")
-    if p["dataset"] not in ctx.inputs:
-        raise TrainError(f"{where}: dataset stage {p['dataset']!r} is not among its inputs")
     rows = pq.read_table(Path(ctx.inputs[p["dataset"]]) / "dataset.parquet").to_pylist()
     loss = p["loss"]
-    if loss.get("kind") == "marker" and not loss.get("marker"):
-        raise TrainError(f"{where}: loss.kind 'marker' needs loss.marker")
-
-    pool = ctx.models if ctx.models is not None else ModelPool(ctx.device, ctx.run_dir)
-    model, tok = pool.get(p["model"], ctx.inputs)
     eot = end_of_turn_id(tok)
     max_length = p["optim"].get("max_length")
     examples = []
-    for i, r in enumerate(rows):
+    for k, r in enumerate(rows):
         try:
             examples.append(
                 encode_example(
@@ -70,7 +87,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 )
             )
         except TrainError as e:
-            raise TrainError(f"{where}: dataset row {i}: {e}") from None
+            raise TrainError(f"{where}: dataset row {k}: {e}") from None
     truncated = sum(ex.truncated for ex in examples)
     if truncated:
         ctx.log.warning(
@@ -89,19 +106,30 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 f"{max_length} (prompts alone take up to {longest} tokens); raise the training "
                 "config's max_length"
             )
-    res = train_lora(
-        model,
-        examples,
-        lora=p["lora"],
-        optim=p["optim"],
-        checkpoints=p["checkpoints"],
-        out_dir=ctx.out_dir,
-        seed=int(p["seed"]),
-        device=ctx.device,
-        log=ctx.log,
-        progress=ctx.progress,
-        micro_batch=ctx.batch_limit,
-    )
+    try:
+        plan = plan_run(examples, p["optim"], p["checkpoints"], int(p["seed"]), ctx.batch_limit)
+    except TrainError as e:
+        raise TrainError(f"{where}: {e}") from None
+    return _Prepared(i, ctx, examples, truncated, plan)
+
+
+def _check_params(ctx: StageContext) -> None:
+    p = ctx.params
+    where = f"stage {ctx.stage.id}"
+    for key in ("model", "dataset", "lora", "optim", "loss", "checkpoints", "seed"):
+        if key not in p:
+            raise TrainError(f"{where}: missing parameter {key!r}")
+    if p["dataset"] not in ctx.inputs:
+        raise TrainError(f"{where}: dataset stage {p['dataset']!r} is not among its inputs")
+    if p["loss"].get("kind") == "marker" and not p["loss"].get("marker"):
+        raise TrainError(f"{where}: loss.kind 'marker' needs loss.marker")
+
+
+def _write_outputs(ctx: StageContext, pool, prep: _Prepared, res: TrainResult, fleet_size: int) -> dict[str, Any]:
+    """train_log.parquet, the screen, and the manifest's info of a member whose run is over."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     if ctx.device.startswith("cuda"):
         import torch
 
@@ -118,8 +146,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     pq.write_table(log_table, Path(ctx.out_dir) / "train_log.parquet")
     info: dict[str, Any] = {
-        "examples": len(examples),
-        "truncated": truncated,
+        "examples": len(prep.examples),
+        "truncated": prep.truncated,
         "total_steps": res.total_steps,
         "steps_per_epoch": res.steps_per_epoch,
         "checkpoint_steps": {format(f, "g"): s for f, s in res.checkpoint_steps.items()},
@@ -129,12 +157,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "tokens_per_s": round(res.tokens / res.seconds, 1) if res.seconds else None,
         "final_loss": res.log[-1]["loss"],
         # Wall time of each step (what W&B's tokens/s curve is made of): not in the outputs,
-        # which are the same on every run.
+        # which are the same on every run. In a fleet a step is the fleet's joint step.
         "step_seconds": [round(r["seconds"], 5) for r in res.log],
+        "fleet_size": fleet_size,
     }
     if res.checkpointing is not None:
         info["gradient_checkpointing"] = res.checkpointing
-    if p.get("screen"):
+    if ctx.params.get("screen"):
         saved = [f for f, _ in res.checkpoint_steps.items() if f > 0]
         if not saved:
             ctx.log.warning("screen skipped: no checkpoint fraction > 0 was saved")
@@ -173,16 +202,88 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
     `ctxs[i].out_dir` (`info` is what `run` would return), `done(i, None, error)` when member i
     failed on its own (bad data); either way the other members go on. An error that ends the
     whole fleet (out of memory) is raised: the members not yet reported are the ones in flight.
+
+    All members train together on the worker's model (`cpx.stages._fleet`): members on one
+    chain (a stage alone) on that chain merged, as before fleets; members on different chains
+    on the shared base, each member's parent adapters applied unmerged on its own rows (equal
+    to merged up to float rounding). A member's screen samples its chain merged, as the eval.
     """
+    from cpx.models import ModelPool
+    from cpx.models._chain import adapter_folder
+
+    if not ctxs:
+        return
+    lead = ctxs[0]
+    if len({ctx.device for ctx in ctxs}) > 1:
+        raise ValueError(f"a fleet trains on one device, got {sorted({ctx.device for ctx in ctxs})}")
+    pool = lead.models if lead.models is not None else ModelPool(lead.device, lead.run_dir)
+    for ctx in ctxs[1:]:
+        ctx.models = ctx.models if ctx.models is not None else pool
+    checked = []
     for i, ctx in enumerate(ctxs):
         try:
-            info = run(ctx)
-        except Exception as e:  # one member's error is reported for that member alone
+            _check_params(ctx)
+        except TrainError as e:  # one member's error is reported for that member alone
+            done(i, None, e)
+        else:
+            checked.append(i)
+    if not checked:
+        return
+    # Members on one chain (a stage alone) train on it merged, as the eval samples it; members
+    # on different chains share the base unmerged, each member's parents on its own rows.
+    chains = {json.dumps(ctxs[i].params["model"], sort_keys=True, default=str) for i in checked}
+    shared = len(chains) == 1
+    lead_chain = ctxs[checked[0]].params["model"]
+    train_chain = lead_chain if shared else {"base": lead_chain["base"], "adapters": []}
+    inputs = {k: v for i in checked for k, v in ctxs[i].inputs.items()} if shared else {}
+    model, tok = pool.get(train_chain, inputs)
+    members, prepared = [], []
+    for i in checked:
+        ctx = ctxs[i]
+        try:
+            prep = _prepare(i, ctx, tok)
+            chain = [] if shared else ctx.params["model"].get("adapters", [])
+            parents = [read_adapter(adapter_folder(a, ctx.inputs)) for a in chain]
+        except Exception as e:  # bad data fails its member alone
             if is_oom(e):
                 raise
             done(i, None, e)
+            continue
+        p = ctx.params
+        members.append(
+            Member(
+                examples=prep.examples,
+                plan=prep.plan,
+                lora=p["lora"],
+                optim=p["optim"],
+                out_dir=Path(ctx.out_dir),
+                seed=int(p["seed"]),
+                parents=parents,
+                log=ctx.log,
+                progress=ctx.progress,
+            )
+        )
+        prepared.append(prep)
+    if not members:
+        return
+
+    def finished(j: int, fleet) -> None:
+        prep = prepared[j]
+        try:
+            res = members[j].result
+            assert res is not None
+            info = _write_outputs(prep.ctx, pool, prep, res, members[j].fleet_size)
+        except Exception as e:  # a member's screen failing fails that member alone
+            if is_oom(e):
+                raise
+            done(prep.index, None, e)
         else:
-            done(i, info, None)
+            done(prep.index, info, None)
+        finally:
+            # The screen merged this member's chain into the base: back to the fleet's.
+            pool.get(train_chain, inputs)
+
+    train_fleet(model, members, device=lead.device, on_done=finished, fleet_log=lead.log)
 
 
 def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
