@@ -9,6 +9,7 @@ torch is imported inside the functions: importing this module stays light.
 
 from __future__ import annotations
 
+from cpx.stages._decode_step import FusedStep
 from cpx.stages._draws import sample_tokens, uniforms
 from cpx.stages._kv import PreallocatedKV, cache_dtype, cache_kwarg, mask_map, n_layers
 
@@ -30,10 +31,13 @@ def decode_batch(
     ignore_eos,
     log,
     steer_hook=None,
+    fused=False,
 ) -> list[list[int]]:
     """Decode one batch of rows; returns each row's generated tokens (up to max_tokens).
 
     `steer_hook` (a `_steer.SteeringHook` or None) is told which request each forward row is of.
+    `fused` runs the decode steps through the fused attention kernel and CUDA graphs
+    (`_decode_step`, CUDA only); otherwise attention reads an additive bias over the cache.
     """
     import torch
 
@@ -80,12 +84,16 @@ def decode_batch(
     if steer_hook is not None:
         steer_hook.rows(prompt_of_row)
 
-    # Additive attention bias over the cache positions, 0 where a row may attend. Its row
-    # stride is a multiple of 16 so the slices handed to attention stay aligned for the fused
-    # kernels; a float bias is used as is, where a boolean mask is converted at every layer.
-    width = -(-(P + T) // 16) * 16
-    bias = torch.full((B, 1, 1, width), torch.finfo(cache_dtype(model)).min, dtype=cache_dtype(model), device=dev)
-    bias[:, 0, 0, :P].masked_fill_(pmask.index_select(0, expand), 0.0)
+    step, bias = None, None
+    if fused:
+        step = FusedStep(model, cache, kw, (~pmask).sum(-1).index_select(0, expand), log)
+    else:
+        # Additive attention bias over the cache positions, 0 where a row may attend. Its row
+        # stride is a multiple of 16 so the slices handed to attention stay aligned for the
+        # fused kernels; a float bias is used as is, where a boolean mask is converted at every layer.
+        width = -(-(P + T) // 16) * 16
+        bias = torch.full((B, 1, 1, width), torch.finfo(cache_dtype(model)).min, dtype=cache_dtype(model), device=dev)
+        bias[:, 0, 0, :P].masked_fill_(pmask.index_select(0, expand), 0.0)
     next_pos = pmask.long().sum(-1).index_select(0, expand)
     key_t = torch.tensor(keys, dtype=torch.long, device=dev)
     out_tokens = torch.full((B, T), pad, dtype=torch.long, device=dev)
@@ -108,21 +116,28 @@ def decode_batch(
                     keep = (~finished).nonzero().squeeze(-1)
                     log.debug("step %d: %d of %d rows finished, batch compacted", t + 1, n_done, len(finished))
                     cache.keep(keep)
-                    bias, next_pos, key_t = bias[keep], next_pos[keep], key_t[keep]
+                    if step is not None:
+                        step.keep(keep)
+                    else:
+                        bias = bias[keep]
+                    next_pos, key_t = next_pos[keep], key_t[keep]
                     live, nxt, finished = live[keep], nxt[keep], finished[keep]
                     if steer_hook is not None:
                         steer_hook.keep(keep)
-        bias[:, 0, 0, P + t] = 0.0
-        out = model(
-            input_ids=nxt[:, None],
-            attention_mask=mask_map(bias[..., : P + t + 1]),
-            position_ids=next_pos[:, None],
-            use_cache=True,
-            logits_to_keep=1,
-            **{kw: cache},
-        )
-        logits = out.logits[:, -1]
-        del out
+        if step is not None:
+            logits = step(nxt, next_pos, P + t)
+        else:
+            bias[:, 0, 0, P + t] = 0.0
+            out = model(
+                input_ids=nxt[:, None],
+                attention_mask=mask_map(bias[..., : P + t + 1]),
+                position_ids=next_pos[:, None],
+                use_cache=True,
+                logits_to_keep=1,
+                **{kw: cache},
+            )
+            logits = out.logits[:, -1]
+            del out
         cache.length += 1
         next_pos = next_pos + 1
     return out_tokens.cpu().tolist()

@@ -14,6 +14,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
+from cpx.stages._decode_attn import DecodeSpan, attend
 from cpx.stages._params import SamplerError
 
 _ATTN_NAME = "cpx_kv"
@@ -24,7 +25,11 @@ class PreallocatedKV:
 
     In prefill mode (`expand` set) the keys and values of the unique prompts are written,
     repeated to their rows, into the buffers, and returned unrepeated for the prefill's own
-    attention. Implements the part of transformers' Cache interface the decoder layers use.
+    attention. With `position` set (the fused path: a (1,) long device tensor) a decode step
+    writes its keys and values at that position and returns the whole buffers, so the step does
+    not depend on a Python length and replays from a CUDA graph; the attention then reads the
+    filled part through its `DecodeSpan`. Implements the part of transformers' Cache interface
+    the decoder layers use.
     """
 
     is_compileable = False
@@ -37,6 +42,7 @@ class PreallocatedKV:
         self.length = 0
         self.expand: Any = None  # prefill: row -> prompt index
         self.rows = 0
+        self.position: Any = None  # fused decode: the position written, on the device
 
     def _alloc(self, layer: int, key, value) -> None:
         import torch
@@ -54,6 +60,10 @@ class PreallocatedKV:
             self.keys[layer_idx][:, :, :q] = key.index_select(0, self.expand)
             self.values[layer_idx][:, :, :q] = value.index_select(0, self.expand)
             return key, value
+        if self.position is not None:
+            self.keys[layer_idx].index_copy_(2, self.position, key)
+            self.values[layer_idx].index_copy_(2, self.position, value)
+            return self.keys[layer_idx], self.values[layer_idx]
         end = self.length + q
         k, v = self.keys[layer_idx], self.values[layer_idx]
         k[:, :, self.length : end] = key
@@ -76,11 +86,14 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
     For one query token, the query heads that share a key/value head become that head's query
     axis, so the cache is read once per key/value head instead of being repeated for each
-    query head (transformers versions before 5.2x repeat it).
+    query head (transformers versions before 5.2x repeat it). A `DecodeSpan` in place of the
+    mask selects the fused decode kernel over the whole cache buffers (`_decode_attn`).
     """
     import torch.nn.functional as F
 
     b, h, q, d = query.shape
+    if isinstance(attention_mask, DecodeSpan):
+        return attend(query, key, value, attention_mask, d**-0.5 if scaling is None else scaling), None
     kvh = key.shape[1]
     rep = h // kvh
     if q == 1:

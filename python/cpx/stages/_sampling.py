@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from cpx.errors import is_oom
 from cpx.stages._batching import auto_batch_size
 from cpx.stages._decode import decode_batch
+from cpx.stages._decode_attn import fusable, fused_available
 from cpx.stages._draws import row_keys, sample_tokens, uniforms
 from cpx.stages._kv import check_model, kv_attention
 from cpx.stages._params import SamplerError, check_sampler
@@ -114,6 +115,7 @@ def sample_completions(
     ignore_eos: bool = False,
     max_batch_size: int | None = None,
     steering: Steering | None = None,
+    fused: bool | None = None,
 ) -> list[Completion]:
     """Sample `r.n` completions for each request; returned ordered by (request, sample).
 
@@ -123,6 +125,8 @@ def sample_completions(
     not change). `ignore_eos` decodes exactly max_tokens for every row (benchmarks).
     `progress(done, total, tokens=...)` is called after each batch. `steering` (coefficients
     one per request) adds its vector at its layer, at every position, to the steered requests' rows.
+    `fused` decodes with the fused attention kernel and CUDA graphs (`_decode_step`); by default
+    on CUDA when Triton is there and the model's cache suits the kernel, else the PyTorch path.
     """
     tokens = sample_token_ids(
         model,
@@ -136,6 +140,7 @@ def sample_completions(
         ignore_eos=ignore_eos,
         max_batch_size=max_batch_size,
         steering=steering,
+        fused=fused,
     )
     stop_set = set(stop_token_ids(model, tokenizer))
     keys, bodies, meta = [], [], []
@@ -166,6 +171,7 @@ def sample_token_ids(
     ignore_eos: bool = False,
     max_batch_size: int | None = None,
     steering: Steering | None = None,
+    fused: bool | None = None,
 ) -> dict[tuple[int, int], list[int]]:
     """The generated token ids of every (request, sample), max_tokens of them; what follows a
     row's first end-of-turn token is filler.
@@ -203,6 +209,10 @@ def sample_token_ids(
         batch_size = min(batch_size, max_batch_size)
     if batch_size < 1:
         raise SamplerError(f"batch_size must be >= 1, got {batch_size}")
+    if fused is None:
+        fused = fused_available(str(device)) and fusable(model)
+    elif fused and not fused_available(str(device)):
+        raise SamplerError(f"the fused decode path needs CUDA and Triton; device is {device}")
     stops = stop_token_ids(model, tokenizer)
     keys = row_keys(sp["seed"], rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
@@ -226,6 +236,7 @@ def sample_token_ids(
                     ignore_eos=ignore_eos,
                     log=log,
                     steer_hook=steer_hook,
+                    fused=fused,
                 )
             except Exception as e:  # only out-of-memory is retried
                 if not (str(device).startswith("cuda") and is_oom(e)) or batch_size == 1:
