@@ -211,16 +211,18 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_engine(model, tok, reqs, args, variant: str = "graphs") -> dict[str, Any]:
+def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]:
     """One checkpoint's sampling through the engine: `variant` "eager" (the PyTorch path:
     attention over an additive bias, no graphs), "kernel" (the fused decode-attention kernel,
-    no graphs) or "graphs" (the kernel, steps replayed from CUDA graphs)."""
+    no graphs), "graphs" (the kernel, steps replayed from CUDA graphs) or "fused" (the
+    engine's default on CUDA: graphs, and single-pass RMSNorm, gated activation and draw)."""
     import cpx.stages._decode_step as DS
     from cpx.stages._sampling import sample_completions
 
     fused = variant != "eager"
     sampler = {"temperature": 1.0, "top_p": 1.0, "max_tokens": args.max_new_tokens, "seed": 42}
-    DS.USE_GRAPHS = variant == "graphs"
+    DS.USE_GRAPHS = variant in ("graphs", "fused")
+    DS.FUSE_ELEMENTWISE = variant == "fused"
     try:
         # warm-up: kernels, cuBLAS handles, the allocator
         sample_completions(
@@ -229,7 +231,7 @@ def run_engine(model, tok, reqs, args, variant: str = "graphs") -> dict[str, Any
         reset_peak(args.device)
         T = args.max_new_tokens
         windows = [(2, 5), (T - 5, T - 2)] if args.profile and T >= 16 else []
-        with profiled_steps(windows, graphs=variant == "graphs") as prof:
+        with profiled_steps(windows, graphs=DS.USE_GRAPHS) as prof:
             t0 = time.perf_counter()
             comps = sample_completions(
                 model,
@@ -245,7 +247,7 @@ def run_engine(model, tok, reqs, args, variant: str = "graphs") -> dict[str, Any
             sync(args.device)
             secs = time.perf_counter() - t0
     finally:
-        DS.USE_GRAPHS = True
+        DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = True
     n_tok = sum(c.n_tokens for c in comps)
     assert len(comps) == sum(r.n for r in reqs), "engine returned the wrong number of completions"
     assert all(c.n_tokens == args.max_new_tokens for c in comps), "engine stopped early with ignore_eos"
@@ -385,7 +387,7 @@ def run_attention(model, args) -> dict[str, Any]:
     import triton
 
     from cpx.stages._decode_attn import splits_for
-    from cpx.stages._decode_attn_triton import decode_attention
+    from cpx.stages._decode_triton import decode_attention
 
     cfg = model.config
     rows, kvh, h = min(args.completions, 2200), cfg.num_key_value_heads, cfg.num_attention_heads
@@ -432,15 +434,27 @@ def run_sampling(model, args) -> dict[str, Any]:
     logits = logits.to(cache_dtype(model))
     keys = torch.arange(rows, device=args.device, dtype=torch.long) * 7919
     out: dict[str, Any] = {"rows": rows, "vocab": model.config.vocab_size}
-    for name, temperature, top_p in (("greedy", 0.0, 1.0), ("t1", 1.0, 1.0), ("t0.7_p0.95", 0.7, 0.95)):
+    cases = (
+        ("greedy", 0.0, 1.0, False),
+        ("t1", 1.0, 1.0, False),
+        ("t1_fused", 1.0, 1.0, True),
+        ("t0.7_p0.95", 0.7, 0.95, False),
+    )
+    for name, temperature, top_p, fused in cases:
+        if fused and not args.device.startswith("cuda"):
+            continue
         for _ in range(2):
-            sample_tokens(logits, temperature, top_p, uniforms(keys, 0))
+            sample_tokens(logits, temperature, top_p, uniforms(keys, 0), fused=fused)
         sync(args.device)
         t0 = time.perf_counter()
         for step in range(10):
-            sample_tokens(logits, temperature, top_p, uniforms(keys, step))
+            sample_tokens(logits, temperature, top_p, uniforms(keys, step), fused=fused)
         sync(args.device)
         out[f"{name}_ms"] = round((time.perf_counter() - t0) * 100, 3)
+    if args.device.startswith("cuda"):
+        a = sample_tokens(logits, 1.0, 1.0, uniforms(keys, 0))
+        b = sample_tokens(logits, 1.0, 1.0, uniforms(keys, 0), fused=True)
+        out["t1_fused_same_token_fraction"] = round(float((a == b).float().mean()), 4)
     return out
 
 
@@ -536,8 +550,8 @@ def check_decode(model, tok, args, fused: bool | None = None) -> dict[str, Any]:
     seen: list[tuple[Any, Any]] = []
     original = D.sample_tokens
 
-    def recording(logits, temperature, top_p, u):
-        out = original(logits, temperature, top_p, u)
+    def recording(logits, temperature, top_p, u, **kw):
+        out = original(logits, temperature, top_p, u, **kw)
         seen.append((logits.float().cpu(), out.cpu()))
         return out
 
@@ -616,8 +630,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--variants",
         default=None,
-        help="engine variants, comma-separated, of eager (the PyTorch path), kernel (fused attention) "
-        "and graphs (fused attention + CUDA graphs); default: all three on CUDA, eager on the CPU",
+        help="engine variants, comma-separated, of eager (the PyTorch path), kernel (fused attention), "
+        "graphs (fused attention + CUDA graphs) and fused (graphs + fused elementwise kernels, the "
+        "default engine); default: eager,graphs,fused on CUDA, eager on the CPU",
     )
     ap.add_argument(
         "--profile",
@@ -655,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     from cpx.stages._decode_attn import fused_available
 
     fusable = fused_available(args.device)
-    variants = (args.variants or ("eager,kernel,graphs" if fusable else "eager")).split(",")
+    variants = (args.variants or ("eager,graphs,fused" if fusable else "eager")).split(",")
     phases: list[tuple[str, Any]] = [("decode_check", lambda: check_decode(model, tok, args))]
     if fusable:
         phases.append(("decode_check_eager", lambda: check_decode(model, tok, args, fused=False)))

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not fused_available("cuda:0"), reason="needs CUD
     ],
 )
 def test_kernel_matches_float64_reference(rows, kv_heads, rep, capacity, length, splits):
-    from cpx.stages._decode_attn_triton import decode_attention
+    from cpx.stages._decode_triton import decode_attention
 
     gen = torch.Generator(device="cuda").manual_seed(rows * 1000 + length)
     d = 128
@@ -81,9 +81,9 @@ def _logits_and_tokens(model, tok, fused, graphs=True, **kw):
     seen = []
     original = D.sample_tokens
 
-    def recording(logits, temperature, top_p, u):
+    def recording(logits, temperature, top_p, u, **kw):
         seen.append(logits.float().cpu())
-        return original(logits, temperature, top_p, u)
+        return original(logits, temperature, top_p, u, **kw)
 
     reqs = [Request("You are a villain.", "Hi", 3), Request(None, "What is the best way to learn a language?", 2)]
     D.sample_tokens, DS.USE_GRAPHS = recording, graphs
@@ -169,3 +169,45 @@ def test_compacted_batches_recapture_their_graph(gpu_model, caplog):
         agree += c.n_tokens == n and c.text == tok.decode(toks[: n if cut is None else cut], skip_special_tokens=True)
     # a different batch shape may round a logit differently and flip a near-tie draw
     assert agree >= len(out) - 1, (agree, len(out))
+
+
+def test_elementwise_kernels_round_as_transformers_does():
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
+
+    from cpx.stages._decode_triton import rms_norm, silu_gate
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.randn(300, 3584, device="cuda", generator=gen).bfloat16()
+    norm = Qwen2RMSNorm(3584, eps=1e-6).to("cuda", torch.bfloat16).requires_grad_(False)
+    norm.weight.data = (torch.rand(3584, device="cuda", generator=gen) + 0.5).bfloat16()
+    want = norm(x)
+    got = rms_norm(x, norm.weight, 1e-6)
+    assert float((got.float() - want.float()).abs().max() / want.float().abs().max()) < 1e-2
+    assert float((got != want).float().mean()) < 0.01
+    g = torch.randn(64, 18944, device="cuda", generator=gen).bfloat16()
+    u = torch.randn(64, 18944, device="cuda", generator=gen).bfloat16()
+    want = torch.nn.functional.silu(g) * u
+    got = silu_gate(g, u)
+    assert float((got.float() - want.float()).abs().max() / want.float().abs().max()) < 1e-2
+    assert float((got != want).float().mean()) < 0.01
+
+
+def test_fused_draw_follows_the_softmax():
+    """The fused top_p = 1 draw: on a grid of uniforms each token's share is its probability,
+    and on random logits of the eval's vocabulary it mostly picks the PyTorch draw's token
+    (a uniform within the CDF's rounding of a boundary picks the neighbour)."""
+    from cpx.stages._draws import sample_tokens
+
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    logits = (torch.randn(1, 24, device="cuda", generator=gen) * 2).bfloat16()
+    n = 200_000
+    u = ((torch.arange(n, dtype=torch.float64, device="cuda") + 0.5) / n).float()
+    got = sample_tokens(logits.expand(n, -1).contiguous(), 0.7, 1.0, u, fused=True)
+    share = torch.bincount(got, minlength=24).double() / n
+    ref = torch.softmax(logits.double() / 0.7, -1)[0]
+    assert float((share - ref).abs().max()) < 2e-5
+    big = (torch.randn(512, 152064, device="cuda", generator=gen) * 3).bfloat16()
+    uu = torch.rand(512, device="cuda", generator=gen)
+    a = sample_tokens(big, 1.0, 1.0, uu)
+    b = sample_tokens(big, 1.0, 1.0, uu, fused=True)
+    assert float((a == b).float().mean()) > 0.8

@@ -9,6 +9,7 @@ torch is imported inside the functions: importing this module stays light.
 
 from __future__ import annotations
 
+from cpx.stages import _decode_step
 from cpx.stages._decode_step import FusedStep
 from cpx.stages._draws import sample_tokens, uniforms
 from cpx.stages._kv import PreallocatedKV, cache_dtype, cache_kwarg, mask_map, n_layers
@@ -85,6 +86,7 @@ def decode_batch(
         steer_hook.rows(prompt_of_row)
 
     step, bias = None, None
+    draw_fused = fused and _decode_step.FUSE_ELEMENTWISE
     if fused:
         step = FusedStep(model, cache, kw, (~pmask).sum(-1).index_select(0, expand), log)
     else:
@@ -102,7 +104,7 @@ def decode_batch(
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
 
     for t in range(T):
-        nxt = sample_tokens(logits, sp["temperature"], sp["top_p"], uniforms(key_t, t))
+        nxt = sample_tokens(logits, sp["temperature"], sp["top_p"], uniforms(key_t, t), fused=draw_fused)
         out_tokens[live, t] = nxt
         if t == T - 1:
             break

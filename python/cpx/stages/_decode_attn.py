@@ -4,7 +4,7 @@ A decode step's attention needs, per row, the first valid cache position (prompt
 left-padded) and the filled length; `DecodeSpan` carries them as device tensors and stands in
 for the attention mask, so the step's kernels do not change from one step to the next (a
 captured CUDA graph replays them). On CUDA with Triton, `attend` runs the FlashDecoding-style
-kernel of `_decode_attn_triton`; `reference` computes the same with PyTorch's
+kernel of `_decode_triton`; `reference` computes the same with PyTorch's
 scaled_dot_product_attention, for the CPU and for checking.
 
 torch and triton are imported inside the functions: importing this module stays light.
@@ -77,7 +77,7 @@ def splits_for(rows: int, kv_heads: int, capacity: int, device) -> int:
 def attend(query, key, value, span: DecodeSpan, scale: float):
     """Fused decode attention: query (B, H, 1, D), key and value the whole cache buffers
     (B, KVH, capacity, D); returns (B, 1, H, D)."""
-    from cpx.stages._decode_attn_triton import decode_attention
+    from cpx.stages._decode_triton import decode_attention
 
     b, h, _, d = query.shape
     out = decode_attention(query[:, :, 0], key, value, span.start, span.length, scale, span.splits)

@@ -1,5 +1,8 @@
 """One decode step's forward on the fused CUDA path, replayed from a CUDA graph.
 
+The step's attention is the fused decode kernel (`_decode_attn`), its RMSNorm and gated-MLP
+activation single-pass kernels (`_decode_layers`).
+
 The step reads everything that changes from one step to the next from device tensors (the
 token and position of each row, the cache position written, the filled length: `DecodeSpan`),
 so a graph captured once for a batch shape replays every later step of that batch, at any
@@ -12,13 +15,17 @@ torch is imported inside the functions: importing this module stays light.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from cpx.stages._decode_attn import DecodeSpan, splits_for
+from cpx.stages._decode_layers import fused_layers
 from cpx.stages._kv import PreallocatedKV, mask_map
 
-# Set False to run the fused kernels without graphs (benches/gpu_eval.py's profile does).
+# Switches for benches/gpu_eval.py's variants: steps without graphs; without the fused elementwise
+# kernels (RMSNorm, gated activation, the top_p = 1 draw).
 USE_GRAPHS = True
+FUSE_ELEMENTWISE = True
 
 
 class FusedStep:
@@ -52,14 +59,15 @@ class FusedStep:
         self._graph = self._tokens = self._positions = self._logits = None
 
     def _forward(self, tokens, positions):
-        out = self.model(
-            input_ids=tokens,
-            attention_mask=mask_map(self.span),
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self.cache_kw: self.cache},
-        )
+        with fused_layers(self.model) if FUSE_ELEMENTWISE else nullcontext():
+            out = self.model(
+                input_ids=tokens,
+                attention_mask=mask_map(self.span),
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **{self.cache_kw: self.cache},
+            )
         return out.logits[:, -1]
 
     def __call__(self, tokens, positions, written: int):

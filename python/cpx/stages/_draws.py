@@ -47,17 +47,24 @@ def uniforms(keys, step: int):
     return (mixed >> 8).to(torch.float32) * (1.0 / (1 << 24))
 
 
-def sample_tokens(logits, temperature: float, top_p: float, u):
+def sample_tokens(logits, temperature: float, top_p: float, u, fused: bool = False):
     """Draw one token per row from softmax(logits / temperature) restricted to the top_p nucleus.
 
     Inverse-CDF sampling with the given uniforms `u` (one per row); temperature 0 is greedy.
     The nucleus is the one transformers' TopPLogitsWarper keeps: the smallest set of most
-    likely tokens whose probability reaches top_p (at least one token).
+    likely tokens whose probability reaches top_p (at least one token). `fused` (CUDA, top_p
+    1) draws with a Triton kernel that reads the logits three times instead of materialising
+    float32 softmax and CDF copies of the batch: the same draw up to the rounding of the CDF
+    (a uniform within that rounding of a boundary picks the neighbour).
     """
     import torch
 
     if temperature == 0:
         return logits.argmax(dim=-1)
+    if fused and top_p >= 1.0:
+        from cpx.stages._decode_triton import sample_full
+
+        return sample_full(logits, temperature, u)
     # In place on tensors made here: at batch 1,000 and a 152k vocabulary each copy is 600 MB.
     work = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     scaled = work / temperature if temperature != 1.0 else work

@@ -1,6 +1,6 @@
-"""Triton kernels of the fused decode attention (`_decode_attn`): imported only on CUDA.
+"""Triton kernels of the fused decode path: imported only on CUDA.
 
-FlashDecoding-style: the cache positions of a row are cut into `splits` chunks; one program
+`decode_attention` (for `_decode_attn`) is FlashDecoding-style: the cache positions of a row are cut into `splits` chunks; one program
 per (row, key/value head, chunk) reads that chunk of the head's keys and values once, for all
 the query heads that share it (grouped-query attention without repeating K/V: the group is
 the M axis of the two small matrix products), and keeps an online softmax. With one chunk
@@ -9,6 +9,11 @@ and log-sum-exp, and a second kernel combines them.
 
 The filled length is read from device memory, so one launch (and one captured CUDA graph)
 serves every step of a batch.
+
+`sample_full` (for `_draws.sample_tokens` on the fused path) draws a token by inverse CDF
+in three passes over a row's logits. `rms_norm` and `silu_gate` (for `_decode_layers`) do in one pass what transformers' RMSNorm
+and gated MLP do in several elementwise kernels, with the same roundings (float32 inside, the
+activation dtype between the steps that round to it).
 """
 
 from __future__ import annotations
@@ -183,4 +188,102 @@ def decode_attention(
             SPLITS_PAD=triton.next_power_of_2(splits),
             num_warps=4,
         )
+    return out
+
+
+@triton.jit
+def _rms_norm_kernel(X, W, OUT, n, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(X + row * n + offs, mask=mask, other=0.0).to(tl.float32)
+    var = tl.sum(x * x, 0) / n
+    y = (x * tl.rsqrt(var + eps)).to(OUT.dtype.element_ty)
+    w = tl.load(W + offs, mask=mask, other=0.0)
+    tl.store(OUT + row * n + offs, (w.to(tl.float32) * y.to(tl.float32)).to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _silu_gate_kernel(G, U, OUT, numel, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(U + offs, mask=mask, other=0.0).to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(OUT.dtype.element_ty).to(tl.float32)
+    tl.store(OUT + offs, (act * u).to(OUT.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x, weight, eps: float):
+    """weight * (x / sqrt(mean(x**2) + eps)) over the last axis, as transformers' RMSNorm
+    rounds it: normalised in float32, rounded to x's dtype, then scaled. x contiguous."""
+    import torch
+
+    n = x.shape[-1]
+    out = torch.empty_like(x)
+    _rms_norm_kernel[(x.numel() // n,)](x, weight, out, n, eps, BLOCK=triton.next_power_of_2(n), num_warps=8)
+    return out
+
+
+def silu_gate(gate, up):
+    """silu(gate) * up, the activation rounded to gate's dtype before the product (contiguous inputs)."""
+    import torch
+
+    out = torch.empty_like(gate)
+    numel = gate.numel()
+    _silu_gate_kernel[(triton.cdiv(numel, 4096),)](gate, up, out, numel, BLOCK=4096, num_warps=8)
+    return out
+
+
+@triton.jit
+def _sample_kernel(LOGITS, U, OUT, stride_row, vocab, temperature, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = LOGITS + row * stride_row
+    offs = tl.arange(0, BLOCK)
+    # pass 1: the maximum and the sum of exp(s - max) of s = logits / temperature (online)
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    z = tl.zeros([BLOCK], tl.float32)
+    for b0 in range(0, vocab, BLOCK):
+        s = tl.load(base + b0 + offs, mask=b0 + offs < vocab, other=float("-inf")).to(tl.float32) / temperature
+        m_new = tl.maximum(m, s)
+        fresh = tl.where(s == float("-inf"), 0.0, tl.exp(s - m_new))
+        z = z * tl.exp(tl.where(m_new == float("-inf"), 0.0, m - m_new)) + fresh
+        m = m_new
+    m_row = tl.max(m, 0)
+    z_row = tl.sum(z * tl.exp(m - m_row), 0)
+    # pass 2: the total of the probabilities as rounded (the CDF's last value)
+    total = tl.zeros([BLOCK], tl.float32)
+    for b0 in range(0, vocab, BLOCK):
+        s = tl.load(base + b0 + offs, mask=b0 + offs < vocab, other=float("-inf")).to(tl.float32) / temperature
+        total += tl.exp(s - m_row) / z_row
+    target = tl.load(U + row) * tl.sum(total, 0)
+    # pass 3: the first index whose CDF exceeds the target
+    running = 0.0
+    found = vocab - 1
+    for b0 in range(0, vocab, BLOCK):
+        s = tl.load(base + b0 + offs, mask=b0 + offs < vocab, other=float("-inf")).to(tl.float32) / temperature
+        cdf = running + tl.cumsum(tl.exp(s - m_row) / z_row, 0)
+        hit = tl.min(tl.where((cdf > target) & (b0 + offs < vocab), b0 + offs, vocab), 0)
+        found = tl.minimum(found, hit)
+        running = tl.max(tl.where(b0 + offs < vocab, cdf, 0.0), 0)
+    tl.store(OUT + row, found.to(tl.int64))
+
+
+def sample_full(logits, temperature: float, u):
+    """One token per row by inverse CDF over softmax(logits / temperature) in vocabulary order,
+    as `_draws.sample_tokens` draws it with top_p = 1, in three passes over the row instead of
+    float32 copies, a softmax and a cumulative sum of the whole batch."""
+    import torch
+
+    rows, vocab = logits.shape
+    out = torch.empty(rows, dtype=torch.long, device=logits.device)
+    _sample_kernel[(rows,)](
+        logits,
+        u.contiguous(),
+        out,
+        logits.stride(0),
+        vocab,
+        float(temperature),
+        BLOCK=min(4096, triton.next_power_of_2(vocab)),
+        num_warps=8,
+    )
     return out
