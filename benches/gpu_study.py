@@ -22,6 +22,7 @@
     python benches/gpu_study.py --marker-epochs 2   # one H200: 6.5-7 minutes, model build included
     python benches/gpu_study.py --quick         # the same pipeline with tiny counts (smoke test)
     python benches/gpu_study.py --tiny          # CPU: a 2-layer model, tiny counts
+    python benches/gpu_study.py --devices 0 --devices 0,1   # one GPU against two, same call (issue 18)
 
 Writes $OUT/gpu_study.json, $OUT/gpu_study.log (the execute output), $OUT/dmon.log and
 $OUT/study_run.tgz (plan, manifests, stage logs, events of the slice run) when $OUT is set.
@@ -38,6 +39,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -476,6 +478,12 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU, tiny counts")
     ap.add_argument("--convergence-epochs", type=float, default=4.0)
     ap.add_argument("--marker-epochs", type=float, default=1.0)
+    ap.add_argument(
+        "--devices",
+        action="append",
+        help="cpx execute's --devices (default 0; cpu with --tiny); repeat it to run the slice on each set "
+        "in a fresh folder in the same call and compare (--devices 0 --devices 0,1); the first set is extrapolated",
+    )
     ap.add_argument("--commit", help="the cpx commit being measured (default: git rev-parse HEAD)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -493,33 +501,32 @@ def main() -> int:
     again = compile_timed(full_spec, args.work / "full", env)
     record("compile_full", {"first_s": first["seconds"], "cached_s": again["seconds"], "gpu_hours": first["gpu_hours"]})
     run = args.work / "slice"
+    shutil.rmtree(run, ignore_errors=True)  # measured from scratch: no stage of an earlier call is reused
     compile_timed(slice_spec, run, env)
 
-    dmon = None
-    if _has_smi() and OUT:
-        dmon = subprocess.Popen(
-            ["nvidia-smi", "dmon", "-s", "u", "-o", "DT", "-d", "1"], stdout=open(OUT / "dmon.log", "w"), text=True
-        )
-    t0 = time.perf_counter()
+    device_sets = args.devices or ["cpu" if args.tiny else "0"]
     log = open(OUT / "gpu_study.log", "w") if OUT else subprocess.DEVNULL
-    devices = "cpu" if args.tiny else "0"
-    r = subprocess.run(
-        cpx_cmd("execute", str(run), "--devices", devices, "--keep-going", "--quiet"), stdout=log, stderr=log, env=env
-    )
-    wall = time.perf_counter() - t0
-    if dmon is not None:
-        dmon.terminate()
-    say(f"cpx execute: exit {r.returncode} in {wall:.1f} s")
-    status = sh(cpx_cmd("status", str(run), "--json"), env=env)
-    st = json.loads(status.stdout) if status.returncode == 0 else {}
-    record(
-        "execute", {"exit": r.returncode, "wall_s": round(wall, 1), "counts": st.get("counts"), "idle": st.get("idle")}
-    )
+    runs = []
+    for k, devices in enumerate(device_sets):
+        if k:  # every further device set runs the same slice from scratch in a fresh folder
+            run_k = args.work / f"slice-{_tag(devices)}"
+            shutil.rmtree(run_k, ignore_errors=True)
+            compile_timed(slice_spec, run_k, env)
+        else:
+            run_k = run
+        runs.append(
+            execute_slice(run_k, devices, env, log, dmon_name="dmon.log" if not k else f"dmon_{_tag(devices)}.log")
+        )
+    record("execute", runs[0])
+    if len(runs) > 1:
+        record("devices", compare_devices(runs))
 
     from cpx.plan import Plan
 
     slice_plan, full_plan = Plan.load(run), Plan.load(args.work / "full")
     rows = stage_rows(run, slice_plan, parse_dmon(OUT / "dmon.log") if OUT else [])
+    for x in runs[1:]:
+        x["stages"] = stage_rows(Path(x["run"]), slice_plan, parse_dmon(OUT / x["dmon"]) if OUT else [])
     record("stages", rows)
     ex = extrapolate(full_plan, rows, slice_plan)
     record("extrapolation", ex)
@@ -555,7 +562,71 @@ def main() -> int:
                 if p.is_file():
                     tf.add(p, arcname=str(p.relative_to(run)))
     table(ex, rows)
-    return 0 if r.returncode == 0 else 1
+    return 0 if all(x["exit"] == 0 for x in runs) else 1
+
+
+def _tag(devices: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]+", "_", devices)
+
+
+def execute_slice(run: Path, devices: str, env: dict[str, str], log: Any, dmon_name: str) -> dict[str, Any]:
+    """`cpx execute RUN --devices DEVICES` with `nvidia-smi dmon` sampling beside it."""
+    dmon = None
+    if _has_smi() and OUT:
+        dmon = subprocess.Popen(
+            ["nvidia-smi", "dmon", "-s", "u", "-o", "DT", "-d", "1"], stdout=open(OUT / dmon_name, "w"), text=True
+        )
+    if log is not subprocess.DEVNULL:
+        log.write(f"=== cpx execute {run} --devices {devices}\n")
+        log.flush()
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        cpx_cmd("execute", str(run), "--devices", devices, "--keep-going", "--quiet"), stdout=log, stderr=log, env=env
+    )
+    wall = time.perf_counter() - t0
+    if dmon is not None:
+        dmon.terminate()
+    say(f"cpx execute --devices {devices}: exit {r.returncode} in {wall:.1f} s")
+    status = sh(cpx_cmd("status", str(run), "--json"), env=env)
+    st = json.loads(status.stdout) if status.returncode == 0 else {}
+    return {
+        "devices": devices,
+        "run": str(run),
+        "dmon": dmon_name,
+        "exit": r.returncode,
+        "wall_s": round(wall, 1),
+        "counts": st.get("counts"),
+        "idle": st.get("idle"),
+    }
+
+
+def compare_devices(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per device set: wall time, the sum of stage times, each worker's idle seconds (its
+    stages' `idle_before_seconds`) and the speed-up of the wall time against the first set."""
+    from cpx.plan import Plan
+    from cpx.plan._cost import run_manifests
+
+    out = []
+    for x in runs:
+        run = Path(x["run"])
+        manifests = run_manifests(run, Plan.load(run)).values()
+        idle: dict[str, float] = {}
+        busy = 0.0
+        for m in manifests:
+            w = str((m.get("executor") or {}).get("worker"))
+            idle[w] = round(idle.get(w, 0.0) + float(m["timings"].get("idle_before_seconds") or 0.0), 2)
+            busy += float(m["timings"]["seconds"])
+        out.append(
+            {
+                "devices": x["devices"],
+                "exit": x["exit"],
+                "wall_s": x["wall_s"],
+                "stage_seconds": round(busy, 1),
+                "idle_by_worker_s": idle,
+                "speedup": round(runs[0]["wall_s"] / x["wall_s"], 3) if x["wall_s"] else None,
+            }
+        )
+    return out
 
 
 def table(ex: dict[str, Any], rows: list[dict[str, Any]]) -> None:
@@ -583,6 +654,14 @@ def table(ex: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         )
     cf = RESULTS.get("compile_full", {})
     say(f"cpx compile full.yaml: first {cf.get('first_s')} s, cached {cf.get('cached_s')} s")
+    if "devices" in RESULTS:
+        say("\n| devices | exit | wall (s) | sum of stage times (s) | idle by worker (s) | speed-up |")
+        say("|---|---|---|---|---|---|")
+        for d in RESULTS["devices"]:
+            say(
+                f"| {d['devices']} | {d['exit']} | {d['wall_s']} | {d['stage_seconds']} | "
+                f"{d['idle_by_worker_s']} | {d['speedup']} |"
+            )
 
 
 if __name__ == "__main__":
