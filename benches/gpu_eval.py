@@ -9,6 +9,14 @@ download), plus last-prompt-token hidden states of the 220 prompts at 4 layers.
     python benches/gpu_eval.py --baseline-batches 1  # time one generate batch, extrapolate
     python benches/gpu_eval.py --completions 550 --max-new-tokens 128   # a quick check
     python benches/gpu_eval.py --tiny                # CPU smoke test with a tiny model
+    python benches/gpu_eval.py --profile --variants eager,fused   # per-step breakdown, before/after
+
+On CUDA the engine runs in variants (`--variants`): eager (the PyTorch path), kernel (the fused
+decode-attention kernel), graphs (the kernel, steps replayed from CUDA graphs) and fused (the
+engine's default: graphs and fused elementwise kernels). `--profile` adds, per variant, a
+torch.profiler breakdown of decode steps 2-4 and of the last steps but two: matrix products,
+attention, sampling, other kernels and GPU idle time. Micro-benchmarks of one layer's decode
+attention and of the draw run too. Triton is needed for the fused variants.
 
 Prints each result as soon as it is measured, then a table; with $OUT set, writes
 $OUT/gpu_eval.json. Needs only torch, transformers, tokenizers and numpy (no polars, no

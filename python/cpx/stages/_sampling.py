@@ -15,6 +15,10 @@ model's forward (`_decode`):
   the same requests give the same completions at any batch size, after an out-of-memory retry
   too (up to floating point: a different batch shape can round the logits differently, and a
   draw whose uniform falls within that rounding of a CDF boundary then picks the neighbour);
+- on CUDA (with Triton, a 16-bit model) the decode steps take the fused path: a
+  FlashDecoding-style attention kernel over the cache, single-pass RMSNorm, gated-activation
+  and top_p = 1 draw kernels, and each batch's step replayed from a CUDA graph (`_decode_step`);
+  the CPU, and `fused=False`, keep the PyTorch path;
 - rows stop at the end-of-turn token; finished rows are dropped from the batch (the cache is
   compacted) once enough of them have finished;
 - with `steering` (`_steer`), a forward hook adds α · direction at one layer to the rows of the
@@ -23,7 +27,8 @@ model's forward (`_decode`):
 
 The pieces live in modules of their own: the random stream and the token draws in `_draws`,
 the KV cache and the attention routing in `_kv`, batch sizing in `_batching`, the decode loop
-of one batch in `_decode`; this module renders, orders and batches the requests and retries
+of one batch in `_decode`, the fused path in `_decode_step`, `_decode_attn`, `_decode_layers`
+and their Triton kernels in `_decode_triton`; this module renders, orders and batches the requests and retries
 a batch that ran out of memory.
 
 torch is imported inside the functions: importing this module stays light.
@@ -42,7 +47,7 @@ from cpx.stages._batching import auto_batch_size
 from cpx.stages._decode import decode_batch
 from cpx.stages._decode_attn import fusable, fused_available
 from cpx.stages._draws import row_keys, sample_tokens, uniforms
-from cpx.stages._kv import check_model, kv_attention
+from cpx.stages._kv import cache_dtype, check_model, kv_attention
 from cpx.stages._params import SamplerError, check_sampler
 
 if TYPE_CHECKING:
@@ -211,8 +216,11 @@ def sample_token_ids(
         raise SamplerError(f"batch_size must be >= 1, got {batch_size}")
     if fused is None:
         fused = fused_available(str(device)) and fusable(model)
-    elif fused and not fused_available(str(device)):
-        raise SamplerError(f"the fused decode path needs CUDA and Triton; device is {device}")
+    elif fused and not (fused_available(str(device)) and fusable(model)):
+        raise SamplerError(
+            f"the fused decode path needs CUDA, Triton and a bf16/fp16 model with a power-of-two "
+            f"head size; device is {device}, model dtype {cache_dtype(model)}"
+        )
     stops = stop_token_ids(model, tokenizer)
     keys = row_keys(sp["seed"], rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
