@@ -243,6 +243,7 @@ def train_fleet(
     probe_memory: bool = True,
     checkpointing: bool | None = None,
     fleet_log=None,
+    joint: bool | None = None,
 ) -> list[TrainResult]:
     """Train `members` together on `model` (put back as found on return) and save each
     member's adapters to `out_dir/checkpoints/<f>/`. `on_done(i, fleet)` is called as soon as
@@ -250,16 +251,23 @@ def train_fleet(
     still carries the fleet's LoRA linears, bypassed (`fleet.set_bypass`) for whatever the
     callback runs on the base model. `checkpointing` True or False skips the probe and trains
     the whole fleet at once with gradient checkpointing on or off (benches compare the two).
+
+    `joint` (default: on a GPU) trains the members together, one pass over the base per step;
+    otherwise (the CPU's default) they train one after another, each computing exactly what it
+    computes alone: the CPU is where results are compared bit for bit, and a tiny model's
+    training at a high learning rate turns a joint step's float rounding (1e-7) into loss
+    differences of several percent, so a member's outputs would depend on its fleet.
     """
     from cpx.models import small_model_threads
 
     if not members:
         return []
     with small_model_threads(model, device):
-        return _train_fleet(model, members, device, on_done, probe_memory, checkpointing, fleet_log)
+        joint = device.startswith("cuda") if joint is None else joint
+        return _train_fleet(model, members, device, on_done, probe_memory, checkpointing, fleet_log, joint)
 
 
-def _train_fleet(model, members, device, on_done, probe_memory, checkpointing, fleet_log) -> list[TrainResult]:
+def _train_fleet(model, members, device, on_done, probe_memory, checkpointing, fleet_log, joint) -> list[TrainResult]:
     import torch
 
     from cpx.stages._lora import Fleet
@@ -282,7 +290,7 @@ def _train_fleet(model, members, device, on_done, probe_memory, checkpointing, f
         asked = all(bool(m.optim.get("gradient_checkpointing", False)) for m in members)
         dropout = float(lora.get("dropout", 0.0) or 0.0)
         everyone = list(range(len(members)))
-        if dropout > 0:
+        if dropout > 0 or not joint:
             # Dropout draws random numbers over the whole row: members train one at a time,
             # each from the RNG state its own initialisation left, as alone.
             groups, grad_ckpt = [[i] for i in everyone], asked
@@ -299,7 +307,7 @@ def _train_fleet(model, members, device, on_done, probe_memory, checkpointing, f
             fleet_log.info("attention: %s", "flash varlen" if why is None else f"sdpa per example ({why})")
         model.train()
         for group in groups:
-            if dropout > 0:
+            if len(group) == 1:
                 torch.random.set_rng_state(rng_after_init[group[0]])
             _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_ckpt)
     finally:

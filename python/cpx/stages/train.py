@@ -195,7 +195,7 @@ def fleet_key(stage: Stage) -> str | None:
 FleetDone = Callable[[int, dict[str, Any] | None, BaseException | None], None]
 
 
-def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
+def run_fleet(ctxs: Sequence[StageContext], done: FleetDone, *, joint: bool | None = None) -> None:
     """Train the stages of one fleet (equal `fleet_key`s, one worker, one device).
 
     `done(i, info, None)` is called as soon as member i's outputs are complete in
@@ -216,6 +216,16 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
     lead = ctxs[0]
     if len({ctx.device for ctx in ctxs}) > 1:
         raise ValueError(f"a fleet trains on one device, got {sorted({ctx.device for ctx in ctxs})}")
+    joint = lead.device.startswith("cuda") if joint is None else joint
+    if not joint:
+        # Exactly as alone: each chain's members on that chain merged, one after another.
+        by_chain: dict[str, list[int]] = {}
+        for i, ctx in enumerate(ctxs):
+            by_chain.setdefault(json.dumps(ctx.params.get("model"), sort_keys=True, default=str), []).append(i)
+        if len(by_chain) > 1:
+            for idx in by_chain.values():
+                run_fleet([ctxs[i] for i in idx], lambda j, info, exc, idx=idx: done(idx[j], info, exc), joint=False)
+            return
     pool = lead.models if lead.models is not None else ModelPool(lead.device, lead.run_dir)
     for ctx in ctxs[1:]:
         ctx.models = ctx.models if ctx.models is not None else pool
@@ -283,7 +293,7 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
             # The screen merged this member's chain into the base: back to the fleet's.
             pool.get(train_chain, inputs)
 
-    train_fleet(model, members, device=lead.device, on_done=finished, fleet_log=lead.log)
+    train_fleet(model, members, device=lead.device, on_done=finished, fleet_log=lead.log, joint=joint)
 
 
 def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
