@@ -121,6 +121,7 @@ def decode_batch(
                     if step is not None:
                         step.keep(keep)
                     else:
+                        assert bias is not None
                         bias = bias[keep]
                     next_pos, key_t = next_pos[keep], key_t[keep]
                     live, nxt, finished = live[keep], nxt[keep], finished[keep]
@@ -129,6 +130,7 @@ def decode_batch(
         if step is not None:
             logits = step(nxt, next_pos, P + t)
         else:
+            assert bias is not None  # the eager path keeps its attention bias
             bias[:, 0, 0, P + t] = 0.0
             out = model(
                 input_ids=nxt[:, None],

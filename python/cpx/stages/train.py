@@ -224,7 +224,7 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone, *, joint: bool | No
             by_chain.setdefault(json.dumps(ctx.params.get("model"), sort_keys=True, default=str), []).append(i)
         if len(by_chain) > 1:
             for idx in by_chain.values():
-                run_fleet([ctxs[i] for i in idx], lambda j, info, exc, idx=idx: done(idx[j], info, exc), joint=False)
+                run_fleet([ctxs[i] for i in idx], _renumbered(done, idx), joint=False)
             return
     pool = lead.models if lead.models is not None else ModelPool(lead.device, lead.run_dir)
     for ctx in ctxs[1:]:
@@ -294,6 +294,15 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone, *, joint: bool | No
             pool.get(train_chain, inputs)
 
     train_fleet(model, members, device=lead.device, on_done=finished, fleet_log=lead.log, joint=joint)
+
+
+def _renumbered(done: FleetDone, index: list[int]) -> FleetDone:
+    """`done` for a part of a fleet: member j of the part is member index[j] of the whole."""
+
+    def part_done(j: int, info: dict[str, Any] | None, exc: BaseException | None) -> None:
+        done(index[j], info, exc)
+
+    return part_done
 
 
 def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
