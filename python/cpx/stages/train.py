@@ -208,8 +208,7 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
     on the shared base, each member's parent adapters applied unmerged on its own rows (equal
     to merged up to float rounding). A member's screen samples its chain merged, as the eval.
     """
-    from cpx.models import ModelPool
-    from cpx.models._chain import adapter_folder
+    from cpx.models import ModelPool, adapter_folder
 
     if not ctxs:
         return
