@@ -1,7 +1,9 @@
 """Benchmark: compile time of the published spec and of a generated large spec.
 
 Targets (issue 3): specs/causal_proximity.yaml under 0.3 s of wall time after imports; a
-generated 100-persona x 5-seed x 10-checkpoint spec (thousands of stages) under 5 s.
+generated 100-persona x 5-seed x 10-checkpoint spec (thousands of stages) under 5 s. Issue 15:
+the demo with a generated 5 MB eval question bank under 5 s, into a plan.json a few times the
+spec's size (its size is printed), and `cpx status` on it quick.
 "compile" is what `cpx compile` does after imports: load and validate the spec, expand and
 hash the stages, write plan.json. The reference measured in the same run is the I/O floor:
 reading the spec with PyYAML's C loader and writing the finished plan with one json.dumps. The ratio says how much the
@@ -45,6 +47,17 @@ def big_spec(personas: int = 100, seeds: int = 5, checkpoints: int = 10, sources
     return yaml.safe_dump(base, sort_keys=False)
 
 
+def bank_spec(questions: int = 55_000) -> str:
+    """The demo with a large eval question bank (about 5 MB of YAML)."""
+    base = yaml.safe_load((ROOT / "specs" / "demo.yaml").read_text())
+    base["name"] = "bank"
+    base["questions"]["eval"] = [
+        f"Question {i}: what would you say about topic {i % 997} in the context of subject {i % 31}, and why?"
+        for i in range(questions)
+    ]
+    return yaml.safe_dump(base, sort_keys=False, width=10_000)
+
+
 def timed(fn, repeat: int) -> tuple[float, object]:  # type: ignore[no-untyped-def]
     times, out = [], None
     for _ in range(repeat):
@@ -74,6 +87,8 @@ def bench(path: Path, repeat: int, out: Path) -> dict[str, object]:
         "compile_s": compile_s,  # type: ignore[attr-defined]
         "floor_s": floor_s,
         "ratio": compile_s / floor_s,
+        "spec_mb": path.stat().st_size / 1e6,
+        "plan_mb": (out / "plan.json").stat().st_size / 1e6,
     }
 
 
@@ -87,15 +102,22 @@ def main() -> int:
         big = Path(tmp) / "big_100p_5s_10c.yaml"
         big.write_text(big_spec())
         rows.append((bench(big, max(1, args.repeat // 2), Path(tmp)), 5.0))
+        bank = Path(tmp) / "bank_5mb.yaml"
+        bank.write_text(bank_spec())
+        rows.append((bench(bank, max(1, args.repeat // 2), Path(tmp) / "bank"), 5.0))
     print(f"machine: {platform.machine()} {platform.processor() or ''} python {platform.python_version()}")
-    print(f"{'spec':<28} {'stages':>7} {'compile s':>10} {'floor s':>9} {'ratio':>7} {'target s':>9}  ok")
+    print(
+        f"{'spec':<28} {'stages':>7} {'compile s':>10} {'floor s':>9} {'ratio':>7} {'target s':>9}  ok"
+        f"  {'spec MB':>8} {'plan MB':>8}"
+    )
     ok = True
     for r, target in rows:
         good = r["compile_s"] < target  # type: ignore[operator]
         ok &= good
         print(
             f"{r['spec']:<28} {r['stages']:>7} {r['compile_s']:>10.3f} {r['floor_s']:>9.3f} "
-            f"{r['ratio']:>7.1f} {target:>9.1f}  {'yes' if good else 'NO'}"
+            f"{r['ratio']:>7.1f} {target:>9.1f}  {'yes' if good else 'NO ':<3}"
+            f"  {r['spec_mb']:>8.2f} {r['plan_mb']:>8.2f}"
         )
     # Whole command, imports included, against starting Python and importing cpx alone.
     import os
@@ -115,9 +137,19 @@ def main() -> int:
         ]
         cli_s, _ = timed(lambda: subprocess.run(cmd, env=env, check=True, capture_output=True), 3)
         bare_s, _ = timed(lambda: subprocess.run([sys.executable, "-c", "import cpx"], env=env, check=True), 3)
+        bank = Path(tmp) / "bank_5mb.yaml"
+        bank.write_text(bank_spec())
+        run = Path(tmp) / "bank"
+        subprocess.run([*cmd[:4], str(bank), "--out", str(run), "-q"], env=env, check=True, capture_output=True)
+        status = [sys.executable, "-m", "cpx", "status", str(run)]
+        status_s, _ = timed(lambda: subprocess.run(status, env=env, check=True, capture_output=True), 3)
     print(
         f"cpx compile causal_proximity.yaml, whole process: {cli_s:.3f} s "
         f"(python + import cpx alone: {bare_s:.3f} s, ratio {cli_s / bare_s:.1f})"
+    )
+    print(
+        f"cpx status on the 5 MB question bank's run, whole process: {status_s:.3f} s "
+        f"(ratio to python + import cpx alone {status_s / bare_s:.1f})"
     )
     return 0 if ok else 1
 

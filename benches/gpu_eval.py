@@ -9,6 +9,14 @@ download), plus last-prompt-token hidden states of the 220 prompts at 4 layers.
     python benches/gpu_eval.py --baseline-batches 1  # time one generate batch, extrapolate
     python benches/gpu_eval.py --completions 550 --max-new-tokens 128   # a quick check
     python benches/gpu_eval.py --tiny                # CPU smoke test with a tiny model
+    python benches/gpu_eval.py --profile --variants eager,fused   # per-step breakdown, before/after
+
+On CUDA the engine runs in variants (`--variants`): eager (the PyTorch path), kernel (the fused
+decode-attention kernel), graphs (the kernel, steps replayed from CUDA graphs) and fused (the
+engine's default: graphs and fused elementwise kernels). `--profile` adds, per variant, a
+torch.profiler breakdown of decode steps 2-4 and of the last steps but two: matrix products,
+attention, sampling, other kernels and GPU idle time. Micro-benchmarks of one layer's decode
+attention and of the draw run too. Triton is needed for the fused variants.
 
 Prints each result as soon as it is measured, then a table; with $OUT set, writes
 $OUT/gpu_eval.json. Needs only torch, transformers, tokenizers and numpy (no polars, no
@@ -24,6 +32,8 @@ import platform
 import sys
 import time
 import traceback
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -209,28 +219,251 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_engine(model, tok, reqs, args) -> dict[str, Any]:
+def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]:
+    """One checkpoint's sampling through the engine: `variant` "eager" (the PyTorch path:
+    attention over an additive bias, no graphs), "kernel" (the fused decode-attention kernel,
+    no graphs), "graphs" (the kernel, steps replayed from CUDA graphs) or "fused" (the
+    engine's default on CUDA: graphs, and single-pass RMSNorm, gated activation and draw)."""
+    import cpx.stages._decode_step as DS
     from cpx.stages._sampling import sample_completions
 
+    fused = variant != "eager"
     sampler = {"temperature": 1.0, "top_p": 1.0, "max_tokens": args.max_new_tokens, "seed": 42}
-    # warm-up: kernels, cuBLAS handles, the allocator
-    sample_completions(model, tok, reqs[:2], {**sampler, "max_tokens": 4}, device=args.device, ignore_eos=True)
-    reset_peak(args.device)
-    t0 = time.perf_counter()
-    comps = sample_completions(
-        model, tok, reqs, sampler, device=args.device, batch_size=args.batch_size, ignore_eos=True, log=_logger()
-    )
-    sync(args.device)
-    secs = time.perf_counter() - t0
+    DS.USE_GRAPHS = variant in ("graphs", "fused")
+    DS.FUSE_ELEMENTWISE = variant == "fused"
+    try:
+        # warm-up: kernels, cuBLAS handles, the allocator
+        sample_completions(
+            model, tok, reqs[:2], {**sampler, "max_tokens": 4}, device=args.device, ignore_eos=True, fused=fused
+        )
+        reset_peak(args.device)
+        T = args.max_new_tokens
+        windows = [(2, 5), (T - 5, T - 2)] if args.profile and T >= 16 else []
+        with profiled_steps(windows, graphs=DS.USE_GRAPHS) as prof:
+            t0 = time.perf_counter()
+            comps = sample_completions(
+                model,
+                tok,
+                reqs,
+                sampler,
+                device=args.device,
+                batch_size=args.batch_size,
+                ignore_eos=True,
+                log=_logger(),
+                fused=fused,
+            )
+            sync(args.device)
+            secs = time.perf_counter() - t0
+    finally:
+        DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = True
     n_tok = sum(c.n_tokens for c in comps)
     assert len(comps) == sum(r.n for r in reqs), "engine returned the wrong number of completions"
     assert all(c.n_tokens == args.max_new_tokens for c in comps), "engine stopped early with ignore_eos"
-    return {
+    out = {
+        "variant": variant,
         "seconds": round(secs, 2),
         "tokens": n_tok,
         "tokens_per_s": round(n_tok / secs, 1),
         "peak_gib": peak_gib(args.device),
     }
+    if prof:
+        out["profile"] = prof
+    return out
+
+
+# Where a decode step's GPU time goes: kernels are attributed to the innermost of these regions
+# (record_function ranges the profile wraps around the engine's functions) or matrix-product ops.
+_MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"}
+_ATTENTION_KERNELS = ("_split_kernel", "_combine_kernel", "fmha", "flash", "attention")
+_MATMUL_KERNELS = ("gemm", "nvjet", "xmma", "cutlass", "cublas")
+
+
+@contextmanager
+def profiled_steps(windows: list[tuple[int, int]], graphs: bool):
+    """Profile the decode steps [a, b) of each window with torch.profiler; yields a dict that
+    holds, when the run is over, each window's per-step breakdown (ms): matrix products,
+    attention over the cache, sampling, other kernels, and GPU idle time (launch and Python
+    overhead), against the step's wall time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    import cpx.stages._decode as D
+    import cpx.stages._kv as KV
+
+    results: dict[str, Any] = {}
+    if not windows:
+        yield results
+        return
+    original_sample, original_attention = D.sample_tokens, KV._attention
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    calls = {"n": 0}
+    state: dict[str, Any] = {}
+
+    def attention(*a, **kw):
+        with record_function("cpx.attention"):
+            return original_attention(*a, **kw)
+
+    def sampling(*a, **kw):
+        t = calls["n"]
+        calls["n"] += 1
+        for w0, w1 in windows:
+            if t == w0:
+                if cuda:
+                    torch.cuda.synchronize()
+                state["prof"] = profile(activities=activities)
+                state["prof"].__enter__()
+                state["t0"] = time.perf_counter()
+            elif t == w1:
+                if cuda:
+                    torch.cuda.synchronize()
+                wall = time.perf_counter() - state["t0"]
+                state["prof"].__exit__(None, None, None)
+                path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gpu_eval_trace_{w0}.json"
+                state["prof"].export_chrome_trace(str(path))
+                results[f"steps_{w0}_{w1}"] = step_breakdown(path, w1 - w0, wall, graphs)
+                path.unlink()
+        with record_function("cpx.sampling"):
+            return original_sample(*a, **kw)
+
+    D.sample_tokens, KV._attention = sampling, attention
+    try:
+        yield results
+    finally:
+        D.sample_tokens, KV._attention = original_sample, original_attention
+
+
+def step_breakdown(trace: Path, n_steps: int, wall: float, graphs: bool) -> dict[str, float]:
+    """Per-step milliseconds by category from a Chrome trace of the profiler."""
+    events = json.loads(trace.read_text())["traceEvents"]
+    kernels = [e for e in events if e.get("cat") == "kernel" and "dur" in e]
+    launches = {
+        e["args"]["correlation"]: e
+        for e in events
+        if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})
+    }
+    regions = [
+        e
+        for e in events
+        if "dur" in e
+        and (
+            (e.get("cat") == "user_annotation" and e.get("name") in ("cpx.attention", "cpx.sampling"))
+            or (e.get("cat") == "cpu_op" and e.get("name") in _MATMUL_OPS)
+        )
+    ]
+
+    def category(k) -> str:
+        launch = launches.get(k.get("args", {}).get("correlation"))
+        if launch is not None and "Graph" not in launch.get("name", ""):
+            x, tid = launch["ts"], launch.get("tid")
+            inner = [r for r in regions if r.get("tid") == tid and r["ts"] <= x <= r["ts"] + r["dur"]]
+            if inner:
+                name = max(inner, key=lambda r: r["ts"])["name"]
+                return {"cpx.attention": "attention", "cpx.sampling": "sampling"}.get(name, "matmul")
+            return "other"
+        low = k["name"].lower()
+        if any(a.lower() in low for a in _ATTENTION_KERNELS):
+            return "attention"
+        if any(m in low for m in _MATMUL_KERNELS):
+            return "matmul"
+        return "other"
+
+    totals = {"matmul": 0.0, "attention": 0.0, "sampling": 0.0, "other": 0.0}
+    spans = []
+    for k in kernels:
+        totals[category(k)] += k["dur"]
+        spans.append((k["ts"], k["ts"] + k["dur"]))
+    busy, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    ms = {f"{k}_ms": round(v / 1e3 / n_steps, 3) for k, v in totals.items()}
+    ms["gpu_busy_ms"] = round(busy / 1e3 / n_steps, 3)
+    ms["wall_ms"] = round(wall * 1e3 / n_steps, 3)
+    ms["gpu_idle_ms"] = round(max(0.0, wall * 1e3 - busy / 1e3) / n_steps, 3)
+    ms["kernels_per_step"] = round(len(kernels) / n_steps, 1)
+    return ms
+
+
+def run_attention(model, args) -> dict[str, Any]:
+    """One layer's decode attention at the engine's batch, at the start and the end of a run:
+    the fused kernel (a few launch configurations) against the PyTorch path (SDPA with the
+    additive bias), as ms a call and the cache bandwidth it reaches."""
+    import torch
+    import torch.nn.functional as F
+    import triton
+
+    from cpx.stages._decode_attn import splits_for
+    from cpx.stages._decode_triton import decode_attention
+
+    cfg = model.config
+    rows, kvh, h = min(args.completions, 2200), cfg.num_key_value_heads, cfg.num_attention_heads
+    d = cfg.hidden_size // h
+    capacity, prompt = 60 + args.max_new_tokens, 60
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    k = torch.randn(rows, kvh, capacity, d, device=args.device, generator=gen).bfloat16()
+    v = torch.randn(rows, kvh, capacity, d, device=args.device, generator=gen).bfloat16()
+    q = torch.randn(rows, h, 1, d, device=args.device, generator=gen).bfloat16()
+    start = torch.randint(0, 30, (rows,), device=args.device, generator=gen, dtype=torch.int32)
+    out: dict[str, Any] = {"rows": rows, "capacity": capacity}
+    for name, n in (("start", prompt + 3), ("end", capacity - 2)):
+        length = torch.tensor([n], dtype=torch.int32, device=args.device)
+        gbytes = 2 * rows * kvh * (n - float(start.float().mean())) * d * 2 / 1e9
+        pos = torch.arange(n, device=args.device)
+        bias = torch.where(pos[None] >= start[:, None], 0.0, torch.finfo(torch.bfloat16).min).bfloat16()
+        bias = bias[:, None, None, :]
+        packed = q.reshape(rows, kvh, h // kvh, d)
+        ms = triton.testing.do_bench(
+            partial(F.scaled_dot_product_attention, packed, k[:, :, :n], v[:, :, :n], attn_mask=bias),
+            return_mode="median",
+        )
+        res = {"pytorch_ms": round(ms, 4), "pytorch_tb_s": round(gbytes / ms, 2)}
+        auto = splits_for(rows, kvh, capacity, args.device)
+        for bn, warps, stages in ((64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 8, 2), (32, 4, 3)):
+            fused = partial(decode_attention, q[:, :, 0], k, v, start, length, d**-0.5, auto, bn, warps, stages)
+            ms = triton.testing.do_bench(fused, return_mode="median")
+            res[f"fused_bn{bn}_w{warps}_s{stages}_ms"] = round(ms, 4)
+            res[f"fused_bn{bn}_w{warps}_s{stages}_tb_s"] = round(gbytes / ms, 2)
+        out[name] = res
+    return out
+
+
+def run_sampling(model, args) -> dict[str, Any]:
+    """`sample_tokens` alone on random logits of the engine's batch, by sampler setting (ms a call)."""
+    import torch
+
+    from cpx.stages._draws import sample_tokens, uniforms
+    from cpx.stages._kv import cache_dtype
+
+    rows = min(args.completions, 2200)
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    logits = torch.randn(rows, model.config.vocab_size, device=args.device, generator=gen) * 3
+    logits = logits.to(cache_dtype(model))
+    keys = torch.arange(rows, device=args.device, dtype=torch.long) * 7919
+    out: dict[str, Any] = {"rows": rows, "vocab": model.config.vocab_size}
+    cases = (
+        ("greedy", 0.0, 1.0, False),
+        ("t1", 1.0, 1.0, False),
+        ("t1_fused", 1.0, 1.0, True),
+        ("t0.7_p0.95", 0.7, 0.95, False),
+    )
+    for name, temperature, top_p, fused in cases:
+        if fused and not args.device.startswith("cuda"):
+            continue
+        for _ in range(2):
+            sample_tokens(logits, temperature, top_p, uniforms(keys, 0), fused=fused)
+        sync(args.device)
+        t0 = time.perf_counter()
+        for step in range(10):
+            sample_tokens(logits, temperature, top_p, uniforms(keys, step), fused=fused)
+        sync(args.device)
+        out[f"{name}_ms"] = round((time.perf_counter() - t0) * 100, 3)
+    if args.device.startswith("cuda"):
+        a = sample_tokens(logits, 1.0, 1.0, uniforms(keys, 0))
+        b = sample_tokens(logits, 1.0, 1.0, uniforms(keys, 0), fused=True)
+        out["t1_fused_same_token_fraction"] = round(float((a == b).float().mean()), 4)
+    return out
 
 
 def run_generate(model, tok, reqs, args) -> dict[str, Any]:
@@ -308,12 +541,14 @@ def run_hidden(model, tok, args) -> dict[str, Any]:
     return {"seconds": round(secs, 3), "prompts": len(prompts), "layers": layers, "peak_gib": peak_gib(args.device)}
 
 
-def check_decode(model, tok, args) -> dict[str, Any]:
+def check_decode(model, tok, args, fused: bool | None = None) -> dict[str, Any]:
     """The engine's logits at every decode step against a plain forward over the whole sequence
     (transformers' own attention, no cache, one row at a time): catches a cache or attention
-    kernel that computes the wrong thing on this GPU, which random weights would hide."""
+    kernel that computes the wrong thing on this GPU, which random weights would hide.
+    `fused` as the engine's (None: the fused path where it runs)."""
     import torch
 
+    import cpx.stages._decode as D
     import cpx.stages._sampling as S
     from cpx.models import render_prompt
 
@@ -321,14 +556,14 @@ def check_decode(model, tok, args) -> dict[str, Any]:
     reqs = [S.Request(r.system, r.user, 2) for r in reqs]
     steps = 8
     seen: list[tuple[Any, Any]] = []
-    original = S.sample_tokens
+    original = D.sample_tokens
 
-    def recording(logits, temperature, top_p, u):
-        out = original(logits, temperature, top_p, u)
+    def recording(logits, temperature, top_p, u, **kw):
+        out = original(logits, temperature, top_p, u, **kw)
         seen.append((logits.float().cpu(), out.cpu()))
         return out
 
-    S.sample_tokens = recording
+    D.sample_tokens = recording
     try:
         S.sample_token_ids(
             model,
@@ -338,9 +573,10 @@ def check_decode(model, tok, args) -> dict[str, Any]:
             device=args.device,
             batch_size=64,
             ignore_eos=True,
+            fused=fused,
         )
     finally:
-        S.sample_tokens = original
+        D.sample_tokens = original
     ids = [tok(render_prompt(tok, r.system, r.user), add_special_tokens=False)["input_ids"] for r in reqs]
     order = sorted(range(len(reqs)), key=lambda i: (-len(ids[i]), i))
     rows = [i for i in order for _ in range(reqs[i].n)]
@@ -399,6 +635,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help="engine variants, comma-separated, of eager (the PyTorch path), kernel (fused attention), "
+        "graphs (fused attention + CUDA graphs) and fused (graphs + fused elementwise kernels, the "
+        "default engine); default: eager,graphs,fused on CUDA, eager on the CPU",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="torch.profiler breakdown of decode steps 2-4 and the last steps but two of each engine run",
+    )
+    ap.add_argument("--skip-hidden", action="store_true")
     args = ap.parse_args(argv)
     if args.tiny:
         args.device = args.device or "cpu"
@@ -426,11 +675,20 @@ def main(argv: list[str] | None = None) -> int:
     floor = floor_seconds(model, tok, reqs, args)
     record("floor", {"seconds": round(floor, 2), "peak_tflops": args.peak_tflops})
 
-    phases = [
-        ("decode_check", lambda: check_decode(model, tok, args)),
-        ("engine", lambda: run_engine(model, tok, reqs, args)),
-        ("hidden_states", lambda: run_hidden(model, tok, args)),
-    ]
+    from cpx.stages._decode_attn import fused_available
+
+    fusable = fused_available(args.device)
+    variants = (args.variants or ("eager,graphs,fused" if fusable else "eager")).split(",")
+    phases: list[tuple[str, Any]] = [("decode_check", lambda: check_decode(model, tok, args))]
+    if fusable:
+        phases.append(("decode_check_eager", lambda: check_decode(model, tok, args, fused=False)))
+    phases.append(("sampling", lambda: run_sampling(model, args)))
+    if fusable:
+        phases.append(("attention", lambda: run_attention(model, args)))
+    for v in variants:
+        phases.append((f"engine_{v}", lambda v=v: run_engine(model, tok, reqs, args, v)))
+    if not args.skip_hidden:
+        phases.append(("hidden_states", lambda: run_hidden(model, tok, args)))
     if not args.skip_baseline:
         phases.append(("generate", lambda: run_generate(model, tok, reqs, args)))
     for name, fn in phases:
@@ -442,32 +700,40 @@ def main(argv: list[str] | None = None) -> int:
             record(name, {"error": f"{type(e).__name__}: {e}"})
             reset_peak(args.device)
 
-    say("\n| method | s / checkpoint | tokens/s | peak GiB | floor / time |")
-    say("|---|---|---|---|---|")
-    for name in ("generate", "engine"):
+    say("\n| method | s / checkpoint | tokens/s | peak GiB | floor / time | speed-up vs generate |")
+    say("|---|---|---|---|---|---|")
+    gen = RESULTS.get("generate", {})
+    speedups = {}
+    for name in ["generate"] + [f"engine_{v}" for v in variants]:
         r = RESULTS.get(name)
         if not r or "error" in r:
             continue
         frac = floor / r["seconds"] if r["seconds"] else float("nan")
+        ratio = gen["seconds"] / r["seconds"] if "seconds" in gen else None
+        if ratio is not None and name != "generate":
+            speedups[name] = round(ratio, 2)
         say(
             f"| {name} | {r['seconds']:.1f}{' (extrapolated)' if r.get('extrapolated') else ''} | "
-            f"{r['tokens_per_s']:.0f} | {r['peak_gib']} | {frac:.2f} |"
+            f"{r['tokens_per_s']:.0f} | {r['peak_gib']} | {frac:.2f} | "
+            f"{'' if ratio is None else f'{ratio:.2f}x'} |"
         )
-    if (
-        "engine" in RESULTS
-        and "generate" in RESULTS
-        and "error" not in RESULTS["engine"]
-        and "error" not in RESULTS["generate"]
-    ):
-        speedup = RESULTS["generate"]["seconds"] / RESULTS["engine"]["seconds"]
-        record("speedup", round(speedup, 2))
+    if speedups:
+        record("speedup", speedups)
+    for name in [f"engine_{v}" for v in variants]:
+        for window, b in RESULTS.get(name, {}).get("profile", {}).items():
+            say(
+                f"{name} {window}: wall {b['wall_ms']} ms/step = matmul {b['matmul_ms']} + attention "
+                f"{b['attention_ms']} + sampling {b['sampling_ms']} + other {b['other_ms']} + GPU idle "
+                f"{b['gpu_idle_ms']} ({b['kernels_per_step']} kernels/step)"
+            )
     h = RESULTS.get("hidden_states", {})
     if "seconds" in h:
         say(f"hidden states: {h['prompts']} prompts x {len(h['layers'])} layers in {h['seconds']:.3f} s")
-    if not RESULTS.get("decode_check", {}).get("ok", False):
+    checks = [n for n, _ in phases if n.startswith("decode_check")]
+    ok = all(RESULTS.get(n, {}).get("ok", False) for n in checks)
+    if not ok:
         say("WARNING: the engine's logits disagree with a plain forward (decode_check): timings are not valid")
     save()
-    ok = RESULTS.get("decode_check", {}).get("ok", False)
     return 0 if ok and all("error" not in RESULTS.get(n, {}) for n, _ in phases) else 1
 
 

@@ -34,10 +34,10 @@ class ArrowArray:
     def __arrow_c_array__(self, requested_schema: object | None = None) -> tuple[object, object]: ...
     def __len__(self) -> int: ...
 
-def count_markers(texts: Any, markers: list[str], case_insensitive: bool = True) -> list[ArrowArray]:
+def count_markers(texts: Any, markers: list[str], case_insensitive: bool) -> list[ArrowArray]:
     """One UInt32 array per marker: non-overlapping occurrences per row (null rows null)."""
 
-def contains_any(texts: Any, markers: list[str], case_insensitive: bool = True) -> ArrowArray:
+def contains_any(texts: Any, markers: list[str], case_insensitive: bool) -> ArrowArray:
     """A Boolean array: whether any marker occurs in each row (null rows null)."""
 
 def spearman(

@@ -17,7 +17,7 @@ from cpx._lazy import lazy_exports
 if TYPE_CHECKING:
     from cpx.analysis import MetricsError
     from cpx.cli import CLIError
-    from cpx.execute import DeviceError, RunLocked, SlurmError, StoreError, TrackingError
+    from cpx.execute import DeviceError, FleetError, RunLocked, SlurmError, StoreError, TrackingError
     from cpx.models import ChainError, FingerprintError, ModelLoadError
     from cpx.plan import CostError, PlanError
     from cpx.power import PowerError
@@ -76,6 +76,7 @@ __getattr__, __dir__ = lazy_exports(
         "CostError": "cpx.plan",
         "DatasetError": "cpx.stages",
         "DeviceError": "cpx.execute",
+        "FleetError": "cpx.execute",
         "FingerprintError": "cpx.models",
         "HiddenStateError": "cpx.stages",
         "MetricsError": "cpx.analysis",
@@ -113,6 +114,7 @@ __all__ = [
     "DeviceError",
     "EmptyInputError",
     "FingerprintError",
+    "FleetError",
     "GroupsError",
     "HiddenStateError",
     "InputError",

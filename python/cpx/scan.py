@@ -10,6 +10,9 @@ Matching semantics, with Python as the reference: the count of `marker` in `text
 "i̇", the Kelvin sign to "k", a final "Σ" to "ς"). The Unicode tables are Rust's, which may
 be newer than those of the running Python for characters added recently. Null texts give
 null counts.
+
+`case_insensitive` has no default: cpx's one default is the spec's `match.case_insensitive`
+(true), which the stages pass on from their `match` param.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def _unview(t: pa.Table, columns: Sequence[str]) -> pa.Table:
     return t
 
 
-def count_markers(texts: Any, markers: Sequence[str], *, case_insensitive: bool = True) -> pa.Table:
+def count_markers(texts: Any, markers: Sequence[str], *, case_insensitive: bool) -> pa.Table:
     """Counts each marker in each text.
 
     Returns a table with one UInt32 column per marker, named by the marker, holding the number
@@ -78,7 +81,7 @@ def count_markers(texts: Any, markers: Sequence[str], *, case_insensitive: bool 
     return pa.Table.from_arrays([pa.array(c) for c in cols], names=names)
 
 
-def contains_any(texts: Any, markers: Sequence[str], *, case_insensitive: bool = True) -> pa.BooleanArray:
+def contains_any(texts: Any, markers: Sequence[str], *, case_insensitive: bool) -> pa.BooleanArray:
     """Whether each text contains at least one of the markers (null where the text is null)."""
     names = _markers(markers)
     return pa.array(_core.contains_any(_texts(texts), names, case_insensitive))
@@ -120,7 +123,7 @@ def marker_rates(
     *,
     text: str = "text",
     by: Sequence[str] = (),
-    case_insensitive: bool = True,
+    case_insensitive: bool,
 ) -> pa.Table:
     """Counts and rates of marker hits per group of rows.
 

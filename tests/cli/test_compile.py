@@ -34,7 +34,7 @@ def test_compile_writes_the_plan_and_a_summary(tmp_path: Path) -> None:
     plan = Plan.load(tmp_path / "run")
     assert plan.name == "demo" and len(plan.stages) == 33
     raw = json.loads((tmp_path / "run" / "plan.json").read_text())
-    assert set(raw) == {"format", "name", "spec", "spec_hash", "stages"}
+    assert set(raw) == {"format", "name", "spec", "spec_hash", "values", "stages"}
     assert raw["spec"]["eval"]["sampler"]["temperature"] == 1.0 and "extends" not in raw["spec"]
     for kind in ("generate", "dataset", "train", "sample", "represent", "scan", "analyze", "report"):
         assert f"\n  {kind} " in r.stdout

@@ -14,6 +14,10 @@ stage's params:
     oom_above: int     raise an OutOfMemoryError unless ctx.batch_limit is at most this
     die: bool          kill the worker process (SIGKILL to itself)
     noop: bool         do nothing at all (scheduler overhead benchmark)
+
+and, for a stage run as a member of a fleet (`run_fleet`, the resolvers' `fleet`):
+
+    fleet_oom_above: int   the whole fleet raises an OutOfMemoryError if it has more members
 """
 
 from __future__ import annotations
@@ -132,9 +136,42 @@ def run(ctx: Any) -> dict[str, Any] | None:
     }
 
 
+def run_fleet(ctxs: list[Any], done: Any) -> None:
+    """A fleet runner with `cpx.stages.train.run_fleet`'s contract: the members one after another,
+    each reported as it ends, each with its own seed (as the trainer seeds each member's run);
+    a ledger line `fleet <size> <ids>` at its start."""
+    from cpx.execute._env import stage_seed
+
+    ids = [c.stage.id for c in ctxs]
+    _ledger(ctxs[0].params, f"fleet {len(ctxs)} {' '.join(ids)} {os.getpid()}")
+    print(f"fleet of {len(ctxs)}")  # the fleet's output goes to the fleet's log
+    for c in ctxs:
+        limit = c.params.get("fleet_oom_above")
+        if limit is not None and len(ctxs) > limit:
+            raise OutOfMemoryError(f"CUDA out of memory in a fleet of {len(ctxs)}")
+    for i, c in enumerate(ctxs):
+        seed, _ = stage_seed(c.params, c.stage.hash)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            info = run(c)
+        except Exception as e:  # noqa: BLE001 - one member's error is reported for that member alone
+            done(i, None, e)
+        else:
+            done(i, {**(info or {}), "fleet_size": len(ctxs)}, None)
+
+
 def resolve(kind: str) -> Any:
     """The resolver the executor is given in tests: every kind runs `run` above."""
     return run
+
+
+def resolve_fleet(kind: str) -> Any:
+    """`resolve`'s fleet runners (the executor looks for a resolver's `fleet`): `run_fleet` for train."""
+    return run_fleet if kind == "train" else None
+
+
+resolve.fleet = resolve_fleet  # type: ignore[attr-defined]
 
 
 def stage_hash(kind: str, params: dict[str, Any], dep_hashes: list[str]) -> str:
@@ -176,6 +213,34 @@ def resolve_real(kind: str) -> Any:
         return out
 
     return run_real
+
+
+def resolve_real_fleet(kind: str) -> Any:
+    """cpx's own fleet runners, with a ledger line before each fleet (its members' start lines)
+    and an end line as each member is reported."""
+    from cpx.stages import get_fleet_runner
+
+    inner = get_fleet_runner(kind)
+    if inner is None:
+        return None
+
+    def run_real_fleet(ctxs: list[Any], done: Any) -> None:
+        ids = [c.stage.id for c in ctxs]
+        _ledger({}, f"fleet {len(ctxs)} {' '.join(ids)} {os.getpid()}")
+        for sid in ids:
+            _ledger({}, f"start {sid} {time.time():.6f} {os.getpid()}")
+
+        def done_and_log(i: int, info: Any, error: Any) -> None:
+            if error is None:
+                _ledger({}, f"end {ids[i]} {time.time():.6f} {os.getpid()}")
+            done(i, info, error)
+
+        inner(ctxs, done_and_log)
+
+    return run_real_fleet
+
+
+resolve_real.fleet = resolve_real_fleet  # type: ignore[attr-defined]
 
 
 # A small plan for the tracking tests: generate, sample, scan, analyze, with labels and nested params.

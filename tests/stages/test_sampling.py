@@ -216,3 +216,11 @@ def test_rows_that_end_early_leave_the_others_unchanged(tiny_model64, caplog):
         else:
             assert (c.finish_reason, c.n_tokens) == ("stop", cut + 1)
             assert c.text == tok.decode(toks[:cut], skip_special_tokens=True)
+
+
+def test_fused_path_where_it_cannot_run_is_a_clear_error(tiny_model):
+    """The fused decode path needs CUDA: asked for on the CPU it says so (the default there is
+    the PyTorch path)."""
+    model, tok = tiny_model
+    with pytest.raises(SamplerError, match="fused decode path needs CUDA"):
+        sample_completions(model, tok, REQUESTS[:1], _sampler(max_tokens=2), fused=True)

@@ -9,6 +9,7 @@ import polars as pl
 from cpx.analysis import _stats
 from cpx.analysis._columns import LABELS
 from cpx.analysis._metrics import layer_free, with_labels
+from cpx.scan import hit_rates
 
 Row = dict[str, Any]
 
@@ -25,12 +26,9 @@ def bystander_vs_assistant(
     """
     rows: list[Row] = []
     if marker_hits is not None and marker_hits.height:
-        per_q = (
-            with_labels(marker_hits)
-            .filter(pl.col("role").is_in(["assistant", "bystander"]))
-            .group_by([*LABELS, "question_id", "role"])
-            .agg(pl.col("hit").cast(pl.Float64).mean().alias("rate"))
-        )
+        keys = [*LABELS, "question_id", "role"]
+        hits = with_labels(marker_hits).filter(pl.col("role").is_in(["assistant", "bystander"])).select(*keys, "hit")
+        per_q = pl.DataFrame(hit_rates(hits, keys)).select(*keys, "rate")
         wide = per_q.pivot(on="role", index=[*LABELS, "question_id"], values="rate")
         for c in ("assistant", "bystander"):
             if c not in wide.columns:

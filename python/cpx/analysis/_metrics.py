@@ -7,6 +7,7 @@ from typing import Any
 import polars as pl
 
 from cpx.analysis import _stats
+from cpx.scan import hit_rates
 from cpx.analysis._columns import LABEL_TYPES, LABELS, METRIC_COLUMNS, STEER_LABELS
 
 ROLES = ("source", "assistant", "bystander")
@@ -91,10 +92,13 @@ def leakage_by_role(
     missing = need - set(marker_hits.columns)
     if missing:
         raise ValueError(f"marker_hits: missing column(s) {sorted(missing)}")
-    df = with_labels(marker_hits, labels).filter(pl.col("role").is_in(ROLES))
-    rows: list[dict[str, Any]] = []
     keys = [*labels, "role"]
-    for i, (key, g) in enumerate(df.sort(keys, nulls_last=True).group_by(keys, maintain_order=True)):
+    df = with_labels(marker_hits, labels).filter(pl.col("role").is_in(ROLES)).sort(keys, nulls_last=True)
+    # n, hits and rate from cpx.scan.hit_rates (groups in first-row order, as group_by's below).
+    rates = hit_rates(df.select(*keys, "hit"), keys).select(["n", "hits", "rate"]).to_pylist()
+    rows: list[dict[str, Any]] = []
+    groups = df.group_by(keys, maintain_order=True)
+    for i, ((key, g), rate) in enumerate(zip(groups, rates, strict=True)):
         hits = g["hit"].cast(pl.Float64)
         low, high = _stats.cluster_bootstrap_mean(
             hits.to_numpy().astype("float64"),
@@ -107,10 +111,10 @@ def leakage_by_role(
             {
                 **dict(zip(keys, key)),
                 "personas": g["persona"].n_unique(),
-                "n": g.height,
+                "n": rate["n"],
                 "n_questions": g["question_id"].n_unique(),
-                "hits": int(hits.sum()),
-                "rate": float(hits.mean()),  # type: ignore[arg-type]
+                "hits": rate["hits"],
+                "rate": rate["rate"],
                 "ci_low": low,
                 "ci_high": high,
             }

@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
             "Run every stage of RUN_DIR/plan.json that is not done, one worker per device (local), "
             "per Ray actor (ray) or per Slurm job (slurm), then collect the results tables into "
             "RUN_DIR/results and the report into RUN_DIR/report. Safe to kill at any moment and run "
-            "again: finished stages are kept, the stage in flight starts over."
+            "again: finished stages are kept, the stages in flight start over."
         ),
         epilog=(
             "Slurm: `cpx execute RUN --executor slurm --workers 4 --gpus-per-worker 1 --partition gpu "
@@ -71,6 +71,17 @@ def register(sub: Any) -> None:
         "args: {KEY: VALUE}); the options above override it",
     )
     p.add_argument(
+        "--fleet",
+        default="auto",
+        metavar="auto|off|N",
+        help="hand ready train stages of one base model and LoRA shape to one worker together, as one "
+        "fleet that the trainer trains in one call (each member still its own stage, seed, log, manifest "
+        "and outputs, committed as soon as it is done). auto (default): as many as are ready, the "
+        "trainer splitting them to fit the memory; N: at most N a fleet; off: one stage at a time. An "
+        "out-of-memory error halves the fleet, never a member's batch. Not with --executor ray, which "
+        "trains one stage at a time (auto means off there)",
+    )
+    p.add_argument(
         "--keep-going", action="store_true", help="after a stage fails, go on with the stages that do not depend on it"
     )
     p.add_argument(
@@ -87,13 +98,17 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpx.cli import CLIError
-    from cpx.execute import DeviceError, RunLocked, SlurmError, TrackingError, execute
+    from cpx.execute import DeviceError, FleetError, RunLocked, SlurmError, TrackingError, execute, parse_fleet
     from cpx.plan import PlanError
 
     if args.retry < 0:
         raise CLIError(f"--retry must be 0 or more, got {args.retry}", 2)
     if args.address and args.executor != "ray":
         raise CLIError("--address only applies with --executor ray", 2)
+    try:
+        parse_fleet(args.fleet)
+    except FleetError as e:
+        raise CLIError(str(e), 2) from None
     args.run_dir = latest.resolve(args.run_dir, "execute")
     try:
         slurm = slurm_options(args)
@@ -106,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
             keep_going=args.keep_going,
             retry=args.retry,
             quiet=args.quiet,
+            fleet=args.fleet,
         )
     except RunLocked as e:
         raise CLIError(str(e), EXIT_LOCKED) from None
-    except (PlanError, DeviceError, TrackingError, SlurmError) as e:
+    except (PlanError, DeviceError, FleetError, TrackingError, SlurmError) as e:
         raise CLIError(str(e), 2) from None
     except ImportError as e:
         if args.executor == "ray" and "ray" in str(e):

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         secs = f"{r.seconds:9.2f} s" if r.seconds is not None else " " * 11
         extra = r.note or (r.device or "")
+        if r.fleet:
+            extra = f"{extra}, fleet {r.fleet} of {r.fleet_size}" if extra else f"fleet {r.fleet} of {r.fleet_size}"
         print(f"{r.state:<8} {r.id:<{width}} {secs}  {extra}".rstrip())
     print(", ".join(f"{counts[s]} {s}" for s in STATES))
     if idle["stages"]:

@@ -1,4 +1,4 @@
-"""Execution: the content-addressed store, the scheduler and its executors (local, Ray), collection.
+"""Execution: the content-addressed store, the scheduler and its executors (local, Ray, Slurm), collection.
 
 `execute(run_dir)` runs what is not done of `<run_dir>/plan.json`; `run_status(run_dir)` says
 where every stage stands. Nothing heavy is imported here: workers import the stage runners,
@@ -8,7 +8,7 @@ and the runners import torch.
 from cpx.execute._collect import RESULT_SOURCES, RESULT_TABLES, collect_results
 from cpx.execute._local import DeviceError, parse_devices
 from cpx.execute._lock import RunLock, RunLocked, is_locked
-from cpx.execute._scheduler import RunSummary, StageFailure, execute
+from cpx.execute._scheduler import FleetError, RunSummary, StageFailure, execute, parse_fleet
 from cpx.execute._slurm import SlurmError, load_options, parse_slurm_args
 from cpx.execute._status import STATES, StageStatus, idle_summary, run_status
 from cpx.execute._store import MANIFEST, Store, StoreError, Verdict
@@ -16,6 +16,7 @@ from cpx.execute._tracking import TrackingError, offline_runs, upload_hint
 
 __all__ = [
     "DeviceError",
+    "FleetError",
     "MANIFEST",
     "RESULT_SOURCES",
     "RESULT_TABLES",
@@ -37,6 +38,7 @@ __all__ = [
     "load_options",
     "offline_runs",
     "parse_devices",
+    "parse_fleet",
     "parse_slurm_args",
     "run_status",
     "upload_hint",

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cpx.errors import CpxError
+from cpx.execute._events import Event, Result, failed_result
+from cpx.execute._task import stage_ids
 from cpx.execute._worker import worker_main
 
 PYTHON_HASH_SEED = "0"
@@ -93,6 +95,7 @@ class LocalBackend:
     """Worker processes fed through one task queue each; results come back on one shared queue."""
 
     name = "local"
+    fleets = True  # the workers run `serve`, which runs fleet tasks
 
     def __init__(self, slots: list[Slot], run_dir: str, resolver: Any = None):
         self.slots = slots
@@ -102,7 +105,7 @@ class LocalBackend:
         self._events: Any = self._ctx.Queue()
         self._tasks: list[Any] = []
         self._procs: list[Any] = []
-        self._inflight: dict[int, str] = {}
+        self._inflight: dict[int, list[str]] = {}  # slot -> its stages not yet reported
 
     def _spawn(self, i: int) -> None:
         slot = self.slots[i]
@@ -135,11 +138,11 @@ class LocalBackend:
             self._spawn(i)
 
     def submit(self, slot: int, task: dict[str, Any]) -> None:
-        self._inflight[slot] = task["stage"]["id"]
+        self._inflight[slot] = stage_ids(task)
         self._tasks[slot].put(task)
 
-    def poll(self, timeout: float) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
+    def poll(self, timeout: float) -> list[Event]:
+        out: list[Event] = []
         try:
             out.append(self._events.get(timeout=timeout))
             while True:
@@ -147,36 +150,22 @@ class LocalBackend:
         except queue.Empty:
             pass
         for ev in out:
-            if ev[0] == "result":
-                self._inflight.pop(ev[1], None)
+            if isinstance(ev, Result) and ev.stage_id in self._inflight.get(ev.slot, []):
+                self._inflight[ev.slot].remove(ev.stage_id)
         out.extend(self._reap())  # after draining: a result already sent is never lost
         return out
 
-    def _reap(self) -> list[tuple[Any, ...]]:
-        """A worker that died (segfault, OOM killer) fails its stage and is replaced."""
-        out = []
+    def _reap(self) -> list[Event]:
+        """A worker that died (segfault, OOM killer) fails its stages in flight and is replaced."""
+        out: list[Event] = []
         for i, p in enumerate(self._procs):
             if p.is_alive():
                 continue
-            stage_id = self._inflight.pop(i, None)
             code = p.exitcode
             p.join()
             self._spawn(i)
-            if stage_id is not None:
-                out.append(
-                    (
-                        "result",
-                        i,
-                        stage_id,
-                        {
-                            "ok": False,
-                            "oom": False,
-                            "seconds": 0.0,
-                            "error": f"the worker process on {self.slots[i].label} died (exit code {code})",
-                            "traceback": "",
-                        },
-                    )
-                )
+            why = f"the worker process on {self.slots[i].label} died (exit code {code})"
+            out.extend(Result(i, stage_id, failed_result(why)) for stage_id in self._inflight.pop(i, []))
         return out
 
     def close(self) -> None:

@@ -14,11 +14,15 @@ class Display:
 
     def run_started(self, plan: Plan, todo: int, cached: int, rerun: dict[str, str]) -> None: ...
     def workers(self, labels: list[str]) -> None: ...
+    def fleet_started(self, slot: int, fleet_id: str, members: list[str]) -> None: ...
     def stage_started(self, slot: int, stage: Stage) -> None: ...
     def stage_progress(self, slot: int, stage_id: str, done: int, total: int, info: dict[str, Any]) -> None: ...
     def stage_finished(
         self, slot: int, stage: Stage, ok: bool, seconds: float, *, error: str = "", log: str = ""
     ) -> None: ...
+    def stage_requeued(self, slot: int, stage: Stage) -> None:
+        """The stage stopped on `slot` and waits to run again (out of memory, a lost worker, --retry)."""
+
     def note(self, message: str) -> None: ...
     def close(self) -> None: ...
 
@@ -45,6 +49,10 @@ class LineDisplay(Display):
         self.labels = labels
         self._print(f"  workers: {', '.join(labels)}")
 
+    def fleet_started(self, slot: int, fleet_id: str, members: list[str]) -> None:
+        where = self.labels[slot] if slot < len(self.labels) else str(slot)
+        self._print(f"  {where}: a fleet of {len(members)} trains together ({fleet_id}): {', '.join(members)}")
+
     def stage_finished(
         self, slot: int, stage: Stage, ok: bool, seconds: float, *, error: str = "", log: str = ""
     ) -> None:
@@ -60,7 +68,8 @@ class LineDisplay(Display):
 
 
 class RichDisplay(Display):
-    """A bar for the run and one per worker for the stage in flight (items, tokens/s, ETA)."""
+    """A bar for the run and one per stage in flight (items, tokens/s, ETA): one per worker, or
+    one per member of the fleet a worker runs; an idle worker shows one "idle" line."""
 
     def __init__(self, console: Any = None) -> None:
         from rich.console import Console
@@ -97,8 +106,9 @@ class RichDisplay(Display):
             expand=True,
         )
         self.run_task: Any = None
-        self.slot_tasks: dict[int, Any] = {}
-        self.slot_start: dict[int, float] = {}
+        self.idle: dict[int, Any] = {}  # slot -> its "idle" line, while it runs nothing
+        self.bars: dict[tuple[int, str], Any] = {}  # (slot, stage id) -> its bar
+        self.started: dict[tuple[int, str], float] = {}
         self.labels: list[str] = []
 
     def run_started(self, plan: Plan, todo: int, cached: int, rerun: dict[str, str]) -> None:
@@ -107,33 +117,55 @@ class RichDisplay(Display):
             self.progress.console.print(f"re-running {sid}: {why}", markup=False)
         self.run_task = self.progress.add_task(f"{plan.name} ({cached} cached)", total=todo, rate="")
 
+    def _label(self, slot: int) -> str:
+        return self.labels[slot] if slot < len(self.labels) else str(slot)
+
     def workers(self, labels: list[str]) -> None:
         self.labels = labels
-        for i, label in enumerate(labels):
-            self.slot_tasks[i] = self.progress.add_task(f"  {label}: idle", total=None, rate="")
+        for i in range(len(labels)):
+            self.idle[i] = self.progress.add_task(f"  {self._label(i)}: idle", total=None, rate="")
+
+    def fleet_started(self, slot: int, fleet_id: str, members: list[str]) -> None:
+        self.progress.console.print(
+            f"{self._label(slot)}: a fleet of {len(members)} trains together: {', '.join(members)}", markup=False
+        )
 
     def stage_started(self, slot: int, stage: Stage) -> None:
-        self.slot_start[slot] = time.monotonic()
-        # A fresh bar: rich cannot set a bar back to "no total yet".
-        self.progress.remove_task(self.slot_tasks[slot])
-        self.slot_tasks[slot] = self.progress.add_task(f"  {self.labels[slot]}: {stage.id}", total=None, rate="")
+        if slot in self.idle:
+            self.progress.remove_task(self.idle.pop(slot))
+        key = (slot, stage.id)
+        self.started[key] = time.monotonic()
+        self.bars[key] = self.progress.add_task(f"  {self._label(slot)}: {stage.id}", total=None, rate="")
 
     def stage_progress(self, slot: int, stage_id: str, done: int, total: int, info: dict[str, Any]) -> None:
+        key = (slot, stage_id)
+        if key not in self.bars:
+            return
         rate = ""
         tokens = info.get("tokens")
         if isinstance(tokens, (int, float)):
-            elapsed = max(1e-9, time.monotonic() - self.slot_start.get(slot, time.monotonic()))
+            elapsed = max(1e-9, time.monotonic() - self.started.get(key, time.monotonic()))
             rate = f"{tokens / elapsed:,.0f} tok/s"
-        self.progress.update(self.slot_tasks[slot], completed=done, total=total or None, rate=rate)
+        self.progress.update(self.bars[key], completed=done, total=total or None, rate=rate)
 
     def stage_finished(
         self, slot: int, stage: Stage, ok: bool, seconds: float, *, error: str = "", log: str = ""
     ) -> None:
         self.progress.advance(self.run_task)
-        label = self.labels[slot] if slot < len(self.labels) else str(slot)
         if not ok:
             self.progress.console.print(f"FAILED {stage.id}: {error} (log: {log})", markup=False)
-        self.progress.update(self.slot_tasks[slot], description=f"  {label}: idle", rate="")
+        self._drop(slot, stage.id)
+
+    def stage_requeued(self, slot: int, stage: Stage) -> None:
+        self._drop(slot, stage.id)
+
+    def _drop(self, slot: int, stage_id: str) -> None:
+        """Remove a stage's bar; a worker left with none shows "idle"."""
+        bar = self.bars.pop((slot, stage_id), None)
+        if bar is not None:
+            self.progress.remove_task(bar)
+        if not any(s == slot for s, _ in self.bars) and slot not in self.idle:
+            self.idle[slot] = self.progress.add_task(f"  {self._label(slot)}: idle", total=None, rate="")
 
     def note(self, message: str) -> None:
         self.progress.console.print(message, markup=False)

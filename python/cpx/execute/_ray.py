@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cpx.execute._env import TORCH_KINDS
+from cpx.execute._events import Event, Result, failed_result
 from cpx.execute._local import PYTHON_HASH_SEED, DeviceError
 from cpx.execute._task import IdleClock, LazyModelPool, free_accelerator_memory, run_task
 from cpx.execute._worker import resolve_resolver
@@ -97,6 +98,9 @@ class RayBackend:
     """Submits tasks to actors and turns finished object refs into scheduler events."""
 
     name = "ray"
+    # An actor's call returns once, with one result: a fleet's members could not be committed
+    # one by one as each finishes, so the Ray executor trains one stage at a time.
+    fleets = False
 
     def __init__(self, run_dir: str, resolver: Any = None, *, address: str | None = None, devices: str = "auto"):
         import ray
@@ -128,25 +132,19 @@ class RayBackend:
         ref = self._actors[slot].run.remote(task)
         self._refs[ref] = (slot, task["stage"]["id"])
 
-    def poll(self, timeout: float) -> list[tuple[Any, ...]]:
+    def poll(self, timeout: float) -> list[Event]:
         if not self._refs:
             return []
         ready, _ = self.ray.wait(list(self._refs), num_returns=len(self._refs), timeout=timeout)
-        out: list[tuple[Any, ...]] = []
+        out: list[Event] = []
         for ref in ready:
             slot, stage_id = self._refs.pop(ref)
             try:
                 result = self.ray.get(ref)
             except self.ray.exceptions.RayError as e:  # the actor died (or its node did)
                 self._actors[slot] = self._make(self.slots[slot])
-                result = {
-                    "ok": False,
-                    "oom": False,
-                    "seconds": 0.0,
-                    "traceback": "",
-                    "error": f"the Ray actor {self.slots[slot].label} failed: {type(e).__name__}: {e}",
-                }
-            out.append(("result", slot, stage_id, result))
+                result = failed_result(f"the Ray actor {self.slots[slot].label} failed: {type(e).__name__}: {e}")
+            out.append(Result(slot, stage_id, result))
         return out
 
     def close(self) -> None:

@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from cpx.errors import CpxError
+from cpx.execute._events import Event, Note, Progress, Ready, Result, failed_result, from_message
 from cpx.execute._local import PYTHON_HASH_SEED
 from cpx.execute._mailbox import Mailbox
 from cpx.execute._store import write_json_atomic
+from cpx.execute._task import stage_ids
 
 SLURM_DIR = Path(".cpx") / "slurm"
 JOBS_FILE = "jobs.json"
@@ -307,7 +309,7 @@ class _Job:
     reason: str = ""
     ready: bool = False
     running_since: float | None = None
-    inflight: str | None = None
+    inflight: list[str] = field(default_factory=list)  # its stages not yet reported
 
 
 def _resolver_ref(resolver: Any) -> str | None:
@@ -320,6 +322,7 @@ class SlurmBackend:
     """Submits one job per worker slot, feeds them tasks through their inboxes, watches squeue."""
 
     name = "slurm"
+    fleets = True  # the worker jobs run `serve`, which runs fleet tasks
 
     def __init__(self, run_dir: str, resolver: Any, options: SlurmOptions):
         self.run_dir, self.options = Path(run_dir), options
@@ -410,12 +413,12 @@ class SlurmBackend:
 
     def submit(self, slot: int, task: dict[str, Any]) -> None:
         job = self._jobs[slot]
-        job.inflight = task["stage"]["id"]
+        job.inflight = stage_ids(task)
         job.inbox.put(task)
 
-    def poll(self, timeout: float) -> list[tuple[Any, ...]]:
+    def poll(self, timeout: float) -> list[Event]:
         deadline = time.monotonic() + timeout
-        out: list[tuple[Any, ...]] = []
+        out: list[Event] = []
         while True:
             self._beat()
             for job in self._jobs:
@@ -426,29 +429,31 @@ class SlurmBackend:
                 return out
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
-    def _read(self, job: _Job) -> list[tuple[Any, ...]]:
-        out = []
+    def _read(self, job: _Job) -> list[Event]:
+        out: list[Event] = []
         for msg in job.outbox.take():
-            if msg[0] == "ready":
+            ev = from_message(msg)
+            if isinstance(ev, Ready):
                 job.ready = True
-            elif msg[0] == "result":
-                job.inflight = None
-                out.append(tuple(msg))
-            elif msg[0] == "progress":
-                out.append(tuple(msg))
+            elif isinstance(ev, Result):
+                if ev.stage_id in job.inflight:
+                    job.inflight.remove(ev.stage_id)
+                out.append(ev)
+            elif isinstance(ev, Progress):
+                out.append(ev)
         return out
 
-    def _watch(self) -> list[tuple[Any, ...]]:
+    def _watch(self) -> list[Event]:
         """Compare each job with squeue: note a start, replace a job that ended."""
         self._last_squeue = time.monotonic()
         states = squeue([j.id for j in self._jobs])
         if states is None:
             if not self._squeue_failing:
                 self._squeue_failing = True
-                return [("note", -1, "squeue failed; cpx keeps the workers and asks again")]
+                return [Note(-1, "squeue failed; cpx keeps the workers and asks again")]
             return []
         self._squeue_failing = False
-        out: list[tuple[Any, ...]] = []
+        out: list[Event] = []
         for slot, job in enumerate(self._jobs):
             info = states.get(job.id)
             state = info["state"] if info else "ENDED"
@@ -459,7 +464,7 @@ class SlurmBackend:
                     if state == "RUNNING":
                         job.running_since = time.monotonic()
                     where = f" on {job.node}" if state == "RUNNING" else f" ({job.reason})" if job.reason else ""
-                    out.append(("note", slot, f"worker job {job.id}: {state.lower()}{where}"))
+                    out.append(Note(slot, f"worker job {job.id}: {state.lower()}{where}"))
                 job.state = state
                 if (
                     not job.ready
@@ -476,8 +481,8 @@ class SlurmBackend:
             job.state = state if state != "ENDED" else job.state
             self._live.pop(job.id, None)
             why = f"worker job {job.id}{f' on {job.node}' if job.node else ''} ended ({state})"
-            if job.inflight is not None:
-                out.append(("result", slot, job.inflight, _lost(why)))
+            out.extend(Result(slot, stage_id, failed_result(why, lost=True)) for stage_id in job.inflight)
+            job.inflight = []
             if not job.ready:
                 if state not in REPLACEABLE:
                     self._record()
@@ -492,7 +497,7 @@ class SlurmBackend:
             else:
                 self._early_ends[slot] = 0
             self._jobs[slot] = self._submit(slot)
-            out.append(("note", slot, f"{why}; replaced by job {self._jobs[slot].id}"))
+            out.append(Note(slot, f"{why}; replaced by job {self._jobs[slot].id}"))
         return out
 
     def close(self) -> None:
@@ -527,10 +532,6 @@ class SlurmBackend:
 def _terminate(signum: int, frame: Any) -> None:
     """SIGTERM to the driver: stop as Ctrl-C does, so the jobs are cancelled on the way out."""
     raise KeyboardInterrupt
-
-
-def _lost(why: str) -> dict[str, Any]:
-    return {"ok": False, "lost": True, "oom": False, "seconds": 0.0, "traceback": "", "error": why}
 
 
 def _tail(path: Path, lines: int = 5) -> str:

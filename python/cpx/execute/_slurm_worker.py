@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cpx.execute._events import to_message
 from cpx.execute._mailbox import Mailbox
 from cpx.execute._slurm import WORKER_FILE
 from cpx.execute._worker import serve
@@ -85,7 +86,7 @@ def main(argv: list[str]) -> int:
         cfg["run_dir"],
         cfg["resolver"],
         get_task,
-        lambda ev: outbox.put(list(ev)),
+        lambda ev: outbox.put(to_message(ev)),
         annotate,
     )
     return 0

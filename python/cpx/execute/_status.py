@@ -27,6 +27,8 @@ class StageStatus:
     note: str = ""  # why a stage is pending or failed
     log: str | None = None
     idle_before: float | None = None  # seconds its worker waited for it (manifest timings)
+    fleet: str | None = None  # the fleet it ran (runs) in, and that fleet's size
+    fleet_size: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,6 +58,7 @@ def run_status(run_dir: str | os.PathLike[str], *, verify: bool = False) -> list
             m = store.read_manifest(s) or {}
             t = m.get("timings", {})
             dev = m.get("device", {})
+            fleet = m.get("executor", {}).get("fleet") or {}
             out.append(
                 StageStatus(
                     s.id,
@@ -67,6 +70,8 @@ def run_status(run_dir: str | os.PathLike[str], *, verify: bool = False) -> list
                     dev.get("name") or dev.get("id"),
                     log=log_rel,
                     idle_before=t.get("idle_before_seconds"),
+                    fleet=fleet.get("id"),
+                    fleet_size=fleet.get("size"),
                 )
             )
             continue
@@ -86,6 +91,8 @@ def run_status(run_dir: str | os.PathLike[str], *, verify: bool = False) -> list
                     ev.get("device"),
                     f"attempt {ev.get('attempt', 1)}",
                     log_rel,
+                    fleet=ev.get("fleet"),
+                    fleet_size=ev.get("fleet_size"),
                 )
             )
         elif kind == "failed":

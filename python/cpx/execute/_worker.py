@@ -13,7 +13,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cpx.execute._task import IdleClock, LazyModelPool, Resolver, free_accelerator_memory, run_task
+from cpx.execute._events import Event, Progress, Ready, Result, Started
+from cpx.execute._task import (
+    IdleClock,
+    LazyModelPool,
+    Resolver,
+    free_accelerator_memory,
+    run_fleet_task,
+    run_task,
+    stage_ids,
+)
 
 # `module:function` of a resolver to use instead of `cpx.stages.get_runner` (tests, custom kinds).
 RESOLVER_ENV = "CPX_STAGE_RESOLVER"
@@ -34,6 +43,19 @@ def resolve_resolver(ref: Any) -> Resolver:
         module, _, attr = ref.partition(":")
         return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
     return ref  # type: ignore[no-any-return]
+
+
+def fleet_runner(resolver: Resolver, kind: str) -> Callable[..., None] | None:
+    """The `run_fleet(ctxs, done)` a resolver gives for a kind, or None.
+
+    `cpx.stages.get_runner`'s is `cpx.stages.get_fleet_runner`; another resolver gives fleet
+    runners through a `fleet` attribute (`kind -> run_fleet or None`), else it has none, and the
+    members of a fleet task run one after another.
+    """
+    from cpx.stages import get_fleet_runner, get_runner
+
+    fleet = get_fleet_runner if resolver is get_runner else getattr(resolver, "fleet", None)
+    return fleet(kind) if fleet is not None else None
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -90,10 +112,11 @@ def serve(
     run_dir: str,
     resolver_ref: Any,
     get_task: Callable[[], dict[str, Any] | None],
-    put_event: Callable[[tuple[Any, ...]], None],
+    put_event: Callable[[Event], None],
     annotate: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """The worker loop of every executor: take a task, run it, report the result; stop at None.
+    """The worker loop of the local and Slurm executors: take a task, run it, report the result
+    (one per member of a fleet task, as each is done); stop at None.
 
     The model pool lives as long as the loop, so consecutive stages on one base model load it
     once. `annotate(result)` adds executor details (a Slurm job id) to each result.
@@ -102,22 +125,41 @@ def serve(
     models = LazyModelPool(device, run_dir)
 
     def progress(stage_id: str, done: int, total: int, info: dict[str, Any]) -> None:
-        put_event(("progress", slot, stage_id, done, total, info))
+        put_event(Progress(slot, stage_id, done, total, info))
 
     clock = IdleClock()
-    put_event(("ready", slot, os.getpid()))
+    put_event(Ready(slot, os.getpid()))
+
+    def report(stage_id: str, result: dict[str, Any]) -> None:
+        if annotate is not None:
+            annotate(result)
+        put_event(Result(slot, stage_id, result))
+
     while True:
         task = get_task()
         if task is None:
             break
-        stage_id = task["stage"]["id"]
-        put_event(("started", slot, stage_id))
-        result = run_task(
-            task, resolver=resolver, models=models, device=device, progress=progress, idle_before=clock.waited()
-        )
-        if annotate is not None:
-            annotate(result)
-        put_event(("result", slot, stage_id, result))
+        for stage_id in stage_ids(task):
+            put_event(Started(slot, stage_id))
+        members = task.get("members")
+        fleet = fleet_runner(resolver, members[0]["stage"]["kind"]) if members else None
+        if fleet is not None:
+            run_fleet_task(
+                task,
+                fleet_runner=fleet,
+                models=models,
+                device=device,
+                report=report,
+                progress=progress,
+                idle_before=clock.waited(),
+            )
+        else:  # one stage, or a fleet whose kind has no fleet runner: its members one by one
+            for t in members or [task]:
+                result = run_task(
+                    t, resolver=resolver, models=models, device=device, progress=progress, idle_before=clock.waited()
+                )
+                report(t["stage"]["id"], result)
+                clock.free()
         clock.free()
         if "torch" in sys.modules:
             # While the scheduler commits: free the finished stage's tensors caught in cycles and

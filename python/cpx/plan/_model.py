@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from cpx.errors import CpxError
+from cpx.plan._values import Values
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2  # 2: large shared values stored once, under `values`
 STAGE_KINDS = ("generate", "dataset", "train", "sample", "represent", "scan", "analyze", "report")
 
 
@@ -56,17 +57,23 @@ class Plan:
     spec: dict[str, Any]
     spec_hash: str
     stages: list[Stage]
+    # The large values the stages' params share (cpx.plan._values); a stage's params hold the objects.
+    values: Values = field(default_factory=Values, repr=False, compare=False)
 
     def by_id(self) -> dict[str, Stage]:
         return {s.id: s for s in self.stages}
 
     def to_json(self) -> dict[str, Any]:
+        """plan.json's content: each shared value once under `values`, referred to from the stages' params."""
+        used: dict[str, Any] = {}
+        stages = [{**s.to_json(), "params": self.values.refer(s.params, used)} for s in self.stages]
         return {
             "format": PLAN_FORMAT,
             "name": self.name,
             "spec": self.spec,
             "spec_hash": self.spec_hash,
-            "stages": [s.to_json() for s in self.stages],
+            "values": used,
+            "stages": stages,
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -76,9 +83,10 @@ class Plan:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         # One stage a line: readable with grep and diff, and written by json's C encoder
         # (indent= switches to the pure-Python one, 10x slower on large plans).
-        head = {k: v for k, v in self.to_json().items() if k != "stages"}
+        d = self.to_json()
+        head = {k: v for k, v in d.items() if k != "stages"}
         lines = [json.dumps(head)[:-1] + ', "stages": [']
-        lines.append(",\n".join(json.dumps(s.to_json()) for s in self.stages))
+        lines.append(",\n".join(json.dumps(s) for s in d["stages"]))
         lines.append("]}\n")
         tmp.write_text("\n".join(lines))
         os.replace(tmp, path)
@@ -96,12 +104,23 @@ class Plan:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PlanError(f"{path}: not a valid plan.json ({e})") from None
         if d.get("format") != PLAN_FORMAT:
-            raise PlanError(f"{path}: plan format {d.get('format')!r}, this cpx reads {PLAN_FORMAT}")
+            raise PlanError(
+                f"{path}: plan format {d.get('format')!r}, this cpx reads {PLAN_FORMAT}; "
+                "compile the spec again (`cpx compile SPEC`)"
+            )
+        # The references are replaced by the one shared object each: nothing is copied per stage.
+        values = Values(d.get("values", {}))
+        try:
+            for s in d["stages"]:
+                s["params"] = values.resolve(s.get("params", {}), f"stage {s.get('id')!r}")
+        except KeyError as e:
+            raise PlanError(f"{path}: {e.args[0]}") from None
         plan = cls(
             name=d["name"],
             spec=d["spec"],
             spec_hash=d["spec_hash"],
             stages=[Stage.from_json(s) for s in d["stages"]],
+            values=values,
         )
         plan.check()
         return plan

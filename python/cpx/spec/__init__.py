@@ -1,7 +1,8 @@
 """The spec language: pydantic schema, YAML loading with positions, SpecError with locations."""
 
 from cpx.spec._errors import Issue, Location, SpecError
-from cpx.spec._load import Loaded, axis_phase, load_spec, unread_layers
+from cpx.spec._checks import axis_phase, unread_layers
+from cpx.spec._load import Loaded, load_spec
 from cpx.spec._schema import Arm, Phase, Spec
 from cpx.spec._yaml import dotted
 

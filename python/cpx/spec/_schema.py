@@ -1,8 +1,9 @@
 """The spec's schema as pydantic models (extra keys forbidden, no type coercion).
 
 These models check shapes, types and ranges of what was written. Cross-references (persona,
-dataset, training-config and phase names), defaults merging and cycles are checked in
-`cpx.spec._load`, which also resolves files and `extends:` before these models see the data.
+dataset, training-config and phase names) and cycles are checked in `cpx.spec._checks`;
+`cpx.spec._load` resolves files and `extends:` before these models see the data, and merges
+the training defaults.
 """
 
 from __future__ import annotations
@@ -367,7 +368,8 @@ class Screen(Strict):
 
 class Intervals(Strict):
     confidence_level: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.95
-    n_resamples: Resamples = 2000
+    # A bootstrap needs two resamples at least (the stats core's lower limit).
+    n_resamples: Annotated[Resamples, Field(ge=2)] = 2000
     seed: Seed | None = Field(default=None, description="default: the replicate seed")
 
 

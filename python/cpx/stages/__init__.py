@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cpx._lazy import lazy_exports
-from cpx.plan import STAGE_KINDS
+from cpx.plan import STAGE_KINDS, Stage
 from cpx.stages._context import StageContext
 from cpx.stages._params import SamplerError, StageParamError
 from cpx.stages._rows import label_type
@@ -39,6 +39,23 @@ def get_runner(kind: str) -> Callable[[StageContext], dict[str, Any] | None]:
     return importlib.import_module(f"cpx.stages.{kind}").run
 
 
+def get_fleet_runner(kind: str) -> Callable[..., None] | None:
+    """The `run_fleet(ctxs, done)` of a stage kind whose stages can run together as one fleet
+    (train), else None."""
+    if kind not in STAGE_KINDS:
+        raise ValueError(f"unknown stage kind {kind!r}; known: {', '.join(STAGE_KINDS)}")
+    return getattr(importlib.import_module(f"cpx.stages.{kind}"), "run_fleet", None)
+
+
+def fleet_key(stage: Stage) -> str | None:
+    """Stages with equal, non-None keys may run together as one fleet (`cpx.stages.train.fleet_key`)."""
+    if stage.kind != "train":
+        return None
+    from cpx.stages.train import fleet_key as train_fleet_key
+
+    return train_fleet_key(stage)
+
+
 __all__ = [
     "DatasetError",
     "HiddenStateError",
@@ -46,6 +63,8 @@ __all__ = [
     "StageContext",
     "StageParamError",
     "TrainError",
+    "fleet_key",
+    "get_fleet_runner",
     "get_runner",
     "label_type",
 ]

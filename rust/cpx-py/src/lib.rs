@@ -145,7 +145,7 @@ fn f64_bytes<'py>(py: Python<'py>, v: &[f64]) -> Bound<'py, PyBytes> {
 
 /// Counts of each marker per row: one UInt32 Arrow array per marker.
 #[pyfunction]
-#[pyo3(signature = (texts, markers, case_insensitive=true))]
+#[pyo3(signature = (texts, markers, case_insensitive))]
 fn count_markers(
     py: Python<'_>,
     texts: &Bound<'_, PyAny>,
@@ -166,7 +166,7 @@ fn count_markers(
 
 /// Whether any marker occurs in each row: a Boolean Arrow array.
 #[pyfunction]
-#[pyo3(signature = (texts, markers, case_insensitive=true))]
+#[pyo3(signature = (texts, markers, case_insensitive))]
 fn contains_any(
     py: Python<'_>,
     texts: &Bound<'_, PyAny>,
