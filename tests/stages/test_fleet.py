@@ -153,10 +153,15 @@ def _params(tiny_ref, dataset, parents=(), **optim):
     }
 
 
-def test_fleet_members_equal_the_same_stages_trained_alone(tiny_ref, run_dir, pool, tmp_path):
+@pytest.mark.parametrize("joint", [True, False])
+def test_fleet_members_equal_the_same_stages_trained_alone(tiny_ref, run_dir, pool, tmp_path, monkeypatch, joint):
     """Four members of different lengths, seeds, schedules, checkpoints, clipping, micro-batch
-    limits and parents (none, or a trained adapter) train jointly; each equals itself alone."""
+    limits and parents (none, or a trained adapter) train as a fleet; each equals itself alone:
+    in joint passes (the GPU's mode, here in float32) to float rounding, in turns (the CPU's
+    mode) bit for bit."""
     from cpx.stages import train
+
+    monkeypatch.setattr(train, "joint_passes", lambda device: joint)
 
     parent_out = tmp_path / "parent"
     ds = {f"dataset/{k}": _dataset(tmp_path / f"ds{k}", n, k) for k, n in enumerate((6, 10, 4, 8))}
@@ -224,6 +229,7 @@ def test_fleet_members_equal_the_same_stages_trained_alone(tiny_ref, run_dir, po
         assert [r["step"] for r in la] == [r["step"] for r in lf]
         for key in ("loss", "grad_norm", "lr"):
             assert [r[key] for r in lf] == pytest.approx([r[key] for r in la], rel=1e-5), (i, key)
+            assert joint or [r[key] for r in lf] == [r[key] for r in la]
         ckpts = sorted(p.name for p in (tmp_path / "alone" / f"m{i}" / "checkpoints").iterdir())
         assert ckpts == sorted(p.name for p in (tmp_path / "fleet" / f"m{i}" / "checkpoints").iterdir())
         for f in ckpts:
@@ -233,6 +239,7 @@ def test_fleet_members_equal_the_same_stages_trained_alone(tiny_ref, run_dir, po
             for k in wa:
                 diff, size = float((wf[k] - wa[k]).norm()), float(wa[k].norm())
                 assert diff <= 1e-5 * size, (i, f, k, diff, size)
+                assert joint or torch.equal(wf[k], wa[k])
                 worst = max(worst, diff / size) if size else worst
     print("largest relative difference of a fleet member's adapter tensor from alone:", worst)
     # Not trivially equal: the members trained different adapters.
