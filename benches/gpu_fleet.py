@@ -215,7 +215,7 @@ def run_ours(model, mems, args, merged_parent: bool = False, checkpointing: bool
     try:
         for c in clocks:
             c(0)
-        train_fleet(model, mems, device=args.device, checkpointing=checkpointing)
+        train_fleet(model, mems, device=args.device, checkpointing=checkpointing, joint=True)
     finally:
         if merged is not None:
             merged.restore()

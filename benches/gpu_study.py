@@ -360,7 +360,18 @@ def stage_rows(run: Path, plan, dmon: list[tuple[float, float]]) -> list[dict[st
             "started": t["started"],
             "worker_pid": (m.get("executor") or {}).get("pid"),
         }
-        for k in ("tokens", "tokens_per_s", "completions", "total_steps", "train_seconds", "gradient_checkpointing"):
+        fleet = (m.get("executor") or {}).get("fleet")
+        if fleet:
+            row["fleet_id"] = fleet["id"]
+        for k in (
+            "tokens",
+            "tokens_per_s",
+            "completions",
+            "total_steps",
+            "train_seconds",
+            "gradient_checkpointing",
+            "fleet_size",
+        ):
             if k in info:
                 row[k] = info[k]
         if "seconds" in info:
@@ -403,15 +414,29 @@ def extrapolate(full_plan, rows: list[dict[str, Any]], slice_plan) -> dict[str, 
     out: dict[str, Any] = {}
     by = {r["id"]: r for r in rows}
     # train: seconds per step (by loss) from the runner's own loop; the rest per stage
+    # A member of a joint fleet shares each step's GPU time with the other members
+    # (`fleet_size`), and its stage time runs from the fleet's start to its own end: the fleet's
+    # time beyond training (merges, saves, each member's screen) is shared out evenly.
     per_step: dict[str, list[float]] = {}
     rest: dict[str, list[float]] = {}
+    fleets: dict[str, list[dict[str, Any]]] = {}
+    for r in by.values():
+        if r.get("fleet_id"):
+            fleets.setdefault(r["fleet_id"], []).append(r)
     for sid, r in by.items():
         if r["kind"] != "train" or not r.get("total_steps"):
             continue
         lk = loss(s_by, sid)
-        per_step.setdefault(lk, []).append(r["train_seconds"] / r["total_steps"])
-        if sid not in firsts:
-            rest.setdefault(lk, []).append(r["seconds"] - r["train_seconds"])
+        joint = int(r.get("fleet_size") or 1)
+        per_step.setdefault(lk, []).append(r["train_seconds"] / r["total_steps"] / joint)
+        if sid in firsts:
+            continue
+        mates = fleets.get(r.get("fleet_id") or "", [r])
+        if len(mates) > 1:
+            share = (max(x["seconds"] for x in mates) - max(x["train_seconds"] for x in mates)) / len(mates)
+        else:
+            share = r["seconds"] - r["train_seconds"]
+        rest.setdefault(lk, []).append(share)
     train = [0.0, 0.0, 0.0]
     steps: dict[str, int] = {}
     for sid, w in fw.items():

@@ -3,7 +3,7 @@
 Heavy libraries (torch, transformers, peft) are imported inside the functions that need them.
 """
 
-from cpx.models._chain import ChainError, lora_scale, read_adapter
+from cpx.models._chain import ChainError, LoraDelta, adapter_folder, lora_scale, read_adapter
 from cpx.models._fingerprint import FingerprintError, fingerprint
 from cpx.models._load import ModelLoadError, load_model, load_tokenizer, model_dir, render_prompt
 from cpx.models._pool import ModelPool
@@ -14,9 +14,11 @@ __all__ = [
     "CHAT_TEMPLATE",
     "ChainError",
     "FingerprintError",
+    "LoraDelta",
     "ModelLoadError",
     "ModelPool",
     "TINY_DEFAULTS",
+    "adapter_folder",
     "build_tiny",
     "fingerprint",
     "load_model",

@@ -55,6 +55,8 @@ class Member:
     log: Any = None
     progress: Callable[..., None] | None = None
     on_step: Callable[[int, dict[str, Any]], None] | None = None  # (step, {name: weight})
+    # Outside joint passes: puts the model on this member's own chain before its passes.
+    activate: Callable[[], None] | None = None
     checkpointing: str | None = field(default=None, init=False)  # what the memory probe decided
     fleet_size: int = field(default=0, init=False)  # members of the (sub-)fleet it trained in
     result: TrainResult | None = field(default=None, init=False)
@@ -242,8 +244,8 @@ def train_fleet(
     on_done: Callable[[int, Any], None] | None = None,
     probe_memory: bool = True,
     checkpointing: bool | None = None,
-    fleet_log=None,
     joint: bool | None = None,
+    fleet_log=None,
 ) -> list[TrainResult]:
     """Train `members` together on `model` (put back as found on return) and save each
     member's adapters to `out_dir/checkpoints/<f>/`. `on_done(i, fleet)` is called as soon as
@@ -251,23 +253,27 @@ def train_fleet(
     still carries the fleet's LoRA linears, bypassed (`fleet.set_bypass`) for whatever the
     callback runs on the base model. `checkpointing` True or False skips the probe and trains
     the whole fleet at once with gradient checkpointing on or off (benches compare the two).
-
-    `joint` (default: on a GPU) trains the members together, one pass over the base per step;
-    otherwise (the CPU's default) they train one after another, each computing exactly what it
-    computes alone: the CPU is where results are compared bit for bit, and a tiny model's
-    training at a high learning rate turns a joint step's float rounding (1e-7) into loss
-    differences of several percent, so a member's outputs would depend on its fleet.
+    `joint` (default `joint_passes(device)`): one pass over the base per micro-step with every
+    member's micro-batch, or each member's own passes in turn (after its `activate`).
     """
     from cpx.models import small_model_threads
 
     if not members:
         return []
     with small_model_threads(model, device):
-        joint = device.startswith("cuda") if joint is None else joint
-        return _train_fleet(model, members, device, on_done, probe_memory, checkpointing, fleet_log, joint)
+        joint = joint_passes(device) if joint is None else joint
+        return _train_fleet(model, members, device, on_done, probe_memory, checkpointing, joint, fleet_log)
 
 
-def _train_fleet(model, members, device, on_done, probe_memory, checkpointing, fleet_log, joint) -> list[TrainResult]:
+def joint_passes(device: str) -> bool:
+    """Whether a fleet's steps are joint passes over the base (a GPU) or each member's passes
+    one after another on its own chain (the CPU: bit for bit the stage alone, so a plan's CPU
+    results do not depend on which stages trained together; a CPU has no idle arithmetic units
+    for a fleet to fill)."""
+    return device.startswith("cuda")
+
+
+def _train_fleet(model, members, device, on_done, probe_memory, checkpointing, joint, fleet_log) -> list[TrainResult]:
     import torch
 
     from cpx.stages._lora import Fleet
@@ -290,12 +296,14 @@ def _train_fleet(model, members, device, on_done, probe_memory, checkpointing, f
         asked = all(bool(m.optim.get("gradient_checkpointing", False)) for m in members)
         dropout = float(lora.get("dropout", 0.0) or 0.0)
         everyone = list(range(len(members)))
-        if dropout > 0 or not joint:
+        if dropout > 0:
             # Dropout draws random numbers over the whole row: members train one at a time,
             # each from the RNG state its own initialisation left, as alone.
             groups, grad_ckpt = [[i] for i in everyone], asked
         elif checkpointing is not None:
             groups, grad_ckpt = [everyone], checkpointing
+        elif not joint:
+            groups, grad_ckpt = [everyone], asked
         elif cuda and probe_memory:
             groups, grad_ckpt = _sub_fleets(model, fleet, members, device, amp_dtype, asked, fleet_log)
         else:
@@ -307,9 +315,9 @@ def _train_fleet(model, members, device, on_done, probe_memory, checkpointing, f
             fleet_log.info("attention: %s", "flash varlen" if why is None else f"sdpa per example ({why})")
         model.train()
         for group in groups:
-            if len(group) == 1:
+            if dropout > 0:
                 torch.random.set_rng_state(rng_after_init[group[0]])
-            _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_ckpt)
+            _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_ckpt, joint)
     finally:
         model.config._attn_implementation = attn_before
         if grad_ckpt:
@@ -362,7 +370,7 @@ def _sub_fleets(model, fleet, members, device, amp_dtype, asked, log) -> tuple[l
     return groups, ckpt
 
 
-def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_ckpt) -> None:
+def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_ckpt, joint) -> None:
     import torch
 
     cuda = device.startswith("cuda")
@@ -396,8 +404,13 @@ def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_
             for i in active
         }
         step_loss = {i: torch.zeros((), device=device) for i in active}
-        for k in range(max(len(p) for p in parts.values())):
-            present = [i for i in active if k < len(parts[i])]
+        if joint:
+            passes = [(k, [i for i in active if k < len(parts[i])]) for k in range(max(len(p) for p in parts.values()))]
+        else:
+            passes = [(k, [i]) for i in active for k in range(len(parts[i]))]
+        for k, present in passes:
+            if not joint and members[present[0]].activate is not None:
+                members[present[0]].activate()
             micro = [parts[i][k] for i in present]
             batch = pack_fleet(micro, device)
             counts = [sum(len(ex.input_ids) for ex in part) for part in micro]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cpx.models._chain import LoraDelta, lora_scale
+from cpx.models import LoraDelta, lora_scale
 
 
 class Segments:

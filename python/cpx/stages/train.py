@@ -19,6 +19,7 @@ per step (docs/plan-format.md, "train").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from cpx.errors import is_oom
 from cpx.plan import Stage
 from cpx.stages._context import StageContext
 from cpx.models import read_adapter, small_model_threads
-from cpx.stages._fleet import Member, train_fleet
+from cpx.stages._fleet import Member, joint_passes, train_fleet
 from cpx.stages._training import Encoded, RunPlan, TrainError, TrainResult, encode_example, end_of_turn_id, plan_run
 
 SPECIFIC = "specific"
@@ -195,7 +196,7 @@ def fleet_key(stage: Stage) -> str | None:
 FleetDone = Callable[[int, dict[str, Any] | None, BaseException | None], None]
 
 
-def run_fleet(ctxs: Sequence[StageContext], done: FleetDone, *, joint: bool | None = None) -> None:
+def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
     """Train the stages of one fleet (equal `fleet_key`s, one worker, one device).
 
     `done(i, info, None)` is called as soon as member i's outputs are complete in
@@ -203,29 +204,19 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone, *, joint: bool | No
     failed on its own (bad data); either way the other members go on. An error that ends the
     whole fleet (out of memory) is raised: the members not yet reported are the ones in flight.
 
-    All members train together on the worker's model (`cpx.stages._fleet`): members on one
-    chain (a stage alone) on that chain merged, as before fleets; members on different chains
-    on the shared base, each member's parent adapters applied unmerged on its own rows (equal
-    to merged up to float rounding). A member's screen samples its chain merged, as the eval.
+    All members train together on the worker's model (`cpx.stages._fleet`). On a GPU, in joint
+    passes: members on one chain on that chain merged; members on different chains on the
+    shared base, each member's parent adapters applied unmerged on its own rows (equal to
+    merged up to float rounding). On the CPU each member's passes run in turn on its own chain
+    merged, bit for bit the stage alone. A member's screen samples its chain merged, as the eval.
     """
-    from cpx.models import ModelPool
-    from cpx.models._chain import adapter_folder
+    from cpx.models import ModelPool, adapter_folder
 
     if not ctxs:
         return
     lead = ctxs[0]
     if len({ctx.device for ctx in ctxs}) > 1:
         raise ValueError(f"a fleet trains on one device, got {sorted({ctx.device for ctx in ctxs})}")
-    joint = lead.device.startswith("cuda") if joint is None else joint
-    if not joint:
-        # Exactly as alone: each chain's members on that chain merged, one after another.
-        by_chain: dict[str, list[int]] = {}
-        for i, ctx in enumerate(ctxs):
-            by_chain.setdefault(json.dumps(ctx.params.get("model"), sort_keys=True, default=str), []).append(i)
-        if len(by_chain) > 1:
-            for idx in by_chain.values():
-                run_fleet([ctxs[i] for i in idx], _renumbered(done, idx), joint=False)
-            return
     pool = lead.models if lead.models is not None else ModelPool(lead.device, lead.run_dir)
     for ctx in ctxs[1:]:
         ctx.models = ctx.models if ctx.models is not None else pool
@@ -241,8 +232,11 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone, *, joint: bool | No
         return
     # Members on one chain (a stage alone) train on it merged, as the eval samples it; members
     # on different chains share the base unmerged, each member's parents on its own rows.
+    # Without joint passes (the CPU) each member trains on its own chain merged, switched to
+    # before its passes: bit for bit the stage alone.
+    joint = joint_passes(lead.device)
     chains = {json.dumps(ctxs[i].params["model"], sort_keys=True, default=str) for i in checked}
-    shared = len(chains) == 1
+    shared = len(chains) == 1 or not joint
     lead_chain = ctxs[checked[0]].params["model"]
     train_chain = lead_chain if shared else {"base": lead_chain["base"], "adapters": []}
     inputs = {k: v for i in checked for k, v in ctxs[i].inputs.items()} if shared else {}
@@ -252,8 +246,8 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone, *, joint: bool | No
         ctx = ctxs[i]
         try:
             prep = _prepare(i, ctx, tok)
-            chain = [] if shared else ctx.params["model"].get("adapters", [])
-            parents = [read_adapter(adapter_folder(a, ctx.inputs)) for a in chain]
+            folders = [adapter_folder(a, ctx.inputs) for a in ctx.params["model"].get("adapters", [])]
+            parents = [] if shared else [read_adapter(f) for f in folders]
         except Exception as e:  # bad data fails its member alone
             if is_oom(e):
                 raise
@@ -271,6 +265,7 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone, *, joint: bool | No
                 parents=parents,
                 log=ctx.log,
                 progress=ctx.progress,
+                activate=None if joint else functools.partial(pool.get, p["model"], ctx.inputs),
             )
         )
         prepared.append(prep)
@@ -293,16 +288,7 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone, *, joint: bool | No
             # The screen merged this member's chain into the base: back to the fleet's.
             pool.get(train_chain, inputs)
 
-    train_fleet(model, members, device=lead.device, on_done=finished, fleet_log=lead.log, joint=joint)
-
-
-def _renumbered(done: FleetDone, index: list[int]) -> FleetDone:
-    """`done` for a part of a fleet: member j of the part is member index[j] of the whole."""
-
-    def part_done(j: int, info: dict[str, Any] | None, exc: BaseException | None) -> None:
-        done(index[j], info, exc)
-
-    return part_done
+    train_fleet(model, members, device=lead.device, on_done=finished, fleet_log=lead.log)
 
 
 def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
