@@ -19,7 +19,7 @@ import time
 from datetime import datetime
 
 import pytest
-from _demo import REAL, assert_same_results, compile_demo, execute
+from _demo import FLEET_OFF, REAL, assert_same_results, compile_demo, execute
 from _exec_runners import ledger_lines
 from _exec_helpers import HERE, SRC, cpx_env, manifests
 
@@ -42,7 +42,7 @@ def test_demo_survives_ten_sigkills(tmp_path, reference):
         last = target == remaining[-1]
         seen = len(ledger_lines(ledger))
         p = subprocess.Popen(
-            [sys.executable, "-m", "cpx", "execute", str(run), "--devices", "cpu", "--quiet"],
+            [sys.executable, "-m", "cpx", "execute", str(run), "--devices", "cpu", "--quiet", *FLEET_OFF],
             env=cpx_env(CPX_TEST_LEDGER=str(ledger), **REAL),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

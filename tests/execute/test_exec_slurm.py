@@ -20,13 +20,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from _demo import REAL, assert_same_results, compile_demo
+from _demo import FLEET_OFF, REAL, assert_same_results, compile_demo
 from _exec_helpers import cpx_env, cpx_run, manifests
 from _exec_runners import ledger_lines
 
 pytestmark = pytest.mark.slow
 
-SLURM = ("--executor", "slurm", "--workers", "2", "--quiet")
+SLURM = ("--executor", "slurm", "--workers", "2", "--quiet", *FLEET_OFF)
 
 
 def slurm_execute(cluster, run: Path, ledger: Path, *extra: str) -> subprocess.CompletedProcess[str]:
