@@ -52,19 +52,6 @@ def fused_available(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def fusable(model) -> bool:
-    """Whether the fused kernel takes this model's cache: 16-bit floats, a power-of-two head size."""
-    import torch
-
-    from cpx.stages._kv import cache_dtype, unwrapped
-
-    cfg = unwrapped(model).config
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    pow2 = head_dim >= 16 and head_dim & (head_dim - 1) == 0
-    return pow2 and cache_dtype(model) in (torch.bfloat16, torch.float16)
-
-
 def splits_for(rows: int, kv_heads: int, capacity: int, device) -> int:
     """Chunks per row: enough programs to fill the GPU, each chunk at least _MIN_CHUNK positions."""
     import torch

@@ -175,3 +175,14 @@ def n_layers(model) -> int:
     cfg = unwrapped(model).config
     cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     return int(cfg.num_hidden_layers)
+
+
+def fusable(model) -> bool:
+    """Whether the fused kernel takes this model's cache: 16-bit floats, a power-of-two head size."""
+    import torch
+
+    cfg = unwrapped(model).config
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    pow2 = head_dim >= 16 and head_dim & (head_dim - 1) == 0
+    return pow2 and cache_dtype(model) in (torch.bfloat16, torch.float16)

@@ -45,9 +45,9 @@ from typing import TYPE_CHECKING, Any
 from cpx.errors import is_oom
 from cpx.stages._batching import auto_batch_size
 from cpx.stages._decode import decode_batch
-from cpx.stages._decode_attn import fusable, fused_available
+from cpx.stages._decode_attn import fused_available
 from cpx.stages._draws import row_keys, sample_tokens, uniforms
-from cpx.stages._kv import cache_dtype, check_model, kv_attention
+from cpx.stages._kv import cache_dtype, check_model, fusable, kv_attention
 from cpx.stages._params import SamplerError, check_sampler
 
 if TYPE_CHECKING:
