@@ -30,9 +30,8 @@ SMALL = [
     "eval.intervals.n_resamples=50",
 ]
 REAL = {"CPX_STAGE_RESOLVER": "_exec_runners:resolve_real"}
-# The runs compared byte for byte (executors, kills) train one stage at a time: a member of a
-# fleet trains on the shared base with its parents unmerged, so its adapter equals the stage
-# trained alone only to float rounding (test_exec_fleet.py compares fleets with a tolerance).
+# The reference and the runs compared with it (executors, kills) train one stage at a time, so
+# that test_exec_fleet.py's `--fleet auto` run is compared with runs that had no fleet.
 FLEET_OFF = ("--fleet", "off")
 
 
