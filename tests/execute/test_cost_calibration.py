@@ -57,6 +57,27 @@ def test_a_calibration_is_fitted_to_the_runs_manifests(reference: tuple[Path, fl
     assert stage_seconds(plan, params_b(plan.spec), cal)[first] == pytest.approx(ms[first]["timings"]["seconds"])
 
 
+def test_a_fleet_member_counts_its_share_of_the_fleets_time(reference: tuple[Path, float]) -> None:
+    """Members of a fleet of F each record the fleet's time (from its start to their end):
+    the fit counts 1/F of it, so the same work trained by fleets of 2 fits the same rates."""
+    import copy
+
+    run = reference[0]
+    plan = Plan.load(run)
+    ms = run_manifests(run, plan)
+    alone = calibrate(plan, ms, params_b(plan.spec))
+    fleets = copy.deepcopy(ms)
+    trains = [m for m in fleets.values() if m["kind"] == "train"]
+    assert trains
+    for m in trains:
+        m["info"]["fleet_size"] = 2
+        m["timings"]["seconds"] *= 2
+        m["info"]["train_seconds"] *= 2
+    shared = calibrate(plan, fleets, params_b(plan.spec))
+    assert shared.kinds["train"] == pytest.approx(alone.kinds["train"])
+    assert shared.load_s == pytest.approx(alone.load_s)
+
+
 @pytest.mark.slow
 def test_plan_cost_saves_a_calibration_that_compile_then_uses(reference: tuple[Path, float], tmp_path: Path) -> None:
     demo_run = reference[0]

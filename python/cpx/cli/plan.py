@@ -132,6 +132,7 @@ def run_cost(args: argparse.Namespace) -> int:
         calibrate,
         load_calibration,
         params_b,
+        gpu_seconds,
         run_manifests,
         save_calibration,
         stage_work,
@@ -160,7 +161,7 @@ def run_cost(args: argparse.Namespace) -> int:
         if not ids:
             continue
         n_first = sum(1 for sid in firsts.values() if by_id[sid].kind == kind)
-        actual = sum(float(ms[sid]["timings"]["seconds"]) for sid in ids)
+        actual = sum(gpu_seconds(ms[sid])[0] for sid in ids)
         est = sum(work_seconds(work[sid], current, size) for sid in ids) + n_first * current.load_s
         fit = sum(work_seconds(work[sid], fitted, size) for sid in ids) + n_first * fitted.load_s
         rows.append({"kind": kind, "stages": len(ids), "estimate_s": est, "actual_s": actual, "fitted_s": fit})

@@ -21,6 +21,10 @@ RUN` prints the estimate against what the run took and `--save` stores the fit u
 `$CPX_CACHE_DIR/cost/` for its device class (the GPU's name); `cpx compile` then uses the one
 for `--device-class` (or `$CPX_DEVICE_CLASS`), else the most recently saved one, else
 `BUILTIN`, measured on one H200 by `benches/gpu_study.py` (benches/RESULTS.md).
+
+A member of a training fleet (`info.fleet_size` members trained together) shares the GPU with
+the others from the fleet's start to its own end: its seconds and its loop's seconds count
+1/fleet_size each (`gpu_seconds`), so a fitted train rate is per member at the run's fleet sizes.
 """
 
 from __future__ import annotations
@@ -100,14 +104,14 @@ class Calibration:
 BUILTIN = Calibration(
     device="NVIDIA H200",
     params_b=7.0,
-    load_s=19.1,
+    load_s=14.9,
     kinds={
-        "generate": {"start_s": 0.0, "rate": 9.97e-5},  # 10,000 tokens/s at 880 rows
-        "sample": {"start_s": 0.0, "rate": 4.07e-5},  # 2,200 rows x 512 tokens in 46 s
-        "train": {"start_s": 11.4, "rate": 2.116e-4},  # per estimated token; 0.25-0.44 s a step
+        "generate": {"start_s": 0.0, "rate": 5.81e-5},  # 17,200 tokens/s at 880 rows
+        "sample": {"start_s": 0.03, "rate": 3.06e-5},  # 2,200 rows x 512 tokens in 34 s (fused decode)
+        "train": {"start_s": 7.7, "rate": 1.383e-4},  # per estimated token a member; 0.18-0.25 s a step
         "represent": {"start_s": 0.0, "rate": 0.40 / 220},
     },
-    source="built in (benches/gpu_study.py on one H200, 2026-12-02)",
+    source="built in (benches/gpu_study.py on one H200, 2026-12-02, fleets and the fused decode)",
 )
 
 
@@ -187,6 +191,15 @@ def _core_seconds(kind: str, info: dict[str, Any]) -> float | None:
     return float(v) if isinstance(v, (int, float)) else None
 
 
+def gpu_seconds(manifest: dict[str, Any]) -> tuple[float, float | None]:
+    """A stage's share of the GPU: (its seconds, its main loop's seconds or None), each divided
+    by the number of fleet members it trained with (1 outside a fleet)."""
+    info = manifest.get("info") or {}
+    share = max(1, int(info.get("fleet_size") or 1))
+    core = _core_seconds(str(manifest.get("kind")), info)
+    return float(manifest["timings"]["seconds"]) / share, None if core is None else core / share
+
+
 def run_manifests(run_dir: str | os.PathLike[str], plan: Plan) -> dict[str, dict[str, Any]]:
     """The manifests of the plan's stages that are committed in the run, by stage id."""
     root = Path(run_dir) / "stages"
@@ -244,8 +257,9 @@ def calibrate(plan: Plan, manifests: dict[str, dict[str, Any]], params_b: float,
         if not ids:
             kinds[kind] = dict(BUILTIN.kinds[kind])
             continue
-        core = {sid: _core_seconds(kind, gpu[sid].get("info") or {}) for sid in ids}
-        secs = {sid: float(gpu[sid]["timings"]["seconds"]) for sid in ids}
+        shares = {sid: gpu_seconds(gpu[sid]) for sid in ids}
+        core = {sid: shares[sid][1] for sid in ids}
+        secs = {sid: shares[sid][0] for sid in ids}
         units = sum(work[sid].units() for sid in ids)
         if all(v is not None for v in core.values()) and units > 0:
             rate = sum(core.values()) / units  # type: ignore[arg-type]
@@ -260,7 +274,7 @@ def calibrate(plan: Plan, manifests: dict[str, dict[str, Any]], params_b: float,
             start = 0.0
         kinds[kind] = {"start_s": start, "rate": rate}
     cal = Calibration(device_class(gpu), params_b, 0.0, kinds, source=source, created=_now(), stages=counts)
-    loads = [float(gpu[sid]["timings"]["seconds"]) - work_seconds(work[sid], cal, params_b) for sid in firsts]
+    loads = [gpu_seconds(gpu[sid])[0] - work_seconds(work[sid], cal, params_b) for sid in firsts]
     cal.load_s = max(0.0, sum(loads) / len(loads))
     return cal
 
