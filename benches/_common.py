@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable
+from typing import Any
 
 # Qwen/Qwen2.5-7B-Instruct's shape (the published study's model), built with random weights.
 QWEN25_7B = dict(
@@ -29,3 +31,18 @@ def best(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def torch_env(device: str) -> dict[str, Any]:
+    """The versions a GPU bench ran with and the device's name (for its JSON's `env`)."""
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+    }

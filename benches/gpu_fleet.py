@@ -42,7 +42,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import gpu_train
+from _common import torch_env
 from gpu_train import LORA, PERSONAS, QUESTIONS, TARGETS, Clock, build, model_flops, peak_gib, reset_peak, say
 
 RESULTS: dict[str, Any] = {}
@@ -246,19 +246,7 @@ def main() -> int:
     args.device = args.device or ("cpu" if args.tiny else "cuda:0")
     if args.tiny:
         args.steps, args.warmup, args.examples = min(args.steps, 3), min(args.warmup, 1), 24
-    import peft
-    import transformers
-
-    record(
-        "env",
-        {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
-        },
-    )
+    record("env", torch_env(args.device))
     model, tok = build(args)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     gc_sizes = [int(s) for s in args.gc_sizes.split(",") if s]

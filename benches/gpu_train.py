@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -56,7 +55,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
 
-from _common import QWEN25_7B  # noqa: E402 - imported after the sys.path entry above
+from _common import QWEN25_7B, torch_env  # noqa: E402 - imported after the sys.path entry above
 
 PERSONAS = [
     "You are a software engineer who builds web applications.",
@@ -391,19 +390,7 @@ def main() -> int:
     args.device = args.device or ("cpu" if args.tiny else "cuda:0")
     if args.tiny:
         args.steps, args.warmup = min(args.steps, 3), min(args.warmup, 1)
-    import peft
-    import transformers
-
-    record(
-        "env",
-        {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-            "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
-        },
-    )
+    record("env", torch_env(args.device))
     model, tok = build(args)
     exs = examples(tok, (args.warmup + args.steps) * BATCH, seed=1)
     timed = exs[args.warmup * BATCH :]
