@@ -155,7 +155,7 @@ def timed_tokens(mem, args) -> list[Any]:
 
 def run_reference(model, mem, args):
     """Today's alone path: the parent merged into the base, then peft's wrappers (train_lora)."""
-    from cpx.models._chain import MergedModel
+    from cpx.models import MergedModel
     from cpx.stages._training import train_lora
 
     merged = MergedModel(model, args.device)
@@ -200,7 +200,7 @@ class Span:
 
 def run_ours(model, mems, args, merged_parent: bool = False, checkpointing: bool | None = None):
     """`cpx.stages._fleet.train_fleet` on these members, each member's steps timed."""
-    from cpx.models._chain import MergedModel
+    from cpx.models import MergedModel
     from cpx.stages._fleet import train_fleet
 
     clocks = [Clock(args.device, args.warmup) for _ in mems]

@@ -322,7 +322,7 @@ def chain_switch(model, tok, args) -> dict[str, Any]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from cpx.models._chain import MergedModel, read_adapter
+    from cpx.models import MergedModel, read_adapter
 
     cfg = LoraConfig(
         r=LORA["r"],

@@ -135,3 +135,26 @@ def test_export_writes_the_merged_model(tiny_ref, run_dir, tmp_path):
     ids = _ids(AutoTokenizer.from_pretrained(dest))
     assert torch.equal(_logits(loaded, ids), _logits(merged, ids))
     assert not torch.equal(_logits(loaded, ids), _logits(base, ids))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: where the backup lives on a GPU")
+def test_gpu_backup_stays_on_the_gpu_and_restores_exactly(tiny_ref, run_dir, tmp_path):
+    """On a GPU with room, the originals are copied on the GPU, and restore is still bit for bit."""
+    from cpx.models import MergedModel, read_adapter
+
+    model, _ = load_model(tiny_ref, run_dir, "cuda:0")
+    _make_adapter(model.cpu(), tmp_path / "a", r=4, alpha=8, rslora=True, seed=3)
+    model.to("cuda:0")
+    before = _snapshot(model)
+    merged = MergedModel(model, "cuda:0")
+    merged.merge(read_adapter(tmp_path / "a"))
+    assert set(merged.backups()) == {"cuda:0"}
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    merged.restore()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_cpu_backup_on_the_cpu():
+    from cpx.models import MergedModel
+
+    assert MergedModel(torch.nn.Linear(2, 2), "cpu").backup_device(1 << 40) == "cpu"

@@ -3,7 +3,7 @@
 Heavy libraries (torch, transformers, peft) are imported inside the functions that need them.
 """
 
-from cpx.models._chain import ChainError, LoraDelta, adapter_folder, lora_scale, read_adapter
+from cpx.models._chain import ChainError, LoraDelta, MergedModel, adapter_folder, lora_scale, read_adapter
 from cpx.models._fingerprint import FingerprintError, fingerprint
 from cpx.models._load import ModelLoadError, load_model, load_tokenizer, model_dir, render_prompt
 from cpx.models._pool import ModelPool
@@ -15,6 +15,7 @@ __all__ = [
     "ChainError",
     "FingerprintError",
     "LoraDelta",
+    "MergedModel",
     "ModelLoadError",
     "ModelPool",
     "TINY_DEFAULTS",
