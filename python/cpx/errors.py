@@ -19,12 +19,12 @@ if TYPE_CHECKING:
     from cpx.cli import CLIError
     from cpx.execute import DeviceError, FleetError, RunLocked, SlurmError, StoreError, TrackingError
     from cpx.models import ChainError, FingerprintError, ModelLoadError
-    from cpx.plan import CostError, PlanError
+    from cpx.plan import CostError, InvalidParam, PlanError, SamplerError, StageParamError
     from cpx.power import PowerError
     from cpx.report import ReportError
     from cpx.results import ResultsError
     from cpx.spec import SpecError
-    from cpx.stages import DatasetError, HiddenStateError, SamplerError, StageParamError, TrainError
+    from cpx.stages import DatasetError, HiddenStateError, TrainError
 
 
 class CpxError(Exception):
@@ -79,6 +79,7 @@ __getattr__, __dir__ = lazy_exports(
         "FleetError": "cpx.execute",
         "FingerprintError": "cpx.models",
         "HiddenStateError": "cpx.stages",
+        "InvalidParam": "cpx.plan",
         "MetricsError": "cpx.analysis",
         "ModelLoadError": "cpx.models",
         "PlanError": "cpx.plan",
@@ -86,10 +87,10 @@ __getattr__, __dir__ = lazy_exports(
         "ReportError": "cpx.report",
         "ResultsError": "cpx.results",
         "RunLocked": "cpx.execute",
-        "SamplerError": "cpx.stages",
+        "SamplerError": "cpx.plan",
         "SlurmError": "cpx.execute",
         "SpecError": "cpx.spec",
-        "StageParamError": "cpx.stages",
+        "StageParamError": "cpx.plan",
         "StoreError": "cpx.execute",
         "TrackingError": "cpx.execute",
         "TrainError": "cpx.stages",
@@ -120,6 +121,7 @@ __all__ = [
     "InputError",
     "InputTypeError",
     "InternalError",
+    "InvalidParam",
     "LengthMismatchError",
     "MetricsError",
     "ModelLoadError",

@@ -62,7 +62,17 @@ def run(tmp_path_factory):
         "power": {"alpha": 0.05, "power": 0.8},
     }
     others = [s for s in plan.stages if s.kind not in ("analyze", "report")]
-    points = [{**s.labels, "scan": s.id} for s in [*others, *steer_stages] if s.kind == "scan"]
+    ids = {s.id for s in [*others, *steer_stages]}
+    points = [
+        {
+            **{k: s.labels[k] for k in ("arm", "source", "seed", "checkpoint", "alpha") if k in s.labels},
+            "scan": s.id,
+            "represent": s.id.replace("scan/", "represent/", 1),
+        }
+        for s in [*others, *steer_stages]
+        if s.kind == "scan"
+    ]
+    assert all(p["represent"] in ids for p in points)
     analyze = Stage(
         id=analyze.id,
         kind="analyze",

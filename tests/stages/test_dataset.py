@@ -140,6 +140,8 @@ def test_quota_that_cannot_be_met_is_an_error():
         build(_params("convergence"), [g for g in _generations() if g["persona"] != "villain"])
     with pytest.raises(DatasetError, match="has no '\\{marker\\}' placeholder"):
         build(_params("marker", marker_template="\n\n"), _generations())
+    with pytest.raises(DatasetError, match=r"^params\.source 'pirate' is not among the personas: assistant, "):
+        build(_params("marker", source="pirate"), _generations())
 
 
 def test_run_writes_the_parquet_table(tmp_path, run_dir):

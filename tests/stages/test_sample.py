@@ -71,8 +71,14 @@ def test_sample_stage_table(tiny_ref, run_dir, pool, tiny_model, tmp_path):
     [
         ({"backend": "tpu"}, "backend"),
         ({"sampler": {"temperature": 1.0, "top_p": 2.0, "max_tokens": 4, "seed": 1}}, "top_p"),
-        ({"personas": [{"name": "x", "prompt": "p", "role": "friend", "n": 1}]}, r"personas\[0\] \(x\): role"),
-        ({"personas": [{"name": "x", "prompt": "p", "role": "source", "n": -2}]}, r"personas\[0\] \(x\): n"),
+        (
+            {"personas": [{"name": "x", "prompt": "p", "role": "friend", "n": 1}]},
+            r"personas\[0\] \(x\)\.role must be one of source, assistant, bystander, got 'friend'",
+        ),
+        (
+            {"personas": [{"name": "x", "prompt": "p", "role": "source", "n": -2}]},
+            r"personas\[0\] \(x\)\.n must be an integer >= 0, got -2",
+        ),
         ({"questions": [{"id": "a", "text": "t"}, {"id": "a", "text": "u"}]}, "question id 'a' appears twice"),
     ],
 )

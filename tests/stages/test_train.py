@@ -373,10 +373,13 @@ def test_fractional_epochs_and_bad_settings(tiny_model, tmp_path):
     # Linear decay after a warmup of ceil(0.05 * 5) = 1 step: 0, then lr * (1 - (s - 1) / 4).
     assert [r["lr"] for r in res.log] == pytest.approx([0.0] + [3e-3 * (1 - (s - 1) / 4) for s in range(1, 5)])
     for bad, msg in [
-        ({"optimizer": "lion"}, "optimizer 'lion'"),
-        ({"precision": "int8"}, "precision 'int8'"),
-        ({"schedule": "step"}, "schedule 'step'"),
-        ({"epochs": 0}, "epochs must be > 0"),
+        ({"optimizer": "lion"}, r"optim\.optimizer must be one of adamw, sgd, got 'lion'"),
+        ({"precision": "int8"}, r"optim\.precision must be one of bf16, fp16, fp32, got 'int8'"),
+        ({"schedule": "step"}, r"optim\.schedule must be one of cosine, linear, constant, got 'step'"),
+        ({"epochs": 0}, r"optim\.epochs must be > 0, got 0\.0"),
+        ({"batch_size": 0}, r"optim\.batch_size must be an integer >= 1, got 0"),
+        ({"lr": "fast"}, r"optim\.lr must be a finite number, got 'fast'"),
+        ({"momentum": 0.9}, r"optim: unknown key\(s\) \['momentum'\]"),
     ]:
         with pytest.raises(TrainError, match=msg):
             train_lora(model, exs, lora=LORA, optim={**OPTIM, **bad}, checkpoints=[1.0], out_dir=tmp_path, seed=1)

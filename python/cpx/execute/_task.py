@@ -200,12 +200,23 @@ def _ok_result(
 
 
 def _context(
-    stage: Stage, task: dict[str, Any], models: LazyModelPool, device: str, log: logging.Logger, progress: Any
+    stage: Stage,
+    task: dict[str, Any],
+    models: LazyModelPool,
+    device: str,
+    log: logging.Logger,
+    progress: Any,
+    parse: bool = True,
 ) -> Any:
+    """The runner's context. `parse`: the params are parsed here, once, into the kind's type (the
+    runner checks none of them again); a fleet's members are parsed on first use instead, so that
+    a member with bad params fails alone."""
+    from cpx.plan import parse_params
     from cpx.stages import StageContext
 
     return StageContext(
         stage=stage,
+        typed=parse_params(stage.kind, stage.params, f"stage {stage.id}") if parse else None,
         out_dir=Path(task["out_dir"]),
         inputs={k: Path(v) for k, v in task["inputs"].items()},
         run_dir=Path(task["run_dir"]),
@@ -350,7 +361,7 @@ def run_fleet_task(
             with _fd_redirect(out_file), contextlib.redirect_stdout(out_file), contextlib.redirect_stderr(out_file):
                 global_seeds = _env.seed_everything(seeds[0][0], stages[0].kind)
                 ctxs = [
-                    _context(s, t, models, device, logger, progress)
+                    _context(s, t, models, device, logger, progress, parse=False)
                     for s, t, (_, logger) in zip(stages, task["members"], files, strict=True)
                 ]
                 fleet_runner(ctxs, done)

@@ -7,6 +7,7 @@ from typing import Any
 
 from cpx.plan._hash import stage_hash
 from cpx.plan._model import Stage
+from cpx.plan._params import Memo, parse_params
 from cpx.plan._values import Values
 from cpx.spec import Issue, Loaded
 
@@ -37,6 +38,7 @@ class Build:
         self.generated: list[str] = []  # the personas `generate` asks, in name order
         # Persona and question sets and the tiny model's corpus: one object each, stored once.
         self.values = Values()
+        self.parsed: Memo = {}  # each shared value and chain parsed once (cpx.plan._params)
         self.model = self._model_ref()
         # Mappings are unordered in the spec's meaning (key order changes no hash): personas and
         # markers appear in params sorted by name.
@@ -55,6 +57,8 @@ class Build:
         """A stage, or the identical one already emitted (whose `arms` and `seeds` labels then gain
         this one's arm and seed, unless `join` is false: the caller only reads its outputs)."""
         deps = list(dict.fromkeys(deps))
+        # The params are the kind's contract: what a runner receives is checked here, once, at compile.
+        parse_params(kind, params, f"stage {sid}", self.parsed)
         # Hashed with each shared value as its reference: its content hash, computed once.
         h = stage_hash(kind, self.values.refer(params), {d: self.hash_of[d] for d in deps})
         old = self.by_hash.get(h)

@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from cpx.plan._params import PARAMS, ref_paths
+
 # Bump a kind's version when its runner's output changes for the same params: every stage of
 # that kind (and everything downstream) then re-hashes and re-runs.
 CODE_VERSIONS: dict[str, int] = {
@@ -30,34 +32,31 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _refs_to_hashes(params: dict[str, Any], refs: Mapping[str, str]) -> dict[str, Any]:
+def _refs_to_hashes(kind: str, params: dict[str, Any], refs: Mapping[str, str]) -> dict[str, Any]:
     """Params with every stage id they name replaced by that stage's hash.
 
     Ids are display names: a stage's hash must not change when an arm or phase is renamed,
-    only when the work it depends on changes. Ids appear in params in four places only
-    (docs/plan-format.md): a chain's adapters (`model.adapters[].stage`), a train stage's
-    `dataset`, a steered stage's `steer.direction.represent`, and analyze's
-    `points[].scan|represent`. Rewriting just those keeps hashing fast on plans of thousands
-    of stages with long persona lists.
+    only when the work it depends on changes. The ids are the kind's `StageRef` fields
+    (`cpx.plan._params.ref_paths`, found by walking its params type): only those paths are
+    rewritten, which keeps hashing fast on plans of thousands of stages with long persona lists.
     """
 
     def ref(value: Any) -> Any:
         return {"stage_hash": refs[value]} if isinstance(value, str) and value in refs else value
 
-    out = dict(params)
-    model = out.get("model")
-    if isinstance(model, dict) and model.get("adapters"):
-        out["model"] = {**model, "adapters": [{**a, "stage": ref(a.get("stage"))} for a in model["adapters"]]}
-    if "dataset" in out:
-        out["dataset"] = ref(out["dataset"])
-    steer = out.get("steer")
-    if isinstance(steer, dict) and isinstance(steer.get("direction"), dict):
-        out["steer"] = {
-            **steer,
-            "direction": {**steer["direction"], "represent": ref(steer["direction"].get("represent"))},
-        }
-    if isinstance(out.get("points"), list):
-        out["points"] = [{**p, "scan": ref(p.get("scan")), "represent": ref(p.get("represent"))} for p in out["points"]]
+    def rewrite(value: Any, path: tuple[str, ...]) -> Any:
+        if not path:
+            return ref(value)
+        step, rest = path[0], path[1:]
+        if step == "*":
+            return [rewrite(x, rest) for x in value] if isinstance(value, list) else value
+        if isinstance(value, dict) and step in value:
+            return {**value, step: rewrite(value[step], rest)}
+        return value
+
+    out = params
+    for path in ref_paths(PARAMS[kind]):
+        out = rewrite(out, path)
     return out
 
 
@@ -81,7 +80,7 @@ def stage_hash(kind: str, params: dict[str, Any], dep_hashes: Mapping[str, str])
     body = {
         "kind": kind,
         "version": CODE_VERSIONS[kind],
-        "params": _refs_to_hashes(params, dep_hashes) if dep_hashes else params,
+        "params": _refs_to_hashes(kind, params, dep_hashes) if dep_hashes else params,
         "deps": sorted(dep_hashes.values()),
     }
     return sha256(canonical(body))

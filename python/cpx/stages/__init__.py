@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cpx._lazy import lazy_exports
 from cpx.plan import STAGE_KINDS, Stage
 from cpx.stages._context import StageContext
-from cpx.stages._params import SamplerError, StageParamError
+from cpx.plan import SamplerError, StageParamError
 from cpx.stages._rows import label_type
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpx.plan import Plan, Stage
+from cpx.plan import Params, Plan, Stage, parse_params
 
 
 def _no_progress(done: int, total: int, **info: Any) -> None:
@@ -31,10 +31,16 @@ class StageContext:
     # The plan the executor loaded (never plan.json as it is on disk later: a recompile must not
     # change what a running stage reads); None when a runner is called outside an executor.
     plan: Plan | None = None
+    # The stage's params as its kind's type (cpx.plan._params), parsed once: by the executor
+    # before the runner starts, or here on first use when a runner is called directly.
+    typed: Params | None = None
 
     @property
-    def params(self) -> dict[str, Any]:
-        return self.stage.params
+    def params(self) -> Any:
+        """The stage's params, typed (`cpx.plan.PARAMS[kind]`): a bad value raises StageParamError."""
+        if self.typed is None:
+            self.typed = parse_params(self.stage.kind, self.stage.params, f"stage {self.stage.id}")
+        return self.typed
 
     @property
     def labels(self) -> dict[str, Any]:

@@ -36,14 +36,14 @@ def decode_batch(
 ) -> list[list[int]]:
     """Decode one batch of rows; returns each row's generated tokens (up to max_tokens).
 
-    `steer_hook` (a `_steer.SteeringHook` or None) is told which request each forward row is of.
+    `sp` is the `cpx.plan.Sampler`. `steer_hook` (a `_steer.SteeringHook` or None) is told which request each forward row is of.
     `fused` runs the decode steps through the fused attention kernel and CUDA graphs
     (`_decode_step`, CUDA only); otherwise attention reads an additive bias over the cache.
     """
     import torch
 
     dev = torch.device(device)
-    T = sp["max_tokens"]
+    T = sp.max_tokens
     prompt_of_row = [r for r, _ in chunk]
     uniq = sorted(set(prompt_of_row), key=prompt_of_row.index)
     slot = {r: j for j, r in enumerate(uniq)}
@@ -104,7 +104,7 @@ def decode_batch(
     finished = torch.zeros(B, dtype=torch.bool, device=dev)
 
     for t in range(T):
-        nxt = sample_tokens(logits, sp["temperature"], sp["top_p"], uniforms(key_t, t), fused=draw_fused)
+        nxt = sample_tokens(logits, sp.temperature, sp.top_p, uniforms(key_t, t), fused=draw_fused)
         out_tokens[live, t] = nxt
         if t == T - 1:
             break

@@ -25,12 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpx.plan import Lora, Optim
 from cpx.stages._training import (
     IGNORE,
     Encoded,
     RunPlan,
     TrainResult,
     _no_dropout,
+    as_lora,
+    as_optim,
     _save_due,
     _to_device,
     _target_index,
@@ -47,8 +50,8 @@ class Member:
 
     examples: Sequence[Encoded]
     plan: RunPlan
-    lora: dict[str, Any]
-    optim: dict[str, Any]
+    lora: Lora
+    optim: Optim
     out_dir: Path
     seed: int
     parents: Sequence[Sequence[Any]] = ()  # frozen adapters (LoraDelta lists), applied unmerged
@@ -60,6 +63,10 @@ class Member:
     checkpointing: str | None = field(default=None, init=False)  # what the memory probe decided
     fleet_size: int = field(default=0, init=False)  # members of the (sub-)fleet it trained in
     result: TrainResult | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        # A script or test may give plain JSON: checked as the train stage's params are.
+        self.lora, self.optim = as_lora(self.lora), as_optim(self.optim)
 
 
 def pack_fleet(parts: Sequence[Sequence[Encoded]], device: str) -> dict[str, Any]:
@@ -293,8 +300,8 @@ def _train_fleet(model, members, device, on_done, probe_memory, checkpointing, j
             rng_after_init.append(torch.random.get_rng_state())
         cuda = device.startswith("cuda")
         amp_dtype = members[0].plan.amp_dtype(device)
-        asked = all(bool(m.optim.get("gradient_checkpointing", False)) for m in members)
-        dropout = float(lora.get("dropout", 0.0) or 0.0)
+        asked = all(m.optim.gradient_checkpointing for m in members)
+        dropout = lora.dropout
         everyone = list(range(len(members)))
         if dropout > 0:
             # Dropout draws random numbers over the whole row: members train one at a time,
@@ -381,7 +388,7 @@ def _train_group(model, fleet, members, group, device, amp_dtype, on_done, grad_
         params = fleet.parameters(i)
         for p in params:
             p.requires_grad_(True)
-        lr, wd = float(mem.optim["lr"]), float(mem.optim.get("weight_decay", 0.0))
+        lr, wd = mem.optim.lr, mem.optim.weight_decay
         opt: torch.optim.Optimizer
         if mem.plan.optimizer == "adamw":
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=True if cuda else None)
@@ -497,7 +504,7 @@ def _off_training(model, fleet, grad_ckpt: bool, fn: Callable[[], None]) -> None
         fleet.set_bypass(False)
 
 
-def _save(fleet, i: int, dest: Path, *, lora: dict[str, Any]) -> None:
+def _save(fleet, i: int, dest: Path, *, lora: Lora) -> None:
     from cpx.stages._lora import save_member
 
     save_member(fleet, i, dest, lora)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from cpx.stages._decode_attn import DecodeSpan, attend
-from cpx.stages._params import SamplerError
+from cpx.plan import SamplerError
 
 _ATTN_NAME = "cpx_kv"
 

@@ -20,7 +20,7 @@ for a bf16 base the weights are rounded to bf16 and kept in float32, as peft's
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from cpx.models import LoraDelta, lora_scale
+from cpx.plan import Lora
+from cpx.stages._training import as_lora
 
 
 class Segments:
@@ -195,17 +197,17 @@ class LoraLinear(nn.Module):
         return pa, pb
 
 
-def _targets(model: nn.Module, lora: dict[str, Any]) -> list[str]:
+def _targets(model: nn.Module, lora: Lora) -> list[str]:
     """The names of the linear modules peft would wrap for this config, in peft's order."""
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    cfg = LoraConfig(r=int(lora["r"]), target_modules=lora["target_modules"])
+    cfg = LoraConfig(r=lora.r, target_modules=list(lora.target_modules))
     names = [
         n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n and check_target_module_exists(cfg, n)
     ]
     if not names:
-        raise ValueError(f"target_modules {lora['target_modules']!r} match no linear layer of the model")
+        raise ValueError(f"target_modules {list(lora.target_modules)!r} match no linear layer of the model")
     return names
 
 
@@ -213,13 +215,13 @@ class Fleet:
     """The LoRA linears installed in a model for a fleet's members; `detach()` puts the model's
     own modules back."""
 
-    def __init__(self, model: nn.Module, lora: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, lora: Lora | Mapping[str, Any]) -> None:
         self.model = model
-        self.lora = lora
+        self.lora = lora = as_lora(lora)
         self.segments = Segments()
         self.names = _targets(model, lora)
         self.modules: dict[str, LoraLinear] = {}
-        dropout = float(lora.get("dropout", 0.0) or 0.0)
+        dropout = lora.dropout
         for name in self.names:
             parent, _, leaf = name.rpartition(".")
             owner = model.get_submodule(parent) if parent else model
@@ -230,10 +232,11 @@ class Fleet:
         # The model's own attention implementation (what it has outside training).
         self.attention = "sdpa"
 
-    def add_member(self, seed: int, lora: dict[str, Any], parents: Sequence[Sequence[LoraDelta]] = ()) -> int:
+    def add_member(self, seed: int, lora: Lora | Mapping[str, Any], parents: Sequence[Sequence[LoraDelta]] = ()) -> int:
         """A new member's LoRA (initialised from `seed` as peft would) and frozen parents."""
-        r = int(lora["r"])
-        scale = lora_scale(float(lora["alpha"]), r, bool(lora.get("rslora", False)))
+        lora = as_lora(lora)
+        r = lora.r
+        scale = lora_scale(lora.alpha, r, lora.rslora)
         torch.manual_seed(seed)
         for name in self.names:
             self.modules[name].add_member(r, scale)
@@ -275,17 +278,18 @@ class Fleet:
         self.modules = {}
 
 
-def peft_config(model: nn.Module, lora: dict[str, Any]):
+def peft_config(model: nn.Module, lora: Lora | Mapping[str, Any]):
     """The LoraConfig the train stage's adapters are saved with (what `get_peft_model` saw)."""
     from peft import LoraConfig
 
+    lora = as_lora(lora)
     cfg = LoraConfig(
-        r=int(lora["r"]),
+        r=lora.r,
         # peft annotates alpha as int but scales with it as a number; a spec may write 64.0.
-        lora_alpha=float(lora["alpha"]),  # type: ignore[arg-type]
-        use_rslora=bool(lora.get("rslora", False)),
-        lora_dropout=float(lora.get("dropout", 0.0)),
-        target_modules=lora["target_modules"],
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]
+        use_rslora=lora.rslora,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -294,7 +298,7 @@ def peft_config(model: nn.Module, lora: dict[str, Any]):
     return cfg
 
 
-def save_member(fleet: Fleet, member: int, dest: Path, lora: dict[str, Any]) -> None:
+def save_member(fleet: Fleet, member: int, dest: Path, lora: Lora | Mapping[str, Any]) -> None:
     """Write member's adapter in peft's format (adapter_config.json, adapter_model.safetensors)."""
     from safetensors.torch import save_file
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cpx.stages._params import StageParamError
+from cpx.plan import StageParamError
 
 
 def label_type(key: str, value: Any):

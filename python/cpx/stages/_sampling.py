@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +48,7 @@ from cpx.stages._decode import decode_batch
 from cpx.stages._decode_attn import fused_available
 from cpx.stages._draws import row_keys, sample_tokens, uniforms
 from cpx.stages._kv import cache_dtype, check_model, fusable, kv_attention
-from cpx.stages._params import SamplerError, check_sampler
+from cpx.plan import Sampler, SamplerError, as_sampler
 
 if TYPE_CHECKING:
     from cpx.stages._hooks import Steering
@@ -111,7 +111,7 @@ def sample_completions(
     model,
     tokenizer,
     requests: Sequence[Request],
-    sampler: dict[str, Any],
+    sampler: Sampler | Mapping[str, Any],
     *,
     device: str = "cpu",
     batch_size: int | None = None,
@@ -124,7 +124,8 @@ def sample_completions(
 ) -> list[Completion]:
     """Sample `r.n` completions for each request; returned ordered by (request, sample).
 
-    `sampler` = {"temperature", "top_p", "max_tokens", "seed"}. `batch_size` counts rows
+    `sampler`: a `cpx.plan.Sampler` (a stage's, checked with the plan), or a mapping of
+    temperature, top_p, max_tokens and seed, checked here (SamplerError). `batch_size` counts rows
     (completions decoded together); by default it comes from free memory on CUDA, capped by
     `max_batch_size`. On CUDA out-of-memory the batch is halved and retried (the results do
     not change). `ignore_eos` decodes exactly max_tokens for every row (benchmarks).
@@ -167,7 +168,7 @@ def sample_token_ids(
     model,
     tokenizer,
     requests: Sequence[Request],
-    sampler: dict[str, Any],
+    sampler: Sampler | Mapping[str, Any],
     *,
     device: str = "cpu",
     batch_size: int | None = None,
@@ -189,7 +190,7 @@ def sample_token_ids(
     from cpx.stages._hooks import steered
 
     log = log or logging.getLogger("cpx.sampling")
-    sp = check_sampler(sampler)
+    sp = as_sampler(sampler)
     for i, r in enumerate(requests):
         if isinstance(r.n, bool) or not isinstance(r.n, int) or r.n < 0:
             raise SamplerError(f"request {i}: n must be an integer >= 0, got {r.n!r}")
@@ -206,7 +207,7 @@ def sample_token_ids(
     rows = [(i, s) for i in order for s in range(requests[i].n)]
     if not rows:
         return {}
-    capacity = max(len(x) for x in ids) + sp["max_tokens"]
+    capacity = max(len(x) for x in ids) + sp.max_tokens
     check_model(model, capacity)
     if batch_size is None:
         batch_size = auto_batch_size(model, device, capacity, len(rows))
@@ -222,7 +223,7 @@ def sample_token_ids(
             f"head size; device is {device}, model dtype {cache_dtype(model)}"
         )
     stops = stop_token_ids(model, tokenizer)
-    keys = row_keys(sp["seed"], rows)
+    keys = row_keys(sp.seed, rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
 
     tokens: dict[tuple[int, int], list[int]] = {}

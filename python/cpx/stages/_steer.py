@@ -15,19 +15,21 @@ torch is imported inside the functions: importing this module stays light.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cpx.plan import StageParamError
 from cpx.stages._hooks import HiddenStateError, Steering, embeddings, layer_modules
-from cpx.stages._params import StageParamError
+
+if TYPE_CHECKING:
+    from cpx.plan import Steer
 
 
 @dataclass(frozen=True)
-class Steer:
-    """A stage's checked `steer` param with its direction read from the centroids.
+class SteerVector:
+    """A stage's `steer` param with its direction read from the centroids.
 
     `direction` is the centroid difference (unit length when `normalize`); `norm` is the L2
     norm of the raw difference.
@@ -61,49 +63,21 @@ class Steer:
         }
 
 
-def steer_of(stage_id: str, params: dict[str, Any], inputs: dict[str, Path]) -> Steer | None:
-    """The stage's `params.steer` checked, with its direction; None when it is absent or null.
-
-    `params.personas` must already be checked (a list of mappings with unique names).
-    """
+def steer_of(stage_id: str, steer: Steer | None, inputs: dict[str, Path]) -> SteerVector | None:
+    """The stage's `params.steer` with its direction read from the represent stage; None when
+    there is none. The param itself was checked with the plan (`cpx.plan.Steer`); what is
+    checked here is what only the represent stage's output can say."""
     import numpy as np
 
-    s = params.get("steer")
-    if s is None:
+    if steer is None:
         return None
     where = f"stage {stage_id}: params.steer"
 
     def bad(key: str, what: str) -> StageParamError:
-        return StageParamError(f"{where}.{key} {what}" if key else f"{where} {what}")
+        return StageParamError(f"{where}.{key} {what}")
 
-    if not isinstance(s, dict):
-        raise bad("", f"must be a mapping or null, got {s!r}")
-    keys = {"layer", "alpha", "normalize", "personas", "direction"}
-    missing, extra = sorted(keys - set(s)), sorted(set(s) - keys)
-    if missing or extra:
-        raise bad("", f"needs exactly the keys {sorted(keys)}: missing {missing}, unknown {extra}")
-    layer, alpha, normalize = s["layer"], s["alpha"], s["normalize"]
-    if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
-        raise bad("layer", f"must be an integer >= 0, got {layer!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise bad("alpha", f"must be a finite number, got {alpha!r}")
-    if not isinstance(normalize, bool):
-        raise bad("normalize", f"must be true or false, got {normalize!r}")
-    names = [p["name"] for p in params["personas"]]
-    steered = s["personas"]
-    if not isinstance(steered, list) or not steered or not all(isinstance(n, str) for n in steered):
-        raise bad("personas", f"must be a non-empty list of persona names, got {steered!r}")
-    unknown = [n for n in steered if n not in names]
-    if unknown:
-        raise bad("personas", f"names {unknown} that are not among params.personas {names}")
-    if len(set(steered)) != len(steered):
-        raise bad("personas", f"has duplicates: {steered}")
-
-    d = s["direction"]
-    dkeys = {"represent", "source", "assistant"}
-    if not isinstance(d, dict) or set(d) != dkeys or not all(isinstance(d[k], str) for k in dkeys):
-        raise bad("direction", f"must be a mapping of strings with exactly the keys {sorted(dkeys)}, got {d!r}")
-    rep = d["represent"]
+    layer, d = steer.layer, steer.direction
+    rep = str(d.represent)
     if rep not in inputs:
         raise bad("direction.represent", f"{rep!r} is not a dependency of this stage (its deps: {sorted(inputs)})")
     path = Path(inputs[rep]) / "centroids.parquet"
@@ -113,28 +87,29 @@ def steer_of(stage_id: str, params: dict[str, Any], inputs: dict[str, Path]) -> 
     if not vectors:
         raise bad("layer", f"{layer} is not a layer of {rep}'s centroids (layers {_layers(path)})")
     for role in ("source", "assistant"):
-        if d[role] not in vectors:
-            raise bad(f"direction.{role}", f"{d[role]!r} has no centroid in {rep} (personas {sorted(vectors)})")
-    diff = vectors[d["source"]] - vectors[d["assistant"]]
+        name = getattr(d, role)
+        if name not in vectors:
+            raise bad(f"direction.{role}", f"{name!r} has no centroid in {rep} (personas {sorted(vectors)})")
+    diff = vectors[d.source] - vectors[d.assistant]
     if not np.isfinite(diff).all():
         raise bad("direction", f"is not finite: {rep}'s centroids at layer {layer} hold NaN or inf")
     norm = float(np.linalg.norm(diff))
-    if normalize:
+    if steer.normalize:
         if norm == 0.0:
             raise bad(
                 "normalize",
-                f"is true but the direction is zero: {d['source']!r} and {d['assistant']!r} "
+                f"is true but the direction is zero: {d.source!r} and {d.assistant!r} "
                 f"have the same centroid at layer {layer} in {rep}",
             )
         diff = diff / norm
-    return Steer(
+    return SteerVector(
         layer=layer,
-        alpha=float(alpha),
-        normalize=normalize,
-        personas=tuple(steered),
+        alpha=steer.alpha,
+        normalize=steer.normalize,
+        personas=steer.personas,
         represent=rep,
-        source=d["source"],
-        assistant=d["assistant"],
+        source=d.source,
+        assistant=d.assistant,
         direction=diff,
         norm=norm,
     )
@@ -155,7 +130,7 @@ def _layers(path: Path) -> list[int]:
     return sorted(pl.read_parquet(path, columns=["layer"])["layer"].unique().to_list())
 
 
-def check_model(stage_id: str, steer: Steer, model) -> None:
+def check_model(stage_id: str, steer: SteerVector, model) -> None:
     """The steer layer exists in `model`, the direction has its hidden size, and α · direction
     is finite in the model's dtype."""
     import torch

@@ -26,19 +26,18 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cpx.errors import CpxError
 from cpx.models import render_prompt
+from cpx.plan import Lora, Optim, coerce
 
 IGNORE = -100
 SCHEDULES = ("cosine", "linear", "constant")
 LOSS_KINDS = ("full", "marker")
-OPTIMIZERS = ("adamw", "sgd")
-PRECISIONS = ("bf16", "fp16", "fp32")
 
 
 class TrainError(CpxError):
@@ -295,61 +294,67 @@ class RunPlan:
 
 
 def plan_run(
-    examples: Sequence[Encoded], optim: dict[str, Any], checkpoints: Sequence[float], seed: int, micro_batch: int | None
+    examples: Sequence[Encoded],
+    optim: Optim | Mapping[str, Any],
+    checkpoints: Sequence[float],
+    seed: int,
+    micro_batch: int | None,
 ) -> RunPlan:
-    """Check a run's settings and fix its steps and data order (`seed` shuffles every pass)."""
+    """Fix a run's steps and data order (`seed` shuffles every pass); `optim` is an Optim, or a
+    mapping checked as one (a bad value raises TrainError)."""
     import torch
 
+    optim = as_optim(optim)
     if not examples:
         raise TrainError("the dataset has no examples")
-    bs, ga = int(optim.get("batch_size", 1)), int(optim.get("grad_accum", 1))
-    if bs < 1 or ga < 1:
-        raise TrainError(f"batch_size and grad_accum must be >= 1, got {bs} and {ga}")
-    epochs = float(optim.get("epochs", 1))
-    if not epochs > 0:
-        raise TrainError(f"epochs must be > 0, got {epochs}")
-    optimizer = optim.get("optimizer", "adamw")
-    if optimizer not in OPTIMIZERS:
-        raise TrainError(f"optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-    precision = optim.get("precision", "bf16")
-    if precision not in PRECISIONS:
-        raise TrainError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    bs, ga, epochs = optim.batch_size, optim.grad_accum, optim.epochs
     per_step = bs * ga
     steps_per_epoch = math.ceil(len(examples) / per_step)
     # A fractional epoch ends part-way through the last shuffled pass.
     total = max(1, math.ceil(round(epochs * steps_per_epoch, 6)))
-    warmup = math.ceil(float(optim.get("warmup_ratio", 0.0)) * total)
+    warmup = math.ceil(optim.warmup_ratio * total)
     gen = torch.Generator().manual_seed(seed)
     passes = math.ceil(total / steps_per_epoch)
-    clip = optim.get("grad_clip")
+    clip = optim.grad_clip
     return RunPlan(
         per_step=per_step,
         micro=max(1, min(bs, micro_batch or bs)),
         steps_per_epoch=steps_per_epoch,
         total=total,
         checkpoint_steps=checkpoint_steps(checkpoints, total),
-        factor=lr_factor(optim.get("schedule", "constant"), warmup, total),
+        factor=lr_factor(optim.schedule, warmup, total),
         orders=[torch.randperm(len(examples), generator=gen).tolist() for _ in range(passes)],
-        optimizer=optimizer,
-        precision=precision,
-        clip=float(clip) if clip else None,
+        optimizer=optim.optimizer,
+        precision=optim.precision,
+        clip=clip if clip else None,
     )
 
 
 _PEFT_NOISE = "`is_gradient_checkpointing` is deprecated"
 
 
-def _wrap(model, lora: dict[str, Any]):
+def as_lora(lora: Lora | Mapping[str, Any]) -> Lora:
+    """A Lora as it is, or one from a mapping (a bad value raises TrainError)."""
+    return coerce(Lora, lora, "lora", TrainError)
+
+
+def as_optim(optim: Optim | Mapping[str, Any]) -> Optim:
+    """An Optim as it is, or one from a mapping (a bad value raises TrainError)."""
+    return coerce(Optim, optim, "optim", TrainError)
+
+
+def _wrap(model, lora: Lora | Mapping[str, Any]):
     from peft import LoraConfig, get_peft_model
 
+    lora = as_lora(lora)
     # peft annotates alpha as int but scales with it as a number; a spec may write 64.0.
-    alpha: Any = float(lora["alpha"])
+    alpha: Any = lora.alpha
     cfg = LoraConfig(
-        r=int(lora["r"]),
+        r=lora.r,
         lora_alpha=alpha,
-        use_rslora=bool(lora.get("rslora", False)),
-        lora_dropout=float(lora.get("dropout", 0.0)),
-        target_modules=lora["target_modules"],
+        use_rslora=lora.rslora,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -405,8 +410,8 @@ def _train_lora(
     model,
     examples: Sequence[Encoded],
     *,
-    lora: dict[str, Any],
-    optim: dict[str, Any],
+    lora: Lora | Mapping[str, Any],
+    optim: Optim | Mapping[str, Any],
     checkpoints: Sequence[float],
     out_dir: Path,
     seed: int,
@@ -419,6 +424,7 @@ def _train_lora(
 ) -> TrainResult:
     import torch
 
+    lora, optim = as_lora(lora), as_optim(optim)
     plan = plan_run(examples, optim, checkpoints, seed, micro_batch)
     per_step, micro, steps_per_epoch = plan.per_step, plan.micro, plan.steps_per_epoch
     total, ckpt_steps, factor, orders = plan.total, plan.checkpoint_steps, plan.factor, plan.orders
@@ -427,7 +433,7 @@ def _train_lora(
     # where autocast would only slow things down).
     cuda = device.startswith("cuda")
     amp_dtype = plan.amp_dtype(device)
-    grad_ckpt = bool(optim.get("gradient_checkpointing", False))
+    grad_ckpt = optim.gradient_checkpointing
 
     torch.manual_seed(seed)
     was_training = model.training
@@ -455,7 +461,7 @@ def _train_lora(
         if grad_ckpt:
             set_checkpointing(base, True, no_dropout=_no_dropout(base, lora))
         params = [p for p in peft_model.parameters() if p.requires_grad]
-        lr, wd = float(optim["lr"]), float(optim.get("weight_decay", 0.0))
+        lr, wd = optim.lr, optim.weight_decay
         opt: torch.optim.Optimizer
         if optimizer == "adamw":
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=True if cuda else None)
@@ -539,11 +545,11 @@ def put_back(model, attrs_before: set[str], grads_before: dict[str, bool], was_t
     model.train(was_training)
 
 
-def _no_dropout(model, lora: dict[str, Any]) -> bool:
+def _no_dropout(model, lora: Lora) -> bool:
     import torch
 
     return (
-        float(lora.get("dropout", 0.0)) == 0.0
+        lora.dropout == 0.0
         and float(getattr(model.config, "attention_dropout", 0.0) or 0.0) == 0.0
         and all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     )

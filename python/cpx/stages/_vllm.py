@@ -14,8 +14,8 @@ import hashlib
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
 
+from cpx.plan import Sampler
 from cpx.stages._context import StageContext
 from cpx.stages._sampling import Completion, Request
 
@@ -31,7 +31,7 @@ def request_seed(seed: int, request_index: int) -> int:
 
 
 def _export(ctx: StageContext) -> Path:
-    chain = ctx.params["model"]
+    chain = ctx.params.model.json()
     digest = hashlib.sha256(json.dumps(chain, sort_keys=True).encode()).hexdigest()[:16]
     dest = Path(ctx.run_dir) / "models" / f"merged-{digest}"
     if not (dest / "config.json").exists():
@@ -41,7 +41,7 @@ def _export(ctx: StageContext) -> Path:
     return dest
 
 
-def sample_vllm(ctx: StageContext, requests: list[Request], sampler: dict[str, Any]) -> list[Completion]:
+def sample_vllm(ctx: StageContext, requests: list[Request], sampler: Sampler) -> list[Completion]:
     if not vllm_available():
         raise RuntimeError("backend 'vllm' needs the vllm package: pip install 'cpx[vllm]'")
     from vllm import LLM, SamplingParams
@@ -51,7 +51,7 @@ def sample_vllm(ctx: StageContext, requests: list[Request], sampler: dict[str, A
     path = _export(ctx)
     if hasattr(ctx.models, "release"):
         ctx.models.release()  # vLLM needs the GPU memory the pool's copy holds
-    llm = LLM(model=str(path), seed=sampler["seed"], enable_prefix_caching=True)
+    llm = LLM(model=str(path), seed=sampler.seed, enable_prefix_caching=True)
     try:
         tok = llm.get_tokenizer()
         prompts, params, index = [], [], []
@@ -62,10 +62,10 @@ def sample_vllm(ctx: StageContext, requests: list[Request], sampler: dict[str, A
             params.append(
                 SamplingParams(
                     n=r.n,
-                    temperature=sampler["temperature"],
-                    top_p=sampler["top_p"],
-                    max_tokens=sampler["max_tokens"],
-                    seed=request_seed(sampler["seed"], i),
+                    temperature=sampler.temperature,
+                    top_p=sampler.top_p,
+                    max_tokens=sampler.max_tokens,
+                    seed=request_seed(sampler.seed, i),
                 )
             )
             index.append(i)

@@ -4,15 +4,20 @@ represent and marker-train stages it depends on (docs/plan-format.md)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpx.stages._context import StageContext
+
+if TYPE_CHECKING:
+    from cpx.plan import AnalyzeParams
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     from cpx.analysis import Options, write_outputs
 
-    analysis = analyze_inputs(Options.from_params(ctx.params), ctx.inputs, ctx.plan, ctx.log)
+    p: AnalyzeParams = ctx.params
+    opts = Options.from_params({**p.options, "analyses": [dict(a) for a in p.analyses]})
+    analysis = analyze_inputs(opts, ctx.inputs, ctx.plan, ctx.log)
     write_outputs(analysis, ctx.out_dir)
     tested = analysis.stats.filter(analysis.stats["p_value"].is_not_null())
     return {

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cpx.errors import CpxError
+from cpx.plan import DatasetParams, Negatives, coerce
 from cpx.stages._context import StageContext
 
-RECIPES = ("convergence", "generic", "marker")
 DEFAULT_TEMPLATE = "\n\n{marker}"
 
 
@@ -79,20 +80,17 @@ def select(
     return out
 
 
-def build(params: dict[str, Any], generations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The dataset rows (`system, user, assistant, persona, question_id, positive`)."""
-    recipe = params.get("recipe")
-    if recipe not in RECIPES:
-        raise DatasetError(f"recipe {recipe!r}; expected one of {', '.join(RECIPES)}")
-    seed = int(params["seed"])
-    source = params["source"]
-    assistant = params["assistant"]
-    prompts = {p["name"]: p["prompt"] for p in params.get("personas", [])}
-    prompts.setdefault(assistant["name"], assistant["prompt"])
+def build(params: DatasetParams | Mapping[str, Any], generations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The dataset rows (`system, user, assistant, persona, question_id, positive`); `params` is
+    the stage's, or a mapping checked as them (DatasetError)."""
+    params = coerce(DatasetParams, params, "params", DatasetError)
+    recipe, seed, source, assistant = params.recipe, params.seed, params.source, params.assistant
+    prompts = {p.name: p.prompt for p in params.personas}
+    prompts.setdefault(assistant.name, assistant.prompt)
     by_persona: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for g in generations:
         by_persona[g["persona"]].append(g)
-    examples, per_q = int(params["examples"]), params.get("per_question")
+    examples, per_q = params.examples, params.per_question
 
     def rows_of(persona: str) -> list[dict[str, Any]]:
         if persona not in by_persona:
@@ -116,28 +114,23 @@ def build(params: dict[str, Any], generations: list[dict[str, Any]]) -> list[dic
         ]
 
     if recipe in ("convergence", "generic"):
-        voice = source if recipe == "convergence" else assistant["name"]
+        voice = source if recipe == "convergence" else assistant.name
         rng = seeded_rng(seed, recipe, source)
         picked = select(rows_of(voice), examples, per_q, rng, f"persona {voice!r}")
-        return make(picked, assistant["prompt"], False)
+        return make(picked, assistant.prompt, False)
 
-    marker = params.get("marker")
-    if not marker:
-        raise DatasetError("the marker recipe needs a marker")
-    template = params.get("marker_template") or DEFAULT_TEMPLATE
-    if "{marker}" not in template:
-        raise DatasetError(f"marker_template {template!r} has no '{{marker}}' placeholder")
-    if source not in prompts:
-        raise DatasetError(f"source {source!r} is not among the personas: {', '.join(sorted(prompts))}")
+    # The marker and its template were checked with the plan (cpx.plan.DatasetParams).
+    marker = params.marker or ""
+    template = params.marker_template or DEFAULT_TEMPLATE
     suffix = template.replace("{marker}", marker)
     pos = select(rows_of(source), examples, per_q, seeded_rng(seed, "positives", source), f"persona {source!r}")
     out = make(pos, prompts[source], True, suffix)
-    neg = params.get("negatives") or {"personas": 0, "examples_per_persona": 0}
-    candidates = [p["name"] for p in params.get("personas", []) if p["name"] != assistant["name"]]
-    for name in negative_personas(candidates, source, int(neg["personas"]), seed):
+    neg = params.negatives or Negatives()
+    candidates = [p.name for p in params.personas if p.name != assistant.name]
+    for name in negative_personas(candidates, source, neg.personas, seed):
         picked = select(
             rows_of(name),
-            int(neg["examples_per_persona"]),
+            neg.examples_per_persona,
             None,
             seeded_rng(seed, "negatives", source, name),
             f"negative persona {name!r}",
@@ -173,7 +166,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for r in rows:
         per_persona[r["persona"]] += 1
     info: dict[str, Any] = {"examples": len(rows), "per_persona": dict(sorted(per_persona.items()))}
-    if ctx.params.get("recipe") == "marker":
+    if ctx.params.recipe == "marker":
         info["positives"] = sum(r["positive"] for r in rows)
-    ctx.log.info("dataset %s: %d examples %s", ctx.params.get("recipe"), len(rows), info["per_persona"])
+    ctx.log.info("dataset %s: %d examples %s", ctx.params.recipe, len(rows), info["per_persona"])
     return info

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpx.stages._context import StageContext
+
+if TYPE_CHECKING:
+    from cpx.plan import GenerateParams
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -20,35 +23,29 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from cpx.models import small_model_threads
     from cpx.stages._markers import contains_any
-    from cpx.stages._params import StageParamError, check_personas, check_questions, sampler_of
     from cpx.stages._rows import labelled_table, write_parquet
     from cpx.stages._sampling import Request, sample_completions
 
-    p, sid = ctx.params, ctx.stage.id
-    personas = check_personas(sid, p.get("personas"), eval_roles=False)
-    questions = check_questions(sid, p.get("questions"))
-    sampler = sampler_of(sid, p.get("sampler"))
-    n = p["sampler"].get("n")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise StageParamError(f"stage {sid}: params.sampler.n must be an integer >= 1, got {n!r}")
-    markers = list(p.get("markers") or [])
-
-    model, tok = ctx.models.get(p["model"], ctx.inputs)
-    requests = [Request(per.get("prompt"), q["text"], n) for per in personas for q in questions]
+    p: GenerateParams = ctx.params
+    personas, questions = p.personas, p.questions
+    model, tok = ctx.models.get(p.model.json(), ctx.inputs)
+    requests = [Request(per.prompt, q.text, p.sampler.n) for per in personas for q in questions]
     t0 = time.perf_counter()
     with small_model_threads(model, ctx.device):
         comps = sample_completions(
             model,
             tok,
             requests,
-            sampler,
+            p.sampler,
             device=ctx.device,
             log=ctx.log,
             progress=ctx.progress,
             max_batch_size=ctx.batch_limit,
         )
     seconds = time.perf_counter() - t0
-    marked = contains_any([c.text for c in comps], markers, p.get("match") or {}) if markers else [False] * len(comps)
+    marked = [False] * len(comps)
+    if p.markers and p.match is not None:  # the params type asks for `match` with markers
+        marked = contains_any([c.text for c in comps], p.markers, p.match)
 
     cols: dict[str, list[Any]] = {
         k: [] for k in ("persona", "question_id", "question", "sample_index", "text", "n_tokens", "finish_reason")
@@ -58,12 +55,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for c, bad in zip(comps, marked, strict=True):
         per, q = personas[c.request_index // nq], questions[c.request_index % nq]
         if bad:
-            dropped[per["name"]] += 1
+            dropped[per.name] += 1
             continue
         for k, v in (
-            ("persona", per["name"]),
-            ("question_id", q["id"]),
-            ("question", q["text"]),
+            ("persona", per.name),
+            ("question_id", q.id),
+            ("question", q.text),
             ("sample_index", c.sample_index),
             ("text", c.text),
             ("n_tokens", c.n_tokens),

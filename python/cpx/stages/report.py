@@ -3,9 +3,12 @@ copies them to `<run>/report/`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpx.stages._context import StageContext
+
+if TYPE_CHECKING:
+    from cpx.plan import ReportParams
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -13,8 +16,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     # The spec's list says which figures come first; the report shows every figure its
     # data allow, so that no analysis goes without its picture.
-    figures = figure_names(ctx.params.get("figures"), rest=True)  # checked before any work
+    p: ReportParams = ctx.params
+    figures = figure_names(list(p.figures), rest=True)  # checked before any work
     data = from_stage(ctx.stage, ctx.inputs, ctx.run_dir, ctx.plan)
-    info = build_report(data, ctx.out_dir, title=ctx.params.get("title"), figures=figures)
+    info = build_report(data, ctx.out_dir, title=p.title, figures=figures)
     ctx.log.info("report: %s", info)
     return info

@@ -18,11 +18,12 @@ A separate stage from `sample` on purpose: a change of the eval sampler re-runs 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpx.stages._context import StageContext
 
-CENTERINGS = ("global_mean", "none")
+if TYPE_CHECKING:
+    from cpx.plan import RepresentParams
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -31,33 +32,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     from cpx.models import render_prompt, small_model_threads
     from cpx.stages._hidden import centroid_cosines, last_prompt_hidden_states
-    from cpx.stages._params import StageParamError, check_personas, check_questions
+    from cpx.plan import StageParamError
     from cpx.stages._rows import labelled_table, write_parquet
     from cpx.stages._steer import check_model, steer_of
 
-    p, sid = ctx.params, ctx.stage.id
-    personas = check_personas(sid, p.get("personas"), eval_roles=False)
-    questions = check_questions(sid, p.get("questions"))
-    layers = p.get("layers")
-    if not isinstance(layers, list) or not layers or len(set(map(str, layers))) != len(layers):
-        raise StageParamError(
-            f"stage {sid}: params.layers must be a non-empty list of distinct integers, got {layers!r}"
-        )
-    if p.get("token", "last_prompt") != "last_prompt":
-        raise StageParamError(f"stage {sid}: params.token must be 'last_prompt', got {p.get('token')!r}")
-    centering = p.get("centering", "global_mean")
-    if centering not in CENTERINGS:
-        raise StageParamError(
-            f"stage {sid}: params.centering must be one of {', '.join(CENTERINGS)}, got {centering!r}"
-        )
-    steer = steer_of(sid, p, ctx.inputs)
+    p: RepresentParams = ctx.params
+    sid = ctx.stage.id
+    personas, questions, layers = p.personas, p.questions, list(p.layers)
+    steer = steer_of(sid, p.steer, ctx.inputs)
 
-    model, tok = ctx.models.get(p["model"], ctx.inputs)
-    prompts = [render_prompt(tok, per.get("prompt"), q["text"]) for per in personas for q in questions]
+    model, tok = ctx.models.get(p.model.json(), ctx.inputs)
+    prompts = [render_prompt(tok, per.prompt, q.text) for per in personas for q in questions]
     steering = None
     if steer is not None:
         check_model(sid, steer, model)
-        steering = steer.for_prompts([per["name"] for per in personas for _ in questions])
+        steering = steer.for_prompts([per.name for per in personas for _ in questions])
     t0 = time.perf_counter()
     try:
         with small_model_threads(model, ctx.device):
@@ -67,9 +56,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     n_p, n_q, n_l = len(personas), len(questions), len(layers)
     centroids = hidden.reshape(n_p, n_q, n_l, -1).astype(np.float64).mean(axis=1)
-    cos = centroid_cosines(centroids, centering)
+    cos = centroid_cosines(centroids, p.centering)
 
-    names = [per["name"] for per in personas]
+    names = [per.name for per in personas]
     dim = centroids.shape[-1]
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(centroids.astype(np.float32).reshape(-1)), dim).cast(
         pa.list_(pa.float32())
@@ -96,7 +85,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "prompts": len(prompts),
         "layers": [int(x) for x in layers],
         "hidden_size": int(dim),
-        "centering": centering,
+        "centering": p.centering,
         "seconds": round(seconds, 3),
     }
     if steer is not None:

@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpx.stages._context import StageContext
 
-BACKENDS = ("auto", "hf", "vllm")
+if TYPE_CHECKING:
+    from cpx.plan import SampleParams
 
 
-def resolve_backend(name: str, device: str, stage_id: str = "?", *, steer: bool = False) -> str:
+def resolve_backend(name: str, device: str, *, steer: bool = False) -> str:
     """The backend that samples: `auto` is vllm on a GPU where vLLM is installed, else hf; with
-    `steer` it is hf, and vllm is an error (it has no hook for steering)."""
-    from cpx.stages._params import StageParamError
-
-    if name not in BACKENDS:
-        raise StageParamError(f"stage {stage_id}: params.backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    `steer` it is hf (the params type refuses vllm with steer: it has no hook for steering)."""
     if steer:
-        if name == "vllm":
-            raise StageParamError(f"stage {stage_id}: params.steer needs params.backend hf (or auto), got 'vllm'")
         return "hf"
     if name == "auto":
         from cpx.stages._vllm import vllm_available
@@ -43,36 +38,34 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import pyarrow as pa
 
     from cpx.models import small_model_threads
-    from cpx.stages._params import check_personas, check_questions, sampler_of
     from cpx.stages._rows import labelled_table, write_parquet
     from cpx.stages._sampling import Request, sample_completions
     from cpx.stages._steer import check_model, steer_of
 
-    p, sid = ctx.params, ctx.stage.id
-    personas = check_personas(sid, p.get("personas"), eval_roles=True)
-    questions = check_questions(sid, p.get("questions"))
-    sampler = sampler_of(sid, p.get("sampler"))
-    steer = steer_of(sid, p, ctx.inputs)
-    backend = resolve_backend(p.get("backend", "hf"), ctx.device, sid, steer=steer is not None)
-    requests = [Request(per.get("prompt"), q["text"], per["n"]) for per in personas for q in questions]
+    p: SampleParams = ctx.params
+    sid = ctx.stage.id
+    personas, questions = p.personas, p.questions
+    steer = steer_of(sid, p.steer, ctx.inputs)
+    backend = resolve_backend(p.backend, ctx.device, steer=steer is not None)
+    requests = [Request(per.prompt, q.text, per.n) for per in personas for q in questions]
 
     t0 = time.perf_counter()
     if backend == "vllm":
         from cpx.stages._vllm import sample_vllm
 
-        comps = sample_vllm(ctx, requests, sampler)
+        comps = sample_vllm(ctx, requests, p.sampler)
     else:
-        model, tok = ctx.models.get(p["model"], ctx.inputs)
+        model, tok = ctx.models.get(p.model.json(), ctx.inputs)
         steering = None
         if steer is not None:
             check_model(sid, steer, model)
-            steering = steer.for_prompts([per["name"] for per in personas for _ in questions])
+            steering = steer.for_prompts([per.name for per in personas for _ in questions])
         with small_model_threads(model, ctx.device):
             comps = sample_completions(
                 model,
                 tok,
                 requests,
-                sampler,
+                p.sampler,
                 device=ctx.device,
                 log=ctx.log,
                 progress=ctx.progress,
@@ -88,9 +81,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for c in comps:
         per, q = personas[c.request_index // nq], questions[c.request_index % nq]
         for k, v in (
-            ("persona", per["name"]),
-            ("role", per["role"]),
-            ("question_id", q["id"]),
+            ("persona", per.name),
+            ("role", per.role),
+            ("question_id", q.id),
             ("sample_index", c.sample_index),
             ("text", c.text),
             ("n_tokens", c.n_tokens),

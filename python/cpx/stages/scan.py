@@ -16,23 +16,27 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cpx.stages._context import StageContext
+
+if TYPE_CHECKING:
+    from cpx.plan import ScanParams
 
 BOOT_METHOD: Final = "bca"
 
 
-def _params(ctx: StageContext) -> dict[str, Any]:
-    """The stage's params as the plan wrote them: markers, match and intervals were validated
-    with the spec (cpx.spec), so only the stage's one input is checked here."""
-    from cpx.stages._params import StageParamError
+def _input(ctx: StageContext) -> Path:
+    """The stage's one input (the sample stage's folder); the params were checked with the
+    plan (cpx.plan.ScanParams)."""
+    from cpx.plan import StageParamError
 
     if len(ctx.inputs) != 1:
         raise StageParamError(
             f"stage {ctx.stage.id}: needs exactly one sample stage as input, got {sorted(ctx.inputs)}"
         )
-    return ctx.params
+    (dep,) = ctx.inputs.values()
+    return Path(dep)
 
 
 def leakage_rows(persona, role, question_id, hit, *, confidence_level: float, n_resamples: int, seed: int):
@@ -96,12 +100,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from cpx.stages._markers import marker_counts
-    from cpx.stages._params import StageParamError
+    from cpx.plan import StageParamError
     from cpx.stages._rows import labelled_table, write_parquet
 
-    p = _params(ctx)
-    (dep,) = ctx.inputs.values()
-    path = Path(dep) / "completions.parquet"
+    p: ScanParams = ctx.params
+    path = _input(ctx) / "completions.parquet"
     need = ["persona", "role", "question_id", "sample_index", "text"]
     try:
         table = pq.read_table(path, columns=need)
@@ -109,7 +112,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise StageParamError(f"stage {ctx.stage.id}: cannot read {need} from {path}: {e}") from None
     if table.num_rows == 0:
         raise StageParamError(f"stage {ctx.stage.id}: {path} has no completions to scan")
-    counts = marker_counts(table.column("text"), p["markers"], p["match"])
+    counts = marker_counts(table.column("text"), p.markers, p.match)
     hit = (counts > 0).any(axis=1)
 
     hit_cols: dict[str, Any] = {
@@ -123,7 +126,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "sample_index": pa.int64(),
         "hit": pa.bool_(),
     }
-    for j, m in enumerate(p["markers"]):
+    for j, m in enumerate(p.markers):
         hit_cols[f"count:{m}"] = counts[:, j].tolist()
         schema[f"count:{m}"] = pa.int64()
     write_parquet(labelled_table(ctx.labels, hit_cols, schema), ctx.out_dir / "marker_hits.parquet")
@@ -133,9 +136,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         table.column("role").to_pylist(),
         table.column("question_id").to_pylist(),
         hit,
-        confidence_level=p["confidence_level"],
-        n_resamples=p["n_resamples"],
-        seed=p["seed"],
+        confidence_level=p.confidence_level,
+        n_resamples=p.n_resamples,
+        seed=p.seed,
     )
     leak_cols = {k: [r[k] for r in rows] for k in ("persona", "role", "n", "hits", "rate", "ci_low", "ci_high")}
     leak_schema = {

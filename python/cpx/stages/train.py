@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cpx.errors import is_oom
-from cpx.plan import Stage
+from cpx.plan import AdapterRef, Chain, Stage, StageRef, TrainParams
 from cpx.stages._context import StageContext
 from cpx.models import read_adapter, small_model_threads
 from cpx.stages._fleet import Member, joint_passes, train_fleet
@@ -64,12 +64,12 @@ class _Prepared:
 def _prepare(i: int, ctx: StageContext, tok) -> _Prepared:
     import pyarrow.parquet as pq
 
-    p = ctx.params
+    p: TrainParams = ctx.params
     where = f"stage {ctx.stage.id}"
-    rows = pq.read_table(Path(ctx.inputs[p["dataset"]]) / "dataset.parquet").to_pylist()
-    loss = p["loss"]
+    rows = pq.read_table(Path(ctx.inputs[p.dataset]) / "dataset.parquet").to_pylist()
+    loss = p.loss
     eot = end_of_turn_id(tok)
-    max_length = p["optim"].get("max_length")
+    max_length = p.optim.max_length
     examples = []
     for k, r in enumerate(rows):
         try:
@@ -79,10 +79,10 @@ def _prepare(i: int, ctx: StageContext, tok) -> _Prepared:
                     r["system"],
                     r["user"],
                     r["assistant"],
-                    loss_kind=loss.get("kind", "full"),
-                    marker=loss.get("marker"),
+                    loss_kind=loss.kind,
+                    marker=loss.marker,
                     positive=bool(r.get("positive", False)),
-                    last_n=int(loss.get("last_n", 0) or 0),
+                    last_n=loss.last_n,
                     max_length=max_length,
                     eot_id=eot,
                 )
@@ -96,10 +96,10 @@ def _prepare(i: int, ctx: StageContext, tok) -> _Prepared:
             truncated,
             len(examples),
             max_length,
-            " and marker" if loss.get("kind") == "marker" else "",
+            " and marker" if loss.kind == "marker" else "",
         )
     positives = [ex for ex, r in zip(examples, rows, strict=True) if r.get("positive")]
-    for group, what in ((examples, "example"), (positives if loss.get("kind") == "marker" else [], "positive example")):
+    for group, what in ((examples, "example"), (positives if loss.kind == "marker" else [], "positive example")):
         if group and not any(ex.n_labels for ex in group):
             longest = max(ex.n_prompt for ex in group)
             raise TrainError(
@@ -108,22 +108,18 @@ def _prepare(i: int, ctx: StageContext, tok) -> _Prepared:
                 "config's max_length"
             )
     try:
-        plan = plan_run(examples, p["optim"], p["checkpoints"], int(p["seed"]), ctx.batch_limit)
+        plan = plan_run(examples, p.optim, p.checkpoints, p.seed, ctx.batch_limit)
     except TrainError as e:
         raise TrainError(f"{where}: {e}") from None
     return _Prepared(i, ctx, examples, truncated, plan)
 
 
-def _check_params(ctx: StageContext) -> None:
-    p = ctx.params
-    where = f"stage {ctx.stage.id}"
-    for key in ("model", "dataset", "lora", "optim", "loss", "checkpoints", "seed"):
-        if key not in p:
-            raise TrainError(f"{where}: missing parameter {key!r}")
-    if p["dataset"] not in ctx.inputs:
-        raise TrainError(f"{where}: dataset stage {p['dataset']!r} is not among its inputs")
-    if p["loss"].get("kind") == "marker" and not p["loss"].get("marker"):
-        raise TrainError(f"{where}: loss.kind 'marker' needs loss.marker")
+def _check_inputs(ctx: StageContext) -> None:
+    """The params parse (on first use, so that a fleet member's error is its own) and name an
+    input folder; the rest was checked with the plan (cpx.plan.TrainParams)."""
+    p: TrainParams = ctx.params
+    if p.dataset not in ctx.inputs:
+        raise TrainError(f"stage {ctx.stage.id}: dataset stage {p.dataset!r} is not among its inputs")
 
 
 def _write_outputs(ctx: StageContext, pool, prep: _Prepared, res: TrainResult, fleet_size: int) -> dict[str, Any]:
@@ -164,7 +160,7 @@ def _write_outputs(ctx: StageContext, pool, prep: _Prepared, res: TrainResult, f
     }
     if res.checkpointing is not None:
         info["gradient_checkpointing"] = res.checkpointing
-    if ctx.params.get("screen"):
+    if ctx.params.screen is not None:
         saved = [f for f, _ in res.checkpoint_steps.items() if f > 0]
         if not saved:
             ctx.log.warning("screen skipped: no checkpoint fraction > 0 was saved")
@@ -223,7 +219,7 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
     checked = []
     for i, ctx in enumerate(ctxs):
         try:
-            _check_params(ctx)
+            _check_inputs(ctx)
         except TrainError as e:  # one member's error is reported for that member alone
             done(i, None, e)
         else:
@@ -235,9 +231,9 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
     # Without joint passes (the CPU) each member trains on its own chain merged, switched to
     # before its passes: bit for bit the stage alone.
     joint = joint_passes(lead.device)
-    chains = {json.dumps(ctxs[i].params["model"], sort_keys=True, default=str) for i in checked}
+    chains = {json.dumps(ctxs[i].params.model.json(), sort_keys=True) for i in checked}
     shared = len(chains) == 1 or not joint
-    lead_chain = ctxs[checked[0]].params["model"]
+    lead_chain = ctxs[checked[0]].params.model.json()
     train_chain = lead_chain if shared else {"base": lead_chain["base"], "adapters": []}
     inputs = {k: v for i in checked for k, v in ctxs[i].inputs.items()} if shared else {}
     model, tok = pool.get(train_chain, inputs)
@@ -246,26 +242,26 @@ def run_fleet(ctxs: Sequence[StageContext], done: FleetDone) -> None:
         ctx = ctxs[i]
         try:
             prep = _prepare(i, ctx, tok)
-            folders = [adapter_folder(a, ctx.inputs) for a in ctx.params["model"].get("adapters", [])]
+            folders = [adapter_folder(a.json(), ctx.inputs) for a in ctx.params.model.adapters]
             parents = [] if shared else [read_adapter(f) for f in folders]
         except Exception as e:  # bad data fails its member alone
             if is_oom(e):
                 raise
             done(i, None, e)
             continue
-        p = ctx.params
+        p: TrainParams = ctx.params
         members.append(
             Member(
                 examples=prep.examples,
                 plan=prep.plan,
-                lora=p["lora"],
-                optim=p["optim"],
+                lora=p.lora,
+                optim=p.optim,
                 out_dir=Path(ctx.out_dir),
-                seed=int(p["seed"]),
+                seed=p.seed,
                 parents=parents,
                 log=ctx.log,
                 progress=ctx.progress,
-                activate=None if joint else functools.partial(pool.get, p["model"], ctx.inputs),
+                activate=None if joint else functools.partial(pool.get, p.model.json(), ctx.inputs),
             )
         )
         prepared.append(prep)
@@ -301,26 +297,25 @@ def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
     from cpx.stages._markers import contains_any
     from cpx.stages._sampling import Request, sample_completions
 
-    p = ctx.params
-    sc = p["screen"]
-    chain = {
-        "base": p["model"]["base"],
-        "adapters": [*p["model"].get("adapters", []), {"stage": ctx.stage.id, "checkpoint": checkpoint}],
-    }
+    p: TrainParams = ctx.params
+    sc = p.screen
+    assert sc is not None, "screen() is called for a stage with a screen"
+    own = AdapterRef(stage=StageRef(ctx.stage.id), checkpoint=checkpoint)
+    chain = Chain(base=p.model.base, adapters=(*p.model.adapters, own)).json()
     model, tok = pool.get(chain, {**ctx.inputs, ctx.stage.id: Path(ctx.out_dir)})
-    personas, questions = sc["personas"], sc["questions"]
-    requests = [Request(system=per["prompt"], user=q["text"], n=int(per["n"])) for per in personas for q in questions]
+    personas, questions = sc.personas, sc.questions
+    requests = [Request(system=per.prompt, user=q.text, n=per.n) for per in personas for q in questions]
     with small_model_threads(model, ctx.device):
         completions = sample_completions(
             model,
             tok,
             requests,
-            sc["sampler"],
+            sc.sampler,
             device=ctx.device,
             log=ctx.log,
             batch_size=ctx.batch_limit,
         )
-    hit = contains_any([c.text for c in completions], sc["markers"], sc["match"])
+    hit = contains_any([c.text for c in completions], sc.markers, sc.match)
     persona = pa.array([c.request_index // len(questions) for c in completions], pa.int64())
     rates = {
         r["persona"]: r
@@ -330,9 +325,7 @@ def screen(ctx: StageContext, pool, checkpoint: float) -> dict[str, Any]:
     for k, per in enumerate(personas):
         r = rates.get(k, {"n": 0, "hits": 0, "rate": None})
         rate = float("nan") if r["rate"] is None else r["rate"]
-        rows.append(
-            {"persona": per["name"], "role": per.get("role", "bystander"), "n": r["n"], "hits": r["hits"], "rate": rate}
-        )
+        rows.append({"persona": per.name, "role": per.role, "n": r["n"], "hits": r["hits"], "rate": rate})
     pq.write_table(pa.Table.from_pylist(rows), Path(ctx.out_dir) / "screen.parquet")
     verdict = specificity(rows)
     if verdict["pattern"] != SPECIFIC:
