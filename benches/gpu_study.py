@@ -5,7 +5,9 @@
    the random model's completions decode to texts of realistic length (a word-level tokenizer
    is replaced by transformers' own Qwen2 one, and its texts come out nearly empty).
 2. Writes `full.yaml` (specs/causal_proximity.yaml on that folder) and `slice.yaml`: one source
-   (villain), arm B, two convergence checkpoints (0.5, 1.0), every GPU stage kind at its
+   (villain), arm B at the spec's five convergence checkpoints (so its marker trainings run as
+   the design's do: a fleet of five, the sub-fleet size its memory allows; `--convergence-checkpoints
+   0.5,1.0` cuts it to two, as runs 2-4 did), every GPU stage kind at its
    published shape (eval 11 personas x 20 questions x 10 completions x 512 tokens, generation
    at 512 tokens, train examples of the published length, LoRA r=32, batch 4), with step
    counts and data sizes cut (generation 2 per question, 80-example datasets, 4 + 1 epochs).
@@ -266,7 +268,8 @@ def write_specs(work: Path, folder: Path, args) -> tuple[Path, Path]:
     s["arms"] = {"B": s["arms"]["B"]}
     s["arms"]["B"]["phases"][1]["overrides"]["epochs"] = args.marker_epochs
     s["training"]["convergence"]["epochs"] = args.convergence_epochs
-    s["training"]["convergence"]["checkpoints"] = [0.5, 1.0]
+    if args.convergence_checkpoints:
+        s["training"]["convergence"]["checkpoints"] = [float(c) for c in args.convergence_checkpoints.split(",")]
     s["generation"]["completions_per_question"] = 2
     s["datasets"]["convergence"].update(examples=80, per_question=2)
     s["datasets"]["generic"].update(examples=80)
@@ -503,6 +506,11 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU, tiny counts")
     ap.add_argument("--convergence-epochs", type=float, default=4.0)
     ap.add_argument("--marker-epochs", type=float, default=1.0)
+    ap.add_argument(
+        "--convergence-checkpoints",
+        help="arm B's convergence checkpoints in the slice, e.g. 0.5,1.0 (default: the spec's; one marker "
+        "training and one eval each)",
+    )
     ap.add_argument(
         "--devices",
         action="append",

@@ -73,7 +73,7 @@ def ledger_lines(path: str | Path) -> list[list[str]]:
 
 
 def run(ctx: Any) -> dict[str, Any] | None:
-    p = ctx.params
+    p = ctx.stage.params  # these runners' own params, not a stage kind's (`ctx.params` is typed)
     if p.get("noop"):
         return None
     sid = ctx.stage.id
@@ -143,14 +143,14 @@ def run_fleet(ctxs: list[Any], done: Any) -> None:
     from cpx.execute._env import stage_seed
 
     ids = [c.stage.id for c in ctxs]
-    _ledger(ctxs[0].params, f"fleet {len(ctxs)} {' '.join(ids)} {os.getpid()}")
+    _ledger(ctxs[0].stage.params, f"fleet {len(ctxs)} {' '.join(ids)} {os.getpid()}")
     print(f"fleet of {len(ctxs)}")  # the fleet's output goes to the fleet's log
     for c in ctxs:
-        limit = c.params.get("fleet_oom_above")
+        limit = c.stage.params.get("fleet_oom_above")
         if limit is not None and len(ctxs) > limit:
             raise OutOfMemoryError(f"CUDA out of memory in a fleet of {len(ctxs)}")
     for i, c in enumerate(ctxs):
-        seed, _ = stage_seed(c.params, c.stage.hash)
+        seed, _ = stage_seed(c.stage.params, c.stage.hash)
         random.seed(seed)
         np.random.seed(seed)
         try:

@@ -209,8 +209,9 @@ def _context(
     parse: bool = True,
 ) -> Any:
     """The runner's context. `parse`: the params are parsed here, once, into the kind's type (the
-    runner checks none of them again); a fleet's members are parsed on first use instead, so that
-    a member with bad params fails alone."""
+    runner checks none of them again); else on first use of `ctx.params` (a fleet's members, so
+    that a member with bad params fails alone; runners of another resolver, which may read
+    `ctx.stage.params` instead)."""
     from cpx.plan import parse_params
     from cpx.stages import StageContext
 
@@ -227,6 +228,13 @@ def _context(
         batch_limit=task.get("batch_limit"),
         plan=_executed_plan(task.get("plan_path")),
     )
+
+
+def _own(resolver: Resolver) -> bool:
+    """Whether `resolver` gives cpx's own runners (`cpx.stages.get_runner`)."""
+    from cpx.stages import get_runner
+
+    return resolver is get_runner
 
 
 def run_task(
@@ -258,7 +266,8 @@ def run_task(
         try:
             with _fd_redirect(log_file), contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
                 seeds = _env.seed_everything(seed, stage.kind)
-                ctx = _context(stage, task, models, device, logger, progress)
+                # cpx's own runners get their params parsed here; another resolver's parse on use.
+                ctx = _context(stage, task, models, device, logger, progress, parse=_own(resolver))
                 info = _info(stage.kind, resolver(stage.kind)(ctx))
             outputs = checksum_tree(out_dir)
         except BaseException as e:  # every stage error is reported, not raised

@@ -24,7 +24,8 @@ from cpx.execute._task import (
     stage_ids,
 )
 
-# `module:function` of a resolver to use instead of `cpx.stages.get_runner` (tests, custom kinds).
+# `module:function` of a resolver to use instead of `cpx.stages.get_runner` (tests, custom runners:
+# `ctx.params` is the kind's typed params, parsed on first use; `ctx.stage.params` the JSON).
 RESOLVER_ENV = "CPX_STAGE_RESOLVER"
 
 
