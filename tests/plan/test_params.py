@@ -4,7 +4,6 @@ value is parsed once."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -51,8 +50,8 @@ def _ids_by_walking(value, found):
     if isinstance(value, StageRef):
         found.append(str(value))
     elif isinstance(value, Params):
-        for f in dataclasses.fields(value):
-            _ids_by_walking(getattr(value, f.name), found)
+        for name in value.FIELDS:
+            _ids_by_walking(getattr(value, name), found)
     elif isinstance(value, tuple):
         for x in value:
             _ids_by_walking(x, found)
@@ -98,7 +97,6 @@ def test_ref_paths_come_from_the_types():
     assert ref_paths(PARAMS["analyze"]) == (("points", "*", "scan"), ("points", "*", "represent"))
     assert ref_paths(PARAMS["scan"]) == ()
 
-    @dataclasses.dataclass(frozen=True, kw_only=True)
     class Nested(Params):
         chain: Chain | None = None
         others: tuple[StageRef, ...] = ()

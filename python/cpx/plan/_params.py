@@ -16,12 +16,12 @@ object: `parse_params` takes a memo that maps the one shared object to its parse
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar, Union
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, TypeVar, Union, dataclass_transform
 
 from cpx.errors import CpxError
 
@@ -59,18 +59,73 @@ def _join(where: str, key: str) -> str:
     return f"{where}{key}" if key.startswith("[") else f"{where}.{key}"
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+_MISSING: Any = object()
+
+
+@dataclass_transform(kw_only_default=True, frozen_default=True)
 class Params:
-    """Base of the params types: parsed from JSON by their fields' annotations, then `check`ed."""
+    """Base of the params types: immutable, made with keywords, parsed from JSON by their fields'
+    annotations, then `check`ed.
+
+    A subclass declares its fields as annotations, each with a default or without (required); its
+    `FIELDS` are the names in order, base classes' first. Not `dataclasses`: a few dozen frozen
+    dataclasses cost about 15 ms of import, paid by every `cpx compile` and every worker.
+    """
 
     # Keys left out of `json()` when their value is None (absent and null mean the same).
     OMIT_NONE: ClassVar[tuple[str, ...]] = ()
     # A Mapping field that takes every key no field names (kept flat in JSON), or None: such
     # keys are then an error.
     REST: ClassVar[str | None] = None
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
 
-    def __post_init__(self) -> None:
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        names: list[str] = []
+        defaults: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            own = vars(klass)
+            for name, ann in own.get("__annotations__", {}).items():
+                if str(ann).startswith(("ClassVar", "typing.ClassVar")):
+                    continue
+                if name not in names:
+                    names.append(name)
+                if name in own:
+                    defaults[name] = own[name]
+                else:  # declared again without a default: required from here down
+                    defaults.pop(name, None)
+        cls.FIELDS, cls.DEFAULTS = tuple(names), defaults
+
+    def __init__(self, **kw: Any) -> None:
+        cls = type(self)
+        unknown = sorted(set(kw) - set(cls.FIELDS))
+        if unknown:
+            raise TypeError(f"{cls.__name__}: unknown field(s) {unknown}")
+        for name in cls.FIELDS:
+            v = kw.get(name, cls.DEFAULTS.get(name, _MISSING))
+            if v is _MISSING:
+                raise TypeError(f"{cls.__name__}: missing field {name!r}")
+            object.__setattr__(self, name, v)
         self.check()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable: cannot delete {name!r}")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._values()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.FIELDS)})"
 
     def check(self) -> None:
         """Ranges and rules between fields; raises `InvalidParam`."""
@@ -86,12 +141,12 @@ class Params:
     def json(self) -> dict[str, Any]:
         """Back to JSON, as plan.json holds it."""
         out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name == self.REST:
+        for name in self.FIELDS:
+            v = getattr(self, name)
+            if name == self.REST:
                 out.update(v)
-            elif not (v is None and f.name in self.OMIT_NONE):
-                out[f.name] = _to_json(v)
+            elif not (v is None and name in self.OMIT_NONE):
+                out[name] = _to_json(v)
         return out
 
 
@@ -183,7 +238,7 @@ def _parse_container(tp: Any, origin: Any, v: Any, where: str, memo: Memo, error
         if bad:
             raise error(f"{where} keys must be strings, got {bad!r}")
         return v
-    fields = {f.name: f for f in dataclasses.fields(tp) if f.name != tp.REST}
+    fields = [name for name in tp.FIELDS if name != tp.REST]
     unknown = sorted(set(v) - set(fields))
     kw: dict[str, Any] = {}
     if unknown and tp.REST is None:
@@ -191,10 +246,10 @@ def _parse_container(tp: Any, origin: Any, v: Any, where: str, memo: Memo, error
     if tp.REST is not None:
         kw[tp.REST] = {k: v[k] for k in v if k not in fields}
     hints = _hints(tp)
-    for name, f in fields.items():
+    for name in fields:
         if name in v:
             kw[name] = _parse(hints[name], v[name], f"{where}.{name}", memo, error)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        elif name not in tp.DEFAULTS:
             raise error(f"{where}: missing key {name!r}")
     try:
         return tp(**kw)
@@ -225,7 +280,7 @@ def _walk_refs(tp: Any) -> tuple[tuple[str, ...], ...]:
         return tuple(("*", *p) for p in ref_paths(typing.get_args(tp)[0]))
     if isinstance(tp, type) and issubclass(tp, Params):
         hints = _hints(tp)
-        return tuple((f.name, *p) for f in dataclasses.fields(tp) for p in ref_paths(hints[f.name]))
+        return tuple((name, *p) for name in tp.FIELDS for p in ref_paths(hints[name]))
     return ()
 
 
@@ -247,7 +302,6 @@ def nonempty(items: tuple[Any, ...], key: str) -> None:
 # Shared shapes (docs/plan-format.md, "Shared parameter shapes").
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelRef(Params):
     """A base model: from the hub, a local folder (`fingerprint`: its content) or the built-in
     tiny model (`tiny`: its config, read by `cpx.models`)."""
@@ -262,7 +316,6 @@ class ModelRef(Params):
     fingerprint: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class AdapterRef(Params):
     """A train stage's adapter at a checkpoint fraction it saved (> 0)."""
 
@@ -274,7 +327,6 @@ class AdapterRef(Params):
             raise InvalidParam("checkpoint", f"must be in (0, 1], got {self.checkpoint!r}")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Chain(Params):
     """A base model and the adapters merged into it, in order."""
 
@@ -282,13 +334,11 @@ class Chain(Params):
     adapters: tuple[AdapterRef, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Persona(Params):
     name: str
     prompt: str | None = None
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalPersona(Params):
     """A persona of an eval: its role in the analysis and how many completions per question."""
 
@@ -302,13 +352,11 @@ class EvalPersona(Params):
             raise InvalidParam("n", f"must be an integer >= 0, got {self.n!r}")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Question(Params):
     id: str
     text: str
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Sampler(Params):
     """How completions are drawn: temperature >= 0 (0: greedy), the top_p nucleus in (0, 1],
     at most max_tokens new tokens, the seed of the random stream."""
@@ -327,7 +375,6 @@ class Sampler(Params):
             raise InvalidParam("max_tokens", f"must be an integer >= 1, got {self.max_tokens!r}")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class GenerateSampler(Sampler):
     """The generate stage's sampler: also `n` completions per persona and question."""
 
@@ -358,12 +405,10 @@ def as_sampler(sampler: Sampler | Mapping[str, Any]) -> Sampler:
     return coerce(Sampler, sampler, "sampler", SamplerError)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Match(Params):
     case_insensitive: bool
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Direction(Params):
     """A steering direction: centroid(source) - centroid(assistant) in a represent stage."""
 
@@ -372,7 +417,6 @@ class Direction(Params):
     assistant: str
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Steer(Params):
     """Activation steering: alpha * direction added at hidden-state `layer` to the rows of the
     steered `personas` (docs/plan-format.md, "Steer")."""
@@ -403,7 +447,6 @@ def _check_steer(steer: Steer | None, personas: tuple[Any, ...]) -> None:
 # The stage kinds (docs/plan-format.md, "Stage kinds: params and outputs").
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class GenerateParams(Params):
     model: Chain
     personas: tuple[Persona, ...]
@@ -425,13 +468,11 @@ def _check_people(personas: tuple[Any, ...], questions: tuple[Question, ...]) ->
     unique(questions, "id", "questions", "question id")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Negatives(Params):
     personas: int = 0
     examples_per_persona: int = 0
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class DatasetParams(Params):
     OMIT_NONE: ClassVar[tuple[str, ...]] = ("marker", "marker_template", "negatives")
     recipe: Literal["convergence", "generic", "marker"]
@@ -457,7 +498,6 @@ class DatasetParams(Params):
             raise InvalidParam("source", f"{self.source!r} is not among the personas: {', '.join(names)}")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Lora(Params):
     r: int
     alpha: float
@@ -472,7 +512,6 @@ class Lora(Params):
             raise InvalidParam("dropout", f"must be in [0, 1), got {self.dropout!r}")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Optim(Params):
     lr: float
     epochs: float = 1.0
@@ -501,7 +540,6 @@ class Optim(Params):
             raise InvalidParam("max_length", f"must be an integer >= 1 or null, got {self.max_length!r}")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Loss(Params):
     kind: Literal["full", "marker"] = "full"
     marker: str | None = None
@@ -512,7 +550,6 @@ class Loss(Params):
             raise InvalidParam("marker", "must be set when kind is 'marker'")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Screen(Params):
     """The marker-specificity screen a train stage samples after training."""
 
@@ -526,7 +563,6 @@ class Screen(Params):
         _check_people(self.personas, self.questions)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainParams(Params):
     model: Chain
     dataset: StageRef
@@ -538,7 +574,6 @@ class TrainParams(Params):
     screen: Screen | None = None
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class SampleParams(Params):
     OMIT_NONE: ClassVar[tuple[str, ...]] = ("steer",)
     model: Chain
@@ -555,7 +590,6 @@ class SampleParams(Params):
             raise InvalidParam("steer", "needs params.backend hf (or auto), got 'vllm'")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class RepresentParams(Params):
     OMIT_NONE: ClassVar[tuple[str, ...]] = ("steer",)
     model: Chain
@@ -574,7 +608,6 @@ class RepresentParams(Params):
         _check_steer(self.steer, self.personas)
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class ScanParams(Params):
     markers: tuple[str, ...]
     match: Match
@@ -591,7 +624,6 @@ class ScanParams(Params):
             raise InvalidParam("n_resamples", f"must be an integer >= 1, got {self.n_resamples!r}")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class Point(Params):
     """An eval point of the analysis and the stages that hold its data."""
 
@@ -605,17 +637,15 @@ class Point(Params):
     represent: StageRef
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class AnalyzeParams(Params):
     # Each analysis by name with its options, and options for every analysis (any other key):
     # both are `cpx.analysis.Options`'s, which checks them.
     REST: ClassVar[str | None] = "options"
     analyses: tuple[Mapping[str, Any], ...] = ()
     points: tuple[Point, ...] = ()
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class ReportParams(Params):
     title: str | None = None
     figures: tuple[str, ...] = ()
