@@ -354,7 +354,7 @@ def _top_p_kernel(
     tied_mass = 0.0
     counts = tl.zeros([16], tl.int32)
     for level in tl.static_range(LEVELS):
-        shift: tl.constexpr = KEY_BITS - 4 * (level + 1)
+        # the digit of this level is bits [KEY_BITS - 4 (level + 1), KEY_BITS - 4 level) of the key
         if level > 0:
             bins = tl.zeros([16], tl.float32)
             counts = tl.zeros([16], tl.int32)
@@ -363,9 +363,9 @@ def _top_p_kernel(
                 x = tl.load(base + b0 + offs, mask=inside, other=float("-inf"))
                 s = x.to(tl.float32) / temperature
                 k = _sort_key(x, KEY_BITS)
-                match = inside & ((k >> (shift + 4)) == prefix)
+                match = inside & ((k >> (KEY_BITS - 4 * level)) == prefix)
                 e = tl.where(match & (s > float("-inf")), tl.exp(s - m), 0.0)
-                onehot = ((k >> shift) & 15)[:, None] == digits[None, :]
+                onehot = ((k >> (KEY_BITS - 4 * (level + 1))) & 15)[:, None] == digits[None, :]
                 bins += tl.sum(tl.where(onehot, e[:, None], 0.0), 0)
                 if level == LEVELS - 1:
                     counts += tl.sum(tl.where(onehot & match[:, None], 1, 0), 0)
