@@ -16,7 +16,8 @@ On CUDA the engine runs in variants (`--variants`): eager (the PyTorch path), ke
 decode-attention kernel), graphs (the kernel, steps replayed from CUDA graphs) and fused (the
 engine's default: graphs and fused elementwise kernels), each at the eval's sampler
 (temperature 1, top_p 1) or, with a suffix "_topp", at the generate stage's (temperature 0.7,
-top_p 0.95; "_topp_sort": the fused path, but its top-p draw sorts). `--profile` adds, per variant, a
+top_p 0.95; "_topp_sort": the fused path, but its top-p draw sorts; "_norope": the rotary
+embedding left to transformers). `--profile` adds, per variant, a
 torch.profiler breakdown of decode steps 2-4 and of the last steps but two: matrix products,
 attention, sampling, other kernels and GPU idle time. Micro-benchmarks of one layer's decode
 attention and of the draw run too. Triton is needed for the fused variants.
@@ -230,23 +231,26 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
     """One checkpoint's sampling through the engine: `variant` "eager" (the PyTorch path:
     attention over an additive bias, no graphs), "kernel" (the fused decode-attention kernel,
     no graphs), "graphs" (the kernel, steps replayed from CUDA graphs) or "fused" (the
-    engine's default on CUDA: graphs, and single-pass RMSNorm, gated activation and draw),
-    at the eval's sampler (temperature 1, top_p 1). A suffix "_topp" samples at the generate
-    stage's (temperature 0.7, top_p 0.95: the fused path's top-p kernel); "_topp_sort" too,
-    but the fused path sorts for top_p as the PyTorch path does."""
+    engine's default on CUDA: graphs, and single-pass RMSNorm, gated activation, rotary
+    embedding and draw), at the eval's sampler (temperature 1, top_p 1). Suffixes: "_topp"
+    samples at the generate stage's (temperature 0.7, top_p 0.95: the fused path's top-p
+    kernel); "_sort" makes the fused path sort for top_p as the PyTorch path does; "_norope"
+    leaves the rotary embedding to transformers."""
+    import cpx.stages._decode_layers as DL
     import cpx.stages._decode_step as DS
     import cpx.stages._draws as DR
     from cpx.stages._sampling import sample_completions
 
-    base, _, sampler_kind = variant.partition("_")
-    assert base in ("eager", "kernel", "graphs", "fused") and sampler_kind in ("", "topp", "topp_sort"), variant
+    base, *flags = variant.split("_")
+    assert base in ("eager", "kernel", "graphs", "fused") and set(flags) <= {"topp", "sort", "norope"}, variant
     fused = base != "eager"
     sampler = {"temperature": 1.0, "top_p": 1.0, "max_tokens": args.max_new_tokens, "seed": 42}
-    if sampler_kind:
+    if "topp" in flags:
         sampler.update(GENERATE_SAMPLER)
     DS.USE_GRAPHS = base in ("graphs", "fused")
     DS.FUSE_ELEMENTWISE = base == "fused"
-    DR.FUSE_TOP_P = sampler_kind != "topp_sort"
+    DR.FUSE_TOP_P = "sort" not in flags
+    DL.FUSE_ROTARY = "norope" not in flags
     try:
         # warm-up: kernels, cuBLAS handles, the allocator
         sample_completions(
@@ -271,7 +275,7 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
             sync(args.device)
             secs = time.perf_counter() - t0
     finally:
-        DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = DR.FUSE_TOP_P = True
+        DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = DR.FUSE_TOP_P = DL.FUSE_ROTARY = True
     n_tok = sum(c.n_tokens for c in comps)
     assert len(comps) == sum(r.n for r in reqs), "engine returned the wrong number of completions"
     assert all(c.n_tokens == args.max_new_tokens for c in comps), "engine stopped early with ignore_eos"
@@ -702,8 +706,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="engine variants, comma-separated, of eager (the PyTorch path), kernel (fused attention), "
         "graphs (fused attention + CUDA graphs) and fused (graphs + fused elementwise kernels, the "
-        "default engine), each optionally with a suffix _topp (the generate stage's sampler, temperature 0.7, "
-        "top_p 0.95) or _topp_sort (that sampler, the fused path sorting for top_p); "
+        "default engine), each optionally with suffixes _topp (the generate stage's sampler, temperature 0.7, "
+        "top_p 0.95), _sort (the fused path sorting for top_p), _norope (the rotary embedding unfused); "
         "default: eager,graphs,fused on CUDA, eager on the CPU",
     )
     ap.add_argument(
@@ -712,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         help="torch.profiler breakdown of decode steps 2-4 and the last steps but two of each engine run",
     )
     ap.add_argument("--skip-hidden", action="store_true")
+    ap.add_argument("--skip-attention", action="store_true", help="no micro-benchmark of decode attention")
     args = ap.parse_args(argv)
     if args.tiny:
         args.device = args.device or "cpu"
@@ -747,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     if fusable:
         phases.append(("decode_check_eager", lambda: check_decode(model, tok, args, fused=False)))
     phases.append(("sampling", lambda: run_sampling(model, args)))
-    if fusable:
+    if fusable and not args.skip_attention:
         phases.append(("attention", lambda: run_attention(model, args)))
     for v in variants:
         phases.append((f"engine_{v}", lambda v=v: run_engine(model, tok, reqs, args, v)))
@@ -786,8 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     # the generate stage's sampler against the eval's, variant by variant
     vs_eval = {}
     for v in variants:
-        a, b = RESULTS.get(f"engine_{v}", {}), RESULTS.get(f"engine_{v.partition('_')[0]}", {})
-        if v.partition("_")[2] and "tokens_per_s" in a and "tokens_per_s" in b:
+        ref = "_".join(f for f in v.split("_") if f not in ("topp", "sort"))
+        a, b = RESULTS.get(f"engine_{v}", {}), RESULTS.get(f"engine_{ref}", {})
+        if ref != v and "tokens_per_s" in a and "tokens_per_s" in b:
             vs_eval[f"engine_{v}"] = round(a["tokens_per_s"] / b["tokens_per_s"], 3)
     if vs_eval:
         record("tokens_per_s_vs_eval_sampler", vs_eval)

@@ -301,3 +301,36 @@ def test_fused_decode_with_top_p(gpu_model):
     assert sum(a[k] == b[k] for k in a) >= len(a) - 2
     c = sample_token_ids(model, tok, reqs, {**sp, "seed": 6}, device="cuda", batch_size=64, fused=True, ignore_eos=True)
     assert sum(a[k] != c[k] for k in a) >= len(a) - 1
+
+
+def test_rotary_kernel_rounds_as_transformers_does():
+    """The fused rotary embedding of one decode position: bit for bit transformers' own
+    `apply_rotary_pos_emb` (Qwen2.5-7B's heads, its rotary table at random positions), and the
+    one the fused step's layers call."""
+    from transformers import Qwen2Config
+    from transformers.models.qwen2 import modeling_qwen2 as M
+
+    from cpx.stages._decode_layers import fused_layers
+    from cpx.stages._decode_triton import rotary
+
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    rows, heads, kv_heads, dim = 300, 28, 4, 128
+    config = Qwen2Config(hidden_size=heads * dim, num_attention_heads=heads, num_key_value_heads=kv_heads)
+    rope = M.Qwen2RotaryEmbedding(config).to("cuda")
+    # q and k as the attention makes them: views of the projections, heads moved before positions
+    q = torch.randn(rows, 1, heads * dim, device="cuda", generator=gen).bfloat16().view(rows, 1, heads, dim)
+    k = torch.randn(rows, 1, kv_heads * dim, device="cuda", generator=gen).bfloat16().view(rows, 1, kv_heads, dim)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    positions = torch.randint(0, 4000, (rows, 1), device="cuda", generator=gen)
+    cos, sin = rope(q, positions)
+    want_q, want_k = M.apply_rotary_pos_emb(q, k, cos, sin)
+    assert torch.equal(rotary(q, cos, sin), want_q)
+    assert torch.equal(rotary(k, cos, sin), want_k)
+    model = torch.nn.Module()
+    model.attn = M.Qwen2Attention(config, 0)
+    plain = M.apply_rotary_pos_emb
+    with fused_layers(model):
+        assert M.apply_rotary_pos_emb is not plain
+        got_q, got_k = M.apply_rotary_pos_emb(q, k, cos, sin)
+    assert M.apply_rotary_pos_emb is plain
+    assert torch.equal(got_q, want_q) and torch.equal(got_k, want_k)

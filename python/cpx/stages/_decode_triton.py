@@ -483,3 +483,54 @@ def nucleus_mask(logits, thresh, n_drop):
     tied = k == t
     rank = tied.to(torch.int32).cumsum(-1) - 1
     return (k > t) | (tied & (rank >= n_drop[:, None]))
+
+
+@triton.jit
+def _rotary_kernel(
+    X, COS, SIN, OUT, heads, stride_xb, stride_xh, stride_cb, stride_sb, HALF: tl.constexpr, HEADS_PAD: tl.constexpr
+):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.arange(0, HEADS_PAD)
+    d = tl.arange(0, HALF)
+    mask = (h < heads)[:, None]
+    x_ptr = X + b * stride_xb + h[:, None] * stride_xh + d[None, :]
+    x1 = tl.load(x_ptr, mask=mask, other=0.0)
+    x2 = tl.load(x_ptr + HALF, mask=mask, other=0.0)
+    c1 = tl.load(COS + b * stride_cb + d)[None, :].to(tl.float32)
+    c2 = tl.load(COS + b * stride_cb + HALF + d)[None, :].to(tl.float32)
+    s1 = tl.load(SIN + b * stride_sb + d)[None, :].to(tl.float32)
+    s2 = tl.load(SIN + b * stride_sb + HALF + d)[None, :].to(tl.float32)
+    f1, f2 = x1.to(tl.float32), x2.to(tl.float32)
+    dt = OUT.dtype.element_ty
+    # x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1): each product rounded to the
+    # activation dtype, then their sum, as the elementwise kernels of transformers' version round
+    o1 = (f1 * c1).to(dt).to(tl.float32) + (-f2 * s1).to(dt).to(tl.float32)
+    o2 = (f2 * c2).to(dt).to(tl.float32) + (f1 * s2).to(dt).to(tl.float32)
+    o_ptr = OUT + b * heads * (2 * HALF) + h[:, None] * (2 * HALF) + d[None, :]
+    tl.store(o_ptr, o1.to(dt), mask=mask)
+    tl.store(o_ptr + HALF, o2.to(dt), mask=mask)
+
+
+def rotary(x, cos, sin):
+    """x * cos + rotate_half(x) * sin for one position per row, as transformers'
+    `apply_rotary_pos_emb` rounds it: x (rows, heads, 1, head_dim) with a contiguous last axis;
+    cos, sin (rows, 1, head_dim) in x's dtype. Returns a contiguous tensor of x's shape."""
+    import torch
+
+    rows, heads, _, dim = x.shape
+    out = torch.empty((rows, heads, 1, dim), dtype=x.dtype, device=x.device)
+    _rotary_kernel[(rows,)](
+        x,
+        cos,
+        sin,
+        out,
+        heads,
+        x.stride(0),
+        x.stride(1),
+        cos.stride(0),
+        sin.stride(0),
+        HALF=dim // 2,
+        HEADS_PAD=triton.next_power_of_2(heads),
+        num_warps=4,
+    )
+    return out
