@@ -16,8 +16,8 @@ On CUDA the engine runs in variants (`--variants`): eager (the PyTorch path), ke
 decode-attention kernel), graphs (the kernel, steps replayed from CUDA graphs) and fused (the
 engine's default: graphs and fused elementwise kernels), each at the eval's sampler
 (temperature 1, top_p 1) or, with a suffix "_topp", at the generate stage's (temperature 0.7,
-top_p 0.95; "_topp_sort": the fused path, but its top-p draw sorts; "_norope": the rotary
-embedding left to transformers). `--profile` adds, per variant, a
+top_p 0.95; "_topp_sort": the fused path, but its top-p draw sorts; "_rope": the fused rotary
+embedding kernel, off by default). `--profile` adds, per variant, a
 torch.profiler breakdown of decode steps 2-4 and of the last steps but two: matrix products,
 attention, sampling, other kernels and GPU idle time. Micro-benchmarks of one layer's decode
 attention and of the draw run too. Triton is needed for the fused variants.
@@ -231,26 +231,26 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
     """One checkpoint's sampling through the engine: `variant` "eager" (the PyTorch path:
     attention over an additive bias, no graphs), "kernel" (the fused decode-attention kernel,
     no graphs), "graphs" (the kernel, steps replayed from CUDA graphs) or "fused" (the
-    engine's default on CUDA: graphs, and single-pass RMSNorm, gated activation, rotary
-    embedding and draw), at the eval's sampler (temperature 1, top_p 1). Suffixes: "_topp"
+    engine's default on CUDA: graphs, and single-pass RMSNorm, gated activation and draw), at the eval's sampler (temperature 1, top_p 1). Suffixes: "_topp"
     samples at the generate stage's (temperature 0.7, top_p 0.95: the fused path's top-p
-    kernel); "_sort" makes the fused path sort for top_p as the PyTorch path does; "_norope"
-    leaves the rotary embedding to transformers."""
+    kernel); "_sort" makes the fused path sort for top_p as the PyTorch path does; "_rope"
+    adds the fused rotary embedding (off by default)."""
     import cpx.stages._decode_layers as DL
     import cpx.stages._decode_step as DS
     import cpx.stages._draws as DR
     from cpx.stages._sampling import sample_completions
 
     base, *flags = variant.split("_")
-    assert base in ("eager", "kernel", "graphs", "fused") and set(flags) <= {"topp", "sort", "norope"}, variant
+    assert base in ("eager", "kernel", "graphs", "fused") and set(flags) <= {"topp", "sort", "rope"}, variant
     fused = base != "eager"
     sampler = {"temperature": 1.0, "top_p": 1.0, "max_tokens": args.max_new_tokens, "seed": 42}
     if "topp" in flags:
         sampler.update(GENERATE_SAMPLER)
     DS.USE_GRAPHS = base in ("graphs", "fused")
     DS.FUSE_ELEMENTWISE = base == "fused"
+    defaults = DR.FUSE_TOP_P, DL.FUSE_ROTARY
     DR.FUSE_TOP_P = "sort" not in flags
-    DL.FUSE_ROTARY = "norope" not in flags
+    DL.FUSE_ROTARY = "rope" in flags
     try:
         # warm-up: kernels, cuBLAS handles, the allocator
         sample_completions(
@@ -275,7 +275,8 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
             sync(args.device)
             secs = time.perf_counter() - t0
     finally:
-        DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = DR.FUSE_TOP_P = DL.FUSE_ROTARY = True
+        DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = True
+        DR.FUSE_TOP_P, DL.FUSE_ROTARY = defaults
     n_tok = sum(c.n_tokens for c in comps)
     assert len(comps) == sum(r.n for r in reqs), "engine returned the wrong number of completions"
     assert all(c.n_tokens == args.max_new_tokens for c in comps), "engine stopped early with ignore_eos"
@@ -503,7 +504,6 @@ def run_top_p_checks(logits, keys) -> dict[str, Any]:
     """The fused top-p draw at the generate stage's sampler on the micro-benchmark's logits:
     its nucleus against the sorting path's (a stable sort: ties in index order), where its
     draws land, and its time by block size and warps (medians of triton.testing.do_bench)."""
-    import torch
     import triton.testing
 
     from cpx.stages._decode_triton import nucleus_mask, sample_top_p
@@ -525,10 +525,19 @@ def run_top_p_checks(logits, keys) -> dict[str, Any]:
         "sort_ms": round(triton.testing.do_bench(lambda: sample_tokens(logits, t, p, u), return_mode="median"), 3),
     }
     del kept, want
-    for block, warps in ((1024, 8), (1024, 4), (2048, 8), (2048, 16), (512, 4), (4096, 16)):
-        fn = partial(sample_top_p, logits, t, p, u, block, warps)
-        out[f"fused_b{block}_w{warps}_ms"] = round(triton.testing.do_bench(fn, return_mode="median"), 3)
-        out[f"fused_b{block}_w{warps}_same"] = bool(torch.equal(fn(), tok))
+    # (accumulate per lane, block, draw block, warps); the first is sample_top_p's default
+    for acc, block, draw, warps in (
+        (False, 2048, 2048, 8),
+        (False, 1024, 1024, 8),
+        (True, 128, 1024, 4),
+        (True, 256, 2048, 4),
+        (True, 512, 2048, 8),
+    ):
+        fn = partial(sample_top_p, logits, t, p, u, block, warps, accumulate=acc, draw_block=draw)
+        name = f"fused_{'acc_' if acc else ''}b{block}_d{draw}_w{warps}"
+        out[f"{name}_ms"] = round(triton.testing.do_bench(fn, return_mode="median"), 3)
+        got = fn()
+        out[f"{name}_same_token_fraction"] = round(float((got == tok).float().mean()), 4)
     return out
 
 
@@ -707,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         help="engine variants, comma-separated, of eager (the PyTorch path), kernel (fused attention), "
         "graphs (fused attention + CUDA graphs) and fused (graphs + fused elementwise kernels, the "
         "default engine), each optionally with suffixes _topp (the generate stage's sampler, temperature 0.7, "
-        "top_p 0.95), _sort (the fused path sorting for top_p), _norope (the rotary embedding unfused); "
+        "top_p 0.95), _sort (the fused path sorting for top_p), _rope (the fused rotary embedding, off by default); "
         "default: eager,graphs,fused on CUDA, eager on the CPU",
     )
     ap.add_argument(

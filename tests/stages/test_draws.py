@@ -101,18 +101,20 @@ from cpx.stages._draws import search_nucleus
 from cpx.stages._decode_triton import nucleus_mask, sample_top_p
 
 gen = torch.Generator().manual_seed(0)
-for dtype in (torch.float32, torch.bfloat16, torch.float16):
-    for temperature, top_p in ((1.0, 0.9), (0.7, 0.95), (1.0, 1e-4)):
-        x = (torch.randn(5, 700, generator=gen, dtype=torch.float64) * 3).to(dtype)
-        u = torch.rand(5, generator=gen)
-        tok, thresh, n_drop = sample_top_p(x, temperature, top_p, u, block=128, num_warps=4, thresholds=True)
-        kept = nucleus_mask(x, thresh, n_drop)
-        assert torch.equal(kept, search_nucleus(x, temperature, top_p)), (dtype, temperature, top_p)
-        assert bool(kept.gather(1, tok[:, None]).all())
-x = torch.randint(-4, 4, (5, 700), generator=gen).float()
-for top_p in (0.9, 0.5):
-    tok, thresh, n_drop = sample_top_p(x, 1.0, top_p, torch.rand(5, generator=gen), block=128, thresholds=True)
-    assert torch.equal(nucleus_mask(x, thresh, n_drop), search_nucleus(x, 1.0, top_p))
+for acc, block, draw in ((False, 128, 128), (True, 64, 256)):
+    kw = dict(block=block, draw_block=draw, num_warps=4, accumulate=acc, thresholds=True)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for temperature, top_p in ((1.0, 0.9), (0.7, 0.95), (1.0, 1e-4)):
+            x = (torch.randn(4, 700, generator=gen, dtype=torch.float64) * 3).to(dtype)
+            u = torch.rand(4, generator=gen)
+            tok, thresh, n_drop = sample_top_p(x, temperature, top_p, u, **kw)
+            kept = nucleus_mask(x, thresh, n_drop)
+            assert torch.equal(kept, search_nucleus(x, temperature, top_p)), (acc, dtype, temperature, top_p)
+            assert bool(kept.gather(1, tok[:, None]).all())
+    x = torch.randint(-4, 4, (4, 700), generator=gen).float()
+    for top_p in (0.9, 0.5):
+        tok, thresh, n_drop = sample_top_p(x, 1.0, top_p, torch.rand(4, generator=gen), **kw)
+        assert torch.equal(nucleus_mask(x, thresh, n_drop), search_nucleus(x, 1.0, top_p))
 # a grid of uniforms: each kept token's share is its renormalised probability
 x = (torch.randn(1, 24, generator=gen) * 2).bfloat16()
 n = 500

@@ -324,6 +324,8 @@ def _top_p_kernel(
     top_p,
     KEY_BITS: tl.constexpr,
     BLOCK: tl.constexpr,
+    DRAW_BLOCK: tl.constexpr,
+    ACC: tl.constexpr,
     WRITE_THRESHOLD: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -332,19 +334,36 @@ def _top_p_kernel(
     digits = tl.arange(0, 16)
     LEVELS: tl.constexpr = KEY_BITS // 4
     # pass 1: the row's maximum, and the mass of exp(s - max) by the key's top four bits (online:
-    # the bins are rescaled when the running maximum grows)
-    m = float("-inf")
-    bins = tl.zeros([16], tl.float32)
-    for b0 in range(0, vocab, BLOCK):
-        inside = b0 + offs < vocab
-        x = tl.load(base + b0 + offs, mask=inside, other=float("-inf"))
-        s = x.to(tl.float32) / temperature
-        m_new = tl.maximum(m, tl.max(s, 0))
-        e = tl.where(inside & (s > float("-inf")), tl.exp(s - m_new), 0.0)
-        d = (_sort_key(x, KEY_BITS) >> (KEY_BITS - 4)) + 8
-        hist = tl.sum(tl.where(d[:, None] == digits[None, :], e[:, None], 0.0), 0)
-        bins = bins * tl.where(m_new > float("-inf"), tl.exp(m - m_new), 1.0) + hist
-        m = m_new
+    # the bins are rescaled when the running maximum grows). ACC keeps a maximum and 16 bins per
+    # lane and reduces them once after the loop; otherwise each block is reduced as it is read.
+    if ACC:
+        m_lane = tl.full([BLOCK], float("-inf"), tl.float32)
+        acc = tl.zeros([BLOCK, 16], tl.float32)
+        for b0 in range(0, vocab, BLOCK):
+            inside = b0 + offs < vocab
+            x = tl.load(base + b0 + offs, mask=inside, other=float("-inf"))
+            s = x.to(tl.float32) / temperature
+            m_new = tl.maximum(m_lane, s)
+            e = tl.where(inside & (s > float("-inf")), tl.exp(s - m_new), 0.0)
+            d = (_sort_key(x, KEY_BITS) >> (KEY_BITS - 4)) + 8
+            scale = tl.where(m_new > float("-inf"), tl.exp(m_lane - m_new), 1.0)
+            acc = acc * scale[:, None] + tl.where(d[:, None] == digits[None, :], e[:, None], 0.0)
+            m_lane = m_new
+        m = tl.max(m_lane, 0)
+        bins = tl.sum(acc * tl.where(m_lane > float("-inf"), tl.exp(m_lane - m), 0.0)[:, None], 0)
+    else:
+        m = float("-inf")
+        bins = tl.zeros([16], tl.float32)
+        for b0 in range(0, vocab, BLOCK):
+            inside = b0 + offs < vocab
+            x = tl.load(base + b0 + offs, mask=inside, other=float("-inf"))
+            s = x.to(tl.float32) / temperature
+            m_new = tl.maximum(m, tl.max(s, 0))
+            e = tl.where(inside & (s > float("-inf")), tl.exp(s - m_new), 0.0)
+            d = (_sort_key(x, KEY_BITS) >> (KEY_BITS - 4)) + 8
+            hist = tl.sum(tl.where(d[:, None] == digits[None, :], e[:, None], 0.0), 0)
+            bins = bins * tl.where(m_new > float("-inf"), tl.exp(m - m_new), 1.0) + hist
+            m = m_new
     tau = (1.0 - top_p) * tl.sum(bins, 0)
     # mass below the prefix's range, above it, and the prefix (the key's bits found so far)
     below = 0.0
@@ -358,6 +377,9 @@ def _top_p_kernel(
         if level > 0:
             bins = tl.zeros([16], tl.float32)
             counts = tl.zeros([16], tl.int32)
+            if ACC:
+                acc = tl.zeros([BLOCK, 16], tl.float32)
+                acc_n = tl.zeros([BLOCK, 16], tl.int32)
             for b0 in range(0, vocab, BLOCK):
                 inside = b0 + offs < vocab
                 x = tl.load(base + b0 + offs, mask=inside, other=float("-inf"))
@@ -366,9 +388,17 @@ def _top_p_kernel(
                 match = inside & ((k >> (KEY_BITS - 4 * level)) == prefix)
                 e = tl.where(match & (s > float("-inf")), tl.exp(s - m), 0.0)
                 onehot = ((k >> (KEY_BITS - 4 * (level + 1))) & 15)[:, None] == digits[None, :]
-                bins += tl.sum(tl.where(onehot, e[:, None], 0.0), 0)
-                if level == LEVELS - 1:
-                    counts += tl.sum(tl.where(onehot & match[:, None], 1, 0), 0)
+                if ACC:
+                    acc += tl.where(onehot, e[:, None], 0.0)
+                    if level == LEVELS - 1:
+                        acc_n += tl.where(onehot & match[:, None], 1, 0)
+                else:
+                    bins += tl.sum(tl.where(onehot, e[:, None], 0.0), 0)
+                    if level == LEVELS - 1:
+                        counts += tl.sum(tl.where(onehot & match[:, None], 1, 0), 0)
+            if ACC:
+                bins = tl.sum(acc, 0)
+                counts = tl.sum(acc_n, 0)
         cum = below + tl.cumsum(bins, 0)
         first = tl.min(tl.where(cum > tau, digits, 16), 0)
         # rounding can leave no bin past tau in a narrowed range: take its last non-empty bin
@@ -401,9 +431,10 @@ def _top_p_kernel(
     found = vocab
     last_kept = -1
     b0 = 0
+    doffs = tl.arange(0, DRAW_BLOCK)
     while (b0 < vocab) & (found == vocab):
-        inside = b0 + offs < vocab
-        x = tl.load(base + b0 + offs, mask=inside, other=float("-inf"))
+        inside = b0 + doffs < vocab
+        x = tl.load(base + b0 + doffs, mask=inside, other=float("-inf"))
         s = x.to(tl.float32) / temperature
         k = _sort_key(x, KEY_BITS)
         tied = inside & (k == prefix)
@@ -411,11 +442,11 @@ def _top_p_kernel(
         kept = inside & ((k > prefix) | (tied & (rank >= n_drop)))
         e = tl.where(kept, tl.exp(s - m), 0.0)
         cdf = running + tl.cumsum(e, 0)
-        found = tl.minimum(found, tl.min(tl.where(kept & (cdf > target), b0 + offs, vocab), 0))
-        last_kept = tl.maximum(last_kept, tl.max(tl.where(kept, b0 + offs, -1), 0))
+        found = tl.minimum(found, tl.min(tl.where(kept & (cdf > target), b0 + doffs, vocab), 0))
+        last_kept = tl.maximum(last_kept, tl.max(tl.where(kept, b0 + doffs, -1), 0))
         running += tl.sum(e, 0)
         ties_seen += tl.sum(tied.to(tl.int32), 0)
-        b0 += BLOCK
+        b0 += DRAW_BLOCK
     # a target past the rounded total of the kept mass takes the last kept token
     tl.store(OUT + row, tl.where(found < vocab, found, tl.maximum(last_kept, 0)).to(tl.int64))
 
@@ -428,7 +459,17 @@ def top_p_supported(logits) -> bool:
     return logits.is_cuda and str(logits.dtype) in _KEY_BITS and logits.dim() == 2 and logits.stride(-1) == 1
 
 
-def sample_top_p(logits, temperature: float, top_p: float, u, block: int = 1024, num_warps: int = 8, thresholds=False):
+def sample_top_p(
+    logits,
+    temperature: float,
+    top_p: float,
+    u,
+    block: int = 2048,
+    num_warps: int = 8,
+    thresholds: bool = False,
+    accumulate: bool = False,
+    draw_block: int | None = None,
+):
     """One token per row by inverse CDF over softmax(logits / temperature) restricted to the
     top_p nucleus, without sorting the row.
 
@@ -446,6 +487,12 @@ def sample_top_p(logits, temperature: float, top_p: float, u, block: int = 1024,
     ascending probability order: the same distribution from the same uniform `u`, not the same
     token. `thresholds=True` also returns each row's threshold key and the number of tied tokens
     dropped (for `nucleus_mask`).
+
+    `block` elements are read at a time (`draw_block` in the last pass; default `block`). By
+    default each block's 16-bin histogram is reduced across the program as it is read (measured
+    on the H200 at 2,200 x 152,064 bf16: 25.8 ms at block 2048 and 8 warps, the sort 32.6 ms:
+    benches/RESULTS.md); `accumulate=True` keeps a maximum and 16 bins per lane instead and
+    reduces them once a pass (meant for a small block, e.g. 256 with 4 warps; not measured yet).
     """
     import torch
 
@@ -465,6 +512,8 @@ def sample_top_p(logits, temperature: float, top_p: float, u, block: int = 1024,
         float(top_p),
         KEY_BITS=_KEY_BITS[str(logits.dtype)],
         BLOCK=block,
+        DRAW_BLOCK=draw_block or block,
+        ACC=accumulate,
         WRITE_THRESHOLD=thresholds,
         num_warps=num_warps,
     )
