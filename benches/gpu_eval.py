@@ -10,10 +10,13 @@ download), plus last-prompt-token hidden states of the 220 prompts at 4 layers.
     python benches/gpu_eval.py --completions 550 --max-new-tokens 128   # a quick check
     python benches/gpu_eval.py --tiny                # CPU smoke test with a tiny model
     python benches/gpu_eval.py --profile --variants eager,fused   # per-step breakdown, before/after
+    python benches/gpu_eval.py --variants fused,fused_topp   # the generate stage's sampler against the eval's
 
 On CUDA the engine runs in variants (`--variants`): eager (the PyTorch path), kernel (the fused
 decode-attention kernel), graphs (the kernel, steps replayed from CUDA graphs) and fused (the
-engine's default: graphs and fused elementwise kernels). `--profile` adds, per variant, a
+engine's default: graphs and fused elementwise kernels), each at the eval's sampler
+(temperature 1, top_p 1) or, with a suffix "_topp", at the generate stage's (temperature 0.7,
+top_p 0.95; "_topp_sort": the fused path, but its top-p draw sorts). `--profile` adds, per variant, a
 torch.profiler breakdown of decode steps 2-4 and of the last steps but two: matrix products,
 attention, sampling, other kernels and GPU idle time. Micro-benchmarks of one layer's decode
 attention and of the draw run too. Triton is needed for the fused variants.
@@ -219,18 +222,31 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+# The generate stage's sampler (on-policy data), against the eval's temperature 1, top_p 1.
+GENERATE_SAMPLER = {"temperature": 0.7, "top_p": 0.95}
+
+
 def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]:
     """One checkpoint's sampling through the engine: `variant` "eager" (the PyTorch path:
     attention over an additive bias, no graphs), "kernel" (the fused decode-attention kernel,
     no graphs), "graphs" (the kernel, steps replayed from CUDA graphs) or "fused" (the
-    engine's default on CUDA: graphs, and single-pass RMSNorm, gated activation and draw)."""
+    engine's default on CUDA: graphs, and single-pass RMSNorm, gated activation and draw), at the eval's sampler (temperature 1, top_p 1). Suffixes: "_topp"
+    samples at the generate stage's (temperature 0.7, top_p 0.95: the fused path's top-p
+    kernel); "_sort" makes the fused path sort for top_p as the PyTorch path does."""
     import cpx.stages._decode_step as DS
+    import cpx.stages._draws as DR
     from cpx.stages._sampling import sample_completions
 
-    fused = variant != "eager"
+    base, *flags = variant.split("_")
+    assert base in ("eager", "kernel", "graphs", "fused") and set(flags) <= {"topp", "sort"}, variant
+    fused = base != "eager"
     sampler = {"temperature": 1.0, "top_p": 1.0, "max_tokens": args.max_new_tokens, "seed": 42}
-    DS.USE_GRAPHS = variant in ("graphs", "fused")
-    DS.FUSE_ELEMENTWISE = variant == "fused"
+    if "topp" in flags:
+        sampler.update(GENERATE_SAMPLER)
+    DS.USE_GRAPHS = base in ("graphs", "fused")
+    DS.FUSE_ELEMENTWISE = base == "fused"
+    default_top_p = DR.FUSE_TOP_P
+    DR.FUSE_TOP_P = "sort" not in flags
     try:
         # warm-up: kernels, cuBLAS handles, the allocator
         sample_completions(
@@ -256,11 +272,14 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
             secs = time.perf_counter() - t0
     finally:
         DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = True
+        DR.FUSE_TOP_P = default_top_p
     n_tok = sum(c.n_tokens for c in comps)
     assert len(comps) == sum(r.n for r in reqs), "engine returned the wrong number of completions"
     assert all(c.n_tokens == args.max_new_tokens for c in comps), "engine stopped early with ignore_eos"
     out = {
         "variant": variant,
+        "temperature": sampler["temperature"],
+        "top_p": sampler["top_p"],
         "seconds": round(secs, 2),
         "tokens": n_tok,
         "tokens_per_s": round(n_tok / secs, 1),
@@ -369,9 +388,15 @@ def step_breakdown(trace: Path, n_steps: int, wall: float, graphs: bool) -> dict
         return "other"
 
     totals = {"matmul": 0.0, "attention": 0.0, "sampling": 0.0, "other": 0.0}
+    others: dict[str, list[float]] = {}
     spans = []
     for k in kernels:
-        totals[category(k)] += k["dur"]
+        cat = category(k)
+        totals[cat] += k["dur"]
+        if cat == "other":
+            o = others.setdefault(k["name"][:120], [0.0, 0])
+            o[0] += k["dur"]
+            o[1] += 1
         spans.append((k["ts"], k["ts"] + k["dur"]))
     busy, end = 0.0, float("-inf")
     for a, b in sorted(spans):
@@ -383,6 +408,9 @@ def step_breakdown(trace: Path, n_steps: int, wall: float, graphs: bool) -> dict
     ms["wall_ms"] = round(wall * 1e3 / n_steps, 3)
     ms["gpu_idle_ms"] = round(max(0.0, wall * 1e3 - busy / 1e3) / n_steps, 3)
     ms["kernels_per_step"] = round(len(kernels) / n_steps, 1)
+    # the "other" kernels that take the most time: name -> [ms a step, launches a step]
+    top = sorted(others.items(), key=lambda kv: -kv[1][0])[:12]
+    ms["other_top"] = {name: [round(t / 1e3 / n_steps, 3), round(n / n_steps, 1)] for name, (t, n) in top}
     return ms
 
 
@@ -447,6 +475,7 @@ def run_sampling(model, args) -> dict[str, Any]:
         ("t1", 1.0, 1.0, False),
         ("t1_fused", 1.0, 1.0, True),
         ("t0.7_p0.95", 0.7, 0.95, False),
+        ("t0.7_p0.95_fused", 0.7, 0.95, True),
     )
     for name, temperature, top_p, fused in cases:
         if fused and not args.device.startswith("cuda"):
@@ -463,6 +492,48 @@ def run_sampling(model, args) -> dict[str, Any]:
         a = sample_tokens(logits, 1.0, 1.0, uniforms(keys, 0))
         b = sample_tokens(logits, 1.0, 1.0, uniforms(keys, 0), fused=True)
         out["t1_fused_same_token_fraction"] = round(float((a == b).float().mean()), 4)
+        out["top_p"] = run_top_p_checks(logits, keys)
+    return out
+
+
+def run_top_p_checks(logits, keys) -> dict[str, Any]:
+    """The fused top-p draw at the generate stage's sampler on the micro-benchmark's logits:
+    its nucleus against the sorting path's (a stable sort: ties in index order), where its
+    draws land, and its time by block size and warps (medians of triton.testing.do_bench)."""
+    import triton.testing
+
+    from cpx.stages._decode_triton import nucleus_mask, sample_top_p
+    from cpx.stages._draws import sample_tokens, sort_nucleus, uniforms
+
+    t, p = GENERATE_SAMPLER["temperature"], GENERATE_SAMPLER["top_p"]
+    u = uniforms(keys, 0)
+    tok, thresh, n_drop = sample_top_p(logits, t, p, u, thresholds=True)
+    kept = nucleus_mask(logits, thresh, n_drop)
+    want = sort_nucleus(logits, t, p, stable=True)
+    off = (kept != want).sum(-1)
+    ref = sample_tokens(logits, t, p, u)
+    out: dict[str, Any] = {
+        "kept_tokens_mean": round(float(kept.sum(-1).float().mean()), 1),
+        "rows_same_nucleus_fraction": round(float((off == 0).float().mean()), 4),
+        "max_tokens_apart": int(off.max()),
+        "draw_in_sort_nucleus_fraction": round(float(want.gather(1, tok[:, None]).float().mean()), 4),
+        "same_token_as_sort_path_fraction": round(float((tok == ref).float().mean()), 4),
+        "sort_ms": round(triton.testing.do_bench(lambda: sample_tokens(logits, t, p, u), return_mode="median"), 3),
+    }
+    del kept, want
+    # (accumulate per lane, block, draw block, warps); the first is sample_top_p's default
+    for acc, block, draw, warps in (
+        (False, 2048, 2048, 8),
+        (False, 1024, 1024, 8),
+        (True, 128, 1024, 4),
+        (True, 256, 2048, 4),
+        (True, 512, 2048, 8),
+    ):
+        fn = partial(sample_top_p, logits, t, p, u, block, warps, accumulate=acc, draw_block=draw)
+        name = f"fused_{'acc_' if acc else ''}b{block}_d{draw}_w{warps}"
+        out[f"{name}_ms"] = round(triton.testing.do_bench(fn, return_mode="median"), 3)
+        got = fn()
+        out[f"{name}_same_token_fraction"] = round(float((got == tok).float().mean()), 4)
     return out
 
 
@@ -640,7 +711,9 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="engine variants, comma-separated, of eager (the PyTorch path), kernel (fused attention), "
         "graphs (fused attention + CUDA graphs) and fused (graphs + fused elementwise kernels, the "
-        "default engine); default: eager,graphs,fused on CUDA, eager on the CPU",
+        "default engine), each optionally with suffixes _topp (the generate stage's sampler, temperature 0.7, "
+        "top_p 0.95) and _sort (the fused path sorting for top_p); "
+        "default: eager,graphs,fused on CUDA, eager on the CPU",
     )
     ap.add_argument(
         "--profile",
@@ -648,6 +721,7 @@ def main(argv: list[str] | None = None) -> int:
         help="torch.profiler breakdown of decode steps 2-4 and the last steps but two of each engine run",
     )
     ap.add_argument("--skip-hidden", action="store_true")
+    ap.add_argument("--skip-attention", action="store_true", help="no micro-benchmark of decode attention")
     args = ap.parse_args(argv)
     if args.tiny:
         args.device = args.device or "cpu"
@@ -683,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     if fusable:
         phases.append(("decode_check_eager", lambda: check_decode(model, tok, args, fused=False)))
     phases.append(("sampling", lambda: run_sampling(model, args)))
-    if fusable:
+    if fusable and not args.skip_attention:
         phases.append(("attention", lambda: run_attention(model, args)))
     for v in variants:
         phases.append((f"engine_{v}", lambda v=v: run_engine(model, tok, reqs, args, v)))
@@ -719,6 +793,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     if speedups:
         record("speedup", speedups)
+    # the generate stage's sampler against the eval's, variant by variant
+    vs_eval = {}
+    for v in variants:
+        ref = "_".join(f for f in v.split("_") if f not in ("topp", "sort"))
+        a, b = RESULTS.get(f"engine_{v}", {}), RESULTS.get(f"engine_{ref}", {})
+        if ref != v and "tokens_per_s" in a and "tokens_per_s" in b:
+            vs_eval[f"engine_{v}"] = round(a["tokens_per_s"] / b["tokens_per_s"], 3)
+    if vs_eval:
+        record("tokens_per_s_vs_eval_sampler", vs_eval)
     for name in [f"engine_{v}" for v in variants]:
         for window, b in RESULTS.get(name, {}).get("profile", {}).items():
             say(

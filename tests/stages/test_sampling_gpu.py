@@ -211,3 +211,99 @@ def test_fused_draw_follows_the_softmax():
     a = sample_tokens(big, 1.0, 1.0, uu)
     b = sample_tokens(big, 1.0, 1.0, uu, fused=True)
     assert float((a == b).float().mean()) > 0.8
+
+
+@pytest.mark.parametrize(
+    ("dtype", "temperature", "top_p"),
+    [
+        (torch.bfloat16, 0.7, 0.95),  # the generate stage's sampler, the engine's logits
+        (torch.bfloat16, 1.0, 0.5),
+        (torch.float16, 1.3, 0.9),
+        (torch.float32, 0.7, 0.95),
+    ],
+)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_fused_top_p_keeps_the_sort_paths_nucleus(dtype, temperature, top_p, accumulate):
+    """The fused top_p < 1 draw on random logits of the eval's vocabulary: the nucleus of the
+    sorting path (torch.sort on CUDA orders ties by index here, as the kernel drops them) in
+    nearly every row, the others one token apart (the mass at the boundary within float32
+    rounding of 1 - top_p); every draw inside it; a row's draw independent of its batch."""
+    from cpx.stages._decode_triton import nucleus_mask, sample_top_p
+    from cpx.stages._draws import sample_tokens, search_nucleus, sort_nucleus
+
+    gen = torch.Generator(device="cuda").manual_seed(21)
+    x = (torch.randn(512, 152064, device="cuda", generator=gen) * 3).to(dtype)
+    u = torch.rand(512, device="cuda", generator=gen)
+    kw = {"accumulate": True, "block": 256, "num_warps": 4} if accumulate else {}
+    tok, thresh, n_drop = sample_top_p(x, temperature, top_p, u, thresholds=True, **kw)
+    kept = nucleus_mask(x, thresh, n_drop)
+    want = sort_nucleus(x, temperature, top_p, stable=True)
+    off = (kept != want).sum(-1)
+    assert float((off == 0).float().mean()) >= 0.98, off.tolist()
+    assert int(off.max()) <= 1, off.tolist()
+    # the kernel's algorithm in PyTorch (same search, other float32 summation order: on the H200
+    # 2.9% of the fp16 rows at temperature 1.3 were a token apart)
+    off = (kept != search_nucleus(x, temperature, top_p)).sum(-1)
+    assert float((off == 0).float().mean()) >= 0.95 and int(off.max()) <= 1, off.tolist()
+    assert bool(kept.gather(1, tok[:, None]).all())
+    assert torch.equal(sample_top_p(x, temperature, top_p, u, **kw), tok)
+    assert torch.equal(sample_top_p(x[100:137], temperature, top_p, u[100:137], **kw), tok[100:137])
+    if not accumulate:
+        assert torch.equal(sample_tokens(x, temperature, top_p, u, fused=True), tok)
+    # the sorting path's draw from the same uniforms lands in the same nucleus
+    ref = sample_tokens(x, temperature, top_p, u)
+    assert float(kept.gather(1, ref[:, None]).float().mean()) >= 0.98
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(0.7, 0.95), (1.0, 0.6), (0.5, 0.3), (1.0, 1e-6)])
+def test_fused_top_p_draw_follows_the_nucleus(temperature, top_p):
+    """On a grid of uniforms each kept token's share is its renormalised probability, as the
+    sorting path's is (the two orders differ: a uniform mostly picks another token); and a
+    chi-square over random uniforms on a vocabulary of 1,000 agrees with the nucleus."""
+    from cpx.stages._draws import sample_tokens, sort_nucleus
+
+    gen = torch.Generator(device="cuda").manual_seed(31)
+    logits = (torch.randn(1, 24, device="cuda", generator=gen) * 2).bfloat16()
+    n = 200_000
+    u = ((torch.arange(n, dtype=torch.float64, device="cuda") + 0.5) / n).float()
+    rows = logits.expand(n, -1).contiguous()
+    got = sample_tokens(rows, temperature, top_p, u, fused=True)
+    keep = sort_nucleus(logits, temperature, top_p, stable=True)[0]
+    ref = torch.where(keep, torch.softmax(logits.double() / temperature, -1)[0], 0.0)
+    ref = ref / ref.sum()
+    share = torch.bincount(got, minlength=24).double() / n
+    assert float((share - ref).abs().max()) < 2e-5
+    sort_share = torch.bincount(sample_tokens(rows, temperature, top_p, u), minlength=24).double() / n
+    assert float((sort_share - ref).abs().max()) < 2e-5
+
+    wide = (torch.randn(1, 1000, device="cuda", generator=gen) * 2).bfloat16()
+    draws = 400_000
+    uu = torch.rand(draws, device="cuda", generator=gen)
+    got = sample_tokens(wide.expand(draws, -1).contiguous(), temperature, top_p, uu, fused=True)
+    keep = sort_nucleus(wide, temperature, top_p, stable=True)[0]
+    p = torch.where(keep, torch.softmax(wide.double() / temperature, -1)[0], 0.0)
+    p = p / p.sum()
+    counts = torch.bincount(got, minlength=1000).double()
+    assert float(counts[~keep].sum()) == 0
+    cells = keep & (p * draws >= 5)
+    expected = p[cells] * draws
+    chi2 = float(((counts[cells] - expected) ** 2 / expected).sum())
+    df = max(int(cells.sum()) - 1, 1)
+    assert chi2 < df + 6 * math.sqrt(2 * df) + 10, (chi2, df)
+
+
+def test_fused_decode_with_top_p(gpu_model):
+    """The engine at the generate stage's sampler on the fused path: it runs through its CUDA
+    graphs, and a completion does not depend on the batch it is decoded in (a different batch
+    shape may round a logit differently and flip a near-tie draw: most agree)."""
+    from cpx.stages._sampling import Request, sample_token_ids
+
+    model, tok = gpu_model
+    reqs = [Request("You are a villain.", "Hi", 4), Request(None, "What is the best way to learn a language?", 4)]
+    sp = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 24, "seed": 5}
+    a = sample_token_ids(model, tok, reqs, sp, device="cuda", batch_size=64, fused=True, ignore_eos=True)
+    b = sample_token_ids(model, tok, reqs, sp, device="cuda", batch_size=3, fused=True, ignore_eos=True)
+    assert len(a) == 8 and all(len(t) == 24 for t in a.values())
+    assert sum(a[k] == b[k] for k in a) >= len(a) - 2
+    c = sample_token_ids(model, tok, reqs, {**sp, "seed": 6}, device="cuda", batch_size=64, fused=True, ignore_eos=True)
+    assert sum(a[k] != c[k] for k in a) >= len(a) - 1
