@@ -7,7 +7,7 @@ from typing import Any
 
 from cpx.plan._hash import stage_hash
 from cpx.plan._model import Stage
-from cpx.plan._params import Memo, parse_params
+from cpx.plan._params import Memo, StageParamError, parse_params
 from cpx.plan._values import Values
 from cpx.spec import Issue, Loaded
 
@@ -58,7 +58,11 @@ class Build:
         this one's arm and seed, unless `join` is false: the caller only reads its outputs)."""
         deps = list(dict.fromkeys(deps))
         # The params are the kind's contract: what a runner receives is checked here, once, at compile.
-        parse_params(kind, params, f"stage {sid}", self.parsed)
+        try:
+            parse_params(kind, params, f"stage {sid}", self.parsed)
+        except StageParamError:
+            if not self.issues:  # else a spec error already found is why, and compile reports it
+                raise
         # Hashed with each shared value as its reference: its content hash, computed once.
         h = stage_hash(kind, self.values.refer(params), {d: self.hash_of[d] for d in deps})
         old = self.by_hash.get(h)
