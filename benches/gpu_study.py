@@ -21,7 +21,7 @@
 5. Calibrates the cost model from the slice's manifests (`cpx plan cost RUN --save`) and compares
    what `cpx compile full.yaml` then prints with the extrapolation (goal: within 25 %).
 
-    python benches/gpu_study.py --marker-epochs 2   # one H200: 6.5-7 minutes, model build included
+    python benches/gpu_study.py                  # one H200: about 6.5 minutes (387 s in run 5), model build included
     python benches/gpu_study.py --quick         # the same pipeline with tiny counts (smoke test)
     python benches/gpu_study.py --tiny          # CPU: a 2-layer model, tiny counts
     python benches/gpu_study.py --devices 0 --devices 0,1   # one GPU against two, same call (issue 18)

@@ -100,18 +100,18 @@ class Calibration:
 
 
 # One NVIDIA H200, Qwen2.5-7B-shaped model (random bf16 weights), `cpx plan cost` of the slice
-# benches/gpu_study.py ran on 2026-12-02 (benches/results/gpu_study.json, benches/RESULTS.md).
+# benches/gpu_study.py ran on 2026-12-02 (run 5: benches/results/gpu_study_4.json, benches/RESULTS.md).
 BUILTIN = Calibration(
     device="NVIDIA H200",
     params_b=7.0,
-    load_s=14.9,
+    load_s=16.0,
     kinds={
-        "generate": {"start_s": 0.0, "rate": 5.81e-5},  # 17,200 tokens/s at 880 rows
-        "sample": {"start_s": 0.03, "rate": 3.06e-5},  # 2,200 rows x 512 tokens in 34 s (fused decode)
-        "train": {"start_s": 7.7, "rate": 1.383e-4},  # per estimated token a member; 0.18-0.25 s a step
-        "represent": {"start_s": 0.0, "rate": 0.40 / 220},
+        "generate": {"start_s": 0.0, "rate": 4.62e-5},  # 21,700 tokens/s at 880 rows, top_p 0.95
+        "sample": {"start_s": 0.03, "rate": 3.00e-5},  # 2,200 rows x 512 tokens in 34 s (fused decode)
+        "train": {"start_s": 3.35, "rate": 1.2515e-4},  # per estimated token a member; a fleet of 5
+        "represent": {"start_s": 0.0, "rate": 1.94e-3},  # 220 prompts in 0.43 s
     },
-    source="built in (benches/gpu_study.py on one H200, 2026-12-02, fleets and the fused decode)",
+    source="built in (benches/gpu_study.py on one H200, 2026-12-02, a fleet of five marker trainings)",
 )
 
 
