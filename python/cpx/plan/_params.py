@@ -185,7 +185,7 @@ def _optional(tp: Any) -> Any:
     return None
 
 
-def _parse(tp: Any, v: Any, where: str, memo: Memo, error: type[CpxError]) -> Any:
+def _parse(tp: Any, v: Any, where: Any, memo: Memo, error: type[CpxError]) -> Any:
     """`v` as annotation `tp`: str, int, float, bool, StageRef, Literal, X | None,
     tuple[X, ...], Mapping[str, Any], Any or a Params type."""
     inner = _optional(tp)
@@ -225,36 +225,80 @@ def _parse(tp: Any, v: Any, where: str, memo: Memo, error: type[CpxError]) -> An
     raise TypeError(f"{where}: no parser for the annotation {tp!r}")
 
 
-def _parse_container(tp: Any, origin: Any, v: Any, where: str, memo: Memo, error: type[CpxError]) -> Any:
+class _Item:
+    """`where[i] (name)` of a list's item, written out only when an error names it (a bank of
+    55,000 questions is parsed without formatting 55,000 paths)."""
+
+    __slots__ = ("where", "i", "x")
+
+    def __init__(self, where: Any, i: int, x: Any) -> None:
+        self.where, self.i, self.x = where, i, x
+
+    def __format__(self, spec: str) -> str:
+        return f"{self.where}[{self.i}]{_named(self.x)}"
+
+    __str__ = __format__  # type: ignore[assignment]
+
+
+def _parse_container(tp: Any, origin: Any, v: Any, where: Any, memo: Memo, error: type[CpxError]) -> Any:
     if origin is tuple:
         (item, _dots) = typing.get_args(tp)
         if not isinstance(v, list):
             raise error(f"{where} must be a list, got {v!r}")
-        return tuple(_parse(item, x, f"{where}[{i}]{_named(x)}", memo, error) for i, x in enumerate(v))
-    if not isinstance(v, Mapping):
-        raise error(f"{where} must be a mapping, got {v!r}")
+        if isinstance(item, type) and issubclass(item, Params):  # items are not shared: no memo
+            return tuple(_parse_params(item, x, _Item(where, i, x), memo, error) for i, x in enumerate(v))
+        return tuple(_parse(item, x, _Item(where, i, x), memo, error) for i, x in enumerate(v))
     if origin is Mapping:
+        if not isinstance(v, Mapping):
+            raise error(f"{where} must be a mapping, got {v!r}")
         bad = [k for k in v if not isinstance(k, str)]
         if bad:
             raise error(f"{where} keys must be strings, got {bad!r}")
         return v
-    fields = [name for name in tp.FIELDS if name != tp.REST]
-    unknown = sorted(set(v) - set(fields))
+    return _parse_params(tp, v, where, memo, error)
+
+
+def _parse_params(tp: type[Params], v: Any, where: Any, memo: Memo, error: type[CpxError]) -> Any:
+    if not isinstance(v, Mapping):
+        raise error(f"{where} must be a mapping, got {v!r}")
+    fields, names = _field_plan(tp)
+    if tp.REST is None and not names.issuperset(v):
+        unknown = sorted(k for k in v if k not in names)
+        raise error(f"{where}: unknown key(s) {unknown}; known: {', '.join(f[0] for f in fields)}")
     kw: dict[str, Any] = {}
-    if unknown and tp.REST is None:
-        raise error(f"{where}: unknown key(s) {unknown}; known: {', '.join(fields)}")
-    if tp.REST is not None:
-        kw[tp.REST] = {k: v[k] for k in v if k not in fields}
-    hints = _hints(tp)
-    for name in fields:
+    for name, hint, has_default, default in fields:
         if name in v:
-            kw[name] = _parse(hints[name], v[name], f"{where}.{name}", memo, error)
-        elif name not in tp.DEFAULTS:
+            x = v[name]
+            # the common case without a call: a string where a string goes
+            kw[name] = x if hint is str and type(x) is str else _parse(hint, x, f"{where}.{name}", memo, error)
+        elif has_default:
+            kw[name] = default
+        else:
             raise error(f"{where}: missing key {name!r}")
+    if tp.REST is not None:
+        kw[tp.REST] = {k: v[k] for k in v if k not in names}
+    # As `Params.__init__` makes it, without checking again the keys checked above.
+    obj = object.__new__(tp)
+    obj.__dict__.update(kw)
     try:
-        return tp(**kw)
+        obj.check()
     except InvalidParam as e:
         raise error(f"{_join(where, e.key)} {e.what}") from None
+    return obj
+
+
+_FIELD_PLANS: dict[type, tuple[tuple[tuple[str, Any, bool, Any], ...], frozenset[str]]] = {}
+
+
+def _field_plan(tp: type[Params]) -> tuple[tuple[tuple[str, Any, bool, Any], ...], frozenset[str]]:
+    """(name, annotation, has a default, the default) of each field parsed from its own key, and
+    their names."""
+    hit = _FIELD_PLANS.get(tp)
+    if hit is None:
+        hints = _hints(tp)
+        fields = tuple((n, hints[n], n in tp.DEFAULTS, tp.DEFAULTS.get(n)) for n in tp.FIELDS if n != tp.REST)
+        hit = _FIELD_PLANS[tp] = (fields, frozenset(f[0] for f in fields))
+    return hit
 
 
 _REF_PATHS: dict[Any, tuple[tuple[str, ...], ...]] = {}
@@ -284,14 +328,25 @@ def _walk_refs(tp: Any) -> tuple[tuple[str, ...], ...]:
     return ()
 
 
+# The tuples `unique` passed last (held, so that their ids stay theirs): stages share their
+# persona and question tuples (a shared value is parsed once), and a bank of 55,000 questions
+# is then checked once per compile, not once per stage.
+_UNIQUE: dict[tuple[int, str], tuple[Any, ...]] = {}
+
+
 def unique(items: tuple[Any, ...], attr: str, key: str, what: str) -> None:
     """Raise InvalidParam at `key[i]` for the first item whose `attr` an earlier item has."""
+    if _UNIQUE.get((id(items), attr)) is items:
+        return
     seen: set[Any] = set()
     for i, x in enumerate(items):
         v = getattr(x, attr)
         if v in seen:
             raise InvalidParam(f"{key}[{i}]", f"{what} {v!r} appears twice")
         seen.add(v)
+    if len(_UNIQUE) >= 16:
+        _UNIQUE.clear()
+    _UNIQUE[(id(items), attr)] = items
 
 
 def nonempty(items: tuple[Any, ...], key: str) -> None:
