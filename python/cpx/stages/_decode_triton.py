@@ -418,7 +418,8 @@ def _top_p_kernel(
     # first, while the mass below stays <= tau; keep at least one.
     q = tied_mass / tl.maximum(n_tied, 1).to(tl.float32)
     n_drop = tl.where(q > 0, tl.floor((tau - below) / q), 0.0)
-    n_drop = tl.minimum(tl.maximum(n_drop, 0.0), (n_tied - 1).to(tl.float32)).to(tl.int32)
+    # n_tied starts as 1 for mypy, a Triton tensor after the static loop's last level
+    n_drop = tl.minimum(tl.maximum(n_drop, 0.0), (n_tied - 1).to(tl.float32)).to(tl.int32)  # type: ignore[attr-defined]
     if WRITE_THRESHOLD:
         tl.store(THRESH + row, prefix)
         tl.store(NDROP + row, n_drop)

@@ -116,7 +116,7 @@ def sort_nucleus(logits, temperature: float, top_p: float, stable: bool = False)
 
     work = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     scaled = work / temperature if temperature != 1.0 else work
-    sorted_logits, order = torch.sort(scaled, dim=-1, descending=False, **({"stable": True} if stable else {}))
+    sorted_logits, order = torch.sort(scaled, dim=-1, descending=False, stable=stable)
     keep = ~_drop_outside_nucleus_(sorted_logits, top_p)
     return torch.zeros_like(keep).scatter_(-1, order, keep)
 
