@@ -502,7 +502,8 @@ def run_top_p_checks(logits, keys) -> dict[str, Any]:
     draws land, and its time by block size and warps (medians of triton.testing.do_bench)."""
     import triton.testing
 
-    from cpx.stages._decode_triton import nucleus_mask, sample_top_p
+    from cpx.stages._decode_triton import sample_top_p
+    from cpx.stages._draws import nucleus_mask
     from cpx.stages._draws import sample_tokens, sort_nucleus, uniforms
 
     t, p = GENERATE_SAMPLER["temperature"], GENERATE_SAMPLER["top_p"]

@@ -97,8 +97,8 @@ def test_cpu_path_unchanged(dtype, temperature, top_p):
 
 _KERNEL_CHECK = """
 import torch
-from cpx.stages._draws import search_nucleus
-from cpx.stages._decode_triton import nucleus_mask, sample_top_p
+from cpx.stages._decode_triton import sample_top_p
+from cpx.stages._draws import nucleus_mask, search_nucleus
 
 gen = torch.Generator().manual_seed(0)
 for acc, block, draw in ((False, 128, 128), (True, 64, 256)):

@@ -228,7 +228,8 @@ def test_fused_top_p_keeps_the_sort_paths_nucleus(dtype, temperature, top_p, acc
     sorting path (torch.sort on CUDA orders ties by index here, as the kernel drops them) in
     nearly every row, the others one token apart (the mass at the boundary within float32
     rounding of 1 - top_p); every draw inside it; a row's draw independent of its batch."""
-    from cpx.stages._decode_triton import nucleus_mask, sample_top_p
+    from cpx.stages._decode_triton import sample_top_p
+    from cpx.stages._draws import nucleus_mask
     from cpx.stages._draws import sample_tokens, search_nucleus, sort_nucleus
 
     gen = torch.Generator(device="cuda").manual_seed(21)

@@ -487,7 +487,7 @@ def sample_top_p(
     The draw runs in vocabulary order over the kept tokens, where the sort path runs in
     ascending probability order: the same distribution from the same uniform `u`, not the same
     token. `thresholds=True` also returns each row's threshold key and the number of tied tokens
-    dropped (for `nucleus_mask`).
+    dropped (for `_draws.nucleus_mask`).
 
     `block` elements are read at a time (`draw_block` in the last pass; default `block`). By
     default each block's 16-bin histogram is reduced across the program as it is read (measured
@@ -519,17 +519,3 @@ def sample_top_p(
         num_warps=num_warps,
     )
     return (out, thresh, n_drop) if thresholds else out
-
-
-def nucleus_mask(logits, thresh, n_drop):
-    """The kept tokens, (rows, vocab) bool, of the threshold keys and tie drop counts that
-    `sample_top_p(..., thresholds=True)` returns."""
-    import torch
-
-    from cpx.stages._draws import sort_keys
-
-    k = sort_keys(logits)
-    t = thresh.to(k.dtype)[:, None]
-    tied = k == t
-    rank = tied.to(torch.int32).cumsum(-1) - 1
-    return (k > t) | (tied & (rank >= n_drop[:, None]))

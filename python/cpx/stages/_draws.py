@@ -133,6 +133,18 @@ def sort_keys(logits):
     return torch.where(k == -1, 0, k)
 
 
+def nucleus_mask(logits, thresh, n_drop):
+    """The kept tokens, (rows, vocab) bool, of the threshold keys and tie drop counts that
+    `_decode_triton.sample_top_p(..., thresholds=True)` returns."""
+    import torch
+
+    k = sort_keys(logits)
+    t = thresh.to(k.dtype)[:, None]
+    tied = k == t
+    rank = tied.to(torch.int32).cumsum(-1) - 1
+    return (k > t) | (tied & (rank >= n_drop[:, None]))
+
+
 def search_nucleus(logits, temperature: float, top_p: float):
     """The fused top-p kernel's algorithm in PyTorch, for the CPU and for checking: the top_p
     nucleus (rows, vocab) bool found without sorting.
