@@ -16,7 +16,10 @@ On CUDA the engine runs in variants (`--variants`): eager (the PyTorch path), ke
 decode-attention kernel), graphs (the kernel, steps replayed from CUDA graphs) and fused (the
 engine's default: graphs and fused elementwise kernels), each at the eval's sampler
 (temperature 1, top_p 1) or, with a suffix "_topp", at the generate stage's (temperature 0.7,
-top_p 0.95; "_topp_sort": the fused path, but its top-p draw sorts). `--profile` adds, per variant, a
+top_p 0.95; "_topp_sort": the fused path, but its top-p draw sorts; "_topp_acc": its top-p
+kernel accumulating per lane); "_norope" runs the fused
+path with transformers' rotary embedding and the cache's own write instead of the fused
+`rope_store` kernel (the engine before it). `--profile` adds, per variant, a
 torch.profiler breakdown of decode steps 2-4 and of the last steps but two: matrix products,
 attention, sampling, other kernels and GPU idle time. Micro-benchmarks of one layer's decode
 attention and of the draw run too. Triton is needed for the fused variants.
@@ -224,6 +227,9 @@ def sync(device) -> None:
 
 # The generate stage's sampler (on-policy data), against the eval's temperature 1, top_p 1.
 GENERATE_SAMPLER = {"temperature": 0.7, "top_p": 0.95}
+# The "_acc" variants' top-p kernel: per-lane accumulation at blocks of 256 and 4 warps, the
+# fastest draw of the micro-benchmark on the H200 (20.9 ms against the default's 25.7).
+TOP_P_ACC = {"block": 256, "num_warps": 4, "accumulate": True, "draw_block": 2048}
 
 
 def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]:
@@ -232,21 +238,26 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
     no graphs), "graphs" (the kernel, steps replayed from CUDA graphs) or "fused" (the
     engine's default on CUDA: graphs, and single-pass RMSNorm, gated activation and draw), at the eval's sampler (temperature 1, top_p 1). Suffixes: "_topp"
     samples at the generate stage's (temperature 0.7, top_p 0.95: the fused path's top-p
-    kernel); "_sort" makes the fused path sort for top_p as the PyTorch path does."""
+    kernel); "_sort" makes the fused path sort for top_p as the PyTorch path does; "_acc" runs
+    the top-p kernel with per-lane accumulation (`TOP_P_ACC`); "_norope"
+    leaves out the fused rotary embedding and cache write."""
     import cpx.stages._decode_step as DS
     import cpx.stages._draws as DR
     from cpx.stages._sampling import sample_completions
 
     base, *flags = variant.split("_")
-    assert base in ("eager", "kernel", "graphs", "fused") and set(flags) <= {"topp", "sort"}, variant
+    assert base in ("eager", "kernel", "graphs", "fused") and set(flags) <= {"topp", "sort", "acc", "norope"}, variant
     fused = base != "eager"
     sampler = {"temperature": 1.0, "top_p": 1.0, "max_tokens": args.max_new_tokens, "seed": 42}
     if "topp" in flags:
         sampler.update(GENERATE_SAMPLER)
     DS.USE_GRAPHS = base in ("graphs", "fused")
     DS.FUSE_ELEMENTWISE = base == "fused"
+    DS.FUSE_ROPE = "norope" not in flags
     default_top_p = DR.FUSE_TOP_P
     DR.FUSE_TOP_P = "sort" not in flags
+    if "acc" in flags:
+        DR.TOP_P_OPTIONS = dict(TOP_P_ACC)
     try:
         # warm-up: kernels, cuBLAS handles, the allocator
         sample_completions(
@@ -271,8 +282,9 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
             sync(args.device)
             secs = time.perf_counter() - t0
     finally:
-        DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = True
+        DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = DS.FUSE_ROPE = True
         DR.FUSE_TOP_P = default_top_p
+        DR.TOP_P_OPTIONS = {}
     n_tok = sum(c.n_tokens for c in comps)
     assert len(comps) == sum(r.n for r in reqs), "engine returned the wrong number of completions"
     assert all(c.n_tokens == args.max_new_tokens for c in comps), "engine stopped early with ignore_eos"
@@ -713,7 +725,8 @@ def main(argv: list[str] | None = None) -> int:
         help="engine variants, comma-separated, of eager (the PyTorch path), kernel (fused attention), "
         "graphs (fused attention + CUDA graphs) and fused (graphs + fused elementwise kernels, the "
         "default engine), each optionally with suffixes _topp (the generate stage's sampler, temperature 0.7, "
-        "top_p 0.95) and _sort (the fused path sorting for top_p); "
+        "top_p 0.95), _sort (the fused path sorting for top_p), _acc (the top-p kernel accumulating per lane) "
+        "and _norope (no fused rotary kernel); "
         "default: eager,graphs,fused on CUDA, eager on the CPU",
     )
     ap.add_argument(
@@ -797,12 +810,20 @@ def main(argv: list[str] | None = None) -> int:
     # the generate stage's sampler against the eval's, variant by variant
     vs_eval = {}
     for v in variants:
-        ref = "_".join(f for f in v.split("_") if f not in ("topp", "sort"))
+        ref = "_".join(f for f in v.split("_") if f not in ("topp", "sort", "acc"))
         a, b = RESULTS.get(f"engine_{v}", {}), RESULTS.get(f"engine_{ref}", {})
         if ref != v and "tokens_per_s" in a and "tokens_per_s" in b:
             vs_eval[f"engine_{v}"] = round(a["tokens_per_s"] / b["tokens_per_s"], 3)
     if vs_eval:
         record("tokens_per_s_vs_eval_sampler", vs_eval)
+    # the fused rotary kernel against the engine without it, variant by variant
+    vs_norope = {}
+    for v in variants:
+        a, b = RESULTS.get(f"engine_{v}", {}), RESULTS.get(f"engine_{v}_norope", {})
+        if "seconds" in a and "seconds" in b:
+            vs_norope[f"engine_{v}"] = round(b["seconds"] / a["seconds"], 3)
+    if vs_norope:
+        record("speedup_vs_norope", vs_norope)
     for name in [f"engine_{v}" for v in variants]:
         for window, b in RESULTS.get(name, {}).get("profile", {}).items():
             say(

@@ -308,3 +308,52 @@ def test_fused_decode_with_top_p(gpu_model):
     assert sum(a[k] == b[k] for k in a) >= len(a) - 2
     c = sample_token_ids(model, tok, reqs, {**sp, "seed": 6}, device="cuda", batch_size=64, fused=True, ignore_eos=True)
     assert sum(a[k] != c[k] for k in a) >= len(a) - 1
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_rope_store_is_transformers_rotary_embedding(dtype):
+    """The fused rotary embedding and cache write at the eval's shape (Qwen2.5-7B's heads):
+    bit for bit transformers' apply_rotary_pos_emb, written at the cache position only."""
+    from transformers import Qwen2Config
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding, apply_rotary_pos_emb
+
+    from cpx.stages._decode_triton import rope_store
+
+    B, H, KVH, D, cap = 300, 28, 4, 128, 64
+    cfg = Qwen2Config(hidden_size=H * D, num_attention_heads=H, num_key_value_heads=KVH, rope_theta=1e6)
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    pos = torch.randint(0, 4000, (B, 1), device="cuda", generator=gen)
+    cos, sin = Qwen2RotaryEmbedding(cfg).to("cuda")(torch.zeros(B, 1, H * D, device="cuda", dtype=dtype), pos)
+    q = (torch.randn(B, H * D, device="cuda", generator=gen) * 4).to(dtype)
+    k = (torch.randn(B, KVH * D, device="cuda", generator=gen) * 4).to(dtype)
+    v = torch.randn(B, KVH * D, device="cuda", generator=gen).to(dtype)
+    k_cache = torch.full((B, KVH, cap, D), 7.0, device="cuda", dtype=dtype)
+    v_cache = torch.full((B, KVH, cap, D), 7.0, device="cuda", dtype=dtype)
+    where = torch.tensor([41], device="cuda")
+    q_out = rope_store(q, k, v, cos.reshape(B, -1), sin.reshape(B, -1), k_cache, v_cache, where)
+    want_q, want_k = apply_rotary_pos_emb(
+        q.view(B, 1, H, D).transpose(1, 2), k.view(B, 1, KVH, D).transpose(1, 2), cos, sin
+    )
+    assert torch.equal(q_out, want_q[:, :, 0])
+    assert torch.equal(k_cache[:, :, 41], want_k[:, :, 0])
+    assert torch.equal(v_cache[:, :, 41], v.view(B, KVH, D))
+    k_cache[:, :, 41] = 7.0
+    v_cache[:, :, 41] = 7.0
+    assert bool((k_cache == 7.0).all()) and bool((v_cache == 7.0).all())
+
+
+def test_fused_rotary_changes_no_logit(gpu_model):
+    """The decode step with the fused rotary embedding and cache write gives the logits of the
+    step without it (transformers' rotary, the cache's own write), bit for bit, at every step."""
+    import cpx.stages._decode_step as DS
+
+    model, tok = gpu_model
+    with_logits, with_tokens = _logits_and_tokens(model, tok, fused=True)
+    DS.FUSE_ROPE = False
+    try:
+        without_logits, without_tokens = _logits_and_tokens(model, tok, fused=True)
+    finally:
+        DS.FUSE_ROPE = True
+    assert with_tokens == without_tokens
+    for a, b in zip(with_logits, without_logits, strict=True):
+        assert torch.equal(a, b)

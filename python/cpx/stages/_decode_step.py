@@ -1,7 +1,7 @@
 """One decode step's forward on the fused CUDA path, replayed from a CUDA graph.
 
-The step's attention is the fused decode kernel (`_decode_attn`), its RMSNorm and gated-MLP
-activation single-pass kernels (`_decode_layers`).
+The step's attention is the fused decode kernel (`_decode_attn`), its RMSNorm, gated-MLP
+activation and rotary-embedding-with-cache-write single-pass kernels (`_decode_layers`).
 
 The step reads everything that changes from one step to the next from device tensors (the
 token and position of each row, the cache position written, the filled length: `DecodeSpan`),
@@ -23,9 +23,11 @@ from cpx.stages._decode_layers import fused_layers
 from cpx.stages._kv import PreallocatedKV, mask_map
 
 # Switches for benches/gpu_eval.py's variants: steps without graphs; without the fused elementwise
-# kernels (RMSNorm, gated activation, the top_p = 1 draw).
+# kernels (RMSNorm, gated activation, the top_p = 1 draw); without the fused rotary embedding and
+# cache write (transformers' attention forward, the cache's own write).
 USE_GRAPHS = True
 FUSE_ELEMENTWISE = True
+FUSE_ROPE = True
 
 
 class FusedStep:
@@ -59,7 +61,8 @@ class FusedStep:
         self._graph = self._tokens = self._positions = self._logits = None
 
     def _forward(self, tokens, positions):
-        with fused_layers(self.model) if FUSE_ELEMENTWISE else nullcontext():
+        cache = self.cache if FUSE_ROPE else None
+        with fused_layers(self.model, cache) if FUSE_ELEMENTWISE else nullcontext():
             out = self.model(
                 input_ids=tokens,
                 attention_mask=mask_map(self.span),

@@ -14,7 +14,9 @@ serves every step of a batch.
 in three passes over a row's logits; `sample_top_p` (top_p < 1) finds the nucleus' threshold
 by a radix search over the logits' bit patterns instead of sorting the row, then draws. `rms_norm` and `silu_gate` (for `_decode_layers`) do in one pass what transformers' RMSNorm
 and gated MLP do in several elementwise kernels, with the same roundings (float32 inside, the
-activation dtype between the steps that round to it).
+activation dtype between the steps that round to it); `rope_store` applies the rotary
+embedding to a step's queries and keys and writes its keys and values into the cache, in one
+launch, bit for bit as transformers' rotary embedding and the cache's write.
 """
 
 from __future__ import annotations
@@ -232,6 +234,117 @@ def silu_gate(gate, up):
     out = torch.empty_like(gate)
     numel = gate.numel()
     _silu_gate_kernel[(triton.cdiv(numel, 4096),)](gate, up, out, numel, BLOCK=4096, num_warps=8)
+    return out
+
+
+@triton.jit
+def _rope_store_kernel(
+    Q,
+    K,
+    V,
+    COS,
+    SIN,
+    QOUT,
+    KC,
+    VC,
+    POS,
+    stride_q,
+    stride_k,
+    stride_v,
+    stride_c,
+    stride_s,
+    stride_kcb,
+    stride_kch,
+    stride_kcn,
+    stride_vcb,
+    stride_vch,
+    stride_vcn,
+    H: tl.constexpr,
+    KVH: tl.constexpr,
+    HP: tl.constexpr,
+    KVHP: tl.constexpr,
+    HALF: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    pos = tl.load(POS)
+    offs = tl.arange(0, HALF)
+    c1 = tl.load(COS + b * stride_c + offs).to(tl.float32)
+    c2 = tl.load(COS + b * stride_c + HALF + offs).to(tl.float32)
+    s1 = tl.load(SIN + b * stride_s + offs).to(tl.float32)
+    s2 = tl.load(SIN + b * stride_s + HALF + offs).to(tl.float32)
+    dt = QOUT.dtype.element_ty
+    # (x * cos) + (rotate_half(x) * sin), each product and the sum rounded to x's dtype as
+    # transformers' apply_rotary_pos_emb rounds them (a product of two 16-bit floats is exact in
+    # float32, so rounding it once gives PyTorch's 16-bit product).
+    hq = tl.arange(0, HP)
+    qm = (hq < H)[:, None]
+    qp = Q + b * stride_q + hq[:, None] * (2 * HALF) + offs[None, :]
+    x1 = tl.load(qp, mask=qm, other=0.0).to(tl.float32)
+    x2 = tl.load(qp + HALF, mask=qm, other=0.0).to(tl.float32)
+    o1 = ((x1 * c1[None, :]).to(dt).to(tl.float32) + (-x2 * s1[None, :]).to(dt).to(tl.float32)).to(dt)
+    o2 = ((x2 * c2[None, :]).to(dt).to(tl.float32) + (x1 * s2[None, :]).to(dt).to(tl.float32)).to(dt)
+    op = QOUT + b * (H * 2 * HALF) + hq[:, None] * (2 * HALF) + offs[None, :]
+    tl.store(op, o1, mask=qm)
+    tl.store(op + HALF, o2, mask=qm)
+    hk = tl.arange(0, KVHP)
+    km = (hk < KVH)[:, None]
+    kp = K + b * stride_k + hk[:, None] * (2 * HALF) + offs[None, :]
+    y1 = tl.load(kp, mask=km, other=0.0).to(tl.float32)
+    y2 = tl.load(kp + HALF, mask=km, other=0.0).to(tl.float32)
+    p1 = ((y1 * c1[None, :]).to(dt).to(tl.float32) + (-y2 * s1[None, :]).to(dt).to(tl.float32)).to(dt)
+    p2 = ((y2 * c2[None, :]).to(dt).to(tl.float32) + (y1 * s2[None, :]).to(dt).to(tl.float32)).to(dt)
+    kc = KC + b * stride_kcb + hk[:, None] * stride_kch + pos * stride_kcn + offs[None, :]
+    tl.store(kc, p1, mask=km)
+    tl.store(kc + HALF, p2, mask=km)
+    vp = V + b * stride_v + hk[:, None] * (2 * HALF) + offs[None, :]
+    vc = VC + b * stride_vcb + hk[:, None] * stride_vch + pos * stride_vcn + offs[None, :]
+    tl.store(vc, tl.load(vp, mask=km, other=0.0), mask=km)
+    tl.store(vc + HALF, tl.load(vp + HALF, mask=km, other=0.0), mask=km)
+
+
+def rope_store(q, k, v, cos, sin, k_cache, v_cache, position):
+    """One decode token per row: rotary embedding of q and k as transformers applies it
+    (`(x * cos) + (rotate_half(x) * sin)`, same roundings), k and v written into the caches at
+    `position`, in one launch (transformers' rotary and the cache write are about ten
+    elementwise kernels a layer).
+
+    q: (B, H * D), k and v: (B, KVH * D), rows of contiguous heads; cos and sin: (B, D);
+    k_cache and v_cache: (B, KVH, capacity, D), last axis contiguous; position: (1,) integer
+    tensor on the device. Returns the rotated q as (B, H, D).
+    """
+    import torch
+
+    B, D = cos.shape
+    H, KVH = q.shape[1] // D, k.shape[1] // D
+    out = torch.empty((B, H, D), dtype=q.dtype, device=q.device)
+    _rope_store_kernel[(B,)](
+        q,
+        k,
+        v,
+        cos,
+        sin,
+        out,
+        k_cache,
+        v_cache,
+        position,
+        q.stride(0),
+        k.stride(0),
+        v.stride(0),
+        cos.stride(0),
+        sin.stride(0),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        H=H,
+        KVH=KVH,
+        HP=triton.next_power_of_2(H),
+        KVHP=triton.next_power_of_2(KVH),
+        HALF=D // 2,
+        num_warps=4,
+    )
     return out
 
 

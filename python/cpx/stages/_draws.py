@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Sequence
+from typing import Any
 
-# A switch for benches/gpu_eval.py: False makes the fused path sort for top_p < 1 as the CPU does.
+# Switches for benches/gpu_eval.py: False makes the fused path sort for top_p < 1 as the CPU does;
+# launch options of the top-p kernel other than `sample_top_p`'s defaults.
 FUSE_TOP_P = True
+TOP_P_OPTIONS: dict[str, Any] = {}
 
 
 def row_keys(seed: int, rows: Sequence[tuple[int, int]]) -> list[int]:
@@ -80,7 +83,7 @@ def sample_tokens(logits, temperature: float, top_p: float, u, fused: bool = Fal
         from cpx.stages._decode_triton import sample_top_p, top_p_supported
 
         if top_p_supported(logits):
-            return sample_top_p(logits, temperature, top_p, u)
+            return sample_top_p(logits, temperature, top_p, u, **TOP_P_OPTIONS)
     # In place on tensors made here: at batch 1,000 and a 152k vocabulary each copy is 600 MB.
     work = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     scaled = work / temperature if temperature != 1.0 else work
