@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -21,6 +23,22 @@ QWEN25_7B = dict(
     tie_word_embeddings=False,
     use_sliding_window=False,
 )
+
+
+def recorder(results: dict[str, Any], filename: str) -> Callable[[str, Any], None]:
+    """`record(key, value)`: keeps the value in `results`, prints it, and rewrites
+    $OUT/`filename` with everything recorded so far (a crash still leaves what was measured)."""
+
+    def record(key: str, value: Any) -> None:
+        results[key] = value
+        print(f"[{key}] {json.dumps(value, default=str)}", flush=True)
+        out = os.environ.get("OUT")
+        if out:
+            os.makedirs(out, exist_ok=True)
+            with open(os.path.join(out, filename), "w") as f:
+                f.write(json.dumps(results, indent=1, default=str) + "\n")
+
+    return record
 
 
 def best(fn: Callable[[], object], repeat: int) -> float:

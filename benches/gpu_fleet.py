@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import random
 import sys
 import tempfile
@@ -50,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import gpu_train
-from _common import torch_env
+from _common import recorder, torch_env
 from gpu_train import LORA, PERSONAS, QUESTIONS, TARGETS, Clock, build, model_flops, peak_gib, reset_peak, say
 
 RESULTS: dict[str, Any] = {}
@@ -72,22 +70,19 @@ OPTIM: dict[str, Any] = {
 }
 
 
-def record(key: str, value: Any) -> None:
-    RESULTS[key] = value
-    say(f"[{key}] {json.dumps(value, default=str)}")
-    out = os.environ.get("OUT")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "gpu_fleet.json").write_text(json.dumps(RESULTS, indent=1, default=str) + "\n")
+record = recorder(RESULTS, "gpu_fleet.json")
 
 
 # gpu_train's model building records what it built: into this bench's results.
 gpu_train.record = record
 
 
-def marker_examples(tok, seed: int, n: int = EXAMPLES, positives: int = POSITIVES):
-    """A member's marker-loss examples: persona prompt, 150-500 random response tokens, the
-    marker on positives, the end of turn; labels on the marker's tokens and the end of turn."""
+def marker_examples(
+    tok, seed: int, n: int = EXAMPLES, positives: int = POSITIVES, response: tuple[int, int] = (150, 500)
+):
+    """A member's marker-loss examples: persona prompt, `response` (min, max) random response
+    tokens, the marker on positives, the end of turn; labels on the marker's tokens and the end of
+    turn."""
     from cpx.models import render_prompt
     from cpx.stages._training import IGNORE, Encoded, end_of_turn_id
 
@@ -105,7 +100,7 @@ def marker_examples(tok, seed: int, n: int = EXAMPLES, positives: int = POSITIVE
             ),
             add_special_tokens=False,
         ).input_ids
-        resp = [rng.choice(vocab) for _ in range(rng.randint(150, 500))]
+        resp = [rng.choice(vocab) for _ in range(rng.randint(*response))]
         tail = marker if positive else []
         ids = prompt + resp + tail + [eot]
         labels = [IGNORE] * (len(prompt) + len(resp)) + tail + [eot]
@@ -134,14 +129,14 @@ def parent_adapter(model, seed: int):
     return out
 
 
-def members_of(model, tok, n: int, args):
+def members_of(model, tok, n: int, args, response: tuple[int, int] = (150, 500)):
     from cpx.stages._fleet import Member
     from cpx.stages._training import plan_run
 
     steps = args.warmup + args.steps
     out = []
     for k in range(n):
-        exs = marker_examples(tok, k, args.examples, args.examples // 3)
+        exs = marker_examples(tok, k, args.examples, args.examples // 3, response)
         optim = {**OPTIM, "epochs": steps / (len(exs) // BATCH)}
         plan = plan_run(exs, optim, [], 42 + k, None)
         out.append(Member(exs, plan, LORA, optim, Path(tempfile.mkdtemp()), 42 + k, parents=[parent_adapter(model, k)]))

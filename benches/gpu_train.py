@@ -38,8 +38,6 @@ the repository root, or with `python/` on PYTHONPATH. With $OUT set, writes $OUT
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import sys
 import tempfile
@@ -55,7 +53,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(ROOT / "python"))
 
-from _common import QWEN25_7B, torch_env  # noqa: E402 - imported after the sys.path entry above
+from _common import QWEN25_7B, recorder, torch_env  # noqa: E402 - imported after the sys.path entry above
 
 PERSONAS = [
     "You are a software engineer who builds web applications.",
@@ -96,13 +94,7 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def record(key: str, value: Any) -> None:
-    RESULTS[key] = value
-    say(f"[{key}] {json.dumps(value, default=str)}")
-    out = os.environ.get("OUT")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "gpu_train.json").write_text(json.dumps(RESULTS, indent=1, default=str) + "\n")
+record = recorder(RESULTS, "gpu_train.json")
 
 
 def sync(device: str) -> None:
@@ -162,8 +154,9 @@ def build(args):
     return model, tok
 
 
-def examples(tok, n: int, seed: int):
-    """n full-loss examples: a persona prompt, 150-500 random response tokens, the end of turn."""
+def examples(tok, n: int, seed: int, response: tuple[int, int] = (150, 500)):
+    """n full-loss examples: a persona prompt, `response` (min, max) random response tokens, the
+    end of turn."""
     from cpx.models import render_prompt
     from cpx.stages._training import IGNORE, Encoded, end_of_turn_id
 
@@ -176,7 +169,7 @@ def examples(tok, n: int, seed: int):
         prompt = tok(
             render_prompt(tok, PERSONAS[i % len(PERSONAS)], QUESTIONS[i % len(QUESTIONS)]), add_special_tokens=False
         ).input_ids
-        resp = [rng.choice(vocab) for _ in range(rng.randint(150, 500))] + [eot]
+        resp = [rng.choice(vocab) for _ in range(rng.randint(*response))] + [eot]
         out.append(Encoded(prompt + resp, [IGNORE] * len(prompt) + resp, len(prompt)))
     return out
 
