@@ -17,7 +17,7 @@ decode-attention kernel), graphs (the kernel, steps replayed from CUDA graphs) a
 engine's default: graphs and fused elementwise kernels), each at the eval's sampler
 (temperature 1, top_p 1) or, with a suffix "_topp", at the generate stage's (temperature 0.7,
 top_p 0.95; "_topp_sort": the fused path, but its top-p draw sorts; "_topp_acc": its top-p
-kernel accumulating per lane); "_norope" runs the fused
+kernel accumulating per lane; "_topp_rej": the rejection draw); "_norope" runs the fused
 path with transformers' rotary embedding and the cache's own write instead of the fused
 `rope_store` kernel (the engine before it). `--profile` adds, per variant, a
 torch.profiler breakdown of decode steps 2-4 and of the last steps but two: matrix products,
@@ -239,14 +239,17 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
     engine's default on CUDA: graphs, and single-pass RMSNorm, gated activation and draw), at the eval's sampler (temperature 1, top_p 1). Suffixes: "_topp"
     samples at the generate stage's (temperature 0.7, top_p 0.95: the fused path's top-p
     kernel); "_sort" makes the fused path sort for top_p as the PyTorch path does; "_acc" runs
-    the top-p kernel with per-lane accumulation (`TOP_P_ACC`); "_norope"
+    the top-p kernel with per-lane accumulation (`TOP_P_ACC`); "_rej" draws top-p by rejection
+    (`sample_top_p_reject`); "_norope"
     leaves out the fused rotary embedding and cache write."""
     import cpx.stages._decode_step as DS
     import cpx.stages._draws as DR
     from cpx.stages._sampling import sample_completions
 
     base, *flags = variant.split("_")
-    assert base in ("eager", "kernel", "graphs", "fused") and set(flags) <= {"topp", "sort", "acc", "norope"}, variant
+    assert base in ("eager", "kernel", "graphs", "fused") and set(flags) <= {"topp", "sort", "acc", "rej", "norope"}, (
+        variant
+    )
     fused = base != "eager"
     sampler = {"temperature": 1.0, "top_p": 1.0, "max_tokens": args.max_new_tokens, "seed": 42}
     if "topp" in flags:
@@ -258,6 +261,9 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
     DR.FUSE_TOP_P = "sort" not in flags
     if "acc" in flags:
         DR.TOP_P_OPTIONS = dict(TOP_P_ACC)
+    default_draw = DR.TOP_P_DRAW
+    if "rej" in flags:
+        DR.TOP_P_DRAW = "reject"
     try:
         # warm-up: kernels, cuBLAS handles, the allocator
         sample_completions(
@@ -285,6 +291,7 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
         DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = DS.FUSE_ROPE = True
         DR.FUSE_TOP_P = default_top_p
         DR.TOP_P_OPTIONS = {}
+        DR.TOP_P_DRAW = default_draw
     n_tok = sum(c.n_tokens for c in comps)
     assert len(comps) == sum(r.n for r in reqs), "engine returned the wrong number of completions"
     assert all(c.n_tokens == args.max_new_tokens for c in comps), "engine stopped early with ignore_eos"
@@ -514,7 +521,7 @@ def run_top_p_checks(logits, keys) -> dict[str, Any]:
     draws land, and its time by block size and warps (medians of triton.testing.do_bench)."""
     import triton.testing
 
-    from cpx.stages._decode_triton import sample_top_p
+    from cpx.stages._decode_triton import sample_top_p, sample_top_p_reject
     from cpx.stages._draws import nucleus_mask
     from cpx.stages._draws import sample_tokens, sort_nucleus, uniforms
 
@@ -533,6 +540,14 @@ def run_top_p_checks(logits, keys) -> dict[str, Any]:
         "same_token_as_sort_path_fraction": round(float((tok == ref).float().mean()), 4),
         "sort_ms": round(triton.testing.do_bench(lambda: sample_tokens(logits, t, p, u), return_mode="median"), 3),
     }
+    # the rejection draw: where its draws land, and its time over 10 uniforms (its rounds vary)
+    rej = sample_top_p_reject(logits, t, p, u)
+    out["reject_draw_in_sort_nucleus_fraction"] = round(float(want.gather(1, rej[:, None]).float().mean()), 4)
+    us = [uniforms(keys, step) for step in range(10)]
+    out["reject_ms"] = round(
+        triton.testing.do_bench(lambda: [sample_top_p_reject(logits, t, p, x) for x in us], return_mode="median") / 10,
+        3,
+    )
     del kept, want
     # (accumulate per lane, block, draw block, warps); the first is sample_top_p's default
     for acc, block, draw, warps in (
@@ -725,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         help="engine variants, comma-separated, of eager (the PyTorch path), kernel (fused attention), "
         "graphs (fused attention + CUDA graphs) and fused (graphs + fused elementwise kernels, the "
         "default engine), each optionally with suffixes _topp (the generate stage's sampler, temperature 0.7, "
-        "top_p 0.95), _sort (the fused path sorting for top_p), _acc (the top-p kernel accumulating per lane) "
+        "top_p 0.95), _sort (the fused path sorting for top_p), _acc (the top-p kernel accumulating per lane), _rej (top-p by rejection) "
         "and _norope (no fused rotary kernel); "
         "default: eager,graphs,fused on CUDA, eager on the CPU",
     )
@@ -810,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     # the generate stage's sampler against the eval's, variant by variant
     vs_eval = {}
     for v in variants:
-        ref = "_".join(f for f in v.split("_") if f not in ("topp", "sort", "acc"))
+        ref = "_".join(f for f in v.split("_") if f not in ("topp", "sort", "acc", "rej"))
         a, b = RESULTS.get(f"engine_{v}", {}), RESULTS.get(f"engine_{ref}", {})
         if ref != v and "tokens_per_s" in a and "tokens_per_s" in b:
             vs_eval[f"engine_{v}"] = round(a["tokens_per_s"] / b["tokens_per_s"], 3)

@@ -95,6 +95,20 @@ def test_cpu_path_unchanged(dtype, temperature, top_p):
         )
 
 
+def _interpret(code: str) -> None:
+    """Runs `code` in a process of its own under Triton's interpreter; it must print "ok"."""
+    python = Path(__file__).resolve().parents[2] / "python"
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "PYTHONPATH": f"{python}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
 _KERNEL_CHECK = """
 import torch
 from cpx.stages._decode_triton import sample_top_p
@@ -128,18 +142,58 @@ print("ok")
 """
 
 
+_REJECT_CHECK = """
+import torch
+from cpx.stages._decode_triton import sample_top_p_reject
+from cpx.stages._draws import search_nucleus
+
+gen = torch.Generator().manual_seed(0)
+# every draw inside the nucleus, for 16-bit and float32 logits, ties, and a nucleus of one token
+# (top_p 1e-4: most rows fall back to the radix kernel)
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for temperature, top_p in ((1.0, 0.9), (0.7, 0.95), (1.0, 1e-4)):
+        x = (torch.randn(6, 300, generator=gen, dtype=torch.float64) * 3).to(dtype)
+        tok = sample_top_p_reject(x, temperature, top_p, torch.rand(6, generator=gen), rounds=3, block=64)
+        keep = search_nucleus(x, temperature, top_p)
+        assert bool(keep.gather(1, tok[:, None]).all()), (dtype, temperature, top_p)
+x = torch.randint(-4, 4, (6, 300), generator=gen).float()
+tok = sample_top_p_reject(x, 1.0, 0.5, torch.rand(6, generator=gen), rounds=3, block=64)
+assert bool(search_nucleus(x, 1.0, 0.5).gather(1, tok[:, None]).all())
+# the same uniform draws the same token whatever the other rows are
+x = (torch.randn(5, 200, generator=gen) * 2).bfloat16()
+u = torch.rand(5, generator=gen)
+alone = torch.cat([sample_top_p_reject(x[i : i + 1], 0.7, 0.6, u[i : i + 1], block=64) for i in range(5)])
+assert torch.equal(alone, sample_top_p_reject(x, 0.7, 0.6, u, block=64))
+# many uniforms: each kept token's share is its renormalised probability (the rejected rounds'
+# uniforms come from the generator, so this is a chi-square test, not a grid)
+x = (torch.randn(1, 24, generator=gen) * 2).bfloat16()
+n = 1500
+u = ((torch.arange(n, dtype=torch.float64) + 0.5) / n).float()
+tok = sample_top_p_reject(x.expand(n, -1).contiguous(), 0.7, 0.6, u, block=32)
+keep = search_nucleus(x, 0.7, 0.6)[0]
+assert bool(keep[tok].all())
+p = torch.where(keep, torch.softmax(x.double() / 0.7, -1)[0], 0.0)
+p = p / p.sum()
+counts = torch.bincount(tok, minlength=24).double()
+cells = p > 0
+chi2 = float(((counts[cells] - n * p[cells]) ** 2 / (n * p[cells])).sum())
+df = int(cells.sum()) - 1
+assert chi2 < df + 6 * (2 * df) ** 0.5 + 10, (chi2, df)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (its interpreter runs on the CPU)")
+def test_top_p_rejection_kernel_in_the_triton_interpreter():
+    """The rejection draw, run by Triton's interpreter on the CPU: draws inside the nucleus of
+    `search_nucleus` (also when most rows fall back to the radix kernel), a row's token
+    independent of its batch, and the nucleus' renormalised distribution."""
+    _interpret(_REJECT_CHECK)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (its interpreter runs on the CPU)")
 def test_top_p_kernel_in_the_triton_interpreter():
     """The kernel itself, run by Triton's interpreter on the CPU (it reads TRITON_INTERPRET when
     it is imported: hence a process of its own): the nucleus of `search_nucleus`, draws inside
     it, and the nucleus' renormalised distribution on a grid of uniforms."""
-    python = Path(__file__).resolve().parents[2] / "python"
-    env = {
-        **os.environ,
-        "TRITON_INTERPRET": "1",
-        "PYTHONPATH": f"{python}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(_KERNEL_CHECK)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+    _interpret(_KERNEL_CHECK)

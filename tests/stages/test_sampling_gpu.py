@@ -357,3 +357,52 @@ def test_fused_rotary_changes_no_logit(gpu_model):
     assert with_tokens == without_tokens
     for a, b in zip(with_logits, without_logits, strict=True):
         assert torch.equal(a, b)
+
+
+def test_rejection_top_p_draws_from_the_nucleus():
+    """The rejection top-p draw at the eval's vocabulary: every draw inside the sort path's
+    (stable) nucleus; on a small vocabulary and many rows, each kept token's share is its
+    renormalised probability (chi-square)."""
+    from cpx.stages._decode_triton import sample_top_p_reject
+    from cpx.stages._draws import sort_nucleus
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    logits = (torch.randn(512, 152064, device="cuda", generator=gen) * 3).bfloat16()
+    u = torch.rand(512, device="cuda", generator=gen)
+    tok = sample_top_p_reject(logits, 0.7, 0.95, u)
+    assert bool(sort_nucleus(logits, 0.7, 0.95, stable=True).gather(1, tok[:, None]).all())
+    x = (torch.randn(1, 24, device="cuda", generator=gen) * 2).bfloat16()
+    n = 40000
+    tok = sample_top_p_reject(x.expand(n, -1).contiguous(), 0.7, 0.6, torch.rand(n, device="cuda", generator=gen))
+    keep = sort_nucleus(x, 0.7, 0.6, stable=True)[0]
+    assert bool(keep[tok].all())
+    p = torch.where(keep, torch.softmax(x.double() / 0.7, -1)[0], 0.0)
+    p = p / p.sum()
+    counts = torch.bincount(tok, minlength=24).double()
+    cells = p > 0
+    chi2 = float(((counts[cells] - n * p[cells]) ** 2 / (n * p[cells])).sum())
+    df = max(int(cells.sum()) - 1, 1)
+    assert chi2 < df + 6 * math.sqrt(2 * df) + 10, (chi2, df)
+
+
+def test_fused_decode_with_rejection_top_p(gpu_model):
+    """The engine with the rejection top-p draw: a completion does not depend on its batch
+    (up to a near-tie flipped by another batch shape's rounding), and another seed changes it."""
+    import cpx.stages._draws as DR
+    from cpx.stages._sampling import Request, sample_token_ids
+
+    model, tok = gpu_model
+    reqs = [Request("You are a villain.", "Hi", 4), Request(None, "What is the best way to learn a language?", 4)]
+    sp = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 24, "seed": 5}
+    DR.TOP_P_DRAW = "reject"
+    try:
+        a = sample_token_ids(model, tok, reqs, sp, device="cuda", batch_size=64, fused=True, ignore_eos=True)
+        b = sample_token_ids(model, tok, reqs, sp, device="cuda", batch_size=3, fused=True, ignore_eos=True)
+        c = sample_token_ids(
+            model, tok, reqs, {**sp, "seed": 6}, device="cuda", batch_size=64, fused=True, ignore_eos=True
+        )
+    finally:
+        DR.TOP_P_DRAW = "radix"
+    assert len(a) == 8 and all(len(t) == 24 for t in a.values())
+    assert sum(a[k] == b[k] for k in a) >= len(a) - 2
+    assert sum(a[k] != c[k] for k in a) >= len(a) - 1

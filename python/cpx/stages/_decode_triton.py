@@ -568,6 +568,125 @@ def _top_p_kernel(
 _KEY_BITS = {"torch.bfloat16": 16, "torch.float16": 16, "torch.float32": 32}
 
 
+# ---- top-p < 1 by rejection: draw from the whole softmax, keep the draw if it is in the nucleus --
+#
+# A token drawn from softmax(logits / temperature) and kept only if it lies in the nucleus is a
+# draw from the nucleus' renormalised distribution: no threshold search. Membership is one pass:
+# token c is in the sort path's nucleus iff the mass of the tokens at or below it in a stable
+# ascending sort (smaller keys, and equal keys at indices <= c) exceeds 1 - top_p. A rejected
+# round draws again with a fresh uniform from a counter-based generator keyed by the row's own
+# uniform (so a row's tokens still do not depend on its batch); after ROUNDS rejections the row
+# is left to the radix kernel with one more fresh uniform. Each round accepts with probability
+# at least top_p.
+
+
+@triton.jit
+def _top_p_reject_kernel(
+    LOGITS,
+    U,
+    OUT,
+    U_LEFT,
+    stride_row,
+    vocab,
+    temperature,
+    top_p,
+    KEY_BITS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ROUNDS: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    base = LOGITS + row * stride_row
+    offs = tl.arange(0, BLOCK)
+    # pass 1: the maximum and the sum of exp(s - max) (online), as _sample_kernel
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    z = tl.zeros([BLOCK], tl.float32)
+    for b0 in range(0, vocab, BLOCK):
+        s = tl.load(base + b0 + offs, mask=b0 + offs < vocab, other=float("-inf")).to(tl.float32) / temperature
+        m_new = tl.maximum(m, s)
+        fresh = tl.where(s == float("-inf"), 0.0, tl.exp(s - m_new))
+        z = z * tl.exp(tl.where(m_new == float("-inf"), 0.0, m - m_new)) + fresh
+        m = m_new
+    m_row = tl.max(m, 0)
+    z_row = tl.sum(z * tl.exp(m - m_row), 0)
+    tau = (1.0 - top_p) * z_row
+    u0 = tl.load(U + row)
+    seed = u0.to(tl.int32, bitcast=True)
+    u = u0
+    found = -1
+    r = 0
+    while (found < 0) & (r < ROUNDS):
+        # the first index (vocabulary order) whose CDF of exp(s - max) exceeds u * z: it stops at
+        # the block that holds it; a target past the rounded total takes the last token
+        target = u * z_row
+        running = 0.0
+        cand = vocab
+        b0 = 0
+        while (b0 < vocab) & (cand == vocab):
+            inside = b0 + offs < vocab
+            s = tl.load(base + b0 + offs, mask=inside, other=float("-inf")).to(tl.float32) / temperature
+            cdf = running + tl.cumsum(tl.where(inside, tl.exp(s - m_row), 0.0), 0)
+            cand = tl.minimum(cand, tl.min(tl.where(inside & (cdf > target), b0 + offs, vocab), 0))
+            running = tl.max(tl.where(inside, cdf, 0.0), 0)
+            b0 += BLOCK
+        cand = tl.minimum(cand, vocab - 1)
+        key_c = _sort_key(tl.load(base + cand), KEY_BITS)
+        # the mass at or below the candidate in a stable ascending sort
+        at_or_below = tl.zeros([BLOCK], tl.float32)
+        for b1 in range(0, vocab, BLOCK):
+            idx = b1 + offs
+            x = tl.load(base + idx, mask=idx < vocab, other=float("-inf"))
+            k = _sort_key(x, KEY_BITS)
+            low = (idx < vocab) & ((k < key_c) | ((k == key_c) & (idx <= cand)))
+            at_or_below += tl.where(low, tl.exp(x.to(tl.float32) / temperature - m_row), 0.0)
+        found = tl.where(tl.sum(at_or_below, 0) > tau, cand, -1)
+        r += 1
+        u = tl.rand(seed, r)
+    # found starts as -1 for mypy, a Triton tensor after the loop's first round (ROUNDS >= 1)
+    tl.store(OUT + row, found.to(tl.int64))  # type: ignore[attr-defined]
+    # after ROUNDS rejections u is a uniform no round has used
+    tl.store(U_LEFT + row, u)
+
+
+def sample_top_p_reject(logits, temperature: float, top_p: float, u, rounds: int = 8, block: int = 4096):
+    """One token per row from softmax(logits / temperature) restricted to the top_p nucleus, by
+    rejection: a draw from the whole softmax (inverse CDF in vocabulary order, `u` the first
+    round's uniform), kept if it is in the sort path's nucleus, else drawn again (fresh uniforms
+    from a counter-based generator keyed by `u`), up to `rounds` times; rows still rejected then
+    take `sample_top_p`'s draw with one more fresh uniform (a host synchronisation a call).
+
+    The distribution is the nucleus' renormalised softmax, as `sample_top_p`'s and the sort
+    path's; the token drawn from a given `u` is not theirs. Each round accepts with probability
+    at least top_p, so at the generate stage's top_p 0.95 a row takes one round 95% of the time
+    and falls back about once in 2.6e10 rows. The nucleus' boundary is judged with float32 sums
+    in another order than the sort path's cumulative sum (as `sample_top_p`'s is).
+    """
+    import torch
+
+    if rounds < 1:
+        raise ValueError(f"sample_top_p_reject: rounds must be at least 1, got {rounds}")
+    rows, vocab = logits.shape
+    out = torch.empty(rows, dtype=torch.long, device=logits.device)
+    u_left = torch.empty(rows, dtype=torch.float32, device=logits.device)
+    _top_p_reject_kernel[(rows,)](
+        logits,
+        u.to(torch.float32).contiguous(),
+        out,
+        u_left,
+        logits.stride(0),
+        vocab,
+        float(temperature),
+        float(top_p),
+        KEY_BITS=_KEY_BITS[str(logits.dtype)],
+        BLOCK=min(block, triton.next_power_of_2(vocab)),
+        ROUNDS=rounds,
+        num_warps=8,
+    )
+    left = (out < 0).nonzero().squeeze(-1)
+    if left.numel():
+        out[left] = sample_top_p(logits.index_select(0, left), temperature, top_p, u_left.index_select(0, left))
+    return out
+
+
 def top_p_supported(logits) -> bool:
     """Whether `sample_top_p` takes these logits (a 16-bit or float32 matrix on a GPU, rows contiguous)."""
     return logits.is_cuda and str(logits.dtype) in _KEY_BITS and logits.dim() == 2 and logits.stride(-1) == 1

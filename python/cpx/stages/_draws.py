@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 # Switches for benches/gpu_eval.py: False makes the fused path sort for top_p < 1 as the CPU does;
-# launch options of the top-p kernel other than `sample_top_p`'s defaults.
+# the fused top-p draw, "radix" (`sample_top_p`) or "reject" (`sample_top_p_reject`); launch
+# options of the radix kernel other than `sample_top_p`'s defaults.
 FUSE_TOP_P = True
+TOP_P_DRAW = "radix"
 TOP_P_OPTIONS: dict[str, Any] = {}
 
 
@@ -80,9 +82,11 @@ def sample_tokens(logits, temperature: float, top_p: float, u, fused: bool = Fal
 
         return sample_full(logits, temperature, u)
     if fused and FUSE_TOP_P:
-        from cpx.stages._decode_triton import sample_top_p, top_p_supported
+        from cpx.stages._decode_triton import sample_top_p, sample_top_p_reject, top_p_supported
 
         if top_p_supported(logits):
+            if TOP_P_DRAW == "reject":
+                return sample_top_p_reject(logits, temperature, top_p, u)
             return sample_top_p(logits, temperature, top_p, u, **TOP_P_OPTIONS)
     # In place on tensors made here: at batch 1,000 and a 152k vocabulary each copy is 600 MB.
     work = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
