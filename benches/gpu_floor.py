@@ -265,6 +265,56 @@ def cpx_full(model, tok, args) -> dict[str, Any]:
     return {**step_row(model, [mem], args, span, how), "losses": [round(x, 5) for x in losses[0]]}
 
 
+# Where cpx's marker step spends the device's time beyond the floor: op families by the profiler's
+# self device time (a cuBLAS kernel is counted under the op that launched it).
+_OP_FAMILIES = (
+    ("base and head products", ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul")),
+    ("LoRA products (segments)", ("aten::bmm", "aten::baddbmm")),
+    ("attention", ("flash", "attention", "attn")),
+    ("optimizer", ("_foreach", "adam")),
+    ("copies and casts", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::index", "aten::cat", "aten::zeros")),
+)
+
+
+def profile_marker(model, tok, args) -> dict[str, Any]:
+    """The marker fleet again for 1 untimed + 2 steps under torch.profiler: device time per
+    step by op family (self time, every kernel counted once), the ops that took most, and the
+    device's busy share of the wall time (the rest is launch and host time)."""
+    import argparse as _argparse
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    short = _argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 2})
+    mems = gpu_fleet.members_of(model, tok, args.members, short, args.response)
+    cuda = args.device.startswith("cuda")
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        t0 = time.perf_counter()
+        gpu_fleet.run_ours(model, mems, short)
+        if cuda:
+            torch.cuda.synchronize(args.device)
+        wall = time.perf_counter() - t0
+    steps = short.warmup + short.steps
+    # on the CPU (the smoke test) an op's self CPU time stands in for device time
+    self_us = [(e.key, e.self_device_time_total if cuda else e.self_cpu_time_total) for e in prof.key_averages()]
+    ops = {key: us / 1e3 / steps for key, us in self_us if us > 0}
+    families: dict[str, float] = {}
+    for op, ms in ops.items():
+        low = op.lower()
+        name = next((f for f, keys in _OP_FAMILIES if any(k.lower() in low for k in keys)), "other elementwise")
+        families[name] = families.get(name, 0.0) + ms
+    busy = sum(ops.values())
+    top = sorted(ops.items(), key=lambda kv: -kv[1])[:15]
+    return {
+        "steps": steps,
+        "note": "per step, over the whole run of 3 steps (the fleet's set-up included)",
+        "wall_ms_per_step": round(wall * 1e3 / steps, 1),
+        "device_busy_ms_per_step": round(busy, 1),
+        "families_ms_per_step": {k: round(v, 1) for k, v in sorted(families.items(), key=lambda kv: -kv[1])},
+        "top_ops_ms_per_step": {k: round(v, 2) for k, v in top},
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # The design's training hours
 
@@ -331,6 +381,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--device", default=None)
     ap.add_argument("--attn", default="sdpa")
     ap.add_argument("--skip-fleet", action="store_true", help="the floor and the ceiling only (no model build)")
+    ap.add_argument("--profile", action="store_true", help="cpx's marker step again under torch.profiler, by op family")
     ap.add_argument("--members", type=int, default=5, help="marker members of the fleet (the design's sub-fleet)")
     ap.add_argument("--tokens", type=int, default=None, help="floor tokens (default: members x marker tokens)")
     ap.add_argument("--head-rows", type=int, default=None, help="floor head rows (default: members x 16)")
@@ -382,6 +433,13 @@ def measure_cpx(args, failed: list[str]) -> tuple[dict[str, Any], Any]:
             traceback.print_exc()
             record(f"cpx {key}", {"error": repr(e)[:300]})
             failed.append(f"cpx {key}")
+    if args.profile:
+        try:
+            record("cpx marker profile", profile_marker(model, tok, args))
+        except Exception as e:  # noqa: BLE001 - the profile is extra: the floor still runs
+            traceback.print_exc()
+            record("cpx marker profile", {"error": repr(e)[:300]})
+            failed.append("cpx marker profile")
     shapes = linear_shapes(model)
     del model
     if args.device.startswith("cuda"):
