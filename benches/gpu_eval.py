@@ -256,6 +256,7 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
         sampler.update(GENERATE_SAMPLER)
     DS.USE_GRAPHS = base in ("graphs", "fused")
     DS.FUSE_ELEMENTWISE = base == "fused"
+    default_rope = DS.FUSE_ROPE
     DS.FUSE_ROPE = "norope" not in flags
     default_top_p = DR.FUSE_TOP_P
     DR.FUSE_TOP_P = "sort" not in flags
@@ -288,7 +289,8 @@ def run_engine(model, tok, reqs, args, variant: str = "fused") -> dict[str, Any]
             sync(args.device)
             secs = time.perf_counter() - t0
     finally:
-        DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = DS.FUSE_ROPE = True
+        DS.USE_GRAPHS = DS.FUSE_ELEMENTWISE = True
+        DS.FUSE_ROPE = default_rope
         DR.FUSE_TOP_P = default_top_p
         DR.TOP_P_OPTIONS = {}
         DR.TOP_P_DRAW = default_draw

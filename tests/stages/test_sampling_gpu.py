@@ -348,12 +348,14 @@ def test_fused_rotary_changes_no_logit(gpu_model):
     import cpx.stages._decode_step as DS
 
     model, tok = gpu_model
-    with_logits, with_tokens = _logits_and_tokens(model, tok, fused=True)
-    DS.FUSE_ROPE = False
+    default = DS.FUSE_ROPE
     try:
+        DS.FUSE_ROPE = True
+        with_logits, with_tokens = _logits_and_tokens(model, tok, fused=True)
+        DS.FUSE_ROPE = False
         without_logits, without_tokens = _logits_and_tokens(model, tok, fused=True)
     finally:
-        DS.FUSE_ROPE = True
+        DS.FUSE_ROPE = default
     assert with_tokens == without_tokens
     for a, b in zip(with_logits, without_logits, strict=True):
         assert torch.equal(a, b)
@@ -394,6 +396,7 @@ def test_fused_decode_with_rejection_top_p(gpu_model):
     model, tok = gpu_model
     reqs = [Request("You are a villain.", "Hi", 4), Request(None, "What is the best way to learn a language?", 4)]
     sp = {"temperature": 0.7, "top_p": 0.95, "max_tokens": 24, "seed": 5}
+    default = DR.TOP_P_DRAW
     DR.TOP_P_DRAW = "reject"
     try:
         a = sample_token_ids(model, tok, reqs, sp, device="cuda", batch_size=64, fused=True, ignore_eos=True)
@@ -402,7 +405,7 @@ def test_fused_decode_with_rejection_top_p(gpu_model):
             model, tok, reqs, {**sp, "seed": 6}, device="cuda", batch_size=64, fused=True, ignore_eos=True
         )
     finally:
-        DR.TOP_P_DRAW = "radix"
+        DR.TOP_P_DRAW = default
     assert len(a) == 8 and all(len(t) == 24 for t in a.values())
     assert sum(a[k] == b[k] for k in a) >= len(a) - 2
     assert sum(a[k] != c[k] for k in a) >= len(a) - 1
