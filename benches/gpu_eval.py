@@ -17,9 +17,10 @@ decode-attention kernel), graphs (the kernel, steps replayed from CUDA graphs) a
 engine's default: graphs and fused elementwise kernels), each at the eval's sampler
 (temperature 1, top_p 1) or, with a suffix "_topp", at the generate stage's (temperature 0.7,
 top_p 0.95; "_topp_sort": the fused path, but its top-p draw sorts; "_topp_acc": its top-p
-kernel accumulating per lane; "_topp_rej": the rejection draw); "_norope" runs the fused
-path with transformers' rotary embedding and the cache's own write instead of the fused
-`rope_store` kernel (the engine before it). `--profile` adds, per variant, a
+kernel accumulating per lane; "_topp_rej": the rejection draw). Every "fused" variant runs
+the fused `rope_store` kernel (rotary embedding and cache write; `_decode_step.FUSE_ROPE`, off
+in the engine until measured); "_norope" runs transformers' rotary embedding and the cache's
+own write instead (the engine's default today). `--profile` adds, per variant, a
 torch.profiler breakdown of decode steps 2-4 and of the last steps but two: matrix products,
 attention, sampling, other kernels and GPU idle time. Micro-benchmarks of one layer's decode
 attention and of the draw run too. Triton is needed for the fused variants.
