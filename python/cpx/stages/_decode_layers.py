@@ -80,7 +80,7 @@ def _attention_forward(module, cache) -> Any:
                 hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask, **kwargs
             )
         b = hidden_states.shape[0]
-        x = hidden_states.view(b, -1)
+        x = hidden_states.reshape(b, -1)
         cos, sin = position_embeddings
         q = rope_store(
             module.q_proj(x),
