@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +84,22 @@ def make_ctx(
     return StageContext(
         stage=stage, out_dir=out_dir, inputs=dict(inputs or {}), run_dir=run_dir, device="cpu", models=models
     )
+
+
+def run_in_triton_interpreter(code: str) -> None:
+    """Runs `code` in a process of its own under Triton's interpreter (Triton reads
+    TRITON_INTERPRET when it is imported); the code must print "ok" last."""
+    python = Path(__file__).resolve().parents[2] / "python"
+    env = {
+        **os.environ,
+        "TRITON_INTERPRET": "1",
+        "PYTHONPATH": f"{python}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

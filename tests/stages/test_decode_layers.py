@@ -10,13 +10,9 @@ towards zero where the GPU rounds to nearest, so bfloat16's bit-for-bit check ru
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
+from stage_support import run_in_triton_interpreter
 
 _ROPE_CHECK = """
 import torch
@@ -101,23 +97,6 @@ print("ok")
 """
 
 
-def _interpret(code: str) -> None:
-    python = Path(__file__).resolve().parents[2] / "python"
-    env = {
-        **os.environ,
-        "TRITON_INTERPRET": "1",
-        "PYTHONPATH": f"{python}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
-
-
 needs_triton = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="needs Triton (its interpreter runs on the CPU)"
 )
@@ -127,11 +106,11 @@ needs_triton = pytest.mark.skipif(
 def test_rope_store_rounds_as_transformers_rotary_embedding():
     """q and k rotated bit for bit as transformers' apply_rotary_pos_emb (Qwen2's rotary and
     Llama 3's scaled one), k and v written at the cache position and nowhere else."""
-    _interpret(_ROPE_CHECK)
+    run_in_triton_interpreter(_ROPE_CHECK)
 
 
 @needs_triton
 def test_fused_attention_forward_is_the_modules_own():
     """A decode step through the fused attention forward gives the module's own output and
     cache bit for bit, with one rope_store launch; a prefill runs the module's own forward."""
-    _interpret(_ATTENTION_CHECK)
+    run_in_triton_interpreter(_ATTENTION_CHECK)

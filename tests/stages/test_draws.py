@@ -7,13 +7,9 @@ The kernel itself runs here too, through Triton's interpreter, where Triton is i
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
+from stage_support import run_in_triton_interpreter
 import torch
 
 from cpx.stages._draws import sample_tokens, search_nucleus, sort_keys, sort_nucleus
@@ -95,20 +91,6 @@ def test_cpu_path_unchanged(dtype, temperature, top_p):
         )
 
 
-def _interpret(code: str) -> None:
-    """Runs `code` in a process of its own under Triton's interpreter; it must print "ok"."""
-    python = Path(__file__).resolve().parents[2] / "python"
-    env = {
-        **os.environ,
-        "TRITON_INTERPRET": "1",
-        "PYTHONPATH": f"{python}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
-
-
 _KERNEL_CHECK = """
 import torch
 from cpx.stages._decode_triton import sample_top_p
@@ -188,7 +170,7 @@ def test_top_p_rejection_kernel_in_the_triton_interpreter():
     """The rejection draw, run by Triton's interpreter on the CPU: draws inside the nucleus of
     `search_nucleus` (also when most rows fall back to the radix kernel), a row's token
     independent of its batch, and the nucleus' renormalised distribution."""
-    _interpret(_REJECT_CHECK)
+    run_in_triton_interpreter(_REJECT_CHECK)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (its interpreter runs on the CPU)")
@@ -196,4 +178,4 @@ def test_top_p_kernel_in_the_triton_interpreter():
     """The kernel itself, run by Triton's interpreter on the CPU (it reads TRITON_INTERPRET when
     it is imported: hence a process of its own): the nucleus of `search_nucleus`, draws inside
     it, and the nucleus' renormalised distribution on a grid of uniforms."""
-    _interpret(_KERNEL_CHECK)
+    run_in_triton_interpreter(_KERNEL_CHECK)
