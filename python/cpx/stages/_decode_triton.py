@@ -238,6 +238,16 @@ def silu_gate(gate, up):
 
 
 @triton.jit
+def _rotate(x1, x2, c1, c2, s1, s2, dt):
+    """(x * cos) + (rotate_half(x) * sin) of the halves x1, x2 (float32), each product and the
+    sum rounded to `dt` as transformers' apply_rotary_pos_emb rounds them (a product of two
+    16-bit floats is exact in float32, so rounding it once gives PyTorch's 16-bit product)."""
+    o1 = ((x1 * c1[None, :]).to(dt).to(tl.float32) + (-x2 * s1[None, :]).to(dt).to(tl.float32)).to(dt)
+    o2 = ((x2 * c2[None, :]).to(dt).to(tl.float32) + (x1 * s2[None, :]).to(dt).to(tl.float32)).to(dt)
+    return o1, o2
+
+
+@triton.jit
 def _rope_store_kernel(
     Q,
     K,
@@ -273,16 +283,12 @@ def _rope_store_kernel(
     s1 = tl.load(SIN + b * stride_s + offs).to(tl.float32)
     s2 = tl.load(SIN + b * stride_s + HALF + offs).to(tl.float32)
     dt = QOUT.dtype.element_ty
-    # (x * cos) + (rotate_half(x) * sin), each product and the sum rounded to x's dtype as
-    # transformers' apply_rotary_pos_emb rounds them (a product of two 16-bit floats is exact in
-    # float32, so rounding it once gives PyTorch's 16-bit product).
     hq = tl.arange(0, HP)
     qm = (hq < H)[:, None]
     qp = Q + b * stride_q + hq[:, None] * (2 * HALF) + offs[None, :]
     x1 = tl.load(qp, mask=qm, other=0.0).to(tl.float32)
     x2 = tl.load(qp + HALF, mask=qm, other=0.0).to(tl.float32)
-    o1 = ((x1 * c1[None, :]).to(dt).to(tl.float32) + (-x2 * s1[None, :]).to(dt).to(tl.float32)).to(dt)
-    o2 = ((x2 * c2[None, :]).to(dt).to(tl.float32) + (x1 * s2[None, :]).to(dt).to(tl.float32)).to(dt)
+    o1, o2 = _rotate(x1, x2, c1, c2, s1, s2, dt)
     op = QOUT + b * (H * 2 * HALF) + hq[:, None] * (2 * HALF) + offs[None, :]
     tl.store(op, o1, mask=qm)
     tl.store(op + HALF, o2, mask=qm)
@@ -291,8 +297,7 @@ def _rope_store_kernel(
     kp = K + b * stride_k + hk[:, None] * (2 * HALF) + offs[None, :]
     y1 = tl.load(kp, mask=km, other=0.0).to(tl.float32)
     y2 = tl.load(kp + HALF, mask=km, other=0.0).to(tl.float32)
-    p1 = ((y1 * c1[None, :]).to(dt).to(tl.float32) + (-y2 * s1[None, :]).to(dt).to(tl.float32)).to(dt)
-    p2 = ((y2 * c2[None, :]).to(dt).to(tl.float32) + (y1 * s2[None, :]).to(dt).to(tl.float32)).to(dt)
+    p1, p2 = _rotate(y1, y2, c1, c2, s1, s2, dt)
     kc = KC + b * stride_kcb + hk[:, None] * stride_kch + pos * stride_kcn + offs[None, :]
     tl.store(kc, p1, mask=km)
     tl.store(kc + HALF, p2, mask=km)
