@@ -1,4 +1,4 @@
-"""The Slurm executor's pieces that need no cluster: options, the config file, the mailbox, errors."""
+"""The Slurm executor's pieces that need no cluster: options, the config file, the mailbox, job states, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from _exec_helpers import cpx_env, cpx_run
 from _exec_runners import make_plan
 
 from cpx.execute._mailbox import Mailbox
-from cpx.execute._slurm import SlurmError, SlurmOptions, load_options, parse_slurm_args
+from cpx.execute._slurm import ENDING_WAIT, SlurmError, SlurmOptions, _Job, load_options, parse_slurm_args
 
 
 def test_options_from_file_overridden_by_flags(tmp_path):
@@ -91,6 +91,18 @@ def test_mailbox_keeps_order_and_skips_unfinished_messages(tmp_path):
     assert list(got[0]) == ["i", "z", "a"]  # key order kept: labels become columns in that order
     assert box.take() == []
     assert os.listdir(box.path) == [".half-written.json.tmp"]
+
+
+def test_a_completing_job_is_waited_for_until_its_final_state(tmp_path):
+    # scancel shows COMPLETING for a moment before CANCELLED: cpx must not replace the job (its
+    # processes may still write) nor report COMPLETING as the reason, unless it stays there too long.
+    job = _Job("7", "w", tmp_path, Mailbox(tmp_path / "in"), Mailbox(tmp_path / "out"), state="RUNNING")
+    assert not job.gone("RUNNING", 0.0)
+    assert not job.gone("COMPLETING", 100.0)
+    assert not job.gone("SIGNALING", 100.0 + ENDING_WAIT / 2)
+    assert job.gone("CANCELLED", 100.0 + ENDING_WAIT / 2)
+    assert job.gone("ENDED", 101.0)  # no longer listed
+    assert job.gone("COMPLETING", 100.0 + ENDING_WAIT)  # a node stuck completing: give up on it
 
 
 def test_worker_that_cannot_see_its_folder_says_so(tmp_path):

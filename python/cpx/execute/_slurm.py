@@ -51,6 +51,11 @@ JOB_LOGS = Path("logs") / "_slurm"
 # Job states in which a worker runs or may still start. Anything else (COMPLETING, CANCELLED,
 # PREEMPTED, TIMEOUT, NODE_FAIL, FAILED, OUT_OF_MEMORY, ... or no longer listed) means it is gone.
 LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "RESIZING", "REQUEUED"})
+# A job on its way out: its processes may still run, and its final state (CANCELLED, TIMEOUT, ...)
+# is not known yet. cpx waits up to ENDING_WAIT seconds for that state before it replaces the job,
+# so the old worker cannot still be writing while a new one starts the same stage.
+ENDING_STATES = frozenset({"COMPLETING", "SIGNALING", "STAGE_OUT"})
+ENDING_WAIT = 60.0
 # States in which processes of a job may still be running.
 STOPPING_STATES = LIVE_STATES | {"COMPLETING", "SIGNALING", "STOPPED", "STAGE_OUT"}
 # Ended before its worker started, through no fault of the worker: submit a new job.
@@ -309,7 +314,17 @@ class _Job:
     reason: str = ""
     ready: bool = False
     running_since: float | None = None
+    ending_since: float | None = None  # when squeue first showed it in an ENDING_STATES state
     inflight: list[str] = field(default_factory=list)  # its stages not yet reported
+
+    def gone(self, state: str, now: float) -> bool:
+        """Whether a job squeue shows in `state` has ended: not live, and not ending for less than ENDING_WAIT."""
+        if state in LIVE_STATES:
+            return False
+        if state in ENDING_STATES:
+            self.ending_since = now if self.ending_since is None else self.ending_since
+            return now - self.ending_since >= ENDING_WAIT
+        return True
 
 
 def _resolver_ref(resolver: Any) -> str | None:
@@ -476,6 +491,8 @@ class SlurmBackend:
                         f"writing to {job.dir}: the run folder must be on a filesystem the compute nodes share "
                         f"with this machine, at the same path (its output: {self._job_log(job)})"
                     )
+                continue
+            if not job.gone(state, time.monotonic()):
                 continue
             out.extend(self._read(job))  # what it wrote before it ended still counts
             job.state = state if state != "ENDED" else job.state
