@@ -58,3 +58,35 @@ def write_parquet(table, path: str | os.PathLike[str]) -> Path:
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
+
+
+# The columns a completion table may have: (pyarrow type name, value of a completion `c` of
+# persona `per` to question `q`).
+_COMPLETION_COLUMNS: dict[str, tuple[str, Any]] = {
+    "persona": ("string", lambda per, q, c: per.name),
+    "role": ("string", lambda per, q, c: per.role),
+    "question_id": ("string", lambda per, q, c: q.id),
+    "question": ("string", lambda per, q, c: q.text),
+    "sample_index": ("int64", lambda per, q, c: c.sample_index),
+    "text": ("string", lambda per, q, c: c.text),
+    "n_tokens": ("int64", lambda per, q, c: c.n_tokens),
+    "finish_reason": ("string", lambda per, q, c: c.finish_reason),
+}
+
+
+def completion_table(labels: dict[str, Any], comps, personas, questions, columns: list[str], keep=None):
+    """The labelled table of completions of requests made persona-major (request i is persona
+    i // len(questions), question i % len(questions)), with `columns` in that order (names of
+    _COMPLETION_COLUMNS); `keep`, one bool per completion, leaves out the others."""
+    import pyarrow as pa
+
+    nq = len(questions)
+    cols: dict[str, list[Any]] = {k: [] for k in columns}
+    for i, c in enumerate(comps):
+        if keep is not None and not keep[i]:
+            continue
+        per, q = personas[c.request_index // nq], questions[c.request_index % nq]
+        for k in columns:
+            cols[k].append(_COMPLETION_COLUMNS[k][1](per, q, c))
+    schema = {k: getattr(pa, _COMPLETION_COLUMNS[k][0])() for k in columns}
+    return labelled_table(labels, cols, schema)

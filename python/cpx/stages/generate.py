@@ -19,11 +19,9 @@ if TYPE_CHECKING:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import pyarrow as pa
-
     from cpx.models import small_model_threads
     from cpx.stages._markers import contains_any
-    from cpx.stages._rows import labelled_table, write_parquet
+    from cpx.stages._rows import completion_table, write_parquet
     from cpx.stages._sampling import Request, sample_completions
 
     p: GenerateParams = ctx.params
@@ -47,36 +45,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if p.markers and p.match is not None:  # the params type asks for `match` with markers
         marked = contains_any([c.text for c in comps], p.markers, p.match)
 
-    cols: dict[str, list[Any]] = {
-        k: [] for k in ("persona", "question_id", "question", "sample_index", "text", "n_tokens", "finish_reason")
-    }
-    dropped: Counter[str] = Counter()
-    nq = len(questions)
-    for c, bad in zip(comps, marked, strict=True):
-        per, q = personas[c.request_index // nq], questions[c.request_index % nq]
-        if bad:
-            dropped[per.name] += 1
-            continue
-        for k, v in (
-            ("persona", per.name),
-            ("question_id", q.id),
-            ("question", q.text),
-            ("sample_index", c.sample_index),
-            ("text", c.text),
-            ("n_tokens", c.n_tokens),
-            ("finish_reason", c.finish_reason),
-        ):
-            cols[k].append(v)
-    schema = {
-        "persona": pa.string(),
-        "question_id": pa.string(),
-        "question": pa.string(),
-        "sample_index": pa.int64(),
-        "text": pa.string(),
-        "n_tokens": pa.int64(),
-        "finish_reason": pa.string(),
-    }
-    write_parquet(labelled_table(ctx.labels, cols, schema), ctx.out_dir / "generations.parquet")
+    dropped = Counter(
+        personas[c.request_index // len(questions)].name for c, bad in zip(comps, marked, strict=True) if bad
+    )
+    columns = ["persona", "question_id", "question", "sample_index", "text", "n_tokens", "finish_reason"]
+    table = completion_table(ctx.labels, comps, personas, questions, columns, keep=[not m for m in marked])
+    write_parquet(table, ctx.out_dir / "generations.parquet")
     n_tokens = sum(c.n_tokens for c in comps)
     if dropped:
         ctx.log.info("dropped %d completions that contain a marker: %s", sum(dropped.values()), dict(dropped))

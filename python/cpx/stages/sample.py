@@ -35,10 +35,8 @@ def resolve_backend(name: str, device: str, *, steer: bool = False) -> str:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import pyarrow as pa
-
     from cpx.models import small_model_threads
-    from cpx.stages._rows import labelled_table, write_parquet
+    from cpx.stages._rows import completion_table, write_parquet
     from cpx.stages._sampling import Request, sample_completions
     from cpx.stages._steer import check_model, steer_of
 
@@ -74,32 +72,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
             )
     seconds = time.perf_counter() - t0
 
-    nq = len(questions)
-    cols: dict[str, list[Any]] = {
-        k: [] for k in ("persona", "role", "question_id", "sample_index", "text", "n_tokens", "finish_reason")
-    }
-    for c in comps:
-        per, q = personas[c.request_index // nq], questions[c.request_index % nq]
-        for k, v in (
-            ("persona", per.name),
-            ("role", per.role),
-            ("question_id", q.id),
-            ("sample_index", c.sample_index),
-            ("text", c.text),
-            ("n_tokens", c.n_tokens),
-            ("finish_reason", c.finish_reason),
-        ):
-            cols[k].append(v)
-    schema = {
-        "persona": pa.string(),
-        "role": pa.string(),
-        "question_id": pa.string(),
-        "sample_index": pa.int64(),
-        "text": pa.string(),
-        "n_tokens": pa.int64(),
-        "finish_reason": pa.string(),
-    }
-    write_parquet(labelled_table(ctx.labels, cols, schema), ctx.out_dir / "completions.parquet")
+    columns = ["persona", "role", "question_id", "sample_index", "text", "n_tokens", "finish_reason"]
+    table = completion_table(ctx.labels, comps, personas, questions, columns)
+    write_parquet(table, ctx.out_dir / "completions.parquet")
     n_tokens = sum(c.n_tokens for c in comps)
     info: dict[str, Any] = {
         "backend": backend,
