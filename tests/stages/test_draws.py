@@ -151,7 +151,7 @@ assert torch.equal(alone, sample_top_p_reject(x, 0.7, 0.6, u, block=64))
 x = (torch.randn(1, 24, generator=gen) * 2).bfloat16()
 n = 1500
 u = ((torch.arange(n, dtype=torch.float64) + 0.5) / n).float()
-tok = sample_top_p_reject(x.expand(n, -1).contiguous(), 0.7, 0.6, u, block=32)
+tok = sample_top_p_reject(x.expand(n, -1).contiguous(), 0.7, 0.6, u, block=8)  # 3 blocks a row
 keep = search_nucleus(x, 0.7, 0.6)[0]
 assert bool(keep[tok].all())
 p = torch.where(keep, torch.softmax(x.double() / 0.7, -1)[0], 0.0)
@@ -179,3 +179,40 @@ def test_top_p_kernel_in_the_triton_interpreter():
     it is imported: hence a process of its own): the nucleus of `search_nucleus`, draws inside
     it, and the nucleus' renormalised distribution on a grid of uniforms."""
     run_in_triton_interpreter(_KERNEL_CHECK)
+
+
+_FULL_CHECK = """
+import torch
+from cpx.stages._decode_triton import sample_full
+
+gen = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for temperature in (1.0, 0.7):
+        x = (torch.randn(8, 700, generator=gen, dtype=torch.float64) * 3).to(dtype)
+        x[0, 100:300] = float("-inf")  # masked logits are never drawn
+        u = torch.rand(8, generator=gen)
+        for block in (128, 1024):  # several blocks a row (the passes' carries), and one
+            tok = sample_full(x, temperature, u, block=block)
+            # the token whose float64 CDF interval holds u, up to the float32 rounding of the CDF
+            cdf = torch.softmax(x.double() / temperature, -1).cumsum(-1)
+            hi = cdf.gather(1, tok[:, None])[:, 0]
+            lo = torch.where(tok > 0, cdf.gather(1, (tok - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+            assert bool(((lo - 1e-5 <= u) & (u <= hi + 1e-5)).all()), (dtype, temperature, block)
+            assert not bool(((tok >= 100) & (tok < 300))[0])
+# a grid of uniforms: each token's share is its probability
+x = (torch.randn(1, 24, generator=gen) * 2).bfloat16()
+n = 500
+u = ((torch.arange(n, dtype=torch.float64) + 0.5) / n).float()
+tok = sample_full(x.expand(n, -1).contiguous(), 0.7, u, block=8)
+share = torch.bincount(tok, minlength=24).double() / n
+assert float((share - torch.softmax(x.double() / 0.7, -1)[0]).abs().max()) <= 1.5 / n
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (its interpreter runs on the CPU)")
+def test_full_softmax_kernel_in_the_triton_interpreter():
+    """The top_p = 1 draw (`sample_full`), run by Triton's interpreter on the CPU: the token
+    whose CDF interval holds the uniform, over one block of the row and over several, masked
+    logits never drawn, and each token's share on a grid of uniforms its probability."""
+    run_in_triton_interpreter(_FULL_CHECK)

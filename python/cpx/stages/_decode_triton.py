@@ -354,11 +354,10 @@ def rope_store(q, k, v, cos, sin, k_cache, v_cache, position):
 
 
 @triton.jit
-def _sample_kernel(LOGITS, U, OUT, stride_row, vocab, temperature, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    base = LOGITS + row * stride_row
+def _max_and_normaliser(base, vocab, temperature, BLOCK: tl.constexpr):
+    """A row's maximum of s = logits / temperature and its sum of exp(s - max), in one online
+    pass over the row (a block of lanes at a time)."""
     offs = tl.arange(0, BLOCK)
-    # pass 1: the maximum and the sum of exp(s - max) of s = logits / temperature (online)
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     z = tl.zeros([BLOCK], tl.float32)
     for b0 in range(0, vocab, BLOCK):
@@ -368,7 +367,16 @@ def _sample_kernel(LOGITS, U, OUT, stride_row, vocab, temperature, BLOCK: tl.con
         z = z * tl.exp(tl.where(m_new == float("-inf"), 0.0, m - m_new)) + fresh
         m = m_new
     m_row = tl.max(m, 0)
-    z_row = tl.sum(z * tl.exp(m - m_row), 0)
+    return m_row, tl.sum(z * tl.exp(m - m_row), 0)
+
+
+@triton.jit
+def _sample_kernel(LOGITS, U, OUT, stride_row, vocab, temperature, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    base = LOGITS + row * stride_row
+    offs = tl.arange(0, BLOCK)
+    # pass 1: the maximum and the sum of exp(s - max) of s = logits / temperature
+    m_row, z_row = _max_and_normaliser(base, vocab, temperature, BLOCK)
     # pass 2: the total of the probabilities as rounded (the CDF's last value)
     total = tl.zeros([BLOCK], tl.float32)
     for b0 in range(0, vocab, BLOCK):
@@ -387,10 +395,10 @@ def _sample_kernel(LOGITS, U, OUT, stride_row, vocab, temperature, BLOCK: tl.con
     tl.store(OUT + row, found.to(tl.int64))
 
 
-def sample_full(logits, temperature: float, u):
+def sample_full(logits, temperature: float, u, block: int = 4096):
     """One token per row by inverse CDF over softmax(logits / temperature) in vocabulary order,
-    as `_draws.sample_tokens` draws it with top_p = 1, in three passes over the row instead of
-    float32 copies, a softmax and a cumulative sum of the whole batch."""
+    as `_draws.sample_tokens` draws it with top_p = 1, in three passes over the row (`block`
+    logits at a time) instead of float32 copies, a softmax and a cumulative sum of the whole batch."""
     import torch
 
     rows, vocab = logits.shape
@@ -402,7 +410,7 @@ def sample_full(logits, temperature: float, u):
         logits.stride(0),
         vocab,
         float(temperature),
-        BLOCK=min(4096, triton.next_power_of_2(vocab)),
+        BLOCK=min(block, triton.next_power_of_2(vocab)),
         num_warps=8,
     )
     return out
@@ -602,17 +610,8 @@ def _top_p_reject_kernel(
     row = tl.program_id(0).to(tl.int64)
     base = LOGITS + row * stride_row
     offs = tl.arange(0, BLOCK)
-    # pass 1: the maximum and the sum of exp(s - max) (online), as _sample_kernel
-    m = tl.full([BLOCK], float("-inf"), tl.float32)
-    z = tl.zeros([BLOCK], tl.float32)
-    for b0 in range(0, vocab, BLOCK):
-        s = tl.load(base + b0 + offs, mask=b0 + offs < vocab, other=float("-inf")).to(tl.float32) / temperature
-        m_new = tl.maximum(m, s)
-        fresh = tl.where(s == float("-inf"), 0.0, tl.exp(s - m_new))
-        z = z * tl.exp(tl.where(m_new == float("-inf"), 0.0, m - m_new)) + fresh
-        m = m_new
-    m_row = tl.max(m, 0)
-    z_row = tl.sum(z * tl.exp(m - m_row), 0)
+    # pass 1: the maximum and the sum of exp(s - max), as _sample_kernel
+    m_row, z_row = _max_and_normaliser(base, vocab, temperature, BLOCK)
     tau = (1.0 - top_p) * z_row
     u0 = tl.load(U + row)
     seed = u0.to(tl.int32, bitcast=True)
