@@ -524,7 +524,7 @@ def run_top_p_checks(logits, keys) -> dict[str, Any]:
     draws land, and its time by block size and warps (medians of triton.testing.do_bench)."""
     import triton.testing
 
-    from cpx.stages._decode_triton import sample_top_p, sample_top_p_reject
+    from cpx.stages._draws_triton import sample_top_p, sample_top_p_reject
     from cpx.stages._draws import nucleus_mask
     from cpx.stages._draws import sample_tokens, sort_nucleus, uniforms
 

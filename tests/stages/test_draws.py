@@ -93,7 +93,7 @@ def test_cpu_path_unchanged(dtype, temperature, top_p):
 
 _KERNEL_CHECK = """
 import torch
-from cpx.stages._decode_triton import sample_top_p
+from cpx.stages._draws_triton import sample_top_p
 from cpx.stages._draws import nucleus_mask, search_nucleus
 
 gen = torch.Generator().manual_seed(0)
@@ -126,7 +126,7 @@ print("ok")
 
 _REJECT_CHECK = """
 import torch
-from cpx.stages._decode_triton import sample_top_p_reject
+from cpx.stages._draws_triton import sample_top_p_reject
 from cpx.stages._draws import search_nucleus
 
 gen = torch.Generator().manual_seed(0)
@@ -183,7 +183,7 @@ def test_top_p_kernel_in_the_triton_interpreter():
 
 _FULL_CHECK = """
 import torch
-from cpx.stages._decode_triton import sample_full
+from cpx.stages._draws_triton import sample_full
 
 gen = torch.Generator().manual_seed(0)
 for dtype in (torch.float32, torch.bfloat16, torch.float16):

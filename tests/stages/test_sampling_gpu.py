@@ -228,7 +228,7 @@ def test_fused_top_p_keeps_the_sort_paths_nucleus(dtype, temperature, top_p, acc
     sorting path (torch.sort on CUDA orders ties by index here, as the kernel drops them) in
     nearly every row, the others one token apart (the mass at the boundary within float32
     rounding of 1 - top_p); every draw inside it; a row's draw independent of its batch."""
-    from cpx.stages._decode_triton import sample_top_p
+    from cpx.stages._draws_triton import sample_top_p
     from cpx.stages._draws import nucleus_mask
     from cpx.stages._draws import sample_tokens, search_nucleus, sort_nucleus
 
@@ -365,7 +365,7 @@ def test_rejection_top_p_draws_from_the_nucleus():
     """The rejection top-p draw at the eval's vocabulary: every draw inside the sort path's
     (stable) nucleus; on a small vocabulary and many rows, each kept token's share is its
     renormalised probability (chi-square)."""
-    from cpx.stages._decode_triton import sample_top_p_reject
+    from cpx.stages._draws_triton import sample_top_p_reject
     from cpx.stages._draws import sort_nucleus
 
     gen = torch.Generator(device="cuda").manual_seed(3)

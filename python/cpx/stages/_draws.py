@@ -2,7 +2,8 @@
 
 A counter-based stream keyed by (seed, request, sample, step): each completion's uniforms are
 a pure function of those, so a completion does not depend on the batch it lands in. Tokens are
-drawn by inverse CDF from the temperature-scaled softmax restricted to the top_p nucleus.
+drawn by inverse CDF from the temperature-scaled softmax restricted to the top_p nucleus; on
+the fused (CUDA) path by the Triton kernels of `_draws_triton`.
 
 torch is imported inside the functions: importing this module stays light.
 """
@@ -78,11 +79,11 @@ def sample_tokens(logits, temperature: float, top_p: float, u, fused: bool = Fal
     if temperature == 0:
         return logits.argmax(dim=-1)
     if fused and top_p >= 1.0:
-        from cpx.stages._decode_triton import sample_full
+        from cpx.stages._draws_triton import sample_full
 
         return sample_full(logits, temperature, u)
     if fused and FUSE_TOP_P:
-        from cpx.stages._decode_triton import sample_top_p, sample_top_p_reject, top_p_supported
+        from cpx.stages._draws_triton import sample_top_p, sample_top_p_reject, top_p_supported
 
         if top_p_supported(logits):
             if TOP_P_DRAW == "reject":
@@ -142,7 +143,7 @@ def sort_keys(logits):
 
 def nucleus_mask(logits, thresh, n_drop):
     """The kept tokens, (rows, vocab) bool, of the threshold keys and tie drop counts that
-    `_decode_triton.sample_top_p(..., thresholds=True)` returns."""
+    `_draws_triton.sample_top_p(..., thresholds=True)` returns."""
     import torch
 
     k = sort_keys(logits)

@@ -25,11 +25,11 @@ model's forward (`_decode`):
   steered requests, in the same batches as the others: an unsteered row gets a coefficient 0
   (exactly its unsteered completion), and the random keys do not change.
 
-The pieces live in modules of their own: the random stream and the token draws in `_draws`,
-the KV cache and the attention routing in `_kv`, batch sizing in `_batching`, the decode loop
-of one batch in `_decode`, the fused path in `_decode_step`, `_decode_attn`, `_decode_layers`
-and their Triton kernels in `_decode_triton`; this module renders, orders and batches the requests and retries
-a batch that ran out of memory.
+The pieces live in modules of their own: the random stream and the token draws in `_draws`
+(their Triton kernels in `_draws_triton`), the KV cache and the attention routing in `_kv`,
+batch sizing in `_batching`, the decode loop of one batch in `_decode`, the fused path in
+`_decode_step`, `_decode_attn`, `_decode_layers` and their Triton kernels in `_decode_triton`;
+this module renders, orders and batches the requests and retries a batch that ran out of memory.
 
 torch is imported inside the functions: importing this module stays light.
 """
