@@ -48,8 +48,9 @@ HEARTBEAT = "driver.alive"
 WORKER_FILE = "worker.json"
 # Where each job's own output (the worker process' stdout and stderr) is kept: RUN/logs/_slurm/JOBID.out
 JOB_LOGS = Path("logs") / "_slurm"
-# Job states in which a worker runs or may still start. Anything else (COMPLETING, CANCELLED,
-# PREEMPTED, TIMEOUT, NODE_FAIL, FAILED, OUT_OF_MEMORY, ... or no longer listed) means it is gone.
+# Job states in which a worker runs or may still start. Anything else (CANCELLED, PREEMPTED,
+# TIMEOUT, NODE_FAIL, FAILED, OUT_OF_MEMORY, ... or no longer listed) means it is gone, or, for
+# ENDING_STATES, that it is going.
 LIVE_STATES = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "RESIZING", "REQUEUED"})
 # A job on its way out: its processes may still run, and its final state (CANCELLED, TIMEOUT, ...)
 # is not known yet. cpx waits up to ENDING_WAIT seconds for that state before it replaces the job,
