@@ -89,11 +89,12 @@ def make_ctx(
 def run_in_triton_interpreter(code: str) -> None:
     """Runs `code` in a process of its own under Triton's interpreter (Triton reads
     TRITON_INTERPRET when it is imported); the code must print "ok" last."""
-    python = Path(__file__).resolve().parents[2] / "python"
+    here = Path(__file__).resolve().parent  # the code may import stage_support too
+    python = here.parents[1] / "python"
     env = {
         **os.environ,
         "TRITON_INTERPRET": "1",
-        "PYTHONPATH": f"{python}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "PYTHONPATH": os.pathsep.join([str(python), str(here), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", textwrap.dedent(code)],
@@ -103,3 +104,21 @@ def run_in_triton_interpreter(code: str) -> None:
         timeout=600,
     )
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def assert_nucleus_shares(tok, logits, temperature: float, keep, min_expected: float = 0.0) -> None:
+    """Tokens `tok` drawn from the one row `logits` follow softmax(logits / temperature)
+    renormalised over the nucleus `keep`: none outside it, and a chi-square statistic below
+    df + 6 sqrt(2 df) + 10 over the tokens expected at least `min_expected` times."""
+    import torch
+
+    n = tok.numel()
+    p = torch.where(keep, torch.softmax(logits.double() / temperature, -1)[0], 0.0)
+    p = p / p.sum()
+    assert bool(keep[tok].all())
+    counts = torch.bincount(tok, minlength=p.numel()).double()
+    cells = (p > 0) & (n * p >= min_expected)
+    expected = n * p[cells]
+    chi2 = float(((counts[cells] - expected) ** 2 / expected).sum())
+    df = max(int(cells.sum()) - 1, 1)
+    assert chi2 < df + 6 * (2 * df) ** 0.5 + 10, (chi2, df)

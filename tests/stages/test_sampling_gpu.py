@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from stage_support import assert_nucleus_shares
 import torch
 
 from cpx.stages._decode_attn import DecodeSpan, fused_available, reference
@@ -281,16 +282,7 @@ def test_fused_top_p_draw_follows_the_nucleus(temperature, top_p):
     draws = 400_000
     uu = torch.rand(draws, device="cuda", generator=gen)
     got = sample_tokens(wide.expand(draws, -1).contiguous(), temperature, top_p, uu, fused=True)
-    keep = sort_nucleus(wide, temperature, top_p, stable=True)[0]
-    p = torch.where(keep, torch.softmax(wide.double() / temperature, -1)[0], 0.0)
-    p = p / p.sum()
-    counts = torch.bincount(got, minlength=1000).double()
-    assert float(counts[~keep].sum()) == 0
-    cells = keep & (p * draws >= 5)
-    expected = p[cells] * draws
-    chi2 = float(((counts[cells] - expected) ** 2 / expected).sum())
-    df = max(int(cells.sum()) - 1, 1)
-    assert chi2 < df + 6 * math.sqrt(2 * df) + 10, (chi2, df)
+    assert_nucleus_shares(got, wide, temperature, sort_nucleus(wide, temperature, top_p, stable=True)[0], 5)
 
 
 def test_fused_decode_with_top_p(gpu_model):
@@ -376,15 +368,7 @@ def test_rejection_top_p_draws_from_the_nucleus():
     x = (torch.randn(1, 24, device="cuda", generator=gen) * 2).bfloat16()
     n = 40000
     tok = sample_top_p_reject(x.expand(n, -1).contiguous(), 0.7, 0.6, torch.rand(n, device="cuda", generator=gen))
-    keep = sort_nucleus(x, 0.7, 0.6, stable=True)[0]
-    assert bool(keep[tok].all())
-    p = torch.where(keep, torch.softmax(x.double() / 0.7, -1)[0], 0.0)
-    p = p / p.sum()
-    counts = torch.bincount(tok, minlength=24).double()
-    cells = p > 0
-    chi2 = float(((counts[cells] - n * p[cells]) ** 2 / (n * p[cells])).sum())
-    df = max(int(cells.sum()) - 1, 1)
-    assert chi2 < df + 6 * math.sqrt(2 * df) + 10, (chi2, df)
+    assert_nucleus_shares(tok, x, 0.7, sort_nucleus(x, 0.7, 0.6, stable=True)[0])
 
 
 def test_fused_decode_with_rejection_top_p(gpu_model):
